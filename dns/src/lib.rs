@@ -1,0 +1,1 @@
+//! Causeway mesh DNS (`clusterset.local`). Not yet implemented: see the "Mesh DNS" issue.

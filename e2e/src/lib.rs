@@ -1,0 +1,1 @@
+//! Causeway test fixtures and the local lab.

@@ -1,0 +1,10 @@
+//! What the Causeway crates share: the federation model, the etcd key schema, the MCS merge,
+//! the gateway config protocol, SPIFFE identities and rustls mTLS helpers.
+//!
+//! No I/O beyond loading files.
+
+pub mod proto {
+    //! Generated code of `causeway.gateway.v1` (DESIGN.md "Config protocol").
+    #![allow(unreachable_pub, clippy::all, missing_docs)]
+    tonic::include_proto!("causeway.gateway.v1");
+}

@@ -1,0 +1,1 @@
+//! Causeway east-west gateway. Not yet implemented: see the "East-west gateway" issue.
