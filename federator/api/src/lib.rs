@@ -3,8 +3,17 @@
 //!
 //! No I/O beyond loading files.
 
+pub mod keys;
+pub mod merge;
+pub mod model;
+pub mod pem;
+pub mod spiffe;
+pub mod tls;
+
 pub mod proto {
     //! Generated code of `causeway.gateway.v1` (DESIGN.md "Config protocol").
     #![allow(unreachable_pub, clippy::all, missing_docs)]
     tonic::include_proto!("causeway.gateway.v1");
 }
+
+pub use model::*;

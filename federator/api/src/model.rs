@@ -1,0 +1,391 @@
+//! The federation model: clusters, service keys, exports, imports, health.
+//!
+//! These are also the JSON values stored under `/causeway/v1/` (DESIGN.md "etcd key schema");
+//! every stored value carries `"schema": 1` and unknown fields are ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON values under `/causeway/v1/`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn schema_v1() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// A name that is not a valid RFC 1123 label (cluster ID, namespace, service name, port name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {reason}")]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// Checks an RFC 1123 DNS label: 1-63 chars of `[a-z0-9-]`, starting and ending alphanumeric.
+pub fn validate_dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let err = |reason| InvalidName {
+        what,
+        value: value.to_string(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(err("must not be empty"));
+    }
+    if value.len() > 63 {
+        return Err(err("must be at most 63 characters"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(err(
+            "must consist of lower case alphanumeric characters or '-'",
+        ));
+    }
+    let first = value.as_bytes()[0];
+    let last = value.as_bytes()[value.len() - 1];
+    if first == b'-' || last == b'-' {
+        return Err(err("must start and end with an alphanumeric character"));
+    }
+    Ok(())
+}
+
+// === impl ClusterId ===
+
+/// A cluster ID: an RFC 1123 label, e.g. `east`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterId(String);
+
+impl ClusterId {
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidName> {
+        let id = id.into();
+        validate_dns_label("cluster ID", &id)?;
+        Ok(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ClusterId {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for ClusterId {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<ClusterId> for String {
+    fn from(c: ClusterId) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+// === impl ServiceKey ===
+
+/// A service, `(namespace, name)`, both RFC 1123 labels.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Result<Self, InvalidName> {
+        let (namespace, name) = (namespace.into(), name.into());
+        validate_dns_label("namespace", &namespace)?;
+        validate_dns_label("service name", &name)?;
+        Ok(Self { namespace, name })
+    }
+
+    /// `<svc>.<ns>.svc.clusterset.local`
+    pub fn clusterset_name(&self) -> String {
+        format!("{}.{}.svc.clusterset.local", self.name, self.namespace)
+    }
+}
+
+impl FromStr for ServiceKey {
+    type Err = InvalidName;
+    /// Parses `<ns>/<svc>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) => Self::new(ns, name),
+            None => Err(InvalidName {
+                what: "service",
+                value: s.to_string(),
+                reason: "must be <namespace>/<name>",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+// === Ports and types ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// A service port, as in the Kubernetes Service / ServiceImport spec.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// Empty for the single unnamed port of a service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub port: u16,
+    /// `http`, `http2`, `grpc`, `tcp`... (Kubernetes `appProtocol`); decides how the gateway proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterSetIP,
+    Headless,
+}
+
+impl fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceType::ClusterSetIP => "ClusterSetIP",
+            ServiceType::Headless => "Headless",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    ClientIP,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTlsMode {
+    #[default]
+    Plaintext,
+    Mtls,
+}
+
+/// A backend endpoint of an exported service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    /// Target port when it differs from the service port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// For headless services: `<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// === Stored values ===
+
+/// Value of `clusters/<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    /// `host:port` of the cluster's gateway mTLS (peer) listener(s).
+    #[serde(default)]
+    pub gateway_addresses: Vec<String>,
+    pub trust_domain: String,
+    /// PEM of the CA(s) the cluster's gateway certificates chain to.
+    #[serde(default)]
+    pub trust_bundle_pem: String,
+    /// `region`, `zone`, ... used for locality-ordered failover.
+    #[serde(default)]
+    pub locality: BTreeMap<String, String>,
+    #[serde(default)]
+    pub federator_version: String,
+}
+
+/// Value of `exports/<ns>/<svc>/<cluster>`: one cluster's export of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, rename = "type")]
+    pub service_type: ServiceType,
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+    /// Creation time of the export, milliseconds since the Unix epoch; the oldest wins a conflict.
+    pub created_unix_ms: i64,
+    #[serde(default)]
+    pub ready_endpoints: u32,
+    #[serde(default)]
+    pub backend_tls_mode: BackendTlsMode,
+    /// Endpoints, published for headless services (DNS answers per endpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// Clusters allowed to call this export through the gateways; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_source_clusters: Vec<ClusterId>,
+    /// SPIFFE IDs allowed to call; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_identities: Vec<String>,
+    /// Weight within its priority for canary splits (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// Value of `synced/<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    pub revision: i64,
+}
+
+/// Value of `health/<observer>/<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    pub up: bool,
+    #[serde(default)]
+    pub rtt_micros: u64,
+    #[serde(default)]
+    pub observed_unix_ms: i64,
+}
+
+/// Value of `drills/<id>`: drain `service` in `cluster` while the key lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    pub service: ServiceKey,
+    pub cluster: ClusterId,
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+}
+
+/// Value of `vips/<ns>/<svc>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRecord {
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    pub ip: IpAddr,
+}
+
+// === Imports ===
+
+/// Reasons of the MCS `Conflict` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConflictReason {
+    PortConflict,
+    TypeConflict,
+    SessionAffinityConflict,
+}
+
+impl fmt::Display for ConflictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictReason::PortConflict => "PortConflict",
+            ConflictReason::TypeConflict => "TypeConflict",
+            ConflictReason::SessionAffinityConflict => "SessionAffinityConflict",
+        })
+    }
+}
+
+/// The conflict state of one export after the merge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportConditions {
+    /// Sorted, deduplicated; empty means `Conflict=False`.
+    pub conflicts: Vec<ConflictReason>,
+}
+
+impl ExportConditions {
+    pub fn conflict(&self) -> bool {
+        !self.conflicts.is_empty()
+    }
+
+    /// The condition reason: `PortConflict,TypeConflict`, or `NoConflicts`.
+    pub fn reason(&self) -> String {
+        if self.conflicts.is_empty() {
+            return "NoConflicts".to_string();
+        }
+        self.conflicts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A merged import: one service as seen mesh-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    pub key: ServiceKey,
+    #[serde(rename = "type")]
+    pub service_type: ServiceType,
+    pub ports: Vec<ServicePort>,
+    pub session_affinity: SessionAffinity,
+    /// Clusters exporting the service, sorted.
+    pub clusters: Vec<ClusterId>,
+    /// Whether any export of the service is in conflict.
+    pub conflict: bool,
+}
