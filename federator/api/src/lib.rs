@@ -7,6 +7,7 @@ pub mod keys;
 pub mod merge;
 pub mod model;
 pub mod pem;
+pub mod snapshot;
 pub mod spiffe;
 pub mod tls;
 
@@ -17,3 +18,4 @@ pub mod proto {
 }
 
 pub use model::*;
+pub use snapshot::MeshSnapshot;

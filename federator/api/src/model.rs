@@ -158,7 +158,9 @@ impl fmt::Debug for ServiceKey {
 
 // === Ports and types ===
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     #[default]
@@ -290,6 +292,10 @@ pub struct ExportRecord {
     /// Weight within its priority for canary splits (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// The service's own address inside its cluster (Kubernetes ClusterIP, or the VM/lab address);
+    /// DNS `local-first` answers it to clients of the same cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ip: Option<IpAddr>,
 }
 
 /// Value of `synced/<cluster>`.

@@ -1,0 +1,129 @@
+//! `MeshSnapshot`: the immutable view of the whole mesh that one federator publishes to its sinks
+//! (DNS, gateway config, Kubernetes ServiceImports) through a `tokio::sync::watch` of `Arc`s.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    ClusterId, ClusterRecord, DrillRecord, ExportConditions, ExportRecord, HealthRecord, Import,
+    ServiceKey,
+};
+
+/// Whether a cluster's control plane is present in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Its `clusters/` key is live.
+    Up,
+    /// Its keys vanished (lease lapsed); its exports are kept until the stale grace ends.
+    Stale,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub record: ClusterRecord,
+    pub state: ClusterState,
+    /// When the state last changed (ms since the Unix epoch).
+    pub last_change_unix_ms: i64,
+    /// Since when it has been stale, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_since_unix_ms: Option<i64>,
+    /// Revision of its `synced/` marker, once it finished its initial sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_revision: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportView {
+    pub record: ExportRecord,
+    pub conditions: ExportConditions,
+    /// Kept from a cluster whose keys vanished, within the stale grace.
+    pub stale: bool,
+    /// Drained by a live drill.
+    pub drained: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub import: Import,
+    /// The ClusterSetIP of the import in universal mode (`vips/<ns>/<svc>`), once allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<IpAddr>,
+    pub exports: BTreeMap<ClusterId, ExportView>,
+}
+
+/// An export the local source could not read; the others keep flowing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidExport {
+    /// The file or object that holds it.
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshSnapshot {
+    /// Increases by one with every snapshot a federator publishes.
+    pub version: u64,
+    /// etcd revision the snapshot reflects (0 before the initial sync).
+    pub revision: i64,
+    /// The cluster of the federator that built it.
+    pub local_cluster: Option<ClusterId>,
+    /// True once the initial list from etcd has been applied.
+    pub synced: bool,
+    pub clusters: BTreeMap<ClusterId, ClusterView>,
+    pub services: BTreeMap<ServiceKey, ServiceView>,
+    pub drills: BTreeMap<String, DrillRecord>,
+    /// observer -> observed cluster -> what the observer's gateway sees.
+    pub health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
+    /// Local exports that failed validation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_exports: Vec<InvalidExport>,
+}
+
+// === impl MeshSnapshot ===
+
+impl MeshSnapshot {
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
+        self.services.get(key)
+    }
+
+    pub fn import(&self, key: &ServiceKey) -> Option<&Import> {
+        self.services.get(key).map(|s| &s.import)
+    }
+
+    /// Whether a live drill drains `service` in `cluster`.
+    pub fn is_drained(&self, service: &ServiceKey, cluster: &ClusterId) -> bool {
+        self.drills
+            .values()
+            .any(|d| &d.service == service && &d.cluster == cluster)
+    }
+
+    /// What `observer`'s gateway last reported of `cluster`'s gateway, if anything.
+    pub fn health_of(&self, observer: &ClusterId, cluster: &ClusterId) -> Option<&HealthRecord> {
+        self.health.get(observer).and_then(|m| m.get(cluster))
+    }
+
+    /// The local export of a service when this cluster serves it itself: exported, not drained,
+    /// with ready endpoints. DNS `local-first` answers its address.
+    pub fn local_ready_export(&self, key: &ServiceKey) -> Option<&ExportView> {
+        let local = self.local_cluster.as_ref()?;
+        let export = self.services.get(key)?.exports.get(local)?;
+        (export.record.ready_endpoints > 0 && !export.drained).then_some(export)
+    }
+
+    /// Number of exports per cluster (stale ones included).
+    pub fn exports_by_cluster(&self) -> BTreeMap<ClusterId, usize> {
+        let mut out: BTreeMap<ClusterId, usize> = BTreeMap::new();
+        for c in self.clusters.keys() {
+            out.insert(c.clone(), 0);
+        }
+        for svc in self.services.values() {
+            for c in svc.exports.keys() {
+                *out.entry(c.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+}
