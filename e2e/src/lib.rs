@@ -1,1 +1,104 @@
 //! Causeway test fixtures and the local lab.
+//!
+//! - [`etcd::EtcdServer`]: a real etcd process on free loopback ports, killed on drop.
+//! - [`wait_for`]: poll a condition with a deadline, the way tests synchronise (never `sleep`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub mod etcd;
+
+pub use etcd::{EtcdServer, EtcdServerBuilder};
+
+/// How often [`wait_for`] asks again.
+const WAIT_FOR_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Calls `f` every 25 ms until it returns `Some(value)`, and returns that value; fails, naming
+/// `what`, when `timeout` passes first. A call of `f` that is still running at the deadline is
+/// abandoned, so a hanging check cannot stretch the wait.
+///
+/// ```no_run
+/// # async fn demo(server: &causeway_e2e::EtcdServer) -> anyhow::Result<()> {
+/// use std::time::Duration;
+/// let mut client = server.client().await?;
+/// let value = causeway_e2e::wait_for("key /a to appear", Duration::from_secs(5), || {
+///     let mut client = client.clone();
+///     async move {
+///         let resp = client.get("/a", None).await.ok()?;
+///         resp.kvs().first().map(|kv| kv.value().to_vec())
+///     }
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_for<F, Fut, T>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut attempts = 0u64;
+    loop {
+        attempts += 1;
+        // `timeout_at` polls `f()` once even at the deadline, so the last check still happens.
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::time::sleep_until((now + WAIT_FOR_INTERVAL).min(deadline)).await;
+    }
+    anyhow::bail!(
+        "timed out after {:?} waiting for {what} ({attempts} checks)",
+        start.elapsed()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_for_returns_the_first_some() {
+        let calls = AtomicU32::new(0);
+        let got = wait_for("the third call", Duration::from_secs(5), || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            (n == 3).then_some(n)
+        })
+        .await
+        .expect("condition becomes true");
+        assert_eq!(got, 3);
+    }
+
+    #[tokio::test]
+    async fn wait_for_names_what_it_waited_for_on_timeout() {
+        let err = wait_for("pigs to fly", Duration::from_millis(100), || async {
+            None::<()>
+        })
+        .await
+        .expect_err("never true");
+        let msg = err.to_string();
+        assert!(msg.contains("pigs to fly"), "{msg}");
+        assert!(msg.contains("timed out"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn wait_for_abandons_a_hanging_check_at_the_deadline() {
+        let started = Instant::now();
+        let err = wait_for("a hanging check", Duration::from_millis(200), || {
+            std::future::pending::<Option<()>>()
+        })
+        .await
+        .expect_err("never answers");
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    }
+}

