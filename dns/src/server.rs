@@ -1,0 +1,118 @@
+//! Sockets: UDP and TCP on one port, served by hickory's `Server` with our handler.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use causeway_api::MeshSnapshot;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::{DnsConfig, DnsError, DnsHandler};
+
+/// Attempts at finding a port free for both TCP and UDP when asked for port 0.
+const PORT_ZERO_ATTEMPTS: usize = 32;
+/// Responses queued per TCP connection before the writer pushes back.
+const TCP_RESPONSE_BUFFER: usize = 64;
+
+/// The `clusterset.local` server with its sockets bound; [`DnsServer::run`] serves them.
+pub struct DnsServer {
+    config: DnsConfig,
+    handler: DnsHandler,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `config.listen` (the same port for both; port 0 finds a free one)
+    /// and registers the DNS metrics into `registry`.
+    pub async fn bind(
+        config: DnsConfig,
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        registry: &prometheus::Registry,
+    ) -> Result<DnsServer, DnsError> {
+        config.validate()?;
+        let (tcp, udp) = bind_pair(config.listen).await?;
+        let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
+            proto: "TCP",
+            addr: config.listen,
+            source,
+        })?;
+        let handler = DnsHandler::new(&config, snapshots, registry)?;
+        Ok(DnsServer {
+            config,
+            handler,
+            udp,
+            tcp,
+            local_addr,
+        })
+    }
+
+    /// The bound address (UDP and TCP share the port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes (then stops accepting and returns `Ok`), or until a
+    /// socket fails (`Err`).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DnsError> {
+        let addr = self.local_addr;
+        let mut server = hickory_server::Server::new(self.handler);
+        server.register_socket(self.udp);
+        server.register_listener(self.tcp, self.config.tcp_timeout, TCP_RESPONSE_BUFFER);
+        info!(%addr, zone = crate::ZONE, "DNS server listening (UDP, TCP)");
+
+        tokio::pin!(shutdown);
+        let ended = tokio::select! {
+            () = &mut shutdown => None,
+            ended = server.block_until_done() => Some(ended),
+        };
+        let result = match ended {
+            None => server.shutdown_gracefully().await,
+            Some(Ok(())) => Err("all listeners ended".into()),
+            Some(Err(e)) => Err(e),
+        };
+        info!(%addr, "DNS server stopped");
+        result.map_err(|e| DnsError::Serve {
+            addr,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// TCP first (so port 0 gets a port from the kernel), then UDP on the same port; if that UDP
+/// port is taken, try another kernel-chosen port.
+async fn bind_pair(listen: SocketAddr) -> Result<(TcpListener, UdpSocket), DnsError> {
+    let bind_err = |proto, addr, source| DnsError::Bind {
+        proto,
+        addr,
+        source,
+    };
+    let attempts = if listen.port() == 0 {
+        PORT_ZERO_ATTEMPTS
+    } else {
+        1
+    };
+    let mut last: Option<io::Error> = None;
+    for _ in 0..attempts {
+        let tcp = TcpListener::bind(listen)
+            .await
+            .map_err(|e| bind_err("TCP", listen, e))?;
+        let addr = tcp.local_addr().map_err(|e| bind_err("TCP", listen, e))?;
+        match UdpSocket::bind(addr).await {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && listen.port() == 0 => {
+                last = Some(e);
+            }
+            Err(e) => return Err(bind_err("UDP", addr, e)),
+        }
+    }
+    Err(bind_err(
+        "UDP",
+        listen,
+        last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
+    ))
+}
