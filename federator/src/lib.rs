@@ -1,1 +1,10 @@
 //! Causeway federator.
+pub mod admin;
+pub mod app;
+pub mod args;
+pub mod config;
+pub mod etcd;
+pub mod metrics;
+pub mod publisher;
+pub mod source;
+pub mod view;

@@ -108,8 +108,10 @@ impl fmt::Debug for ClusterId {
 
 // === impl ServiceKey ===
 
-/// A service, `(namespace, name)`, both RFC 1123 labels.
+/// A service, `(namespace, name)`, both RFC 1123 labels. Serialised as `"<ns>/<name>"` (so it can
+/// key a JSON map).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
@@ -141,6 +143,19 @@ impl FromStr for ServiceKey {
                 reason: "must be <namespace>/<name>",
             }),
         }
+    }
+}
+
+impl TryFrom<String> for ServiceKey {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ServiceKey> for String {
+    fn from(k: ServiceKey) -> String {
+        k.to_string()
     }
 }
 

@@ -1,0 +1,193 @@
+//! Wires the federator together: source → publisher, etcd → mesh view → snapshot → sinks, admin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use causeway_api::{ClusterRecord, MeshSnapshot, SCHEMA_VERSION};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Validated;
+use crate::metrics::Metrics;
+use crate::publisher::{self, PublisherConfig};
+use crate::source::file::FileSource;
+use crate::source::LocalExports;
+use crate::view::{self, ViewConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading trust bundle {path}: {source}")]
+    TrustBundle {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("binding admin listener {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running federator.
+pub struct Federator {
+    pub admin_addr: SocketAddr,
+    pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    pub leader: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Federator {
+    pub async fn start(cfg: Validated) -> Result<Federator, StartError> {
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let c = &cfg.config;
+        let trust_bundle_pem = match &c.trust_bundle_file {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| StartError::TrustBundle {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let cluster_record = ClusterRecord {
+            schema: SCHEMA_VERSION,
+            gateway_addresses: c.gateway_addresses.clone(),
+            trust_domain: cfg.trust_domain.clone(),
+            trust_bundle_pem,
+            locality: c.locality.clone(),
+            federator_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+
+        let mut tasks = Vec::new();
+        let (local_tx, local_rx) = watch::channel(LocalExports::default());
+        match &c.exports_dir {
+            Some(dir) => {
+                let src = FileSource::new(dir.clone());
+                let interval = c.exports_poll_interval;
+                tasks.push(("file-source", tokio::spawn(src.run(interval, local_tx))));
+            }
+            None => {
+                // No source: this cluster imports only.
+                local_tx.send_replace(LocalExports {
+                    loaded: true,
+                    ..LocalExports::default()
+                });
+                std::mem::forget(local_tx);
+            }
+        }
+        {
+            let metrics = metrics.clone();
+            let mut rx = local_rx.clone();
+            tasks.push((
+                "local-metrics",
+                tokio::spawn(async move {
+                    loop {
+                        let n = rx.borrow_and_update().exports.len();
+                        metrics.local_exports.set(n as i64);
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }),
+            ));
+        }
+
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(MeshSnapshot {
+            local_cluster: Some(cfg.cluster.clone()),
+            ..MeshSnapshot::default()
+        }));
+        let (leader_tx, leader_rx) = watch::channel(false);
+
+        let view_cfg = ViewConfig {
+            cluster: cfg.cluster.clone(),
+            etcd: c.etcd.clone(),
+            stale_grace: c.stale_grace,
+            debounce: c.debounce,
+        };
+        tasks.push((
+            "mesh-view",
+            tokio::spawn(view::run(
+                view_cfg,
+                snap_tx,
+                local_rx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )),
+        ));
+
+        let pub_cfg = PublisherConfig {
+            cluster: cfg.cluster.clone(),
+            node: cfg.node.clone(),
+            etcd: c.etcd.clone(),
+            lease_ttl: c.lease_ttl,
+            keepalive_interval: c.keepalive_interval,
+            cluster_record,
+            vip_range: cfg.vip_range,
+        };
+        tasks.push((
+            "publisher",
+            tokio::spawn(publisher::run(
+                pub_cfg,
+                local_rx.clone(),
+                snap_rx.clone(),
+                leader_tx,
+                metrics.clone(),
+                shutdown.clone(),
+            )),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(c.admin_listen)
+            .await
+            .map_err(|source| StartError::Admin {
+                addr: c.admin_listen,
+                source,
+            })?;
+        let admin_addr = listener.local_addr().map_err(|source| StartError::Admin {
+            addr: c.admin_listen,
+            source,
+        })?;
+        let app = admin::router(AdminState {
+            snapshots: snap_rx.clone(),
+            local: local_rx,
+            leader: leader_rx.clone(),
+            metrics: metrics.clone(),
+        });
+        let stop = shutdown.clone();
+        tasks.push((
+            "admin",
+            tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "admin server died");
+                }
+            }),
+        ));
+        tracing::info!(cluster = %cfg.cluster, node = %cfg.node, %admin_addr, "federator started");
+        Ok(Federator {
+            admin_addr,
+            snapshots: snap_rx,
+            leader: leader_rx,
+            metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops gracefully: the leader revokes its lease, tasks end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.is_cancelled() => {}
+                Ok(Err(e)) => tracing::error!(task = name, error = %e, "task panicked"),
+                Err(_) => tracing::warn!(task = name, "task did not stop within 5s"),
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Federator configuration: one serde `Config`, loaded from YAML, overridden by flags and
+//! `CAUSEWAY_*` environment variables, then validated with errors that name the field.
+//!
+//! Every default lives in this file (see `docs/federator.md` for the table).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use causeway_api::ClusterId;
+use serde::{Deserialize, Serialize};
+
+/// A configuration error; the binary exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("invalid config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// CA bundle that verifies etcd's server certificate (enables TLS).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for etcd mTLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This cluster's ID (RFC 1123 label). Required.
+    pub cluster: Option<String>,
+    /// Name of this replica, for election values and logs (default: host name + pid).
+    pub node: Option<String>,
+    pub etcd: EtcdConfig,
+    /// Directory of export files (universal mode). Watched for changes.
+    pub exports_dir: Option<PathBuf>,
+    /// How often the export directory is rescanned.
+    #[serde(with = "duration_str")]
+    pub exports_poll_interval: Duration,
+    /// Admin HTTP: /metrics, /ready, /debug/snapshot.
+    pub admin_listen: SocketAddr,
+    /// Mesh DNS (UDP and TCP). `null` disables it.
+    pub dns_listen: Option<SocketAddr>,
+    #[serde(with = "duration_str")]
+    pub dns_ttl: Duration,
+    /// TTL of the cluster lease (DESIGN: 10 s).
+    #[serde(with = "duration_str")]
+    pub lease_ttl: Duration,
+    /// Keepalive interval of the cluster lease (DESIGN: 3 s).
+    #[serde(with = "duration_str")]
+    pub keepalive_interval: Duration,
+    /// How long a vanished cluster's exports keep being served.
+    #[serde(with = "duration_str")]
+    pub stale_grace: Duration,
+    /// Debounce of snapshot publication after a change.
+    #[serde(with = "duration_str")]
+    pub debounce: Duration,
+    /// `host:port` of this cluster's gateway peer listener(s), published in `clusters/<c>`.
+    pub gateway_addresses: Vec<String>,
+    /// Trust domain of this cluster (default `<cluster>.causeway.mesh`).
+    pub trust_domain: Option<String>,
+    /// PEM bundle peers verify this cluster's gateways against (published in `clusters/<c>`).
+    pub trust_bundle_file: Option<PathBuf>,
+    /// Locality labels (`region`, `zone`) for failover ordering.
+    pub locality: BTreeMap<String, String>,
+    /// Range for ClusterSetIPs in universal mode, e.g. `10.255.0.0/16`.
+    pub vip_range: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            node: None,
+            etcd: EtcdConfig::default(),
+            exports_dir: None,
+            exports_poll_interval: Duration::from_millis(250),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            dns_listen: None,
+            dns_ttl: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(3),
+            stale_grace: Duration::from_secs(300),
+            debounce: Duration::from_millis(20),
+            gateway_addresses: Vec::new(),
+            trust_domain: None,
+            trust_bundle_file: None,
+            locality: BTreeMap::new(),
+            vip_range: None,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub cluster: ClusterId,
+    pub node: String,
+    pub trust_domain: String,
+    pub vip_range: Option<VipRange>,
+    pub config: Config,
+}
+
+impl Config {
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let cluster = self
+            .cluster
+            .clone()
+            .ok_or_else(|| invalid("cluster", "is required"))?;
+        let cluster = ClusterId::new(cluster).map_err(|e| invalid("cluster", e.to_string()))?;
+        if self.etcd.endpoints.is_empty() {
+            return Err(invalid("etcd.endpoints", "needs at least one endpoint"));
+        }
+        for ep in &self.etcd.endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    format!("{ep:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
+            return Err(invalid(
+                "etcd.cert_file",
+                "etcd.cert_file and etcd.key_file go together",
+            ));
+        }
+        if self.etcd.username.is_some() != self.etcd.password.is_some() {
+            return Err(invalid(
+                "etcd.username",
+                "etcd.username and etcd.password go together",
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("lease_ttl", "must be at least 2s"));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.lease_ttl {
+            return Err(invalid(
+                "keepalive_interval",
+                "must be more than 0 and less than lease_ttl",
+            ));
+        }
+        if self.exports_poll_interval.is_zero() {
+            return Err(invalid("exports_poll_interval", "must be more than 0"));
+        }
+        let vip_range = match &self.vip_range {
+            Some(r) => Some(VipRange::parse(r).map_err(|e| invalid("vip_range", e))?),
+            None => None,
+        };
+        let node = self.node.clone().unwrap_or_else(default_node);
+        let trust_domain = self.trust_domain.clone().unwrap_or_else(|| {
+            format!(
+                "{cluster}.{}",
+                causeway_api::spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX
+            )
+        });
+        Ok(Validated {
+            cluster,
+            node,
+            trust_domain,
+            vip_range,
+            config: self,
+        })
+    }
+}
+
+fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+// === impl VipRange ===
+
+/// An IPv4 CIDR range for ClusterSetIPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipRange {
+    pub base: u32,
+    pub prefix: u8,
+}
+
+impl VipRange {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/len)"))?;
+        let ip: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("{s:?}: prefix length must be 8..=30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: u32::from(ip) & mask,
+            prefix,
+        })
+    }
+
+    /// Usable addresses (network and broadcast excluded).
+    pub fn size(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 2
+    }
+
+    /// The `i`-th usable address (wraps).
+    pub fn nth(&self, i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(self.base + 1 + (i % self.size())))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => (u32::from(v4) & (u32::MAX << (32 - self.prefix))) == self.base,
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+// === durations ===
+
+/// Parses `300ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 300ms, 10s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("ten").unwrap_err().contains("ten"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let err = Config::default().validate().unwrap_err().to_string();
+        assert!(err.contains("`cluster`"), "{err}");
+        let c = Config {
+            cluster: Some("East_1".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`cluster`") && err.contains("East_1"), "{err}");
+        let c = Config {
+            cluster: Some("east".into()),
+            keepalive_interval: Duration::from_secs(20),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("keepalive_interval"), "{err}");
+        let c = Config {
+            cluster: Some("east".into()),
+            vip_range: Some("10.0.0.0/40".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("vip_range"));
+    }
+
+    #[test]
+    fn yaml_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.yaml");
+        std::fs::write(
+            &p,
+            "cluster: east\nlease_ttl: 4s\netcd:\n  endpoints: [\"http://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let c = Config::from_yaml_file(&p).unwrap().validate().unwrap();
+        assert_eq!(c.cluster.as_str(), "east");
+        assert_eq!(c.config.lease_ttl, Duration::from_secs(4));
+        assert_eq!(c.trust_domain, "east.causeway.mesh");
+        std::fs::write(&p, "cluster: east\nbogus: 1\n").unwrap();
+        let err = Config::from_yaml_file(&p).unwrap_err().to_string();
+        assert!(err.contains("f.yaml") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn vip_range() {
+        let r = VipRange::parse("10.255.0.0/16").unwrap();
+        assert_eq!(r.nth(0).to_string(), "10.255.0.1");
+        assert!(r.contains("10.255.3.4".parse().unwrap()));
+        assert!(!r.contains("10.254.3.4".parse().unwrap()));
+        assert_eq!(r.size(), 65534);
+    }
+}

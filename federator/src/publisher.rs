@@ -1,0 +1,411 @@
+//! Publisher: writes this cluster's `clusters/<c>`, `exports/.../<c>` and `synced/<c>` under the
+//! cluster lease, as the elected leader among the federator replicas of the cluster.
+//!
+//! Every write is a transaction guarded by the leader key, so a replica that lost its lease
+//! (and does not know yet) cannot overwrite the new leader's view.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use causeway_api::keys;
+use causeway_api::{
+    ClusterId, ClusterRecord, ExportRecord, MeshSnapshot, ServiceKey, SyncedRecord, VipRecord,
+};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EtcdConfig, VipRange};
+use crate::etcd::{self, Backoff};
+use crate::metrics::Metrics;
+use crate::source::LocalExports;
+
+/// etcd's default limit of operations per transaction is 128.
+const MAX_TXN_OPS: usize = 100;
+
+#[derive(Clone)]
+pub struct PublisherConfig {
+    pub cluster: ClusterId,
+    pub node: String,
+    pub etcd: EtcdConfig,
+    pub lease_ttl: Duration,
+    pub keepalive_interval: Duration,
+    pub cluster_record: ClusterRecord,
+    pub vip_range: Option<VipRange>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LeadError {
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    #[error("lease {0:x} expired")]
+    LeaseLost(i64),
+    #[error("leader key {0} is gone")]
+    NotLeader(String),
+}
+
+/// Runs until `shutdown`: connect, take a lease, campaign, and publish while leader.
+pub async fn run(
+    cfg: PublisherConfig,
+    mut local: watch::Receiver<LocalExports>,
+    mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
+    leader: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = etcd::connect(&cfg.etcd) => c,
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher cannot reach etcd; retrying");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
+            }
+        };
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = lead(&cfg, client.clone(), &mut local, &mut mesh, &leader, &metrics, &shutdown, &mut backoff) => r,
+        };
+        leader.send_replace(false);
+        metrics.leader.set(0);
+        match res {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, cluster = %cfg.cluster, "publisher lost leadership or etcd; starting over");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+            }
+        }
+    }
+}
+
+/// One term: lease, campaign, publish. Returns Ok on shutdown (after revoking the lease).
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    cfg: &PublisherConfig,
+    mut client: Client,
+    local: &mut watch::Receiver<LocalExports>,
+    mesh: &mut watch::Receiver<Arc<MeshSnapshot>>,
+    leader: &watch::Sender<bool>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), LeadError> {
+    let lease = client
+        .lease_grant(cfg.lease_ttl.as_secs().max(2) as i64, None)
+        .await?
+        .id();
+    tracing::info!(lease = format_args!("{lease:x}"), node = %cfg.node, "lease granted; campaigning");
+    let lost = CancellationToken::new();
+    let keepalive = tokio::spawn(keep_lease_alive(
+        client.clone(),
+        lease,
+        cfg.keepalive_interval,
+        cfg.lease_ttl,
+        lost.clone(),
+    ));
+    let _stop_keepalive = AbortOnDrop(keepalive);
+
+    let campaign = tokio::select! {
+        _ = lost.cancelled() => return Err(LeadError::LeaseLost(lease)),
+        r = client.campaign(keys::election_prefix(&cfg.cluster), cfg.node.clone(), lease) => r?,
+    };
+    let leader_key = campaign
+        .leader()
+        .map(|l| l.key().to_vec())
+        .unwrap_or_default();
+    let leader_key_str = String::from_utf8_lossy(&leader_key).into_owned();
+    tracing::info!(cluster = %cfg.cluster, node = %cfg.node, key = %leader_key_str, "elected leader; publishing");
+    leader.send_replace(true);
+    metrics.leader.set(1);
+    metrics.leader_elections.inc();
+
+    let mut w = Writer {
+        client: client.clone(),
+        lease,
+        leader_key,
+        published: BTreeMap::new(),
+        cluster: cfg.cluster.clone(),
+    };
+    let desired = local.borrow_and_update().clone();
+    w.full_sync(cfg, &desired).await?;
+    backoff.reset();
+    let mut dirty = false;
+    let mut retry = tokio::time::interval(Duration::from_millis(500));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let snapshot = tokio::select! {
+            _ = shutdown.cancelled() => {
+                // A graceful stop releases the lease: peers see the cluster go stale at once
+                // instead of after the TTL, and another replica can take over right away.
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
+            _ = lost.cancelled() => return Err(LeadError::LeaseLost(lease)),
+            r = local.changed() => {
+                if r.is_err() { return Ok(()); }
+                None
+            }
+            r = mesh.changed() => {
+                if r.is_err() { return Ok(()); }
+                Some(mesh.borrow_and_update().clone())
+            }
+            _ = retry.tick(), if dirty => None,
+        };
+        if let (Some(range), Some(snap)) = (&cfg.vip_range, &snapshot) {
+            if let Err(e) = allocate_vips(&mut client, range, snap).await {
+                tracing::debug!(error = %e, "VIP allocation failed; will retry on the next snapshot");
+            }
+            if !dirty {
+                continue;
+            }
+        }
+        let desired = local.borrow().clone();
+        match w.reconcile(&desired).await {
+            Ok(()) => dirty = false,
+            Err(LeadError::Etcd(e)) => {
+                tracing::warn!(error = %e, "publishing exports failed; will retry");
+                dirty = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps the lease alive; cancels `lost` when etcd says it expired, or when no keepalive has
+/// succeeded for a whole TTL.
+async fn keep_lease_alive(
+    mut client: Client,
+    lease: i64,
+    every: Duration,
+    ttl: Duration,
+    lost: CancellationToken,
+) {
+    let mut last_ok = Instant::now();
+    let mut stream = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if stream.is_none() {
+            match client.lease_keep_alive(lease).await {
+                Ok(s) => stream = Some(s),
+                Err(e) => tracing::debug!(error = %e, "lease keepalive stream failed"),
+            }
+        }
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let res = async {
+                keeper.keep_alive().await?;
+                tokio::time::timeout(every, responses.message())
+                    .await
+                    .map_err(|_| etcd_client::Error::InvalidArgs("keepalive timed out".into()))?
+            }
+            .await;
+            match res {
+                Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(_)) => {
+                    tracing::warn!(
+                        lease = format_args!("{lease:x}"),
+                        "etcd says the lease expired"
+                    );
+                    lost.cancel();
+                    return;
+                }
+                Ok(None) | Err(_) => stream = None,
+            }
+        }
+        if last_ok.elapsed() >= ttl {
+            tracing::warn!(
+                lease = format_args!("{lease:x}"),
+                "no lease keepalive for a whole TTL"
+            );
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+// === impl Writer ===
+
+struct Writer {
+    client: Client,
+    lease: i64,
+    leader_key: Vec<u8>,
+    cluster: ClusterId,
+    /// What etcd holds of this cluster's exports, as far as we know (`None`: present but to be
+    /// rewritten).
+    published: BTreeMap<ServiceKey, Option<ExportRecord>>,
+}
+
+impl Writer {
+    /// Runs `ops` in transactions guarded by the leader key.
+    async fn guarded(&mut self, ops: Vec<TxnOp>) -> Result<i64, LeadError> {
+        let mut revision = 0;
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.leader_key.clone(),
+                    CompareOp::Greater,
+                    0,
+                )])
+                .and_then(chunk.to_vec());
+            let resp = self.client.txn(txn).await?;
+            if !resp.succeeded() {
+                return Err(LeadError::NotLeader(
+                    String::from_utf8_lossy(&self.leader_key).into_owned(),
+                ));
+            }
+            revision = resp.header().map(|h| h.revision()).unwrap_or(revision);
+        }
+        Ok(revision)
+    }
+
+    fn put(&self, key: String, value: Vec<u8>) -> TxnOp {
+        TxnOp::put(key, value, Some(PutOptions::new().with_lease(self.lease)))
+    }
+
+    /// On election: learn what etcd holds for this cluster, then make it match.
+    async fn full_sync(
+        &mut self,
+        cfg: &PublisherConfig,
+        desired: &LocalExports,
+    ) -> Result<(), LeadError> {
+        let ops = vec![self.put(
+            keys::cluster_key(&cfg.cluster),
+            keys::encode(&cfg.cluster_record),
+        )];
+        self.guarded(ops).await?;
+        // Exports of this cluster left by a previous leader (same lease gone or not).
+        let resp = self
+            .client
+            .get(
+                keys::exports_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        self.published.clear();
+        for kv in resp.kvs() {
+            if let Ok(keys::Key::Export { service, cluster }) = keys::parse_bytes(kv.key()) {
+                if cluster == self.cluster {
+                    // Only keys under our own lease count as published; others (a previous
+                    // leader's) are rewritten under ours, or deleted when no longer exported.
+                    let rec = keys::decode::<ExportRecord>(
+                        &keys::export_key(&service, &cluster),
+                        kv.value(),
+                    )
+                    .ok()
+                    .filter(|_| kv.lease() == self.lease);
+                    self.published.insert(service, rec);
+                }
+            }
+        }
+        self.reconcile(desired).await?;
+        let revision = self
+            .client
+            .get(keys::cluster_key(&cfg.cluster), None)
+            .await?
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or(0);
+        let synced = SyncedRecord {
+            schema: causeway_api::SCHEMA_VERSION,
+            revision,
+        };
+        let op = self.put(keys::synced_key(&cfg.cluster), keys::encode(&synced));
+        self.guarded(vec![op]).await?;
+        tracing::info!(cluster = %cfg.cluster, exports = self.published.len(), revision, "initial sync published");
+        Ok(())
+    }
+
+    /// Puts what changed and deletes what is no longer exported.
+    async fn reconcile(&mut self, desired: &LocalExports) -> Result<(), LeadError> {
+        if !desired.loaded {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, export) in &desired.exports {
+            if self.published.get(key).and_then(Option::as_ref) != Some(&export.record) {
+                ops.push(self.put(
+                    keys::export_key(key, &self.cluster),
+                    keys::encode(&export.record),
+                ));
+                puts.push((key.clone(), export.record.clone()));
+            }
+        }
+        for key in self.published.keys() {
+            if !desired.exports.contains_key(key) {
+                ops.push(TxnOp::delete(keys::export_key(key, &self.cluster), None));
+                deletes.push(key.clone());
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.guarded(ops).await?;
+        for (k, r) in puts {
+            tracing::debug!(service = %k, "export published");
+            self.published.insert(k, Some(r));
+        }
+        for k in deletes {
+            tracing::info!(service = %k, "export withdrawn");
+            self.published.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+// === VIPs ===
+
+/// Gives every import without a ClusterSetIP one from the range. Leaders of all clusters may race;
+/// the create-if-absent transaction makes one of them win, and everyone reads the winner's value.
+async fn allocate_vips(
+    client: &mut Client,
+    range: &VipRange,
+    snap: &MeshSnapshot,
+) -> Result<(), etcd_client::Error> {
+    let mut used: std::collections::HashSet<_> =
+        snap.services.values().filter_map(|s| s.vip).collect();
+    for (key, svc) in &snap.services {
+        if svc.vip.is_some() {
+            continue;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let start = h.finish() as u32;
+        let Some(ip) = (0..range.size().min(4096))
+            .map(|i| range.nth(start.wrapping_add(i)))
+            .find(|ip| !used.contains(ip))
+        else {
+            tracing::warn!(service = %key, "VIP range exhausted");
+            continue;
+        };
+        let k = keys::vip_key(key);
+        let rec = VipRecord {
+            schema: causeway_api::SCHEMA_VERSION,
+            ip,
+        };
+        let txn = Txn::new()
+            .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, keys::encode(&rec), None)]);
+        if client.txn(txn).await?.succeeded() {
+            tracing::info!(service = %key, %ip, "ClusterSetIP allocated");
+        }
+        used.insert(ip);
+    }
+    Ok(())
+}

@@ -1,0 +1,623 @@
+//! Mesh view: lists, then watches `/causeway/v1/` and folds every cluster's keys into one
+//! immutable [`MeshSnapshot`], published through a `watch` channel.
+//!
+//! [`MeshState`] is the pure part (events in, snapshot out), tested without etcd; [`run`] is the
+//! I/O loop around it: list, watch from the list's revision, resume after a disconnect, relist
+//! after a compaction, expire stale clusters.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use causeway_api::keys::{self, Key};
+use causeway_api::merge::{self, ExportInput};
+use causeway_api::snapshot::{ClusterState, ClusterView, ExportView, InvalidExport, ServiceView};
+use causeway_api::{
+    ClusterId, ClusterRecord, DrillRecord, ExportRecord, HealthRecord, MeshSnapshot, ServiceKey,
+    SyncedRecord, VipRecord,
+};
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EtcdConfig;
+use crate::etcd::{self, Backoff};
+use crate::metrics::Metrics;
+use crate::source::LocalExports;
+
+/// A change read from etcd.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+#[derive(Debug, Clone)]
+struct ClusterEntry {
+    record: Option<ClusterRecord>,
+    up: bool,
+    last_change_ms: i64,
+    stale_since_ms: Option<i64>,
+    synced_revision: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct ExportEntry {
+    record: ExportRecord,
+    stale_since_ms: Option<i64>,
+}
+
+/// The folded content of `/causeway/v1/`, with the stale-grace rules applied.
+#[derive(Debug, Clone)]
+pub struct MeshState {
+    local: ClusterId,
+    stale_grace_ms: i64,
+    clusters: BTreeMap<ClusterId, ClusterEntry>,
+    exports: BTreeMap<ServiceKey, BTreeMap<ClusterId, ExportEntry>>,
+    drills: BTreeMap<String, DrillRecord>,
+    health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
+    vips: BTreeMap<ServiceKey, IpAddr>,
+    revision: i64,
+    synced: bool,
+    /// Values that could not be decoded, by key (logged once each).
+    bad_values: BTreeMap<String, String>,
+}
+
+impl MeshState {
+    pub fn new(local: ClusterId, stale_grace: Duration) -> Self {
+        Self {
+            local,
+            stale_grace_ms: stale_grace.as_millis() as i64,
+            clusters: BTreeMap::new(),
+            exports: BTreeMap::new(),
+            drills: BTreeMap::new(),
+            health: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            revision: 0,
+            synced: false,
+            bad_values: BTreeMap::new(),
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Replaces the state with a full list taken at `revision`. What vanished since we last
+    /// looked is treated as by the watch: a cluster whose key is gone goes stale with its exports;
+    /// exports of a live cluster that are gone were unexported.
+    pub fn apply_list(&mut self, kvs: Vec<(String, Vec<u8>)>, revision: i64, now_ms: i64) {
+        let old_clusters = std::mem::take(&mut self.clusters);
+        let old_exports = std::mem::take(&mut self.exports);
+        self.drills.clear();
+        self.health.clear();
+        self.vips.clear();
+        let changes: Vec<Change> = kvs
+            .into_iter()
+            .map(|(key, value)| Change::Put { key, value })
+            .collect();
+        self.apply_puts_only(&changes, now_ms);
+        // Carry over what we held of clusters that are not live now.
+        for (c, mut entry) in old_clusters {
+            match self.clusters.get_mut(&c) {
+                Some(new) => {
+                    if new.up == entry.up {
+                        new.last_change_ms = entry.last_change_ms;
+                    }
+                    new.synced_revision = new.synced_revision.or(entry.synced_revision);
+                }
+                None => {
+                    if entry.up {
+                        entry.up = false;
+                        entry.last_change_ms = now_ms;
+                        entry.stale_since_ms = Some(now_ms);
+                    }
+                    self.clusters.insert(c, entry);
+                }
+            }
+        }
+        for (svc, by_cluster) in old_exports {
+            for (c, mut e) in by_cluster {
+                let live = self.clusters.get(&c).is_some_and(|x| x.up);
+                let have = self.exports.get(&svc).is_some_and(|m| m.contains_key(&c));
+                if !live && !have {
+                    e.stale_since_ms.get_or_insert(now_ms);
+                    self.exports.entry(svc.clone()).or_default().insert(c, e);
+                }
+            }
+        }
+        self.revision = revision;
+        self.synced = true;
+    }
+
+    fn apply_puts_only(&mut self, changes: &[Change], now_ms: i64) {
+        for c in changes {
+            self.apply_one(c, now_ms);
+        }
+    }
+
+    /// Applies the events of one watch response (one or more revisions).
+    pub fn apply_events(&mut self, changes: &[Change], revision: i64, now_ms: i64) {
+        // A lapsed lease deletes the cluster key and its exports in one revision, in no promised
+        // order: mark the cluster stale first so its export deletes are not taken as unexports.
+        for c in changes {
+            if let Change::Delete { key } = c {
+                if let Ok(Key::Cluster(id)) = Key::parse(key) {
+                    self.cluster_gone(&id, now_ms);
+                }
+            }
+        }
+        for c in changes {
+            self.apply_one(c, now_ms);
+        }
+        self.revision = self.revision.max(revision);
+    }
+
+    fn cluster_gone(&mut self, id: &ClusterId, now_ms: i64) {
+        if let Some(entry) = self.clusters.get_mut(id) {
+            if entry.up {
+                tracing::warn!(cluster = %id, "cluster's keys vanished; keeping its exports as stale");
+                entry.up = false;
+                entry.last_change_ms = now_ms;
+                entry.stale_since_ms = Some(now_ms);
+            }
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&mut self, key: &str, value: &[u8]) -> Option<T> {
+        match keys::decode::<T>(key, value) {
+            Ok(v) => {
+                self.bad_values.remove(key);
+                Some(v)
+            }
+            Err(e) => {
+                if self
+                    .bad_values
+                    .insert(key.to_string(), e.to_string())
+                    .is_none()
+                {
+                    tracing::warn!(%key, error = %e, "ignoring an undecodable value");
+                }
+                None
+            }
+        }
+    }
+
+    fn apply_one(&mut self, change: &Change, now_ms: i64) {
+        let (key_str, value) = match change {
+            Change::Put { key, value } => (key.as_str(), Some(value.as_slice())),
+            Change::Delete { key } => (key.as_str(), None),
+        };
+        let key = match Key::parse(key_str) {
+            Ok(k) => k,
+            Err(e) => {
+                if self
+                    .bad_values
+                    .insert(key_str.to_string(), e.to_string())
+                    .is_none()
+                {
+                    tracing::warn!(error = %e, "ignoring a malformed key");
+                }
+                return;
+            }
+        };
+        match (key, value) {
+            (Key::Cluster(id), Some(v)) => {
+                let Some(rec) = self.decode::<ClusterRecord>(key_str, v) else {
+                    return;
+                };
+                let entry = self.clusters.entry(id.clone()).or_insert(ClusterEntry {
+                    record: None,
+                    up: false,
+                    last_change_ms: now_ms,
+                    stale_since_ms: None,
+                    synced_revision: None,
+                });
+                if !entry.up {
+                    tracing::info!(cluster = %id, "cluster is up");
+                    entry.up = true;
+                    entry.last_change_ms = now_ms;
+                    entry.stale_since_ms = None;
+                }
+                entry.record = Some(rec);
+            }
+            (Key::Cluster(id), None) => self.cluster_gone(&id, now_ms),
+            (Key::Export { service, cluster }, Some(v)) => {
+                let Some(record) = self.decode::<ExportRecord>(key_str, v) else {
+                    return;
+                };
+                self.clusters
+                    .entry(cluster.clone())
+                    .or_insert(ClusterEntry {
+                        record: None,
+                        up: false,
+                        last_change_ms: now_ms,
+                        stale_since_ms: None,
+                        synced_revision: None,
+                    });
+                self.exports.entry(service).or_default().insert(
+                    cluster,
+                    ExportEntry {
+                        record,
+                        stale_since_ms: None,
+                    },
+                );
+            }
+            (Key::Export { service, cluster }, None) => {
+                let live = self.clusters.get(&cluster).is_some_and(|c| c.up);
+                let Some(by_cluster) = self.exports.get_mut(&service) else {
+                    return;
+                };
+                if live {
+                    by_cluster.remove(&cluster);
+                    if by_cluster.is_empty() {
+                        self.exports.remove(&service);
+                    }
+                } else if let Some(e) = by_cluster.get_mut(&cluster) {
+                    e.stale_since_ms.get_or_insert(now_ms);
+                }
+            }
+            (Key::Synced(id), Some(v)) => {
+                let Some(rec) = self.decode::<SyncedRecord>(key_str, v) else {
+                    return;
+                };
+                if let Some(entry) = self.clusters.get_mut(&id) {
+                    entry.synced_revision = Some(rec.revision);
+                }
+                // The cluster has republished everything it exports: what is still stale of it
+                // was unexported while it was away.
+                self.drop_stale_exports_of(&id);
+            }
+            (Key::Synced(_), None) => {}
+            (Key::Health { observer, cluster }, Some(v)) => {
+                let Some(rec) = self.decode::<HealthRecord>(key_str, v) else {
+                    return;
+                };
+                self.health
+                    .entry(observer)
+                    .or_default()
+                    .insert(cluster, rec);
+            }
+            (Key::Health { observer, cluster }, None) => {
+                if let Some(m) = self.health.get_mut(&observer) {
+                    m.remove(&cluster);
+                    if m.is_empty() {
+                        self.health.remove(&observer);
+                    }
+                }
+            }
+            (Key::Drill(id), Some(v)) => {
+                if let Some(rec) = self.decode::<DrillRecord>(key_str, v) {
+                    self.drills.insert(id, rec);
+                }
+            }
+            (Key::Drill(id), None) => {
+                self.drills.remove(&id);
+            }
+            (Key::Vip(svc), Some(v)) => {
+                if let Some(rec) = self.decode::<VipRecord>(key_str, v) {
+                    self.vips.insert(svc, rec.ip);
+                }
+            }
+            (Key::Vip(svc), None) => {
+                self.vips.remove(&svc);
+            }
+            (Key::Election { .. }, _) => {}
+        }
+    }
+
+    fn drop_stale_exports_of(&mut self, id: &ClusterId) {
+        self.exports.retain(|_, by_cluster| {
+            by_cluster.retain(|c, e| !(c == id && e.stale_since_ms.is_some()));
+            !by_cluster.is_empty()
+        });
+    }
+
+    /// Drops stale clusters and exports whose grace has ended, or that the local gateway reports
+    /// down. Returns whether anything changed.
+    pub fn expire(&mut self, now_ms: i64) -> bool {
+        let grace = self.stale_grace_ms;
+        let local_health = self.health.get(&self.local).cloned().unwrap_or_default();
+        let expired = |c: &ClusterId, since: i64| {
+            now_ms - since >= grace
+                || local_health
+                    .get(c)
+                    .is_some_and(|h| !h.up && h.observed_unix_ms >= since)
+        };
+        let mut changed = false;
+        self.exports.retain(|svc, by_cluster| {
+            by_cluster.retain(|c, e| match e.stale_since_ms {
+                Some(since) if expired(c, since) => {
+                    tracing::info!(service = %svc, cluster = %c, "stale export dropped");
+                    changed = true;
+                    false
+                }
+                _ => true,
+            });
+            !by_cluster.is_empty()
+        });
+        let exports = &self.exports;
+        self.clusters.retain(|c, entry| match entry.stale_since_ms {
+            Some(since) if !entry.up && expired(c, since) => {
+                let has_exports = exports.values().any(|m| m.contains_key(c));
+                if !has_exports {
+                    tracing::info!(cluster = %c, "stale cluster dropped");
+                    changed = true;
+                }
+                has_exports
+            }
+            // A cluster seen only through exports that are all gone.
+            None if !entry.up && !exports.values().any(|m| m.contains_key(c)) => {
+                changed = true;
+                false
+            }
+            _ => true,
+        });
+        changed
+    }
+
+    /// Builds the snapshot: imports merged by the MCS rules, conditions, drains, VIPs.
+    pub fn snapshot(&self, version: u64, invalid: Vec<InvalidExport>) -> MeshSnapshot {
+        let merged = merge::merge(self.exports.iter().flat_map(|(service, by_cluster)| {
+            by_cluster.iter().map(move |(cluster, e)| ExportInput {
+                service,
+                cluster,
+                export: &e.record,
+            })
+        }));
+        let drained: std::collections::HashSet<(&ServiceKey, &ClusterId)> = self
+            .drills
+            .values()
+            .map(|d| (&d.service, &d.cluster))
+            .collect();
+        let mut services = BTreeMap::new();
+        for (key, import) in merged.imports {
+            let conds = merged.conditions.get(&key);
+            let exports = self
+                .exports
+                .get(&key)
+                .map(|by_cluster| {
+                    by_cluster
+                        .iter()
+                        .map(|(c, e)| {
+                            let view = ExportView {
+                                record: e.record.clone(),
+                                conditions: conds
+                                    .and_then(|m| m.get(c))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                stale: e.stale_since_ms.is_some(),
+                                drained: drained.contains(&(&key, c)),
+                            };
+                            (c.clone(), view)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let vip = self.vips.get(&key).copied();
+            services.insert(
+                key,
+                ServiceView {
+                    import,
+                    vip,
+                    exports,
+                },
+            );
+        }
+        let clusters = self
+            .clusters
+            .iter()
+            .filter_map(|(c, e)| {
+                let record = e.record.clone()?;
+                Some((
+                    c.clone(),
+                    ClusterView {
+                        record,
+                        state: if e.up {
+                            ClusterState::Up
+                        } else {
+                            ClusterState::Stale
+                        },
+                        last_change_unix_ms: e.last_change_ms,
+                        stale_since_unix_ms: e.stale_since_ms,
+                        synced_revision: e.synced_revision,
+                    },
+                ))
+            })
+            .collect();
+        MeshSnapshot {
+            version,
+            revision: self.revision,
+            local_cluster: Some(self.local.clone()),
+            synced: self.synced,
+            clusters,
+            services,
+            drills: self.drills.clone(),
+            health: self.health.clone(),
+            invalid_exports: invalid,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+// === the watch loop ===
+
+pub struct ViewConfig {
+    pub cluster: ClusterId,
+    pub etcd: EtcdConfig,
+    pub stale_grace: Duration,
+    pub debounce: Duration,
+}
+
+enum WatchEnd {
+    /// Disconnected: resume from the last revision if etcd still has it.
+    Resume,
+    /// The revision was compacted: list again.
+    Relist,
+}
+
+/// Lists and watches until `shutdown`, publishing snapshots to `tx`.
+pub async fn run(
+    cfg: ViewConfig,
+    tx: watch::Sender<Arc<MeshSnapshot>>,
+    mut local: watch::Receiver<LocalExports>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut state = MeshState::new(cfg.cluster.clone(), cfg.stale_grace);
+    let mut version = tx.borrow().version;
+    let mut backoff = Backoff::default();
+    let mut need_list = true;
+    let mut expire_tick = tokio::time::interval(Duration::from_millis(500));
+    expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut publish = |state: &MeshState, local: &watch::Receiver<LocalExports>| {
+        version += 1;
+        let invalid = local.borrow().invalid.clone();
+        let snap = state.snapshot(version, invalid);
+        metrics.observe_snapshot(&snap);
+        tx.send_replace(Arc::new(snap));
+    };
+
+    'outer: loop {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = etcd::connect(&cfg.etcd) => c,
+        };
+        let mut client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.etcd_up.set(0);
+                tracing::warn!(error = %e, "mesh view cannot reach etcd; serving the last snapshot");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = backoff.wait() => continue,
+                }
+            }
+        };
+        if need_list {
+            let listed = client
+                .get(keys::PREFIX, Some(GetOptions::new().with_prefix()))
+                .await;
+            match listed {
+                Ok(resp) => {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    let kvs = resp
+                        .kvs()
+                        .iter()
+                        .map(|kv| {
+                            (
+                                String::from_utf8_lossy(kv.key()).into_owned(),
+                                kv.value().to_vec(),
+                            )
+                        })
+                        .collect();
+                    state.apply_list(kvs, rev, now_ms());
+                    tracing::info!(revision = rev, "mesh view listed");
+                    need_list = false;
+                    publish(&state, &local);
+                }
+                Err(e) => {
+                    metrics.etcd_up.set(0);
+                    tracing::warn!(error = %e, "listing the mesh failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = backoff.wait() => continue,
+                    }
+                }
+            }
+        }
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(state.revision() + 1)
+            .with_progress_notify();
+        let mut stream = match client.watch(keys::PREFIX, Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics.etcd_up.set(0);
+                metrics.watch_restarts.inc();
+                tracing::warn!(error = %e, "watching the mesh failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = backoff.wait() => continue,
+                }
+            }
+        };
+        metrics.etcd_up.set(1);
+        backoff.reset();
+        let mut pending: Option<Instant> = None;
+        let end = loop {
+            let deadline = pending.map(|p| p + cfg.debounce);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                    pending = None;
+                    publish(&state, &local);
+                }
+                _ = expire_tick.tick() => {
+                    if state.expire(now_ms()) {
+                        pending.get_or_insert_with(Instant::now);
+                    }
+                }
+                r = local.changed() => {
+                    if r.is_err() { return; }
+                    // Invalid local exports are part of the snapshot (status, /debug/snapshot).
+                    pending.get_or_insert_with(Instant::now);
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            tracing::warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "watch cancelled; relisting");
+                            break WatchEnd::Relist;
+                        }
+                        let mut rev = 0;
+                        let changes: Vec<Change> = resp.events().iter().filter_map(|ev| {
+                            let kv = ev.kv()?;
+                            rev = rev.max(kv.mod_revision());
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            Some(match ev.event_type() {
+                                EventType::Put => Change::Put { key, value: kv.value().to_vec() },
+                                EventType::Delete => Change::Delete { key },
+                            })
+                        }).collect();
+                        if changes.is_empty() {
+                            // Progress notification: everything up to the header's revision has
+                            // been sent, so a resume may start after it.
+                            if let Some(h) = resp.header() {
+                                state.apply_events(&[], h.revision(), now_ms());
+                            }
+                            continue;
+                        }
+                        state.apply_events(&changes, rev, now_ms());
+                        pending.get_or_insert_with(Instant::now);
+                    }
+                    Ok(None) => break WatchEnd::Resume,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mesh watch broke");
+                        break WatchEnd::Resume;
+                    }
+                }
+            }
+        };
+        if pending.is_some() {
+            publish(&state, &local);
+        }
+        metrics.watch_restarts.inc();
+        metrics.etcd_up.set(0);
+        if matches!(end, WatchEnd::Relist) {
+            need_list = true;
+            continue 'outer;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = backoff.wait() => {}
+        }
+    }
+}
