@@ -1,0 +1,183 @@
+//! Every record form of the zone, as `dig` sees it.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn clusterset_ip_service_a_aaaa_and_srv() {
+    let server = TestServer::start(mesh()).await;
+
+    // east exports web itself with ready endpoints: local-first answers the local address.
+    let d = server.dig(&[WEB, "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(d.has_flag("qr") && d.has_flag("aa"), "{}", d.raw);
+    assert!(!d.has_flag("ra"), "no recursion: {}", d.raw);
+    assert_eq!(d.data("A"), [WEB_LOCAL_IP]);
+    assert_eq!(d.answer[0].ttl, 5);
+    assert_eq!(d.answer[0].name, format!("{WEB}."));
+    // An IPv4 answer only: AAAA of the same name is NODATA.
+    server.dig(&[WEB, "AAAA"]).await.assert_nodata();
+
+    // api is exported by west only: its (IPv6) ClusterSetIP.
+    let d = server.dig(&[API, "AAAA"]).await;
+    assert_eq!(d.data("AAAA"), [API_VIP], "{}", d.raw);
+    server.dig(&[API, "A"]).await.assert_nodata();
+
+    // SRV for each named port, target the service name.
+    let d = server.dig(&[&format!("_http._tcp.{WEB}"), "SRV"]).await;
+    assert_eq!(d.data("SRV"), [format!("0 100 80 {WEB}.")], "{}", d.raw);
+    let d = server.dig(&[&format!("_grpc._tcp.{WEB}"), "SRV"]).await;
+    assert_eq!(d.data("SRV"), [format!("0 100 9090 {WEB}.")], "{}", d.raw);
+    let d = server.dig(&[&format!("_dns._udp.{WEB}"), "SRV"]).await;
+    assert_eq!(d.data("SRV"), [format!("0 100 53 {WEB}.")], "{}", d.raw);
+    // Wrong protocol or unknown port name: NXDOMAIN; the protocol label alone exists.
+    server
+        .dig(&[&format!("_http._udp.{WEB}"), "SRV"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("_nope._tcp.{WEB}"), "SRV"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("_tcp.{WEB}"), "SRV"])
+        .await
+        .assert_nodata();
+    // SRV at the service name itself: NODATA.
+    server.dig(&[WEB, "SRV"]).await.assert_nodata();
+
+    // <cluster>.<svc>... is never answered for ClusterSetIP services.
+    server
+        .dig(&[&format!("east.{WEB}"), "A"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("west.{WEB}"), "A"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("pod.east.{WEB}"), "A"])
+        .await
+        .assert_nxdomain();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn headless_service_endpoints_and_hostnames() {
+    let server = TestServer::start(mesh()).await;
+
+    // Ready endpoints of every serving export; the not-ready db-9 is left out.
+    let d = server.dig(&[DB, "A"]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.data("A"), ["10.0.5.1", "10.1.5.1"]);
+    let d = server.dig(&[DB, "AAAA"]).await;
+    assert_eq!(d.data("AAAA"), ["fd00:5::1"]);
+
+    // Per-endpoint names.
+    let d = server.dig(&[&format!("db-0.east.{DB}"), "A"]).await;
+    assert_eq!(d.data("A"), ["10.0.5.1"], "{}", d.raw);
+    let d = server.dig(&[&format!("db-0.east.{DB}"), "AAAA"]).await;
+    assert_eq!(d.data("AAAA"), ["fd00:5::1"], "{}", d.raw);
+    let d = server.dig(&[&format!("db-1.west.{DB}"), "A"]).await;
+    assert_eq!(d.data("A"), ["10.1.5.1"], "{}", d.raw);
+    // Wrong cluster, not-ready endpoint, unknown host: NXDOMAIN.
+    server
+        .dig(&[&format!("db-0.west.{DB}"), "A"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("db-9.east.{DB}"), "A"])
+        .await
+        .assert_nxdomain();
+    server
+        .dig(&[&format!("db-7.east.{DB}"), "A"])
+        .await
+        .assert_nxdomain();
+    // The cluster label of a headless service with hostnames is an empty non-terminal.
+    server
+        .dig(&[&format!("east.{DB}"), "A"])
+        .await
+        .assert_nodata();
+
+    // SRV of a headless service: one per endpoint with a hostname.
+    let d = server.dig(&[&format!("_pg._tcp.{DB}"), "SRV"]).await;
+    assert_eq!(
+        d.data("SRV"),
+        [
+            format!("0 100 5432 db-0.east.{DB}."),
+            format!("0 100 5432 db-1.west.{DB}.")
+        ],
+        "{}",
+        d.raw
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn apex_version_and_name_server() {
+    let server = TestServer::start(mesh()).await;
+
+    let d = server.dig(&["dns-version.clusterset.local", "TXT"]).await;
+    assert_eq!(d.data("TXT"), ["\"1.0.0\""], "{}", d.raw);
+    server
+        .dig(&["dns-version.clusterset.local", "A"])
+        .await
+        .assert_nodata();
+
+    let d = server.dig(&["clusterset.local", "SOA"]).await;
+    assert!(d.has_flag("aa"));
+    let soa = d.data("SOA");
+    assert_eq!(soa.len(), 1, "{}", d.raw);
+    assert!(
+        soa[0].starts_with("ns.dns.clusterset.local. hostmaster.clusterset.local. 1 "),
+        "{}",
+        d.raw
+    );
+    assert!(soa[0].ends_with(" 5"), "SOA minimum is the TTL: {}", d.raw);
+
+    let d = server.dig(&["clusterset.local", "NS"]).await;
+    assert_eq!(d.data("NS"), ["ns.dns.clusterset.local."], "{}", d.raw);
+    let d = server.dig(&["ns.dns.clusterset.local", "A"]).await;
+    assert_eq!(
+        d.data("A"),
+        ["127.0.0.1"],
+        "the server's own address: {}",
+        d.raw
+    );
+
+    let d = server.dig(&["clusterset.local", "ANY"]).await;
+    assert_eq!(d.answer.len(), 2, "SOA and NS: {}", d.raw);
+    server.dig(&["clusterset.local", "A"]).await.assert_nodata();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn names_are_case_insensitive_and_ttl_configurable() {
+    let config = causeway_dns::DnsConfig {
+        ttl: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config, mesh()).await;
+    let d = server.dig(&["WeB.PROD.svc.ClusterSet.LOCAL", "A"]).await;
+    assert_eq!(d.data("A"), [WEB_LOCAL_IP], "{}", d.raw);
+    assert_eq!(d.answer[0].ttl, 30);
+    let d = server.dig(&["nope.prod.svc.clusterset.local", "A"]).await;
+    d.assert_nxdomain();
+    assert!(
+        d.authority[0].data.ends_with(" 30"),
+        "SOA minimum follows: {}",
+        d.raw
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn via_gateway_policy_answers_the_clusterset_ip() {
+    let mut config = causeway_dns::DnsConfig::default();
+    config
+        .policy_overrides
+        .insert(key("prod", "web"), causeway_dns::AnswerPolicy::ViaGateway);
+    let server = TestServer::start_with(config, mesh()).await;
+    let d = server.dig(&[WEB, "A"]).await;
+    assert_eq!(d.data("A"), [WEB_VIP], "{}", d.raw);
+    server.stop().await;
+}
