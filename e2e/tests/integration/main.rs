@@ -1,0 +1,5 @@
+//! The integration tests of causeway-e2e, one binary (STYLE.md "Tests"), a module per topic.
+//!
+//! They run against a real etcd: see docs/testing.md for how it is found.
+
+mod etcd;
