@@ -1,1 +1,907 @@
-//! TODO
+//! rustls configuration for Causeway's mTLS (DESIGN.md "Gateway transport").
+//!
+//! Both sides present an X.509-SVID: a certificate chain whose leaf carries exactly one URI SAN,
+//! the SPIFFE ID. Such certificates carry no DNS name, so the client does not check the server
+//! name it dialled; it verifies the chain against the trust bundle and then checks the server's
+//! SPIFFE ID against an [`ExpectedPeer`]. The server requires a client certificate chaining to
+//! the bundle and leaves authorisation of the client's SPIFFE ID ([`peer_spiffe_id`]) to the
+//! caller, which knows the export's allowed sources.
+//!
+//! One crypto provider, ring, passed explicitly so that a process-wide default is never needed.
+//! TLS 1.3 and 1.2.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
+use x509_parser::extensions::GeneralName;
+
+use crate::pem::{self, PemError};
+use crate::spiffe::{InvalidSpiffeId, SpiffeId, GATEWAY_SERVICE_ACCOUNT, SYSTEM_NAMESPACE};
+
+/// Why a TLS configuration could not be built, or a peer's identity not established.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error("{origin}: trust bundle has no certificate")]
+    EmptyTrustBundle { origin: String },
+    #[error("{origin}: certificate #{index} is not usable as a trust anchor: {source}")]
+    InvalidTrustAnchor {
+        origin: String,
+        index: usize,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("identity certificate and key rejected: {0}")]
+    Identity(#[source] rustls::Error),
+    #[error("cannot configure TLS: {0}")]
+    Config(#[source] rustls::Error),
+    #[error("cannot build client certificate verifier: {0}")]
+    ClientVerifier(#[source] VerifierBuilderError),
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("cannot parse certificate: {0}")]
+    BadCertificate(String),
+    #[error("certificate has no SPIFFE ID (no URI subject alternative name)")]
+    NoSpiffeId,
+    #[error("certificate has {0} URI subject alternative names; an X.509-SVID has exactly one")]
+    MultipleUriSans(usize),
+    #[error("certificate has an invalid SPIFFE ID: {0}")]
+    InvalidSpiffeId(#[from] InvalidSpiffeId),
+    #[error("peer {actual} is not {expected}")]
+    UnexpectedPeer { actual: SpiffeId, expected: String },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+// === impl Identity ===
+
+/// Our certificate chain (leaf first, then intermediates) and the leaf's private key.
+pub struct Identity {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn new(cert_chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Self { cert_chain, key }
+    }
+
+    /// Loads the chain from `cert_path` (leaf first) and the key from `key_path`.
+    pub fn load(cert_path: impl AsRef<Path>, key_path: impl AsRef<Path>) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert_chain: pem::load_certs(cert_path)?,
+            key: pem::load_private_key(key_path)?,
+        })
+    }
+
+    /// Builds an identity from PEM text; `origin` names it in errors.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert_chain: pem::certs_from_pem(cert_pem, &format!("{origin} certificate"))?,
+            key: pem::private_key_from_pem(key_pem, &format!("{origin} key"))?,
+        })
+    }
+
+    /// The SPIFFE ID of our leaf certificate.
+    pub fn spiffe_id(&self) -> Result<SpiffeId, TlsError> {
+        peer_spiffe_id(&self.cert_chain)
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.spiffe_id().map(|id| id.to_string());
+        f.debug_struct("Identity")
+            .field("spiffe_id", &id.as_deref().unwrap_or("<none>"))
+            .field("chain_len", &self.cert_chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl TrustBundle ===
+
+/// The CA certificates we trust to sign peers' chains (the federation's roots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl TrustBundle {
+    /// A bundle of the given roots; they are checked when a config is built.
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Self {
+        Self { roots }
+    }
+
+    /// Loads a bundle file (concatenated PEM certificates) and checks each is a usable anchor.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let path = path.as_ref();
+        let bundle = Self::new(pem::load_trust_bundle(path)?);
+        bundle.trust_anchors(&path.display().to_string())?;
+        Ok(bundle)
+    }
+
+    /// A bundle from PEM text (e.g. a cluster's bundle read from etcd); `origin` names it.
+    pub fn from_pem(pem_text: &[u8], origin: &str) -> Result<Self, TlsError> {
+        let bundle = Self::new(pem::trust_bundle_from_pem(pem_text, origin)?);
+        bundle.trust_anchors(origin)?;
+        Ok(bundle)
+    }
+
+    fn trust_anchors(&self, origin: &str) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
+        if self.roots.is_empty() {
+            return Err(TlsError::EmptyTrustBundle {
+                origin: origin.to_string(),
+            });
+        }
+        self.roots
+            .iter()
+            .enumerate()
+            .map(|(index, cert)| {
+                webpki::anchor_from_trusted_cert(cert)
+                    .map(|a| a.to_owned())
+                    .map_err(|source| TlsError::InvalidTrustAnchor {
+                        origin: origin.to_string(),
+                        index,
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+// === impl ExpectedPeer ===
+
+/// Which server identities a client accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedPeer {
+    /// Exactly this SPIFFE ID.
+    Exact(SpiffeId),
+    /// Any of these SPIFFE IDs.
+    AnyOf(Vec<SpiffeId>),
+    /// The gateway identity (`/ns/causeway-system/sa/causeway-gateway`) of any trust domain
+    /// whose chain verifies against the bundle.
+    AnyGateway,
+}
+
+impl ExpectedPeer {
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match self {
+            Self::Exact(expected) => expected == id,
+            Self::AnyOf(ids) => ids.contains(id),
+            Self::AnyGateway => id.is_gateway(),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(id) => write!(f, "the expected {id}"),
+            Self::AnyOf(ids) => {
+                f.write_str("any of the expected [")?;
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{id}")?;
+                }
+                f.write_str("]")
+            }
+            Self::AnyGateway => write!(
+                f,
+                "a gateway (spiffe://<trust-domain>/ns/{SYSTEM_NAMESPACE}/sa/{GATEWAY_SERVICE_ACCOUNT})"
+            ),
+        }
+    }
+}
+
+// === config builders ===
+
+/// A server config that requires a client certificate chaining to `trust` (client-auth EKU).
+///
+/// The client's SPIFFE ID is not checked here; read it with [`peer_spiffe_id`] on
+/// `conn.peer_certificates()` and authorise it.
+pub fn server_config(
+    identity: &Identity,
+    trust: &TrustBundle,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let roots = RootCertStore {
+        roots: trust.trust_anchors("trust bundle")?,
+    };
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(TlsError::ClientVerifier)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
+        .map_err(TlsError::Identity)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client config that presents `identity` and accepts a server whose chain verifies against
+/// `trust` (server-auth EKU, validity period) and whose SPIFFE ID is `expected`.
+///
+/// The server name passed to `connect` is not checked (SVIDs have no DNS name); pass anything,
+/// e.g. the peer's address.
+pub fn client_config(
+    identity: &Identity,
+    trust: &TrustBundle,
+    expected: ExpectedPeer,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = SpiffeServerVerifier {
+        anchors: trust.trust_anchors("trust bundle")?,
+        expected,
+        algs: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(TlsError::Config)?
+        // "dangerous" because it replaces rustls' WebPKI+DNS-name verifier; ours still verifies
+        // the chain with webpki and replaces only the name check, by a SPIFFE ID check.
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())
+        .map_err(TlsError::Identity)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+// === peer identity ===
+
+/// The SPIFFE ID of the end-entity (first) certificate: its one URI SAN.
+///
+/// Use on `conn.peer_certificates()` on either side of a connection.
+pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, TlsError> {
+    let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?
+        .ok_or(TlsError::NoSpiffeId)?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(TlsError::NoSpiffeId),
+        [uri] => Ok(uri.parse()?),
+        more => Err(TlsError::MultipleUriSans(more.len())),
+    }
+}
+
+// === impl SpiffeServerVerifier ===
+
+/// Verifies a server's chain with webpki against our anchors, then its SPIFFE ID.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    anchors: Vec<TrustAnchor<'static>>,
+    expected: ExpectedPeer,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.algs.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+        let id = peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(other_error)?;
+        if !self.expected.matches(&id) {
+            return Err(other_error(TlsError::UnexpectedPeer {
+                actual: id,
+                expected: self.expected.to_string(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn other_error(e: TlsError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Maps webpki's errors to rustls' as rustls' own verifier does, so that alerts and logs read
+/// the same; what has no rustls counterpart is kept whole as `Other`.
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error::*;
+    let cert_error = match e {
+        BadDer | BadDerTime | TrailingData(_) => CertificateError::BadEncoding,
+        CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }
+        }
+        CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
+        InvalidCertValidity => CertificateError::Expired,
+        UnknownIssuer => CertificateError::UnknownIssuer,
+        CertRevoked => CertificateError::Revoked,
+        InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        #[allow(deprecated)]
+        RequiredEkuNotFound | RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        e => CertificateError::Other(OtherError(Arc::new(e))),
+    };
+    rustls::Error::InvalidCertificate(cert_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    const H2: &[u8] = b"h2";
+
+    // === test PKI ===
+
+    struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        fn root(name: &str) -> Self {
+            let mut params = CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let issuer =
+                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            Self { issuer }
+        }
+
+        fn intermediate(&self, name: &str) -> Self {
+            let mut params = CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.use_authority_key_identifier_extension = true;
+            let issuer =
+                CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.issuer)
+                    .unwrap();
+            Self { issuer }
+        }
+
+        fn bundle(&self) -> TrustBundle {
+            TrustBundle::new(vec![self.issuer.der().clone()])
+        }
+    }
+
+    struct Leaf<'a> {
+        uris: Vec<String>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        expired: bool,
+        chain: Option<&'a Ca>,
+    }
+
+    impl<'a> Leaf<'a> {
+        fn spiffe(id: &SpiffeId) -> Self {
+            Self {
+                uris: vec![id.to_string()],
+                ekus: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                expired: false,
+                chain: None,
+            }
+        }
+
+        /// Signs the leaf by `ca`; `chain` appends that intermediate to the chain.
+        fn issue(self, ca: &Ca) -> Identity {
+            let mut params = CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.subject_alt_names = self
+                .uris
+                .iter()
+                .map(|u| SanType::URI(u.clone().try_into().unwrap()))
+                .collect();
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = self.ekus;
+            params.use_authority_key_identifier_extension = true;
+            if self.expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca.issuer).unwrap();
+            let mut chain = vec![cert.der().clone()];
+            if let Some(via) = self.chain {
+                chain.push(via.issuer.der().clone());
+            }
+            let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            Identity::new(chain, key)
+        }
+    }
+
+    fn gateway(td: &str) -> SpiffeId {
+        SpiffeId::gateway(td).unwrap()
+    }
+
+    /// A root, an intermediate per cluster, and leaves issued by the intermediates: the layout
+    /// `causeway certs` writes.
+    struct Pki {
+        root: Ca,
+        east: Ca,
+        west: Ca,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let root = Ca::root("federation root");
+            let east = root.intermediate("east");
+            let west = root.intermediate("west");
+            Self { root, east, west }
+        }
+
+        fn gateway_east(&self) -> Identity {
+            Leaf {
+                chain: Some(&self.east),
+                ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+            }
+            .issue(&self.east)
+        }
+
+        fn gateway_west(&self) -> Identity {
+            Leaf {
+                chain: Some(&self.west),
+                ..Leaf::spiffe(&gateway("west.causeway.mesh"))
+            }
+            .issue(&self.west)
+        }
+    }
+
+    // === handshake harness ===
+
+    struct Outcome {
+        server: Result<Option<SpiffeId>, String>,
+        client: Result<(Option<SpiffeId>, Option<Vec<u8>>), String>,
+    }
+
+    /// Runs a handshake over an in-memory pipe and exchanges one byte each way, so that a
+    /// rejection by either side shows on both.
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Outcome {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = async move {
+            let mut tls = TlsAcceptor::from(server)
+                .accept(s)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| peer_spiffe_id(certs).unwrap());
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"s").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(id)
+        };
+        let client = async move {
+            // Not a name in any certificate: the client must not check it.
+            let name = ServerName::try_from("not-checked.invalid").unwrap();
+            let mut tls = TlsConnector::from(client)
+                .connect(name, c)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (id, alpn) = {
+                let conn = tls.get_ref().1;
+                let id = conn
+                    .peer_certificates()
+                    .map(|certs| peer_spiffe_id(certs).unwrap());
+                (id, conn.alpn_protocol().map(|p| p.to_vec()))
+            };
+            tls.write_all(b"c").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((id, alpn))
+        };
+        let (server, client) = tokio::join!(server, client);
+        Outcome { server, client }
+    }
+
+    // === tests ===
+
+    #[tokio::test]
+    async fn mutual_handshake_both_sides_see_spiffe_ids() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &pki.gateway_west(),
+            &bundle,
+            ExpectedPeer::Exact(gateway("east.causeway.mesh")),
+            &[H2],
+        )
+        .unwrap();
+        let out = handshake(server, client).await;
+        assert_eq!(out.server.unwrap(), Some(gateway("west.causeway.mesh")));
+        let (id, alpn) = out.client.unwrap();
+        assert_eq!(id, Some(gateway("east.causeway.mesh")));
+        assert_eq!(alpn.as_deref(), Some(H2));
+    }
+
+    #[tokio::test]
+    async fn any_gateway_and_any_of_accept_matching_server() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        for expected in [
+            ExpectedPeer::AnyGateway,
+            ExpectedPeer::AnyOf(vec![
+                gateway("west.causeway.mesh"),
+                gateway("east.causeway.mesh"),
+            ]),
+        ] {
+            let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+            let client = client_config(&pki.gateway_west(), &bundle, expected, &[H2]).unwrap();
+            let out = handshake(server, client).await;
+            out.server.unwrap();
+            out.client.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn tls12_works_too() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+        // Built by hand to offer only TLS 1.2, with our verifier and identity.
+        let id = pki.gateway_west();
+        let verifier = SpiffeServerVerifier {
+            anchors: bundle.trust_anchors("test").unwrap(),
+            expected: ExpectedPeer::AnyGateway,
+            algs: provider().signature_verification_algorithms,
+        };
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(id.cert_chain, id.key)
+            .unwrap();
+        let out = handshake(server, Arc::new(client)).await;
+        assert_eq!(out.server.unwrap(), Some(gateway("west.causeway.mesh")));
+        out.client.unwrap();
+    }
+
+    #[tokio::test]
+    async fn server_refuses_client_from_another_ca() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let rogue_root = Ca::root("rogue root");
+        let rogue = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&rogue_root);
+        let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+        // The rogue client trusts the real bundle, so only the server can refuse.
+        let client = client_config(&rogue, &bundle, ExpectedPeer::AnyGateway, &[H2]).unwrap();
+        let out = handshake(server, client).await;
+        let err = out.server.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn client_refuses_unexpected_server_identity() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let federator = Leaf {
+            chain: Some(&pki.east),
+            ..Leaf::spiffe(&SpiffeId::federator("east.causeway.mesh").unwrap())
+        }
+        .issue(&pki.east);
+        let server = server_config(&federator, &bundle, &[H2]).unwrap();
+        for expected in [
+            ExpectedPeer::AnyGateway,
+            ExpectedPeer::Exact(gateway("east.causeway.mesh")),
+            ExpectedPeer::AnyOf(vec![gateway("east.causeway.mesh")]),
+        ] {
+            let client = client_config(&pki.gateway_west(), &bundle, expected, &[H2]).unwrap();
+            let out = handshake(server.clone(), client).await;
+            let err = out.client.unwrap_err();
+            // rustls shows our error by its Debug form inside its own.
+            assert!(err.contains("UnexpectedPeer"), "{err}");
+            assert!(
+                err.contains(
+                    "spiffe://east.causeway.mesh/ns/causeway-system/sa/causeway-federator"
+                ),
+                "{err}"
+            );
+            assert!(out.server.is_err());
+        }
+        // A gateway of the wrong cluster is refused as well.
+        let server = server_config(&pki.gateway_west(), &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &pki.gateway_east(),
+            &bundle,
+            ExpectedPeer::Exact(gateway("east.causeway.mesh")),
+            &[H2],
+        )
+        .unwrap();
+        let err = handshake(server, client).await.client.unwrap_err();
+        assert!(err.contains("west.causeway.mesh"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn client_refuses_server_from_another_ca() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let rogue_root = Ca::root("rogue root");
+        let rogue = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&rogue_root);
+        let server = server_config(&rogue, &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &pki.gateway_west(),
+            &bundle,
+            ExpectedPeer::AnyGateway,
+            &[H2],
+        )
+        .unwrap();
+        let err = handshake(server, client).await.client.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn expired_certificates_are_refused_by_both_sides() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let expired = |td: &str, ca: &Ca| {
+            Leaf {
+                expired: true,
+                chain: Some(ca),
+                ..Leaf::spiffe(&gateway(td))
+            }
+            .issue(ca)
+        };
+
+        // Expired server: the client refuses.
+        let server =
+            server_config(&expired("east.causeway.mesh", &pki.east), &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &pki.gateway_west(),
+            &bundle,
+            ExpectedPeer::AnyGateway,
+            &[H2],
+        )
+        .unwrap();
+        let err = handshake(server, client).await.client.unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+
+        // Expired client: the server refuses.
+        let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &expired("west.causeway.mesh", &pki.west),
+            &bundle,
+            ExpectedPeer::AnyGateway,
+            &[H2],
+        )
+        .unwrap();
+        let err = handshake(server, client).await.server.unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn server_refuses_client_without_certificate() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+        let verifier = SpiffeServerVerifier {
+            anchors: bundle.trust_anchors("test").unwrap(),
+            expected: ExpectedPeer::AnyGateway,
+            algs: provider().signature_verification_algorithms,
+        };
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let out = handshake(server, Arc::new(client)).await;
+        let err = out.server.unwrap_err();
+        assert!(
+            err.contains("NoCertificatesPresented") || err.contains("certificate"),
+            "{err}"
+        );
+        assert!(out.client.is_err());
+    }
+
+    #[tokio::test]
+    async fn client_refuses_server_certificate_without_server_auth_eku() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let client_only = Leaf {
+            ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            chain: Some(&pki.east),
+            ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+        }
+        .issue(&pki.east);
+        let server = server_config(&client_only, &bundle, &[H2]).unwrap();
+        let client = client_config(
+            &pki.gateway_west(),
+            &bundle,
+            ExpectedPeer::AnyGateway,
+            &[H2],
+        )
+        .unwrap();
+        let err = handshake(server, client).await.client.unwrap_err();
+        assert!(err.contains("InvalidPurpose"), "{err}");
+    }
+
+    #[test]
+    fn peer_spiffe_id_requires_exactly_one_uri_san() {
+        let pki = Pki::new();
+        assert_eq!(
+            pki.gateway_east().spiffe_id().unwrap(),
+            gateway("east.causeway.mesh")
+        );
+        assert!(matches!(
+            peer_spiffe_id(&[]),
+            Err(TlsError::NoPeerCertificate)
+        ));
+
+        let none = Leaf {
+            uris: vec![],
+            ..Leaf::spiffe(&gateway("x"))
+        }
+        .issue(&pki.east);
+        assert!(matches!(none.spiffe_id(), Err(TlsError::NoSpiffeId)));
+
+        let two = Leaf {
+            uris: vec!["spiffe://a/x".into(), "spiffe://b/y".into()],
+            ..Leaf::spiffe(&gateway("x"))
+        }
+        .issue(&pki.east);
+        assert!(matches!(two.spiffe_id(), Err(TlsError::MultipleUriSans(2))));
+
+        let bad = Leaf {
+            uris: vec!["https://example.org/x".into()],
+            ..Leaf::spiffe(&gateway("x"))
+        }
+        .issue(&pki.east);
+        let err = bad.spiffe_id().unwrap_err();
+        assert!(err.to_string().contains("https://example.org/x"), "{err}");
+
+        assert!(matches!(
+            peer_spiffe_id(&[CertificateDer::from(vec![1, 2, 3])]),
+            Err(TlsError::BadCertificate(_))
+        ));
+    }
+
+    #[test]
+    fn identity_and_bundle_load_from_files() {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://east.causeway.mesh/ns/causeway-system/sa/causeway-gateway"
+                .try_into()
+                .unwrap(),
+        )];
+        let cert = params.signed_by(&key, &pki.east.issuer).unwrap();
+        let chain = format!("{}{}", cert.pem(), pki.east.issuer.pem());
+        std::fs::write(dir.path().join("gw.pem"), chain).unwrap();
+        std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("bundle.pem"), pki.root.issuer.pem()).unwrap();
+
+        let id = Identity::load(dir.path().join("gw.pem"), dir.path().join("gw.key")).unwrap();
+        assert_eq!(id.cert_chain.len(), 2);
+        assert_eq!(id.spiffe_id().unwrap(), gateway("east.causeway.mesh"));
+        assert!(format!("{id:?}").contains("causeway-gateway"));
+        let bundle = TrustBundle::load(dir.path().join("bundle.pem")).unwrap();
+        assert_eq!(bundle, pki.root.bundle());
+        server_config(&id, &bundle, &[]).unwrap();
+
+        let err = TrustBundle::load(dir.path().join("missing.pem")).unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        // Certificate and key that do not belong together.
+        let other = pki.gateway_west();
+        let mismatched = Identity::new(id.cert_chain.clone(), other.key);
+        let err = server_config(&mismatched, &bundle, &[]).unwrap_err();
+        assert!(matches!(err, TlsError::Identity(_)), "{err:?}");
+    }
+
+    #[test]
+    fn bundle_is_checked() {
+        let err = TrustBundle::from_pem(b"", "bundle of west").unwrap_err();
+        assert!(err.to_string().starts_with("bundle of west: "), "{err}");
+
+        let err =
+            server_config(&Pki::new().gateway_east(), &TrustBundle::new(vec![]), &[]).unwrap_err();
+        assert!(matches!(err, TlsError::EmptyTrustBundle { .. }), "{err:?}");
+
+        let junk = TrustBundle::new(vec![CertificateDer::from(vec![0x30, 0x00])]);
+        let err = junk.trust_anchors("junk.pem").unwrap_err();
+        assert!(
+            matches!(err, TlsError::InvalidTrustAnchor { index: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn expected_peer_display() {
+        let e = ExpectedPeer::AnyOf(vec![gateway("a"), gateway("b")]);
+        assert_eq!(
+            e.to_string(),
+            "any of the expected [spiffe://a/ns/causeway-system/sa/causeway-gateway, \
+             spiffe://b/ns/causeway-system/sa/causeway-gateway]"
+        );
+        assert!(ExpectedPeer::AnyGateway.matches(&gateway("zz")));
+        assert!(!ExpectedPeer::AnyOf(vec![]).matches(&gateway("zz")));
+    }
+}
