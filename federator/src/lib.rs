@@ -2,6 +2,8 @@
 pub mod admin;
 pub mod app;
 pub mod args;
+pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod etcd;
 pub mod metrics;

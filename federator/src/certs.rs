@@ -1,0 +1,565 @@
+//! `causeway certs`: a federation PKI for gateways and federators (docs/certificates.md).
+//!
+//! One federation root CA; per cluster an intermediate CA and two X.509-SVIDs, the gateway's and
+//! the federator's, each with one SPIFFE URI SAN and both serverAuth and clientAuth EKUs (a
+//! gateway dials its peers and accepts them). All keys are ECDSA P-256.
+//!
+//! Nothing is written unless every target path is free (or `--force` is given), so a mistaken
+//! rerun cannot replace a deployed CA.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use causeway_api::spiffe::{self, InvalidSpiffeId, SpiffeId};
+use causeway_api::ClusterId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Clock skew we tolerate between the machine that issues and the peers that verify.
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+const ORGANIZATION: &str = "Causeway";
+
+/// Arguments of `causeway certs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Comma-separated cluster IDs (RFC 1123 labels), e.g. `east,west`.
+    #[arg(
+        long,
+        value_name = "CLUSTER,...",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub clusters: Vec<ClusterId>,
+
+    /// Trust domain of cluster `c` is `<c>.<suffix>`.
+    #[arg(long, value_name = "SUFFIX", default_value = spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX)]
+    pub trust_domain_suffix: String,
+
+    /// Validity of every certificate written, CAs included, in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub validity_days: u32,
+
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Why `causeway certs` wrote nothing, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("no clusters given")]
+    NoClusters,
+    #[error("cluster {0} is given more than once")]
+    DuplicateCluster(ClusterId),
+    #[error("cluster {cluster}: invalid trust domain: {source}")]
+    TrustDomain {
+        cluster: ClusterId,
+        #[source]
+        source: InvalidSpiffeId,
+    },
+    #[error("{} already exists; pass --force to overwrite it", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot generate {what}: {source}")]
+    Generate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+// === impl Layout ===
+
+/// Where `causeway certs` puts each file under its output directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `DIR/root-ca.pem`: the federation root CA certificate.
+    pub fn root_ca_cert(&self) -> PathBuf {
+        self.dir.join("root-ca.pem")
+    }
+
+    /// `DIR/root-ca.key`: its key. Keep it offline; no running component needs it.
+    pub fn root_ca_key(&self) -> PathBuf {
+        self.dir.join("root-ca.key")
+    }
+
+    /// `DIR/bundle.pem`: the trust bundle every gateway and federator loads.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle.pem")
+    }
+
+    /// `DIR/<cluster>/`
+    pub fn cluster_dir(&self, cluster: &ClusterId) -> PathBuf {
+        self.dir.join(cluster.as_str())
+    }
+
+    /// `DIR/<cluster>/ca.pem`: the cluster's intermediate CA certificate.
+    pub fn ca_cert(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("ca.pem")
+    }
+
+    pub fn ca_key(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("ca.key")
+    }
+
+    /// `DIR/<cluster>/gateway.pem`: the gateway's leaf, then the cluster CA.
+    pub fn gateway_cert(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("gateway.pem")
+    }
+
+    pub fn gateway_key(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("gateway.key")
+    }
+
+    /// `DIR/<cluster>/federator.pem`: the federator's leaf, then the cluster CA.
+    pub fn federator_cert(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("federator.pem")
+    }
+
+    pub fn federator_key(&self, cluster: &ClusterId) -> PathBuf {
+        self.cluster_dir(cluster).join("federator.key")
+    }
+
+    /// Every file written for `clusters`, in writing order.
+    pub fn files(&self, clusters: &[ClusterId]) -> Vec<PathBuf> {
+        let mut files = vec![self.root_ca_cert(), self.root_ca_key(), self.bundle()];
+        for c in clusters {
+            files.extend([
+                self.ca_cert(c),
+                self.ca_key(c),
+                self.gateway_cert(c),
+                self.gateway_key(c),
+                self.federator_cert(c),
+                self.federator_key(c),
+            ]);
+        }
+        files
+    }
+}
+
+// === report ===
+
+/// What `causeway certs` wrote.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub layout: Layout,
+    pub clusters: Vec<ClusterIdentities>,
+    pub not_after: time::OffsetDateTime,
+}
+
+/// The identities issued for one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterIdentities {
+    pub cluster: ClusterId,
+    pub trust_domain: String,
+    pub gateway: SpiffeId,
+    pub federator: SpiffeId,
+}
+
+impl fmt::Display for Generated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.layout;
+        writeln!(f, "federation root CA: {}", l.root_ca_cert().display())?;
+        writeln!(f, "trust bundle:       {}", l.bundle().display())?;
+        for c in &self.clusters {
+            writeln!(
+                f,
+                "cluster {} (trust domain {}): {}",
+                c.cluster,
+                c.trust_domain,
+                l.cluster_dir(&c.cluster).display()
+            )?;
+            writeln!(f, "  gateway.pem    {}", c.gateway)?;
+            writeln!(f, "  federator.pem  {}", c.federator)?;
+        }
+        let date = self.not_after.date();
+        write!(f, "valid until {date} (UTC); rotate before then")
+    }
+}
+
+// === generate ===
+
+/// Validates the arguments, checks that no target exists (unless `force`), then writes the CA
+/// hierarchy and every cluster's certificates and keys.
+pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
+    let clusters = identities(args)?;
+    let layout = Layout::new(&args.out);
+    let ids: Vec<ClusterId> = clusters.iter().map(|c| c.cluster.clone()).collect();
+
+    if !args.force {
+        for path in layout.files(&ids) {
+            // symlink_metadata: a dangling link is still something we would overwrite.
+            if path.symlink_metadata().is_ok() {
+                return Err(CertsError::Exists { path });
+            }
+        }
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - BACKDATE,
+        not_after: now + time::Duration::days(i64::from(args.validity_days)),
+    };
+
+    // Everything is generated in memory first, so a failure leaves nothing half-written.
+    let mut files: Vec<(PathBuf, String, Secrecy)> = Vec::new();
+    let root = root_ca(&validity)?;
+    files.push((
+        layout.root_ca_cert(),
+        root.cert_pem.clone(),
+        Secrecy::Public,
+    ));
+    files.push((
+        layout.root_ca_key(),
+        root.issuer.key().serialize_pem(),
+        Secrecy::Secret,
+    ));
+    files.push((layout.bundle(), root.cert_pem.clone(), Secrecy::Public));
+
+    for c in &clusters {
+        let ca = cluster_ca(c, &root.issuer, &validity)?;
+        files.push((
+            layout.ca_cert(&c.cluster),
+            ca.cert_pem.clone(),
+            Secrecy::Public,
+        ));
+        files.push((
+            layout.ca_key(&c.cluster),
+            ca.issuer.key().serialize_pem(),
+            Secrecy::Secret,
+        ));
+        for (id, cert_path, key_path) in [
+            (
+                &c.gateway,
+                layout.gateway_cert(&c.cluster),
+                layout.gateway_key(&c.cluster),
+            ),
+            (
+                &c.federator,
+                layout.federator_cert(&c.cluster),
+                layout.federator_key(&c.cluster),
+            ),
+        ] {
+            let (leaf_pem, key_pem) = svid(id, &c.cluster, &ca.issuer, &validity)?;
+            // Leaf first, then the intermediate: the chain a TLS peer needs to reach the root.
+            files.push((
+                cert_path,
+                format!("{leaf_pem}{}", ca.cert_pem),
+                Secrecy::Public,
+            ));
+            files.push((key_path, key_pem, Secrecy::Secret));
+        }
+    }
+
+    for (path, contents, secrecy) in &files {
+        write_file(path, contents.as_bytes(), *secrecy)?;
+    }
+    Ok(Generated {
+        layout,
+        clusters,
+        not_after: validity.not_after,
+    })
+}
+
+fn identities(args: &CertsArgs) -> Result<Vec<ClusterIdentities>, CertsError> {
+    if args.clusters.is_empty() {
+        return Err(CertsError::NoClusters);
+    }
+    let mut out: Vec<ClusterIdentities> = Vec::with_capacity(args.clusters.len());
+    for cluster in &args.clusters {
+        if out.iter().any(|c| &c.cluster == cluster) {
+            return Err(CertsError::DuplicateCluster(cluster.clone()));
+        }
+        let trust_domain = spiffe::cluster_trust_domain(cluster, &args.trust_domain_suffix);
+        let invalid = |source| CertsError::TrustDomain {
+            cluster: cluster.clone(),
+            source,
+        };
+        out.push(ClusterIdentities {
+            gateway: SpiffeId::gateway(&trust_domain).map_err(invalid)?,
+            federator: SpiffeId::federator(&trust_domain).map_err(invalid)?,
+            cluster: cluster.clone(),
+            trust_domain,
+        });
+    }
+    Ok(out)
+}
+
+struct Validity {
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+}
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+fn params(common_name: &str, validity: &Validity) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params
+}
+
+fn generate_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CertsError {
+    let what = what.into();
+    move |source| CertsError::Generate { what, source }
+}
+
+fn root_ca(validity: &Validity) -> Result<Ca, CertsError> {
+    let mut p = params("Causeway federation root CA", validity);
+    // Root -> cluster CA -> leaf: one CA may sit below the root.
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().map_err(generate_error("root CA key"))?;
+    let issuer = CertifiedIssuer::self_signed(p, key).map_err(generate_error("root CA"))?;
+    Ok(Ca {
+        cert_pem: issuer.pem(),
+        issuer,
+    })
+}
+
+fn cluster_ca(
+    c: &ClusterIdentities,
+    root: &CertifiedIssuer<'static, KeyPair>,
+    validity: &Validity,
+) -> Result<Ca, CertsError> {
+    let what = format!("CA of cluster {}", c.cluster);
+    let mut p = params(&format!("Causeway cluster {} CA", c.cluster), validity);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.use_authority_key_identifier_extension = true;
+    // X.509-SVID: a signing certificate may carry the SPIFFE ID of its trust domain.
+    let td_id = SpiffeId::new(&c.trust_domain, "")
+        .map_err(|source| CertsError::TrustDomain {
+            cluster: c.cluster.clone(),
+            source,
+        })?
+        .to_string();
+    p.subject_alt_names = vec![SanType::URI(
+        td_id.try_into().map_err(generate_error(what.as_str()))?,
+    )];
+    let key = KeyPair::generate().map_err(generate_error(format!("{what} key")))?;
+    let issuer = CertifiedIssuer::signed_by(p, key, root).map_err(generate_error(what))?;
+    Ok(Ca {
+        cert_pem: issuer.pem(),
+        issuer,
+    })
+}
+
+/// An X.509-SVID for `id` signed by the cluster CA: (certificate PEM, key PEM).
+fn svid(
+    id: &SpiffeId,
+    cluster: &ClusterId,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    validity: &Validity,
+) -> Result<(String, String), CertsError> {
+    let what = format!("certificate for {id}");
+    let sa = id.sa().unwrap_or("workload");
+    let mut p = params(&format!("{sa}.{cluster}"), validity);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p.subject_alt_names = vec![SanType::URI(
+        id.to_string()
+            .try_into()
+            .map_err(generate_error(what.as_str()))?,
+    )];
+    let key = KeyPair::generate().map_err(generate_error(format!("key for {id}")))?;
+    let cert = p.signed_by(&key, ca).map_err(generate_error(what))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+// === writing ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrecy {
+    Public,
+    Secret,
+}
+
+/// Writes through a temporary file in the same directory and renames it into place, so a reader
+/// never sees half a file and a key is never readable by others, even briefly.
+fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), CertsError> {
+    let err = |source| CertsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(match secrecy {
+            Secrecy::Secret => 0o600,
+            Secrecy::Public => 0o644,
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = secrecy;
+
+    let result = (|| {
+        let mut file = opts.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path, clusters: &[&str]) -> CertsArgs {
+        CertsArgs {
+            out: dir.to_path_buf(),
+            clusters: clusters
+                .iter()
+                .map(|c| ClusterId::new(*c).unwrap())
+                .collect(),
+            trust_domain_suffix: spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX.to_string(),
+            validity_days: 30,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn writes_layout_with_private_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let generated = generate(&args(&out, &["east", "west"])).unwrap();
+        let layout = Layout::new(&out);
+        let ids: Vec<_> = ["east", "west"]
+            .iter()
+            .map(|c| ClusterId::new(*c).unwrap())
+            .collect();
+        for path in layout.files(&ids) {
+            let meta = std::fs::metadata(&path).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                let is_key = path.extension().is_some_and(|e| e == "key");
+                assert_eq!(
+                    mode,
+                    if is_key { 0o600 } else { 0o644 },
+                    "{}",
+                    path.display()
+                );
+            }
+            assert!(meta.len() > 0);
+        }
+        // No temporary files left behind.
+        for entry in std::fs::read_dir(layout.cluster_dir(&ids[0])).unwrap() {
+            let name = entry.unwrap().file_name();
+            assert!(!name.to_string_lossy().starts_with('.'), "{name:?}");
+        }
+        assert_eq!(
+            std::fs::read(layout.bundle()).unwrap(),
+            std::fs::read(layout.root_ca_cert()).unwrap()
+        );
+        assert_eq!(
+            generated.clusters[1].gateway.to_string(),
+            "spiffe://west.causeway.mesh/ns/causeway-system/sa/causeway-gateway"
+        );
+        let shown = generated.to_string();
+        assert!(
+            shown.contains("cluster west (trust domain west.causeway.mesh)"),
+            "{shown}"
+        );
+
+        let id = causeway_api::tls::Identity::load(
+            layout.federator_cert(&ids[0]),
+            layout.federator_key(&ids[0]),
+        )
+        .unwrap();
+        assert_eq!(id.cert_chain.len(), 2);
+        assert_eq!(id.spiffe_id().unwrap(), generated.clusters[0].federator);
+    }
+
+    #[test]
+    fn refuses_to_overwrite_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(dir.path(), &["east"]);
+        generate(&a).unwrap();
+        let before = std::fs::read(Layout::new(dir.path()).ca_key(&a.clusters[0])).unwrap();
+
+        let err = generate(&a).unwrap_err();
+        assert!(matches!(&err, CertsError::Exists { path } if path.ends_with("root-ca.pem")));
+        assert!(err.to_string().contains("--force"), "{err}");
+
+        // A new cluster alongside an existing one is refused too: the root would be replaced.
+        let err = generate(&args(dir.path(), &["north"])).unwrap_err();
+        assert!(matches!(err, CertsError::Exists { .. }));
+        assert!(!dir.path().join("north").exists());
+
+        let forced = CertsArgs { force: true, ..a };
+        generate(&forced).unwrap();
+        let after = std::fs::read(Layout::new(dir.path()).ca_key(&forced.clusters[0])).unwrap();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn rejects_duplicate_cluster_and_bad_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = generate(&args(dir.path(), &["east", "west", "east"])).unwrap_err();
+        assert_eq!(err.to_string(), "cluster east is given more than once");
+
+        let bad = CertsArgs {
+            trust_domain_suffix: "Mesh.Example".into(),
+            ..args(dir.path(), &["east"])
+        };
+        let err = generate(&bad).unwrap_err();
+        assert!(err.to_string().contains("east.Mesh.Example"), "{err}");
+
+        let none = args(dir.path(), &[]);
+        assert!(matches!(generate(&none), Err(CertsError::NoClusters)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,72 @@
+//! The operator CLI, `causeway` (bin `causeway`).
+//!
+//! One subcommand per operator task; `main` parses [`Cli`], sets up tracing and calls [`run`].
+
+use clap::{Parser, Subcommand};
+
+use crate::certs::{self, CertsArgs};
+
+/// Operate a Causeway federation.
+#[derive(Debug, Parser)]
+#[command(name = "causeway", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a federation root CA and, per cluster, a CA, gateway and federator certificates.
+    Certs(CertsArgs),
+}
+
+/// Runs one subcommand. Async so that subcommands that talk to etcd or gateways fit here too.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Certs(args) => {
+            let generated = certs::generate(&args)?;
+            println!("{generated}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_certs() {
+        let cli = Cli::try_parse_from([
+            "causeway",
+            "certs",
+            "--out",
+            "/tmp/x",
+            "--clusters",
+            "east,west",
+        ])
+        .unwrap();
+        let Command::Certs(args) = cli.command;
+        assert_eq!(args.clusters.len(), 2);
+        assert_eq!(args.trust_domain_suffix, "causeway.mesh");
+        assert_eq!(args.validity_days, 365);
+        assert!(!args.force);
+
+        let err = Cli::try_parse_from([
+            "causeway",
+            "certs",
+            "--out",
+            "/tmp/x",
+            "--clusters",
+            "east,East_1",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("East_1"), "{err}");
+    }
+}

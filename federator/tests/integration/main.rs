@@ -1,0 +1,3 @@
+//! The federator's integration tests: one binary, a module per topic (STYLE.md "Tests").
+
+mod certs;
