@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Write a federation root CA and, per cluster, a CA, gateway and federator certificates.
     Certs(CertsArgs),
+    /// Show clusters (up / stale), imports and their conflicts as one federator sees them.
+    Status(crate::status::StatusArgs),
 }
 
 /// Runs one subcommand. Async so that subcommands that talk to etcd or gateways fit here too.
@@ -26,6 +28,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => {
             let generated = certs::generate(&args)?;
             println!("{generated}");
+            Ok(())
+        }
+        Command::Status(args) => {
+            print!("{}", crate::status::run(&args).await?);
             Ok(())
         }
     }
@@ -52,7 +58,9 @@ mod tests {
             "east,west",
         ])
         .unwrap();
-        let Command::Certs(args) = cli.command;
+        let Command::Certs(args) = cli.command else {
+            panic!("expected certs");
+        };
         assert_eq!(args.clusters.len(), 2);
         assert_eq!(args.trust_domain_suffix, "causeway.mesh");
         assert_eq!(args.validity_days, 365);

@@ -9,4 +9,5 @@ pub mod etcd;
 pub mod metrics;
 pub mod publisher;
 pub mod source;
+pub mod status;
 pub mod view;

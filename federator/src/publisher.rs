@@ -185,8 +185,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keeps the lease alive; cancels `lost` when etcd says it expired, or when no keepalive has
-/// succeeded for a whole TTL.
+/// Keeps the lease alive; cancels `lost` when etcd says the lease expired.
+///
+/// While etcd is unreachable the lease is not given up locally: etcd renews every lease's TTL
+/// when it restarts or elects a new leader, so after an outage the same lease usually lives on
+/// and nothing needs republishing. A lease that did expire is reported by the next keepalive
+/// (TTL 0), and the writes in between fail their leader-key guard.
 async fn keep_lease_alive(
     mut client: Client,
     lease: i64,
@@ -195,6 +199,7 @@ async fn keep_lease_alive(
     lost: CancellationToken,
 ) {
     let mut last_ok = Instant::now();
+    let mut warned = false;
     let mut stream = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +220,16 @@ async fn keep_lease_alive(
             }
             .await;
             match res {
-                Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(r)) if r.ttl() > 0 => {
+                    if warned {
+                        tracing::info!(
+                            lease = format_args!("{lease:x}"),
+                            "lease keepalive works again"
+                        );
+                    }
+                    last_ok = Instant::now();
+                    warned = false;
+                }
                 Ok(Some(_)) => {
                     tracing::warn!(
                         lease = format_args!("{lease:x}"),
@@ -227,13 +241,12 @@ async fn keep_lease_alive(
                 Ok(None) | Err(_) => stream = None,
             }
         }
-        if last_ok.elapsed() >= ttl {
+        if !warned && last_ok.elapsed() >= ttl {
             tracing::warn!(
                 lease = format_args!("{lease:x}"),
-                "no lease keepalive for a whole TTL"
+                "no lease keepalive for a whole TTL; etcd unreachable?"
             );
-            lost.cancel();
-            return;
+            warned = true;
         }
     }
 }

@@ -1,3 +1,5 @@
 //! The federator's integration tests: one binary, a module per topic (STYLE.md "Tests").
 
 mod certs;
+mod federation;
+mod harness;

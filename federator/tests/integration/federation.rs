@@ -1,0 +1,360 @@
+//! Issue "Federator: sync exports between clusters through etcd": two or three real federator
+//! processes against a real etcd.
+
+use std::time::{Duration, Instant};
+
+use causeway_e2e::{wait_for, EtcdServer};
+
+use crate::harness::{export_yaml, exporters, services, write_file, Fed, CLI};
+
+const T: Duration = Duration::from_secs(20);
+/// Short lease so kill tests take seconds, not the production 10 s.
+const FAST: &[&str] = &["--lease-ttl", "3s", "--keepalive-interval", "1s"];
+
+async fn until_exported(fed: &Fed, svc: &str, want: &[(&str, bool)]) -> anyhow::Result<()> {
+    let want: Vec<(String, bool)> = want.iter().map(|(c, s)| (c.to_string(), *s)).collect();
+    wait_for(
+        &format!("{} to see {svc} exported by {want:?}", fed.cluster),
+        T,
+        || async {
+            let snap = fed.snapshot().await.ok()?;
+            (exporters(&snap, svc) == want).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_appears_in_the_peer_and_unexport_removes_it() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let east = Fed::start("east", &etcd.endpoint(), de.path(), FAST).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), FAST).await?;
+
+    let file = de.path().join("echo.yaml");
+    write_file(
+        &file,
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    until_exported(&east, "demo/echo", &[("east", false)]).await?;
+    let snap = west.snapshot().await?;
+    assert_eq!(
+        snap["services"]["demo/echo"]["import"]["ports"][0]["port"],
+        80
+    );
+    assert_eq!(snap["clusters"]["east"]["state"], "up");
+    assert_eq!(
+        west.metric("causeway_federator_exports{cluster=\"east\"}")
+            .await,
+        Some(1.0)
+    );
+
+    std::fs::remove_file(&file)?;
+    for fed in [&west, &east] {
+        wait_for("the import to vanish everywhere", T, || async {
+            let snap = fed.snapshot().await.ok()?;
+            services(&snap).is_empty().then_some(())
+        })
+        .await?;
+    }
+    // Unexport is not a lapse: east is still up, nothing is kept as stale.
+    assert_eq!(west.snapshot().await?["clusters"]["east"]["state"], "up");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_cluster_goes_stale_then_gone_then_comes_back_whole() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    for name in ["echo", "grpc", "tcp"] {
+        write_file(
+            &de.path().join(format!("{name}.yaml")),
+            &export_yaml(name, "main", "TCP", 7000, "2026-01-01T00:00:00Z"),
+        );
+    }
+    let mut east = Fed::start("east", &etcd.endpoint(), de.path(), FAST).await?;
+    let mut west_args = FAST.to_vec();
+    west_args.extend(["--stale-grace", "4s"]);
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &west_args).await?;
+    for svc in ["demo/echo", "demo/grpc", "demo/tcp"] {
+        until_exported(&west, svc, &[("east", false)]).await?;
+    }
+    let before = services(&west.snapshot().await?);
+
+    east.kill().await;
+    let killed = Instant::now();
+    // The lease lapses: west keeps the exports, marked stale.
+    until_exported(&west, "demo/echo", &[("east", true)]).await?;
+    let stale_after = killed.elapsed();
+    let snap = west.snapshot().await?;
+    assert_eq!(snap["clusters"]["east"]["state"], "stale");
+    assert_eq!(services(&snap), before, "stale exports are still served");
+    assert_eq!(
+        west.metric("causeway_federator_stale_clusters").await,
+        Some(1.0)
+    );
+    // Then the grace ends and they are dropped.
+    wait_for("east's stale exports to be dropped", T, || async {
+        let snap = west.snapshot().await.ok()?;
+        services(&snap).is_empty().then_some(())
+    })
+    .await?;
+    let dropped_after = killed.elapsed();
+    assert!(
+        dropped_after >= stale_after + Duration::from_secs(3),
+        "dropped {dropped_after:?} after the kill, stale since {stale_after:?}: grace is 4s"
+    );
+
+    east.restart().await?;
+    for svc in ["demo/echo", "demo/grpc", "demo/tcp"] {
+        until_exported(&west, svc, &[("east", false)]).await?;
+    }
+    let snap = west.snapshot().await?;
+    assert_eq!(services(&snap), before, "nothing lost");
+    assert_eq!(
+        west.metric("causeway_federator_exports{cluster=\"east\"}")
+            .await,
+        Some(3.0),
+        "nothing duplicated"
+    );
+    // And a restart within the grace: nothing flaps out of the snapshot.
+    east.kill().await;
+    until_exported(&west, "demo/echo", &[("east", true)]).await?;
+    east.restart().await?;
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    assert_eq!(services(&west.snapshot().await?), before);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_for_30s_keeps_snapshots_and_catches_up() -> anyhow::Result<()> {
+    let mut etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    // Production lease settings: the outage is longer than the TTL.
+    let mut east = Fed::start("east", &etcd.endpoint(), de.path(), &[]).await?;
+    let mut west = Fed::start("west", &etcd.endpoint(), dw.path(), &[]).await?;
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    let (east_pid, west_pid) = (east.pid(), west.pid());
+
+    etcd.stop().await?;
+    let down = Instant::now();
+    wait_for("west to notice etcd is down", T, || async {
+        (west.metric("causeway_federator_etcd_up").await == Some(0.0)).then_some(())
+    })
+    .await?;
+    // While etcd is away the content stays: check it all along the 30 s.
+    let mut checks = 0;
+    while down.elapsed() < Duration::from_secs(30) {
+        for fed in [&east, &west] {
+            let snap = fed.snapshot().await?;
+            assert_eq!(
+                exporters(&snap, "demo/echo"),
+                vec![("east".to_string(), false)],
+                "{} during the outage",
+                fed.cluster
+            );
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(checks >= 30);
+    // A change made during the outage is published once etcd is back.
+    write_file(
+        &de.path().join("late.yaml"),
+        &export_yaml("late", "http", "TCP", 81, "2026-01-01T00:00:00Z"),
+    );
+    etcd.restart().await?;
+    until_exported(&west, "demo/late", &[("east", false)]).await?;
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    wait_for("etcd_up back to 1", T, || async {
+        (west.metric("causeway_federator_etcd_up").await == Some(1.0)).then_some(())
+    })
+    .await?;
+    assert!(east.is_running() && west.is_running());
+    assert_eq!(
+        (east.pid(), west.pid()),
+        (east_pid, west_pid),
+        "no federator restarted"
+    );
+    assert!(west.metric("causeway_federator_watch_restarts_total").await >= Some(1.0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_writer_and_takeover_within_the_ttl() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    let ttl = Duration::from_secs(3);
+    let mut a = Fed::start(
+        "east",
+        &etcd.endpoint(),
+        de.path(),
+        &[FAST, &["--node", "east-a"]].concat(),
+    )
+    .await?;
+    let mut b = Fed::start(
+        "east",
+        &etcd.endpoint(),
+        de.path(),
+        &[FAST, &["--node", "east-b"]].concat(),
+    )
+    .await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), FAST).await?;
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    let leaders = wait_for("exactly one leader", T, || async {
+        let (la, lb) = (a.is_leader().await, b.is_leader().await);
+        (la ^ lb).then_some((la, lb))
+    })
+    .await?;
+    // Still exactly one a moment later (no flapping, both campaigning).
+    for _ in 0..5 {
+        assert_eq!((a.is_leader().await, b.is_leader().await), leaders);
+        assert_eq!(
+            a.metric("causeway_federator_leader").await.unwrap_or(0.0)
+                + b.metric("causeway_federator_leader").await.unwrap_or(0.0),
+            1.0
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, standby) = if leaders.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    leader.kill().await;
+    let killed = Instant::now();
+    wait_for("the standby to take over", T, || async {
+        standby.is_leader().await.then_some(())
+    })
+    .await?;
+    let took = killed.elapsed();
+    assert!(
+        took <= ttl + Duration::from_millis(1500),
+        "takeover took {took:?}, lease TTL is {ttl:?}"
+    );
+    // And it writes: a new export reaches west.
+    write_file(
+        &de.path().join("new.yaml"),
+        &export_yaml("new", "http", "TCP", 82, "2026-01-01T00:00:00Z"),
+    );
+    until_exported(&west, "demo/new", &[("east", false)]).await?;
+    eprintln!("standby took over {took:?} after the leader was killed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_ports_mark_both_exports_and_status_shows_it() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    // Same port name, different protocol; east's export is older and wins.
+    write_file(
+        &de.path().join("dns.yaml"),
+        &export_yaml("dns", "dns", "TCP", 53, "2026-01-01T00:00:00Z"),
+    );
+    write_file(
+        &dw.path().join("dns.yaml"),
+        &export_yaml("dns", "dns", "UDP", 53, "2026-02-01T00:00:00Z"),
+    );
+    let east = Fed::start("east", &etcd.endpoint(), de.path(), FAST).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), FAST).await?;
+    for fed in [&east, &west] {
+        until_exported(fed, "demo/dns", &[("east", false), ("west", false)]).await?;
+        let snap = fed.snapshot().await?;
+        let svc = &snap["services"]["demo/dns"];
+        for c in ["east", "west"] {
+            assert_eq!(
+                svc["exports"][c]["conditions"]["conflicts"],
+                serde_json::json!(["PortConflict"]),
+                "{c} in {}",
+                fed.cluster
+            );
+        }
+        assert_eq!(svc["import"]["conflict"], true);
+        assert_eq!(
+            svc["import"]["ports"],
+            serde_json::json!([{"name": "dns", "protocol": "TCP", "port": 53}]),
+            "the oldest wins"
+        );
+    }
+    let out = tokio::process::Command::new(CLI)
+        .args(["status", "--admin", &west.admin])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "causeway status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("demo/dns"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("PortConflict") && line.contains("east") && line.contains("west"),
+        "status:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("east") && l.contains("up")),
+        "status:\n{stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_export_file_is_reported_and_the_others_flow() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    write_file(
+        &de.path().join("good.yaml"),
+        &export_yaml("good", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    write_file(
+        &de.path().join("bad.yaml"),
+        &export_yaml("Bad_Name", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    let east = Fed::start("east", &etcd.endpoint(), de.path(), FAST).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), FAST).await?;
+    until_exported(&west, "demo/good", &[("east", false)]).await?;
+    wait_for("the invalid export metric", T, || async {
+        (east.metric("causeway_federator_invalid_exports").await == Some(1.0)).then_some(())
+    })
+    .await?;
+    let snap = east.snapshot().await?;
+    let invalid = &snap["invalid_exports"][0];
+    assert!(
+        invalid["source"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("bad.yaml"),
+        "{invalid}"
+    );
+    assert!(
+        invalid["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Bad_Name"),
+        "{invalid}"
+    );
+    let out = tokio::process::Command::new(CLI)
+        .args(["status", "--admin", &east.admin])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("bad.yaml") && stdout.contains("Bad_Name"),
+        "status:\n{stdout}"
+    );
+    Ok(())
+}

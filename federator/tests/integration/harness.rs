@@ -1,0 +1,186 @@
+//! Runs real `causeway-federator` processes against a real etcd and reads their admin endpoints.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub(crate) const FEDERATOR: &str = env!("CARGO_BIN_EXE_causeway-federator");
+pub(crate) const CLI: &str = env!("CARGO_BIN_EXE_causeway");
+
+/// One federator process. Killed (SIGKILL) on drop.
+pub(crate) struct Fed {
+    pub(crate) cluster: String,
+    pub(crate) admin: String,
+    args: Vec<String>,
+    child: Child,
+}
+
+impl Fed {
+    /// Starts a federator for `cluster` reading export files from `exports`.
+    pub(crate) async fn start(
+        cluster: &str,
+        etcd: &str,
+        exports: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Fed> {
+        let mut args: Vec<String> = vec![
+            "--cluster".into(),
+            cluster.into(),
+            "--etcd-endpoints".into(),
+            etcd.into(),
+            "--exports-dir".into(),
+            exports.display().to_string(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--exports-poll-interval".into(),
+            "50ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, admin) = spawn(&args).await?;
+        Ok(Fed {
+            cluster: cluster.into(),
+            admin,
+            args,
+            child,
+        })
+    }
+
+    /// SIGKILL: no lease revoke, no goodbye.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts the same federator again (new admin port).
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        let (child, admin) = spawn(&self.args).await?;
+        self.child = child;
+        self.admin = admin;
+        Ok(())
+    }
+
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `/debug/snapshot` as JSON (`{"leader": bool, "snapshot": {...}}`).
+    pub(crate) async fn debug(&self) -> anyhow::Result<Value> {
+        let body = http_get(&self.admin, "/debug/snapshot").await?;
+        serde_json::from_str(&body).context("parsing /debug/snapshot")
+    }
+
+    pub(crate) async fn snapshot(&self) -> anyhow::Result<Value> {
+        Ok(self.debug().await?["snapshot"].clone())
+    }
+
+    pub(crate) async fn is_leader(&self) -> bool {
+        matches!(self.debug().await, Ok(v) if v["leader"] == Value::Bool(true))
+    }
+
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        http_get(&self.admin, "/metrics").await
+    }
+
+    /// The metric's value (first sample whose line starts with `name`).
+    pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await.ok()?;
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+}
+
+async fn spawn(args: &[String]) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(FEDERATOR)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning causeway-federator")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.strip_prefix("admin listening on ") {
+                return Ok(addr.trim().to_string());
+            }
+        }
+        bail!("causeway-federator exited before it listened")
+    })
+    .await
+    .context("waiting for the admin address")??;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, admin))
+}
+
+/// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
+pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timeout")??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .context("read timeout")??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// An export file for `demo/<name>` with one named port.
+pub(crate) fn export_yaml(
+    name: &str,
+    port_name: &str,
+    protocol: &str,
+    port: u16,
+    created: &str,
+) -> String {
+    format!(
+        "apiVersion: causeway.io/v1\nkind: ServiceExport\nmetadata:\n  name: {name}\n  namespace: demo\n  creationTimestamp: \"{created}\"\nspec:\n  serviceIP: 10.96.0.10\n  ports:\n    - name: {port_name}\n      protocol: {protocol}\n      port: {port}\n  endpoints:\n    - address: 10.1.0.5\n"
+    )
+}
+
+/// Writes a file atomically (rename), so the source never reads half of it.
+pub(crate) fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write export");
+    std::fs::rename(&tmp, path).expect("rename export");
+}
+
+/// Which clusters export `svc` in this snapshot, with their stale flag.
+pub(crate) fn exporters(snap: &Value, svc: &str) -> Vec<(String, bool)> {
+    snap["services"][svc]["exports"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(c, e)| (c.clone(), e["stale"].as_bool().unwrap_or(false)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The set of service keys in a snapshot.
+pub(crate) fn services(snap: &Value) -> Vec<String> {
+    snap["services"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
