@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Validated;
+use crate::config_server::{self, PeerHealthMap, ServeConfig, TlsFiles};
 use crate::metrics::Metrics;
 use crate::publisher::{self, PublisherConfig};
 use crate::source::file::FileSource;
@@ -23,6 +24,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ConfigServer(#[from] crate::config_server::ServeError),
     #[error("binding admin listener {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -33,6 +36,8 @@ pub enum StartError {
 /// A running federator.
 pub struct Federator {
     pub admin_addr: SocketAddr,
+    /// The gateway config endpoint, when enabled.
+    pub config_addr: Option<SocketAddr>,
     pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
@@ -100,6 +105,7 @@ impl Federator {
             ..MeshSnapshot::default()
         }));
         let (leader_tx, leader_rx) = watch::channel(false);
+        let (health_tx, health_rx) = watch::channel(PeerHealthMap::new());
 
         let view_cfg = ViewConfig {
             cluster: cfg.cluster.clone(),
@@ -133,11 +139,48 @@ impl Federator {
                 pub_cfg,
                 local_rx.clone(),
                 snap_rx.clone(),
+                health_rx,
                 leader_tx,
                 metrics.clone(),
                 shutdown.clone(),
             )),
         ));
+
+        let mut config_addr = None;
+        if let Some(listen) = c.config_listen {
+            let (cfg_tx, cfg_rx) =
+                watch::channel(Arc::new(causeway_api::proto::ConfigSnapshot::default()));
+            tasks.push((
+                "gateway-config-builder",
+                tokio::spawn(config_server::run_builder(
+                    cfg.cluster.clone(),
+                    snap_rx.clone(),
+                    local_rx.clone(),
+                    cfg_tx,
+                    c.debounce,
+                    shutdown.clone(),
+                )),
+            ));
+            let tls = match (&c.cert_file, &c.key_file, &c.trust_bundle_file) {
+                (Some(cert), Some(key), Some(bundle)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    bundle: bundle.clone(),
+                }),
+                _ => None,
+            };
+            let serve_cfg = ServeConfig {
+                listen,
+                tls,
+                cluster: cfg.cluster.clone(),
+                trust_domain: cfg.trust_domain.clone(),
+            };
+            let (addr, task) =
+                config_server::serve(serve_cfg, cfg_rx, health_tx, &metrics, shutdown.clone())
+                    .await?;
+            config_addr = Some(addr);
+            tasks.push(("gateway-config-server", task));
+        }
 
         let listener = tokio::net::TcpListener::bind(c.admin_listen)
             .await
@@ -170,6 +213,7 @@ impl Federator {
         tracing::info!(cluster = %cfg.cluster, node = %cfg.node, %admin_addr, "federator started");
         Ok(Federator {
             admin_addr,
+            config_addr,
             snapshots: snap_rx,
             leader: leader_rx,
             metrics,

@@ -70,6 +70,15 @@ pub struct Args {
     /// ClusterSetIP range in universal mode, e.g. 10.255.0.0/16.
     #[arg(long, env = "CAUSEWAY_VIP_RANGE")]
     pub vip_range: Option<String>,
+    /// gRPC endpoint for gateway configs.
+    #[arg(long, env = "CAUSEWAY_CONFIG_LISTEN")]
+    pub config_listen: Option<SocketAddr>,
+    /// Federator certificate chain (PEM) for the config endpoint's mTLS.
+    #[arg(long, env = "CAUSEWAY_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Federator private key (PEM).
+    #[arg(long, env = "CAUSEWAY_KEY")]
+    pub key: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "CAUSEWAY_LOG_JSON")]
     pub log_json: bool,
@@ -107,6 +116,9 @@ impl Args {
             trust_domain => cfg.trust_domain,
             trust_bundle => cfg.trust_bundle_file,
             vip_range => cfg.vip_range,
+            config_listen => cfg.config_listen,
+            cert => cfg.cert_file,
+            key => cfg.key_file,
         }
         if !self.etcd_endpoints.is_empty() {
             cfg.etcd.endpoints = self.etcd_endpoints;

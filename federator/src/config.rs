@@ -106,6 +106,12 @@ pub struct Config {
     pub locality: BTreeMap<String, String>,
     /// Range for ClusterSetIPs in universal mode, e.g. `10.255.0.0/16`.
     pub vip_range: Option<String>,
+    /// gRPC endpoint the gateways take their config from. `null` disables it.
+    pub config_listen: Option<SocketAddr>,
+    /// The federator's certificate chain and key (mTLS of the config endpoint). Without them the
+    /// config endpoint is plaintext (lab/dev only).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -128,6 +134,9 @@ impl Default for Config {
             trust_bundle_file: None,
             locality: BTreeMap::new(),
             vip_range: None,
+            config_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9091))),
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -181,6 +190,15 @@ impl Config {
             return Err(invalid(
                 "etcd.username",
                 "etcd.username and etcd.password go together",
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid("cert_file", "cert_file and key_file go together"));
+        }
+        if self.cert_file.is_some() && self.trust_bundle_file.is_none() {
+            return Err(invalid(
+                "trust_bundle_file",
+                "is required with cert_file: it verifies the gateways' client certificates",
             ));
         }
         if self.lease_ttl < Duration::from_secs(2) {

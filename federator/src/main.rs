@@ -27,6 +27,9 @@ async fn main() {
     };
     // Tests and the lab read this line to learn the bound address (port 0 allowed).
     println!("admin listening on {}", fed.admin_addr);
+    if let Some(addr) = fed.config_addr {
+        println!("config listening on {addr}");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     fed.shutdown().await;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EtcdConfig, VipRange};
+use crate::config_server::PeerHealthMap;
 use crate::etcd::{self, Backoff};
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
@@ -51,6 +52,7 @@ pub async fn run(
     cfg: PublisherConfig,
     mut local: watch::Receiver<LocalExports>,
     mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
+    mut health: watch::Receiver<PeerHealthMap>,
     leader: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -70,7 +72,7 @@ pub async fn run(
         };
         let res = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = lead(&cfg, client.clone(), &mut local, &mut mesh, &leader, &metrics, &shutdown, &mut backoff) => r,
+            r = lead(&cfg, client.clone(), &mut local, &mut mesh, &mut health, &leader, &metrics, &shutdown, &mut backoff) => r,
         };
         leader.send_replace(false);
         metrics.leader.set(0);
@@ -91,6 +93,7 @@ async fn lead(
     mut client: Client,
     local: &mut watch::Receiver<LocalExports>,
     mesh: &mut watch::Receiver<Arc<MeshSnapshot>>,
+    health: &mut watch::Receiver<PeerHealthMap>,
     leader: &watch::Sender<bool>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -156,6 +159,17 @@ async fn lead(
                 Some(mesh.borrow_and_update().clone())
             }
             _ = retry.tick(), if dirty => None,
+            r = health.changed() => {
+                if r.is_err() { return Ok(()); }
+                let reports = health.borrow_and_update().clone();
+                if let Err(e) = w.publish_health(&reports).await {
+                    match e {
+                        LeadError::Etcd(e) => tracing::warn!(error = %e, "publishing peer health failed"),
+                        e => return Err(e),
+                    }
+                }
+                continue;
+            }
         };
         if let (Some(range), Some(snap)) = (&cfg.vip_range, &snapshot) {
             if let Err(e) = allocate_vips(&mut client, range, snap).await {
@@ -340,6 +354,18 @@ impl Writer {
         let op = self.put(keys::synced_key(&cfg.cluster), keys::encode(&synced));
         self.guarded(vec![op]).await?;
         tracing::info!(cluster = %cfg.cluster, exports = self.published.len(), revision, "initial sync published");
+        Ok(())
+    }
+
+    /// Writes what this cluster's gateways see of their peers under `health/<us>/<peer>`.
+    async fn publish_health(&mut self, reports: &PeerHealthMap) -> Result<(), LeadError> {
+        let ops = reports
+            .iter()
+            .map(|(peer, rec)| self.put(keys::health_key(&self.cluster, peer), keys::encode(rec)))
+            .collect::<Vec<_>>();
+        if !ops.is_empty() {
+            self.guarded(ops).await?;
+        }
         Ok(())
     }
 

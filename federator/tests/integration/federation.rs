@@ -358,3 +358,119 @@ async fn a_bad_export_file_is_reported_and_the_others_flow() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() -> anyhow::Result<()>
+{
+    use causeway_api::proto::config_client::ConfigClient;
+    use causeway_api::proto::health_client::HealthClient;
+    use causeway_api::proto::{AckRequest, GatewayHello, PeerHealth};
+
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let east = Fed::start(
+        "east",
+        &etcd.endpoint(),
+        de.path(),
+        &[FAST, &["--gateway-address", "10.0.1.1:15443"]].concat(),
+    )
+    .await?;
+    let west = Fed::start(
+        "west",
+        &etcd.endpoint(),
+        dw.path(),
+        &[FAST, &["--vip-range", "10.255.0.0/16"]].concat(),
+    )
+    .await?;
+
+    // West's gateway watches its federator.
+    let mut config = ConfigClient::connect(format!("http://{}", west.config)).await?;
+    let mut stream = config
+        .watch(GatewayHello {
+            cluster: "west".into(),
+            node: "gw-0".into(),
+            last_applied_version: 0,
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a first snapshot");
+    assert_eq!(first.cluster, "west");
+    assert!(first.outbound.is_empty());
+
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    let deadline = Instant::now() + T;
+    let got = loop {
+        let snap = tokio::time::timeout_at(deadline.into(), stream.message())
+            .await??
+            .expect("stream open");
+        assert!(snap.version > first.version, "versions only move forward");
+        let ready = snap
+            .outbound
+            .iter()
+            .any(|o| o.name == "echo" && !o.vip.is_empty())
+            && snap.peers.iter().any(|p| p.cluster == "east");
+        if ready {
+            break snap;
+        }
+    };
+    let out = got
+        .outbound
+        .iter()
+        .find(|o| o.name == "echo")
+        .expect("echo");
+    assert_eq!(out.candidates.len(), 1);
+    assert_eq!(out.candidates[0].cluster, "east");
+    assert!(out.candidates[0].healthy);
+    assert_eq!(
+        got.peers
+            .iter()
+            .find(|p| p.cluster == "east")
+            .unwrap()
+            .gateway_addresses,
+        vec!["10.0.1.1:15443"]
+    );
+    config
+        .ack(AckRequest {
+            cluster: "west".into(),
+            node: "gw-0".into(),
+            version: got.version,
+            nack_reason: String::new(),
+        })
+        .await?;
+
+    // West's gateway reports east's gateway down: every federator sees it under health/west/east,
+    // and west's next config marks the east candidate unhealthy.
+    let mut health = HealthClient::connect(format!("http://{}", west.config)).await?;
+    let report = PeerHealth {
+        observer: "west".into(),
+        cluster: "east".into(),
+        up: false,
+        rtt_micros: 0,
+        observed_at_unix_ms: 1,
+    };
+    let reports = tokio_stream::iter(vec![report]);
+    health.report(reports).await?;
+    wait_for("east to see west's health report", T, || async {
+        let snap = east.snapshot().await.ok()?;
+        (snap["health"]["west"]["east"]["up"] == false).then_some(())
+    })
+    .await?;
+    loop {
+        let snap = tokio::time::timeout_at(deadline.into(), stream.message())
+            .await??
+            .expect("stream open");
+        let echo = snap.outbound.iter().find(|o| o.name == "echo");
+        if echo.is_some_and(|o| !o.candidates[0].healthy) {
+            break;
+        }
+    }
+    assert!(
+        west.metric("causeway_federator_gateway_acks_total{result=\"ack\"}")
+            .await
+            >= Some(1.0)
+    );
+    Ok(())
+}

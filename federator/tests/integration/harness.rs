@@ -16,6 +16,8 @@ pub(crate) const CLI: &str = env!("CARGO_BIN_EXE_causeway");
 pub(crate) struct Fed {
     pub(crate) cluster: String,
     pub(crate) admin: String,
+    /// The gateway config endpoint (plaintext in these tests).
+    pub(crate) config: String,
     args: Vec<String>,
     child: Child,
 }
@@ -39,12 +41,15 @@ impl Fed {
             "127.0.0.1:0".into(),
             "--exports-poll-interval".into(),
             "50ms".into(),
+            "--config-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, admin) = spawn(&args).await?;
+        let (child, admin, config) = spawn(&args).await?;
         Ok(Fed {
             cluster: cluster.into(),
             admin,
+            config,
             args,
             child,
         })
@@ -58,9 +63,10 @@ impl Fed {
 
     /// Starts the same federator again (new admin port).
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
-        let (child, admin) = spawn(&self.args).await?;
+        let (child, admin, config) = spawn(&self.args).await?;
         self.child = child;
         self.admin = admin;
+        self.config = config;
         Ok(())
     }
 
@@ -100,7 +106,7 @@ impl Fed {
     }
 }
 
-async fn spawn(args: &[String]) -> anyhow::Result<(Child, String)> {
+async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String)> {
     let mut child = Command::new(FEDERATOR)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -111,19 +117,26 @@ async fn spawn(args: &[String]) -> anyhow::Result<(Child, String)> {
         .context("spawning causeway-federator")?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let admin = tokio::time::timeout(Duration::from_secs(20), async {
+    let (admin, config) = tokio::time::timeout(Duration::from_secs(20), async {
+        let (mut admin, mut config) = (None, None);
         while let Some(line) = lines.next_line().await? {
             if let Some(addr) = line.strip_prefix("admin listening on ") {
-                return Ok(addr.trim().to_string());
+                admin = Some(addr.trim().to_string());
+            }
+            if let Some(addr) = line.strip_prefix("config listening on ") {
+                config = Some(addr.trim().to_string());
+            }
+            if let (Some(a), Some(c)) = (&admin, &config) {
+                return Ok((a.clone(), c.clone()));
             }
         }
         bail!("causeway-federator exited before it listened")
     })
     .await
-    .context("waiting for the admin address")??;
+    .context("waiting for the admin and config addresses")??;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, admin))
+    Ok((child, admin, config))
 }
 
 /// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
