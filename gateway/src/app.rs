@@ -1,0 +1,268 @@
+//! The running gateway: shared state, applying config snapshots, starting and stopping every
+//! task. [`Gateway::start`] is what `main` and the integration tests call.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use causeway_api::proto::{ConfigSnapshot, PeerHealth};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backends;
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::peer::{PeerPool, ProbeContext};
+use crate::table::{NackReason, StatsRegistry, Tables};
+use crate::tls::{TlsFiles, TlsState};
+use crate::{admin, egress, federator, ingress, reload, state};
+
+/// State every task shares. Hot-path reads are lock-free (`ArcSwap` loads).
+pub(crate) struct Shared {
+    pub config: Config,
+    pub tables: ArcSwapOption<Tables>,
+    pub tls: Arc<ArcSwap<TlsState>>,
+    pub tls_files: TlsFiles,
+    pub registry: StatsRegistry,
+    pub metrics: Metrics,
+    pub peers: PeerPool,
+    pub backends: Backends,
+    /// Serialises config applies and certificate reloads (both rebuild TLS state).
+    apply_lock: Mutex<()>,
+    /// The version being served, for tasks that follow config changes (VIP listeners).
+    pub version_tx: watch::Sender<u64>,
+    probe_ctx: ProbeContext,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.connect_timeout_ms)
+    }
+
+    /// Validates and applies a snapshot: builds the tables and the TLS state for its peers,
+    /// swaps both, updates the peer pool and persists it. On error nothing changes.
+    pub(crate) fn apply(&self, snapshot: ConfigSnapshot) -> Result<(), NackReason> {
+        let version = snapshot.version;
+        let result = self.try_apply(snapshot);
+        match &result {
+            Ok(()) => tracing::info!(version, "config applied"),
+            Err(reason) => {
+                self.metrics.config_nacks.inc();
+                tracing::warn!(version, %reason, "config refused; keeping the last good one");
+            }
+        }
+        result
+    }
+
+    fn try_apply(&self, snapshot: ConfigSnapshot) -> Result<(), NackReason> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let tables = Tables::build(
+            snapshot,
+            &self.config.cluster,
+            self.config.vip_range,
+            &self.registry,
+        )?;
+        let current = self.tls.load();
+        let tls = TlsState::build(
+            current.identity.clone(),
+            current.local_bundle.clone(),
+            Some(&tables),
+        )
+        .map_err(|e| NackReason(format!("TLS for the snapshot's peers: {e}")))?;
+        let tables = Arc::new(tables);
+        // TLS first: a peer of the new tables must find its trust state at once.
+        self.tls.store(Arc::new(tls));
+        self.tables.store(Some(tables.clone()));
+        self.peers.update(&tables, &self.probe_ctx);
+        self.metrics.config_version.set(tables.version as i64);
+        self.version_tx.send_replace(tables.version);
+        if let Some(dir) = &self.config.state_dir {
+            if let Err(e) = state::save(dir, &tables.snapshot) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the config");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads certificate, key and bundle from disk and rebuilds the TLS state.
+    pub(crate) fn reload_tls(&self) -> Result<(), causeway_api::tls::TlsError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (identity, bundle) = self.tls_files.load()?;
+        let tables = self.tables.load_full();
+        let tls = TlsState::build(identity, bundle, tables.as_deref())?;
+        self.tls.store(Arc::new(tls));
+        Ok(())
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.tables.load().as_ref().map_or(0, |t| t.version)
+    }
+}
+
+// === impl Gateway ===
+
+/// Builder of a gateway in this process.
+pub struct Gateway;
+
+impl Gateway {
+    /// Validates `config`, loads the identity, binds every listener, loads the initial config
+    /// (`config_file`, else the state dir's last good one) and starts every task.
+    pub async fn start(config: Config) -> Result<RunningGateway, Error> {
+        config.validate()?;
+        let tls_files = TlsFiles {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            bundle: config.trust_bundle.clone(),
+        };
+        let (identity, bundle) = tls_files.load()?;
+        let tls = Arc::new(ArcSwap::from_pointee(TlsState::build(
+            identity, bundle, None,
+        )?));
+
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let egress_listener = bind("egress", config.egress_listen).await?;
+        let peer_listener = bind("peer", config.peer_listen).await?;
+        let admin_listener = bind("admin", config.admin_listen).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let egress_addr = local(&egress_listener, "egress", config.egress_listen)?;
+        let peer_addr = local(&peer_listener, "peer", config.peer_listen)?;
+        let admin_addr = local(&admin_listener, "admin", config.admin_listen)?;
+
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let (reports_tx, reports_rx) = mpsc::channel::<PeerHealth>(256);
+        let probe_ctx = ProbeContext {
+            tls: tls.clone(),
+            metrics: metrics.clone(),
+            interval: Duration::from_millis(config.probe_interval_ms),
+            misses: config.probe_misses,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            observer: config.cluster.clone(),
+            reports: reports_tx,
+            shutdown: shutdown.clone(),
+        };
+        let shared = Arc::new(Shared {
+            backends: Backends::new(
+                tls.clone(),
+                Duration::from_millis(config.connect_timeout_ms),
+            ),
+            tables: ArcSwapOption::empty(),
+            tls,
+            tls_files,
+            registry: StatsRegistry::default(),
+            metrics,
+            peers: PeerPool::default(),
+            apply_lock: Mutex::new(()),
+            version_tx: watch::channel(0).0,
+            probe_ctx,
+            shutdown: shutdown.clone(),
+            config,
+        });
+
+        if let Some(file) = &shared.config.config_file {
+            let snapshot = state::load(file).map_err(|reason| Error::ConfigFile {
+                path: file.clone(),
+                reason,
+            })?;
+            shared.apply(snapshot).map_err(|r| Error::ConfigFile {
+                path: file.clone(),
+                reason: r.0,
+            })?;
+        } else if let Some(dir) = &shared.config.state_dir {
+            let file = state::path(dir);
+            if file.exists() {
+                match state::load(&file).map(|s| shared.apply(s)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(file = %file.display(), "started from the last good config")
+                    }
+                    Ok(Err(reason)) => {
+                        tracing::warn!(file = %file.display(), %reason, "last good config refused")
+                    }
+                    Err(reason) => {
+                        tracing::warn!(file = %file.display(), %reason, "cannot load the last good config")
+                    }
+                }
+            }
+        }
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(egress::serve(shared.clone(), egress_listener));
+        tasks.spawn(egress::manage_vip_listeners(shared.clone()));
+        tasks.spawn(ingress::serve(shared.clone(), peer_listener));
+        tasks.spawn(admin::serve(shared.clone(), admin_listener));
+        tasks.spawn(reload::watch_files(shared.clone()));
+        if let Some(url) = shared.config.federator.clone() {
+            tasks.spawn(federator::run(shared.clone(), url, reports_rx));
+        }
+        tracing::info!(
+            cluster = %shared.config.cluster,
+            %egress_addr, %peer_addr, %admin_addr,
+            "gateway started"
+        );
+        Ok(RunningGateway {
+            egress_addr,
+            peer_addr,
+            admin_addr,
+            shared,
+            tasks,
+        })
+    }
+}
+
+/// A started gateway. Dropping it stops every task.
+pub struct RunningGateway {
+    pub egress_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningGateway {
+    /// Applies a snapshot as if the federator had sent it (tests, embedding).
+    pub fn apply_config(&self, snapshot: ConfigSnapshot) -> Result<(), NackReason> {
+        self.shared.apply(snapshot)
+    }
+
+    /// The version of the config being served (0: none).
+    pub fn config_version(&self) -> u64 {
+        self.shared.version()
+    }
+
+    /// The Prometheus text of this gateway's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Waits until a task ends (which only happens on a fatal error) or `shutdown`.
+    pub async fn wait(&mut self) {
+        if let Some(Err(e)) = self.tasks.join_next().await {
+            tracing::error!(error = %e, "gateway task failed");
+        }
+    }
+
+    /// Stops listening, closes connections and stops every task.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

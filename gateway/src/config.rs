@@ -1,0 +1,479 @@
+//! The gateway's configuration: one serde [`Config`], loaded from an optional YAML file
+//! (`--settings`), overridden by flags and `CAUSEWAY_GATEWAY_*` environment variables, then
+//! [`Config::validate`]d. Every default lives in [`Config::default`] and docs/gateway.md.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use causeway_api::ClusterId;
+use serde::{Deserialize, Serialize};
+
+/// Exit code for bad configuration (sysexits EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Everything the gateway needs to start. Durations are milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's cluster ID (RFC 1123 label).
+    pub cluster: String,
+    /// Name of this replica (pod or host name), sent to the federator and logged.
+    pub node: String,
+    /// PEM chain of the gateway's X.509-SVID (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key of the SVID.
+    pub key: PathBuf,
+    /// PEM trust bundle (the federation roots).
+    pub trust_bundle: PathBuf,
+    /// `https://host:port` of the federator's config endpoint; none = run from
+    /// `config_file` / `state_dir` / in-process updates only.
+    pub federator: Option<String>,
+    /// Where the last good config is kept (`last-good.pb`); none = not persisted.
+    pub state_dir: Option<PathBuf>,
+    /// A `ConfigSnapshot` in protobuf binary form (as written to the state dir) to start from.
+    pub config_file: Option<PathBuf>,
+    /// Local clients: HTTP/1.1 and h2c routed by Host/:authority, CONNECT for TCP.
+    pub egress_listen: SocketAddr,
+    /// Peer gateways: mTLS, HTTP/2.
+    pub peer_listen: SocketAddr,
+    /// Admin HTTP: /metrics, /ready, /live, /config_dump, /peers.
+    pub admin_listen: SocketAddr,
+    /// ClusterSetIP range routed to this host (AnyIP). When set, the gateway listens on
+    /// `vip_listen_ip:<port>` for every outbound service port and routes by destination address.
+    pub vip_range: Option<Cidr>,
+    /// Address the per-port VIP listeners bind (with AnyIP: the wildcard).
+    pub vip_listen_ip: IpAddr,
+    /// JSON access log lines on stdout.
+    pub access_log: bool,
+    /// How often certificate, key and bundle files are checked for changes.
+    pub reload_interval_ms: u64,
+    /// Active probe interval of peer gateways; a peer is down after `probe_misses` misses.
+    pub probe_interval_ms: u64,
+    pub probe_misses: u32,
+    /// Timeout of a TCP+TLS connect to a peer gateway or a local endpoint.
+    pub connect_timeout_ms: u64,
+    /// Reconnect backoff to the federator: from the base, doubling, capped, with jitter.
+    pub federator_backoff_base_ms: u64,
+    pub federator_backoff_max_ms: u64,
+    /// Minimum of concurrent retries allowed whatever the retry budget's percentage says.
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster: String::new(),
+            node: std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".to_string()),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            trust_bundle: PathBuf::new(),
+            federator: None,
+            state_dir: None,
+            config_file: None,
+            egress_listen: SocketAddr::from(([0, 0, 0, 0], 15001)),
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 15443)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 15000)),
+            vip_range: None,
+            vip_listen_ip: IpAddr::from([0, 0, 0, 0]),
+            access_log: false,
+            reload_interval_ms: 2_000,
+            probe_interval_ms: 1_000,
+            probe_misses: 3,
+            connect_timeout_ms: 2_000,
+            federator_backoff_base_ms: 500,
+            federator_backoff_max_ms: 30_000,
+            min_retry_concurrency: 3,
+        }
+    }
+}
+
+/// A configuration value that is not acceptable, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot read settings file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("settings file {}: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads a YAML settings file; absent fields keep their defaults.
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The cluster ID, once validated.
+    pub fn cluster_id(&self) -> Result<ClusterId, ConfigError> {
+        ClusterId::new(&self.cluster).map_err(|e| invalid("cluster", e.to_string()))
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cluster_id()?;
+        if self.node.is_empty() {
+            return Err(invalid("node", "must not be empty"));
+        }
+        for (field, path) in [
+            ("cert", &self.cert),
+            ("key", &self.key),
+            ("trust_bundle", &self.trust_bundle),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(field, "is required"));
+            }
+        }
+        if let Some(url) = &self.federator {
+            FederatorUrl::parse(url).map_err(|reason| invalid("federator", reason))?;
+        }
+        let listeners = [
+            ("egress_listen", self.egress_listen),
+            ("peer_listen", self.peer_listen),
+            ("admin_listen", self.admin_listen),
+        ];
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            for (other, other_addr) in &listeners[..i] {
+                if addr.port() != 0 && addr == other_addr {
+                    return Err(invalid(field, format!("{addr} is also {other}")));
+                }
+            }
+        }
+        for (field, value) in [
+            ("reload_interval_ms", self.reload_interval_ms),
+            ("probe_interval_ms", self.probe_interval_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("federator_backoff_base_ms", self.federator_backoff_base_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if self.probe_misses == 0 {
+            return Err(invalid("probe_misses", "must be greater than 0"));
+        }
+        if self.federator_backoff_max_ms < self.federator_backoff_base_ms {
+            return Err(invalid(
+                "federator_backoff_max_ms",
+                "must not be less than federator_backoff_base_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === impl FederatorUrl ===
+
+/// `https://host:port` of the federator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatorUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FederatorUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("https://").ok_or_else(|| {
+            format!("{url:?} must start with https:// (the config stream is mTLS)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let uri: http::uri::Authority = rest
+            .parse()
+            .map_err(|e| format!("{url:?} is not https://host:port: {e}"))?;
+        let port = uri
+            .port_u16()
+            .ok_or_else(|| format!("{url:?} has no port"))?;
+        let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    pub fn authority(&self) -> String {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => format!("[{}]:{}", self.host, self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+// === impl Cidr ===
+
+/// An IPv4 or IPv6 network, `addr/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (addr/len)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|e| format!("{s:?}: bad address: {e}"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|e| format!("{s:?}: bad prefix length: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("{s:?}: prefix length is more than {max}"));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+// === flags ===
+
+/// Command-line flags; each overrides the settings file and the default.
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "causeway-gateway",
+    version,
+    about = "Causeway east-west gateway"
+)]
+pub struct Args {
+    /// YAML settings file (fields of docs/gateway.md); flags override it.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_SETTINGS", value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_CLUSTER")]
+    pub cluster: Option<String>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_NODE")]
+    pub node: Option<String>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_TRUST_BUNDLE", value_name = "PEM")]
+    pub trust_bundle: Option<PathBuf>,
+    /// https://host:port of the federator's config endpoint.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_FEDERATOR", value_name = "URL")]
+    pub federator: Option<String>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A ConfigSnapshot (protobuf binary) to start from.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_CONFIG_FILE", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_EGRESS_LISTEN", value_name = "ADDR")]
+    pub egress_listen: Option<SocketAddr>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_VIP_RANGE", value_name = "CIDR")]
+    pub vip_range: Option<Cidr>,
+    #[arg(long, env = "CAUSEWAY_GATEWAY_VIP_LISTEN_IP", value_name = "IP")]
+    pub vip_listen_ip: Option<IpAddr>,
+    /// JSON access log lines on stdout.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_ACCESS_LOG")]
+    pub access_log: bool,
+}
+
+impl Args {
+    /// Settings file (if any), then flags, then validation.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut c = match &self.settings {
+            Some(path) => Config::from_yaml_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
+        }
+        set!(
+            cluster,
+            node,
+            cert,
+            key,
+            trust_bundle,
+            egress_listen,
+            peer_listen,
+            admin_listen,
+            vip_listen_ip
+        );
+        set_opt!(federator, state_dir, config_file, vip_range);
+        c.access_log |= self.access_log;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config {
+            cluster: "east".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            trust_bundle: "b.pem".into(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        valid().validate().unwrap();
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    cluster: "East_1".into(),
+                    ..valid()
+                },
+                "cluster",
+            ),
+            (
+                Config {
+                    cert: PathBuf::new(),
+                    ..valid()
+                },
+                "cert",
+            ),
+            (
+                Config {
+                    federator: Some("http://f:1".into()),
+                    ..valid()
+                },
+                "federator",
+            ),
+            (
+                Config {
+                    federator: Some("https://f".into()),
+                    ..valid()
+                },
+                "federator",
+            ),
+            (
+                Config {
+                    probe_misses: 0,
+                    ..valid()
+                },
+                "probe_misses",
+            ),
+            (
+                Config {
+                    peer_listen: valid().egress_listen,
+                    ..valid()
+                },
+                "peer_listen",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{field}: ")), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn federator_url() {
+        let u = FederatorUrl::parse("https://fed.causeway-system:15010").unwrap();
+        assert_eq!(u.host, "fed.causeway-system");
+        assert_eq!(u.port, 15010);
+        let u = FederatorUrl::parse("https://[::1]:15010/").unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.authority(), "[::1]:15010");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c: Cidr = "10.96.0.0/12".parse().unwrap();
+        assert!(c.contains("10.100.1.2".parse().unwrap()));
+        assert!(!c.contains("10.112.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn yaml_settings_and_flag_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.yaml");
+        std::fs::write(
+            &path,
+            "cluster: west\ncert: /c.pem\nkey: /c.key\ntrust_bundle: /b.pem\nvip_range: 240.0.0.0/8\naccess_log: true\n",
+        )
+        .unwrap();
+        let args = Args {
+            settings: Some(path),
+            cluster: Some("east".into()),
+            ..Args::default()
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.cluster, "east");
+        assert_eq!(c.vip_range.unwrap().to_string(), "240.0.0.0/8");
+        assert!(c.access_log);
+        assert_eq!(c.egress_listen.port(), 15001);
+    }
+}

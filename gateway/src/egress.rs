@@ -1,0 +1,697 @@
+//! Egress: local clients to imported services.
+//!
+//! - `--egress-listen`: HTTP/1.1 and h2c (prior knowledge), the service chosen by
+//!   Host/:authority `<svc>.<ns>.svc.clusterset.local[:port]`; `CONNECT <that>:<port>` opens a
+//!   TCP tunnel.
+//! - one listener per distinct outbound port (with `--vip-range`): the connection's destination
+//!   address (a ClusterSetIP delivered by AnyIP) chooses the service; HTTP ports are proxied per
+//!   request, other ports as opaque TCP.
+//!
+//! Each request tries the planned clusters in order ([`route::plan`]): the local cluster
+//! directly to its endpoints, others over the pooled peer connection.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Shared;
+use crate::body::{self, Body, Guard, Guarded, ReplayBody};
+use crate::error::ProxyError;
+use crate::proxy::{self, Io, Record};
+use crate::resilience::Outlier;
+use crate::route::{self, Availability};
+use crate::table::{parse_authority, Candidate, Outbound, PortSpec, ServiceName, Tables};
+use crate::xfcc;
+
+/// The egress accept loop.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    accept_loop(shared, listener, false).await
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, vip: bool) {
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "egress accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let cancel = shared.shutdown.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = handle_connection(shared, stream, remote, vip) => {}
+            }
+        });
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, vip: bool) {
+    let fixed = if vip {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let Some(tables) = shared.tables.load_full() else {
+            return;
+        };
+        let Some((svc, port)) = tables.vips.get(&local).cloned() else {
+            tracing::debug!(%local, %remote, "no service at this address; closing");
+            return;
+        };
+        if !port.is_http() {
+            tcp_by_vip(shared, tables, svc, port, stream).await;
+            return;
+        }
+        Some((svc.name.clone(), port))
+    } else {
+        None
+    };
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let fixed = fixed.clone();
+        async move { Ok::<_, Infallible>(handle_request(shared, req, fixed).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%remote, error = %e, "egress connection ended");
+    }
+}
+
+/// Planner inputs from the live state.
+struct World<'a> {
+    shared: &'a Shared,
+    tables: &'a Tables,
+    svc: &'a ServiceName,
+}
+
+impl Availability for World<'_> {
+    fn peer_up(&self, cluster: &str) -> bool {
+        self.shared.peers.get(cluster).is_some_and(|p| p.is_up())
+    }
+
+    fn local_ready(&self) -> bool {
+        self.tables
+            .inbound
+            .get(self.svc)
+            .is_some_and(|i| !i.endpoints.is_empty() && !i.drained)
+    }
+}
+
+fn request_authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn handle_request(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    fixed: Option<(ServiceName, PortSpec)>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let authority = request_authority(&req).unwrap_or_default();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let own = shared.config.cluster.clone();
+    let mut record = Record {
+        direction: "egress",
+        method: &method,
+        authority: &authority,
+        path: &path,
+        service: "",
+        source_cluster: &own,
+        destination_cluster: "",
+        attempts: 0,
+        traceparent: traceparent.as_deref(),
+        start,
+    };
+
+    let Some(tables) = shared.tables.load_full() else {
+        let resp = proxy::reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_config",
+            "the gateway has no config yet".into(),
+        );
+        record.finish(&shared, "503", 503, Some("no_config"));
+        return resp;
+    };
+    let resolved = match &fixed {
+        Some((name, port)) => tables.outbound.get(name).map(|s| (s.clone(), *port)),
+        None => parse_authority(&authority).and_then(|(name, port)| {
+            let svc = tables.outbound.get(&name)?;
+            let port = svc.port(port)?;
+            Some((svc.clone(), port))
+        }),
+    };
+    let Some((svc, port)) = resolved else {
+        let resp = proxy::reply(
+            StatusCode::NOT_FOUND,
+            "unknown_service",
+            format!("no imported service at {authority:?}"),
+        );
+        record.finish(&shared, "404", 404, Some("unknown_service"));
+        return resp;
+    };
+    let service = svc.name.to_string();
+    record.service = &service;
+
+    if method == Method::CONNECT {
+        return connect_tunnel(&shared, &tables, &svc, port, req, record).await;
+    }
+
+    let (mut parts, incoming) = req.into_parts();
+    xfcc::strip_gateway_headers(&mut parts.headers);
+    xfcc::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Ok(v) = HeaderValue::from_str(&own) {
+        parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
+    }
+
+    let world = World {
+        shared: &shared,
+        tables: &tables,
+        svc: &svc.name,
+    };
+    let plan = route::plan(&svc, &parts.headers, &world);
+    if plan.is_empty() {
+        let resp = proxy::reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_route",
+            format!("no cluster can serve {}", svc.name),
+        );
+        record.finish(&shared, "503", 503, Some("no_route"));
+        return resp;
+    }
+    let idempotent = proxy::is_idempotent(&parts.method);
+    let mut body = match ReplayBody::new(body::incoming(incoming), idempotent).await {
+        Ok(b) => b,
+        Err(e) => {
+            record.finish(&shared, "400", 400, Some("request_body"));
+            return proxy::reply(
+                StatusCode::BAD_REQUEST,
+                "request_body",
+                format!("cannot read the request body: {e}"),
+            );
+        }
+    };
+
+    let policy = &svc.policy;
+    let deadline = policy
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(start + t));
+    let active = svc.budget.start_request();
+    let max_attempts = 1 + policy.retry_attempts;
+    let mut retry_guard = None;
+    let mut last: Option<(Response<Body>, Arc<str>)> = None;
+    let mut last_err: Option<(ProxyError, Arc<str>)> = None;
+    for n in 0..max_attempts {
+        let cand = &plan[n as usize % plan.len()];
+        if n > 0 {
+            match svc.budget.try_retry(
+                policy.retry_budget_percent,
+                shared.config.min_retry_concurrency,
+            ) {
+                Some(g) => retry_guard = Some(g),
+                None => break,
+            }
+            shared.metrics.retries.inc();
+            tracing::debug!(service = %svc.name, cluster = %cand.cluster, attempt = n + 1, "retrying");
+        }
+        record.attempts = n + 1;
+        let attempt = async {
+            let Some(permit) = cand
+                .stats
+                .acquire(policy.max_concurrent, policy.max_pending)
+                .await
+            else {
+                return Attempt::Overloaded;
+            };
+            let result = send(&shared, &tables, &svc, port, cand, &parts, &mut body).await;
+            Attempt::Done(result, permit)
+        };
+        let outcome = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, attempt).await {
+                Ok(o) => o,
+                Err(_) => Attempt::TimedOut,
+            },
+            None => attempt.await,
+        };
+        match outcome {
+            Attempt::Overloaded => {
+                shared.metrics.circuit_open.inc();
+                let mut resp = proxy::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "{} in {} is at its concurrency limit",
+                        svc.name, cand.cluster
+                    ),
+                );
+                resp.headers_mut()
+                    .insert(xfcc::OVERLOADED, HeaderValue::from_static("true"));
+                record.destination_cluster = &cand.cluster;
+                record.finish(&shared, "503", 503, Some("overloaded"));
+                return resp;
+            }
+            Attempt::TimedOut => {
+                outlier_failure(&shared, &svc, cand);
+                record.destination_cluster = &cand.cluster;
+                record.finish(&shared, "504", 504, Some("timeout"));
+                return proxy::reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!("{} did not answer in time", svc.name),
+                );
+            }
+            Attempt::Done(Ok(resp), permit) => {
+                let status = resp.status();
+                if status.is_server_error() {
+                    outlier_failure(&shared, &svc, cand);
+                    if idempotent && body.is_buffered() && n + 1 < max_attempts {
+                        // Drop the failed response (resets its stream) and try the next cluster.
+                        last = Some((resp.map(body::incoming), cand.cluster.clone()));
+                        continue;
+                    }
+                } else {
+                    cand.stats.record_success();
+                }
+                let (mut head, incoming) = resp.into_parts();
+                xfcc::strip_hop_by_hop(&mut head.headers);
+                let mut guards: Vec<Guard> = vec![Box::new(permit), Box::new(active)];
+                if let Some(g) = retry_guard.take() {
+                    guards.push(Box::new(g));
+                }
+                let body = Guarded::wrap(body::incoming(incoming), guards);
+                record.destination_cluster = &cand.cluster;
+                record.finish(&shared, status.as_str(), status.as_u16(), None);
+                return Response::from_parts(head, body);
+            }
+            Attempt::Done(Err(e), _permit) => {
+                outlier_failure(&shared, &svc, cand);
+                tracing::debug!(service = %svc.name, cluster = %cand.cluster, error = %e, "attempt failed");
+                let retry = if e.is_connect() {
+                    body.replayable()
+                } else {
+                    idempotent && body.is_buffered()
+                };
+                last_err = Some((e, cand.cluster.clone()));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some((resp, cluster)) = last {
+        let status = resp.status();
+        record.destination_cluster = &cluster;
+        record.finish(&shared, status.as_str(), status.as_u16(), None);
+        return resp;
+    }
+    let (status, message, cluster) = match &last_err {
+        Some((e, c)) => (e.status(), e.to_string(), c.clone()),
+        None => (
+            StatusCode::BAD_GATEWAY,
+            "no attempt could be made".to_string(),
+            Arc::from(""),
+        ),
+    };
+    record.destination_cluster = &cluster;
+    record.finish(&shared, status.as_str(), status.as_u16(), Some("upstream"));
+    proxy::reply(status, "upstream", message)
+}
+
+enum Attempt {
+    Overloaded,
+    TimedOut,
+    Done(
+        Result<Response<Incoming>, ProxyError>,
+        crate::resilience::BreakerPermit,
+    ),
+}
+
+fn outlier_failure(shared: &Shared, svc: &Outbound, cand: &Candidate) {
+    let p = &svc.policy;
+    if let Outlier::Ejected(length) = cand.stats.record_failure(p.outlier_errors, p.outlier_base) {
+        shared.metrics.ejections.inc();
+        tracing::warn!(service = %svc.name, cluster = %cand.cluster, ?length, "ejected by outlier detection");
+    }
+}
+
+fn clone_head(parts: &http::request::Parts) -> http::request::Builder {
+    let mut b = Request::builder().method(parts.method.clone());
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    b
+}
+
+/// One attempt at one cluster. The body goes back into `body` when nothing was sent.
+async fn send(
+    shared: &Shared,
+    tables: &Tables,
+    svc: &Outbound,
+    port: PortSpec,
+    cand: &Candidate,
+    parts: &http::request::Parts,
+    body: &mut ReplayBody,
+) -> Result<Response<Incoming>, ProxyError> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = svc.name.authority(port.port);
+    if cand.local {
+        let inbound = tables
+            .inbound
+            .get(&svc.name)
+            .ok_or_else(|| ProxyError::NoEndpoint(svc.name.to_string()))?;
+        let endpoint = inbound
+            .endpoints_from_next()
+            .next()
+            .ok_or_else(|| ProxyError::NoEndpoint(svc.name.to_string()))?;
+        let in_port = inbound.port(Some(port.port)).unwrap_or(port);
+        let h2 = in_port.is_h2() || is_grpc(&parts.headers);
+        let b = body
+            .take()
+            .ok_or_else(|| ProxyError::NoEndpoint("request body already sent".into()))?;
+        let mut req = clone_head(parts)
+            .uri(path)
+            .body(b)
+            .map_err(|e| request_error(&authority, e))?;
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        return shared
+            .backends
+            .send(inbound, endpoint, in_port, h2, req)
+            .await;
+    }
+
+    let peer = shared
+        .peers
+        .get(&cand.cluster)
+        .ok_or_else(|| ProxyError::Connect {
+            target: format!("cluster {}", cand.cluster),
+            source: "not a configured peer".into(),
+        })?;
+    let mut sender = peer.sender(&shared.tls, shared.connect_timeout()).await?;
+    let b = body
+        .take()
+        .ok_or_else(|| ProxyError::NoEndpoint("request body already sent".into()))?;
+    let uri: Uri = format!("http://{authority}{path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| request_error(&authority, e))?;
+    let req = clone_head(parts)
+        .uri(uri)
+        .version(Version::HTTP_2)
+        .body(b)
+        .map_err(|e| request_error(&authority, e))?;
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(mut e) => {
+            let target = format!("{authority} via cluster {}", cand.cluster);
+            match e.take_message() {
+                Some(req) => {
+                    body.put_back(req.into_body());
+                    Err(ProxyError::Connect {
+                        target,
+                        source: e.into_error().into(),
+                    })
+                }
+                None => Err(ProxyError::Request {
+                    target,
+                    source: e.into_error().into(),
+                }),
+            }
+        }
+    }
+}
+
+fn request_error(target: &str, e: impl Into<crate::body::BoxError>) -> ProxyError {
+    ProxyError::Request {
+        target: target.to_string(),
+        source: e.into(),
+    }
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+// === TCP ===
+
+/// Opens a byte stream to the service in one cluster: a direct connection to a local
+/// endpoint, or an HTTP/2 CONNECT stream over the peer connection.
+async fn open_tunnel(
+    shared: &Shared,
+    tables: &Tables,
+    svc: &Outbound,
+    port: PortSpec,
+    cand: &Candidate,
+) -> Result<Box<dyn Io>, ProxyError> {
+    if cand.local {
+        let inbound = tables
+            .inbound
+            .get(&svc.name)
+            .ok_or_else(|| ProxyError::NoEndpoint(svc.name.to_string()))?;
+        let in_port = inbound.port(Some(port.port)).unwrap_or(port);
+        let mut last = ProxyError::NoEndpoint(svc.name.to_string());
+        for endpoint in inbound.endpoints_from_next() {
+            match shared.backends.connect(inbound, endpoint, in_port).await {
+                Ok(s) => return Ok(Box::new(s)),
+                Err(e) => last = e,
+            }
+        }
+        return Err(last);
+    }
+    let peer = shared
+        .peers
+        .get(&cand.cluster)
+        .ok_or_else(|| ProxyError::Connect {
+            target: format!("cluster {}", cand.cluster),
+            source: "not a configured peer".into(),
+        })?;
+    let mut sender = peer.sender(&shared.tls, shared.connect_timeout()).await?;
+    let authority = svc.name.authority(port.port);
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.as_str())
+        .version(Version::HTTP_2)
+        .body(body::empty())
+        .map_err(|e| request_error(&authority, e))?;
+    if let Ok(v) = HeaderValue::from_str(&shared.config.cluster) {
+        req.headers_mut().insert(xfcc::SOURCE_CLUSTER, v);
+    }
+    let target = format!("{authority} via cluster {}", cand.cluster);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProxyError::Connect {
+            target: target.clone(),
+            source: e.into(),
+        })?;
+    if resp.status() != StatusCode::OK {
+        return Err(ProxyError::TunnelRefused {
+            target,
+            status: resp.status().as_u16(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| ProxyError::Connect {
+            target,
+            source: e.into(),
+        })?;
+    Ok(Box::new(TokioIo::new(upgraded)))
+}
+
+/// Tries the planned clusters until one accepts the tunnel.
+async fn open_planned_tunnel(
+    shared: &Shared,
+    tables: &Tables,
+    svc: &Outbound,
+    port: PortSpec,
+    headers: &http::HeaderMap,
+) -> Result<(Box<dyn Io>, Arc<str>), (ProxyError, Arc<str>)> {
+    let world = World {
+        shared,
+        tables,
+        svc: &svc.name,
+    };
+    let plan = route::plan(svc, headers, &world);
+    let mut last = (
+        ProxyError::NoEndpoint(format!("no cluster can serve {}", svc.name)),
+        Arc::from(""),
+    );
+    for cand in plan.iter().take(1 + svc.policy.retry_attempts as usize) {
+        match open_tunnel(shared, tables, svc, port, cand).await {
+            Ok(io) => {
+                cand.stats.record_success();
+                return Ok((io, cand.cluster.clone()));
+            }
+            Err(e) => {
+                outlier_failure(shared, svc, cand);
+                tracing::debug!(service = %svc.name, cluster = %cand.cluster, error = %e, "tunnel attempt failed");
+                last = (e, cand.cluster.clone());
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn tcp_by_vip(
+    shared: Arc<Shared>,
+    tables: Arc<Tables>,
+    svc: Arc<Outbound>,
+    port: PortSpec,
+    client: TcpStream,
+) {
+    let start = Instant::now();
+    let service = svc.name.to_string();
+    let authority = svc.name.authority(port.port);
+    let mut record = Record {
+        direction: "egress",
+        method: &Method::CONNECT,
+        authority: &authority,
+        path: "",
+        service: &service,
+        source_cluster: &shared.config.cluster,
+        destination_cluster: "",
+        attempts: 1,
+        traceparent: None,
+        start,
+    };
+    match open_planned_tunnel(&shared, &tables, &svc, port, &http::HeaderMap::new()).await {
+        Ok((upstream, cluster)) => {
+            record.destination_cluster = &cluster;
+            record.finish(&shared, "tcp", 200, None);
+            proxy::pump(client, upstream).await;
+        }
+        Err((e, cluster)) => {
+            record.destination_cluster = &cluster;
+            record.finish(&shared, "tcp_error", 502, Some("upstream"));
+            tracing::debug!(service = %svc.name, error = %e, "TCP connection refused");
+        }
+    }
+}
+
+/// `CONNECT svc.ns.svc.clusterset.local:port` on the egress listener.
+async fn connect_tunnel(
+    shared: &Arc<Shared>,
+    tables: &Tables,
+    svc: &Outbound,
+    port: PortSpec,
+    mut req: Request<Incoming>,
+    mut record: Record<'_>,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    match open_planned_tunnel(shared, tables, svc, port, req.headers()).await {
+        Ok((upstream, cluster)) => {
+            record.destination_cluster = &cluster;
+            record.finish(shared, "tcp", 200, None);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(client) => proxy::pump(TokioIo::new(client), upstream).await,
+                    Err(e) => tracing::debug!(error = %e, "client CONNECT upgrade failed"),
+                }
+            });
+            Response::new(body::empty())
+        }
+        Err((e, cluster)) => {
+            record.destination_cluster = &cluster;
+            record.finish(shared, "tcp_error", e.status().as_u16(), Some("upstream"));
+            proxy::reply(e.status(), "upstream", e.to_string())
+        }
+    }
+}
+
+// === VIP listeners ===
+
+/// Keeps one listener per distinct outbound port (only with `--vip-range`).
+pub(crate) async fn manage_vip_listeners(shared: Arc<Shared>) {
+    if shared.config.vip_range.is_none() {
+        return;
+    }
+    let mut version = shared.version_tx.subscribe();
+    let mut listeners: BTreeMap<u16, CancellationToken> = BTreeMap::new();
+    loop {
+        let wanted = shared
+            .tables
+            .load()
+            .as_ref()
+            .map(|t| t.vip_ports.clone())
+            .unwrap_or_default();
+        listeners.retain(|port, token| {
+            let keep = wanted.contains(port);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for port in wanted {
+            if listeners.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(shared.config.vip_listen_ip, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let token = shared.shutdown.child_token();
+                    let shared = shared.clone();
+                    let stop = token.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = accept_loop(shared, listener, true) => {}
+                        }
+                    });
+                    tracing::info!(%addr, "VIP listener started");
+                    listeners.insert(port, token);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot open VIP listener"),
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            changed = version.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Ingress: peer gateways to this cluster's exported services.
+//!
+//! Terminates mTLS (a client certificate is required), accepts only the gateway identity of a
+//! known peer cluster, then serves HTTP/2: requests by `:authority`, CONNECT streams as TCP
+//! tunnels. Each request is authorised against the export (allowed source clusters and
+//! identities), refused when the export is drained (503) or over its rate limit (429), and
+//! re-originated to a ready local endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use causeway_api::spiffe::SpiffeId;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::Shared;
+use crate::body::{self, Body, ReplayBody};
+use crate::peer::PROBE_AUTHORITY;
+use crate::proxy::{self, Record};
+use crate::table::{parse_authority, Inbound, PortSpec};
+use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
+use crate::xfcc;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The authenticated peer of one connection.
+struct PeerIdentity {
+    cluster: String,
+    id: SpiffeId,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let cancel = shared.shutdown.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = handle_connection(shared, stream, remote) => {}
+            }
+        });
+    }
+}
+
+fn refuse(shared: &Shared, remote: SocketAddr, r: &Refusal) {
+    shared
+        .metrics
+        .handshake_failures
+        .with_label_values(&[r.reason])
+        .inc();
+    tracing::warn!(%remote, reason = r.reason, detail = %r.detail, "peer connection refused");
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(&shared, remote, &classify_handshake_error(&e)),
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out");
+            return refuse(&shared, remote, &classify_handshake_error(&e));
+        }
+    };
+    let peer = {
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let Some(tables) = shared.tables.load_full() else {
+            let r = Refusal {
+                reason: "unknown_cluster",
+                detail: "no config loaded: no peer is known yet".into(),
+            };
+            return refuse(&shared, remote, &r);
+        };
+        match authenticate_peer(certs, &tables, &shared.tls.load()) {
+            Ok((cluster, id)) => Arc::new(PeerIdentity { cluster, id }),
+            Err(r) => return refuse(&shared, remote, &r),
+        }
+    };
+    tracing::debug!(%remote, peer = %peer.id, "peer gateway connected");
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle_request(shared, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(64 << 10)
+        .max_concurrent_streams(4096)
+        .serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%remote, error = %e, "peer connection ended");
+    }
+}
+
+async fn handle_request(
+    shared: Arc<Shared>,
+    peer: Arc<PeerIdentity>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    if authority == PROBE_AUTHORITY {
+        return Response::new(body::full("ok"));
+    }
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let own = shared.config.cluster.clone();
+    let mut record = Record {
+        direction: "ingress",
+        method: &method,
+        authority: &authority,
+        path: &path,
+        service: "",
+        source_cluster: &peer.cluster,
+        destination_cluster: &own,
+        attempts: 1,
+        traceparent: traceparent.as_deref(),
+        start,
+    };
+    let refuse = |record: &Record<'_>, status: StatusCode, error: &'static str, msg: String| {
+        record.finish(&shared, status.as_str(), status.as_u16(), Some(error));
+        proxy::reply(status, error, msg)
+    };
+
+    let Some(tables) = shared.tables.load_full() else {
+        return refuse(
+            &record,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_config",
+            "no config loaded".into(),
+        );
+    };
+    let Some((name, port)) = parse_authority(&authority) else {
+        return refuse(
+            &record,
+            StatusCode::NOT_FOUND,
+            "unknown_service",
+            format!("{authority:?} is not a clusterset service name"),
+        );
+    };
+    let (inbound, port) = match tables.inbound.get(&name) {
+        Some(svc) => match svc.port(port) {
+            Some(p) => (svc.clone(), p),
+            None => {
+                return refuse(
+                    &record,
+                    StatusCode::NOT_FOUND,
+                    "unknown_port",
+                    format!("{name} has no port {port:?} in cluster {own}"),
+                )
+            }
+        },
+        None => {
+            return refuse(
+                &record,
+                StatusCode::NOT_FOUND,
+                "unknown_service",
+                format!("{name} is not exported by cluster {own}"),
+            )
+        }
+    };
+    let service = name.to_string();
+    record.service = &service;
+
+    // Authorisation: the peer may have been removed since it connected.
+    if !tables.peers.contains_key(&peer.cluster) {
+        return refuse(
+            &record,
+            StatusCode::FORBIDDEN,
+            "unknown_peer",
+            format!("cluster {} is no longer a peer", peer.cluster),
+        );
+    }
+    if !inbound.allowed_clusters.is_empty() && !inbound.allowed_clusters.contains(&peer.cluster) {
+        return refuse(
+            &record,
+            StatusCode::FORBIDDEN,
+            "forbidden_cluster",
+            format!("cluster {} may not call {name}", peer.cluster),
+        );
+    }
+    let caller = xfcc::first_uri(req.headers()).unwrap_or_else(|| peer.id.to_string());
+    if !inbound.allowed_identities.is_empty() && !inbound.allowed_identities.contains(&caller) {
+        return refuse(
+            &record,
+            StatusCode::FORBIDDEN,
+            "forbidden_identity",
+            format!("{caller} may not call {name}"),
+        );
+    }
+    if inbound.drained {
+        return refuse(
+            &record,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "drained",
+            format!("{name} is drained in cluster {own}"),
+        );
+    }
+    let (rps, burst) = inbound.rate_limit;
+    if !inbound.limiter.allow(&peer.cluster, rps, burst) {
+        shared.metrics.rate_limited.inc();
+        return refuse(
+            &record,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "{name}: over {rps} requests per second from cluster {}",
+                peer.cluster
+            ),
+        );
+    }
+    if inbound.endpoints.is_empty() {
+        return refuse(
+            &record,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_endpoint",
+            format!("{name} has no ready endpoint in cluster {own}"),
+        );
+    }
+
+    if method == Method::CONNECT {
+        return tunnel(&shared, &inbound, port, req, record).await;
+    }
+
+    let (mut parts, incoming) = req.into_parts();
+    xfcc::strip_hop_by_hop(&mut parts.headers);
+    // The source cluster is what TLS proved, whatever the header said.
+    if let Ok(v) = HeaderValue::from_str(&peer.cluster) {
+        parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
+    }
+    xfcc::append(
+        &mut parts.headers,
+        &xfcc::element(&shared.tls.load().own_id.to_string(), &peer.id.to_string()),
+    );
+    let h2 = port.is_h2()
+        || parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !h2 {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let idempotent = proxy::is_idempotent(&parts.method);
+    let mut body = match ReplayBody::new(body::incoming(incoming), idempotent).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &record,
+                StatusCode::BAD_REQUEST,
+                "request_body",
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    };
+    let mut last_error = None;
+    for endpoint in inbound.endpoints_from_next() {
+        let Some(b) = body.take() else { break };
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(path.as_str());
+        if let Some(h) = builder.headers_mut() {
+            *h = parts.headers.clone();
+        }
+        let req = match builder.body(b) {
+            Ok(r) => r,
+            Err(e) => {
+                last_error = Some(e.to_string());
+                break;
+            }
+        };
+        match shared
+            .backends
+            .send(&inbound, endpoint, port, h2, req)
+            .await
+        {
+            Ok(resp) => {
+                let status = resp.status();
+                record.finish(&shared, status.as_str(), status.as_u16(), None);
+                let (mut head, incoming) = resp.into_parts();
+                xfcc::strip_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, body::incoming(incoming));
+            }
+            Err(e) => {
+                tracing::debug!(service = %name, error = %e, "endpoint failed");
+                let retry = e.is_connect() && body.replayable();
+                last_error = Some(e.to_string());
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    refuse(
+        &record,
+        StatusCode::BAD_GATEWAY,
+        "upstream",
+        last_error.unwrap_or_else(|| format!("no endpoint of {name} reachable")),
+    )
+}
+
+async fn tunnel(
+    shared: &Arc<Shared>,
+    inbound: &Arc<Inbound>,
+    port: PortSpec,
+    mut req: Request<Incoming>,
+    record: Record<'_>,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut last = None;
+    for endpoint in inbound.endpoints_from_next() {
+        match shared.backends.connect(inbound, endpoint, port).await {
+            Ok(upstream) => {
+                record.finish(shared, "tcp", 200, None);
+                tokio::spawn(async move {
+                    match on_upgrade.await {
+                        Ok(peer) => proxy::pump(TokioIo::new(peer), upstream).await,
+                        Err(e) => tracing::debug!(error = %e, "peer CONNECT upgrade failed"),
+                    }
+                });
+                return Response::new(body::empty());
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    record.finish(shared, "tcp_error", 502, Some("upstream"));
+    proxy::reply(
+        StatusCode::BAD_GATEWAY,
+        "upstream",
+        last.unwrap_or_else(|| "no endpoint".into()),
+    )
+}

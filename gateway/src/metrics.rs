@@ -1,0 +1,135 @@
+//! The gateway's Prometheus metrics (DESIGN.md "Names": `causeway_gateway_*`).
+//!
+//! One registry per gateway instance, so that several in-process gateways (tests) do not mix.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub peer_up: IntGaugeVec,
+    pub config_version: IntGauge,
+    pub config_nacks: IntCounter,
+    pub handshake_failures: IntCounterVec,
+    pub retries: IntCounter,
+    pub ejections: IntCounter,
+    pub rate_limited: IntCounter,
+    pub circuit_open: IntCounter,
+    pub cert_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
+                m
+            }};
+        }
+        let requests = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_requests_total",
+                "Requests (and TCP connections) proxied, by direction and outcome"
+            ),
+            &[
+                "direction",
+                "service",
+                "source_cluster",
+                "destination_cluster",
+                "code"
+            ]
+        ));
+        let request_duration = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                "causeway_gateway_request_duration_seconds",
+                "Time from request to response headers"
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0
+            ])
+        ));
+        let peer_up = reg!(IntGaugeVec::new(
+            Opts::new(
+                "causeway_gateway_peer_up",
+                "1 when active probes reach the peer cluster's gateway"
+            ),
+            &["cluster"]
+        ));
+        let config_version = reg!(IntGauge::new(
+            "causeway_gateway_config_version",
+            "Version of the config snapshot being served (0: none)"
+        ));
+        let config_nacks = reg!(IntCounter::new(
+            "causeway_gateway_config_nacks_total",
+            "Config snapshots refused"
+        ));
+        let handshake_failures = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_peer_handshake_failures_total",
+                "Peer connections refused at the mTLS listener, by reason"
+            ),
+            &["reason"]
+        ));
+        let retries = reg!(IntCounter::new(
+            "causeway_gateway_retries_total",
+            "Requests retried on another candidate cluster"
+        ));
+        let ejections = reg!(IntCounter::new(
+            "causeway_gateway_ejections_total",
+            "Outlier ejections of a (service, cluster)"
+        ));
+        let rate_limited = reg!(IntCounter::new(
+            "causeway_gateway_rate_limited_total",
+            "Requests refused with 429 by the local rate limit"
+        ));
+        let circuit_open = reg!(IntCounter::new(
+            "causeway_gateway_circuit_open_total",
+            "Requests refused with 503 by the circuit breaker"
+        ));
+        let cert_reloads = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_cert_reloads_total",
+                "Reloads of the certificate, key and bundle files, by result"
+            ),
+            &["result"]
+        ));
+        Self {
+            registry,
+            requests,
+            request_duration,
+            peer_up,
+            config_version,
+            config_nacks,
+            handshake_failures,
+            retries,
+            ejections,
+            rate_limited,
+            circuit_open,
+            cert_reloads,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,372 @@
+//! The peer transport: one pooled mTLS HTTP/2 connection per peer cluster's gateway, dialled on
+//! demand and re-dialled when it drops, and the active probes that tell whether a peer is up.
+//!
+//! Probes are `GET /` streams with `:authority` [`PROBE_AUTHORITY`] over the pooled connection
+//! (so they test exactly what requests use); a peer is down after `probe_misses` misses in a
+//! row and up again on the next success.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use causeway_api::proto::PeerHealth;
+use http::{Request, Version};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::table::Tables;
+use crate::tls::{self, TlsState};
+
+/// `:authority` of probe requests; the ingress answers them itself.
+pub const PROBE_AUTHORITY: &str = "probe.causeway.internal";
+
+/// How often a peer's state is reported to the federator when it does not change.
+const REPORT_EVERY: u32 = 10;
+
+pub(crate) type Sender = SendRequest<Body>;
+
+/// What the prober knows of a peer.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PeerStatus {
+    pub(crate) cluster: String,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) up: bool,
+    pub(crate) probed: bool,
+    pub(crate) connected: bool,
+    pub(crate) rtt_micros: Option<u64>,
+    pub(crate) consecutive_misses: u32,
+    pub(crate) last_error: Option<String>,
+}
+
+// === impl PeerConn ===
+
+/// The pooled connection to one peer cluster's gateway.
+pub(crate) struct PeerConn {
+    pub(crate) cluster: String,
+    addresses: Vec<String>,
+    sender: ArcSwapOption<Sender>,
+    connecting: tokio::sync::Mutex<()>,
+    next_address: AtomicUsize,
+    /// Routable: not marked down by the probes (optimistic until the first misses).
+    up: AtomicBool,
+    probed: AtomicBool,
+    misses: AtomicU64,
+    rtt_micros: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    cancel: CancellationToken,
+}
+
+impl PeerConn {
+    fn new(cluster: String, addresses: Vec<String>, cancel: CancellationToken) -> Self {
+        Self {
+            cluster,
+            addresses,
+            sender: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            next_address: AtomicUsize::new(0),
+            up: AtomicBool::new(true),
+            probed: AtomicBool::new(false),
+            misses: AtomicU64::new(0),
+            rtt_micros: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            cancel,
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn status(&self) -> PeerStatus {
+        let connected = self.sender.load().as_ref().is_some_and(|s| !s.is_closed());
+        let probed = self.probed.load(Ordering::Relaxed);
+        PeerStatus {
+            cluster: self.cluster.clone(),
+            addresses: self.addresses.clone(),
+            up: self.is_up(),
+            probed,
+            connected,
+            rtt_micros: probed.then(|| self.rtt_micros.load(Ordering::Relaxed)),
+            consecutive_misses: self.misses.load(Ordering::Relaxed) as u32,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// A sender on the pooled connection, dialling it first if there is none.
+    pub(crate) async fn sender(
+        &self,
+        tls: &ArcSwap<TlsState>,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ProxyError> {
+        if let Some(s) = self.sender.load().as_ref() {
+            if !s.is_closed() {
+                return Ok((**s).clone());
+            }
+        }
+        // One dial at a time; the others wait for it and share the result.
+        let _dialing = self.connecting.lock().await;
+        if let Some(s) = self.sender.load().as_ref() {
+            if !s.is_closed() {
+                return Ok((**s).clone());
+            }
+        }
+        let sender = self.dial(tls, connect_timeout).await?;
+        self.sender.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    async fn dial(
+        &self,
+        tls: &ArcSwap<TlsState>,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ProxyError> {
+        let err = |target: &str, e: crate::body::BoxError| ProxyError::Connect {
+            target: format!("gateway of {} at {target}", self.cluster),
+            source: e,
+        };
+        if self.addresses.is_empty() {
+            return Err(err(
+                "(no address)",
+                "the peer has no gateway address".into(),
+            ));
+        }
+        let config = tls
+            .load()
+            .peer_client(&self.cluster)
+            .ok_or_else(|| err("(no TLS)", "no TLS config for this peer".into()))?;
+        let start = self.next_address.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.addresses.len() {
+            let addr = &self.addresses[(start + i) % self.addresses.len()];
+            let attempt = async {
+                let tcp = TcpStream::connect(addr.as_str()).await?;
+                let _ = tcp.set_nodelay(true);
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                let tls = TlsConnector::from(config.clone())
+                    .connect(tls::server_name(host), tcp)
+                    .await?;
+                if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+                    return Err(std::io::Error::other("peer did not negotiate h2"));
+                }
+                Ok(tls)
+            };
+            let stream = match tokio::time::timeout(connect_timeout, attempt).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last = Some(err(addr, e.into()));
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(err(addr, "connect timed out".into()));
+                    continue;
+                }
+            };
+            let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(8 << 20)
+                .max_frame_size(64 << 10)
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .handshake(TokioIo::new(stream))
+                .await;
+            let (sender, conn) = match handshake {
+                Ok(pair) => pair,
+                Err(e) => {
+                    last = Some(err(addr, e.into()));
+                    continue;
+                }
+            };
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(peer = %cluster, error = %e, "peer connection closed");
+                }
+            });
+            tracing::debug!(peer = %self.cluster, %addr, "connected to peer gateway");
+            return Ok(sender);
+        }
+        Err(last.expect("at least one address was tried"))
+    }
+
+    /// One probe; `Ok(rtt)` when the peer's ingress answered 200.
+    async fn probe(
+        &self,
+        tls: &ArcSwap<TlsState>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let start = Instant::now();
+        let attempt = async {
+            let mut sender = self
+                .sender(tls, connect_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let req = Request::get(format!("https://{PROBE_AUTHORITY}/"))
+                .version(Version::HTTP_2)
+                .body(body::empty())
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(format!("probe answered {}", resp.status()));
+            }
+            Ok(start.elapsed())
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
+
+// === impl PeerPool ===
+
+/// All peer connections, replaced as a whole when the config changes the peer set.
+pub(crate) struct PeerPool {
+    peers: ArcSwap<HashMap<String, Arc<PeerConn>>>,
+    /// Serialises updates (config applies).
+    update: Mutex<()>,
+}
+
+/// What probers need beyond their peer.
+#[derive(Clone)]
+pub(crate) struct ProbeContext {
+    pub(crate) tls: Arc<ArcSwap<TlsState>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) interval: Duration,
+    pub(crate) misses: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) observer: String,
+    pub(crate) reports: mpsc::Sender<PeerHealth>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Default for PeerPool {
+    fn default() -> Self {
+        Self {
+            peers: ArcSwap::from_pointee(HashMap::new()),
+            update: Mutex::new(()),
+        }
+    }
+}
+
+impl PeerPool {
+    pub(crate) fn get(&self, cluster: &str) -> Option<Arc<PeerConn>> {
+        self.peers.load().get(cluster).cloned()
+    }
+
+    pub(crate) fn statuses(&self) -> Vec<PeerStatus> {
+        let mut v: Vec<_> = self.peers.load().values().map(|p| p.status()).collect();
+        v.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        v
+    }
+
+    /// Keeps connections to peers whose addresses did not change; dials nothing (connections
+    /// are made on demand and by the probers), starts a prober per new peer.
+    pub(crate) fn update(&self, tables: &Tables, ctx: &ProbeContext) {
+        let _serial = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.peers.load_full();
+        let mut new = HashMap::new();
+        for (cluster, info) in &tables.peers {
+            match old.get(cluster) {
+                Some(p) if p.addresses == info.addresses => {
+                    new.insert(cluster.clone(), p.clone());
+                }
+                _ => {
+                    let conn = Arc::new(PeerConn::new(
+                        cluster.clone(),
+                        info.addresses.clone(),
+                        ctx.shutdown.child_token(),
+                    ));
+                    spawn_prober(conn.clone(), ctx.clone());
+                    new.insert(cluster.clone(), conn);
+                }
+            }
+        }
+        for (cluster, p) in old.iter() {
+            if new.get(cluster).is_none_or(|n| !Arc::ptr_eq(n, p)) {
+                p.cancel.cancel();
+                if !new.contains_key(cluster) {
+                    let _ = ctx.metrics.peer_up.remove_label_values(&[cluster]);
+                }
+            }
+        }
+        self.peers.store(Arc::new(new));
+    }
+}
+
+fn spawn_prober(peer: Arc<PeerConn>, ctx: ProbeContext) {
+    let cancel = peer.cancel.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(ctx.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_report = 0u32;
+        let mut was_up: Option<bool> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = peer.probe(&ctx.tls, ctx.connect_timeout, ctx.interval) => r,
+            };
+            peer.probed.store(true, Ordering::Relaxed);
+            match result {
+                Ok(rtt) => {
+                    peer.misses.store(0, Ordering::Relaxed);
+                    peer.rtt_micros
+                        .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                    peer.up.store(true, Ordering::Relaxed);
+                    *peer.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                Err(e) => {
+                    let misses = peer.misses.fetch_add(1, Ordering::Relaxed) + 1;
+                    if misses >= u64::from(ctx.misses) {
+                        peer.up.store(false, Ordering::Relaxed);
+                    }
+                    tracing::debug!(peer = %peer.cluster, misses, error = %e, "probe missed");
+                    *peer.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+            }
+            let up = peer.is_up();
+            ctx.metrics
+                .peer_up
+                .with_label_values(&[&peer.cluster])
+                .set(i64::from(up));
+            if was_up != Some(up) {
+                tracing::info!(peer = %peer.cluster, up, "peer gateway state");
+            }
+            since_report += 1;
+            if was_up != Some(up) || since_report >= REPORT_EVERY {
+                since_report = 0;
+                let observed_at_unix_ms = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                // A full queue means the federator is away; the next report carries the state.
+                let _ = ctx.reports.try_send(PeerHealth {
+                    observer: ctx.observer.clone(),
+                    cluster: peer.cluster.clone(),
+                    up,
+                    rtt_micros: peer.rtt_micros.load(Ordering::Relaxed),
+                    observed_at_unix_ms,
+                });
+            }
+            was_up = Some(up);
+        }
+        tracing::debug!(peer = %peer.cluster, "prober stopped");
+    });
+}

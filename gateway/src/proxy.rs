@@ -1,0 +1,117 @@
+//! Helpers both directions share: replies the gateway makes itself, request accounting
+//! (metrics and the JSON access log), and byte pumping for tunnels.
+
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Response, StatusCode};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::app::Shared;
+use crate::body::{self, Body};
+use crate::xfcc;
+
+/// Either end of a tunnel.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Methods whose requests may be sent twice (RFC 9110 9.2.2).
+pub(crate) fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A response the gateway makes itself; `error` goes in `x-causeway-error`.
+pub(crate) fn reply(status: StatusCode, error: &'static str, message: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(xfcc::GATEWAY_ERROR, HeaderValue::from_static(error));
+    resp
+}
+
+#[derive(Serialize)]
+struct AccessLog<'a> {
+    direction: &'a str,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    service: &'a str,
+    source_cluster: &'a str,
+    destination_cluster: &'a str,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// What one request did, for metrics and the access log.
+pub(crate) struct Record<'a> {
+    pub(crate) direction: &'static str,
+    pub(crate) method: &'a Method,
+    pub(crate) authority: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) source_cluster: &'a str,
+    pub(crate) destination_cluster: &'a str,
+    pub(crate) attempts: u32,
+    pub(crate) traceparent: Option<&'a str>,
+    pub(crate) start: Instant,
+}
+
+impl Record<'_> {
+    /// Counts the request under its outcome: an HTTP status, or `tcp` / `tcp_error` for tunnels.
+    pub(crate) fn finish(&self, shared: &Shared, code: &str, status: u16, error: Option<&str>) {
+        let elapsed = self.start.elapsed();
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[
+                self.direction,
+                self.service,
+                self.source_cluster,
+                self.destination_cluster,
+                code,
+            ])
+            .inc();
+        shared
+            .metrics
+            .request_duration
+            .observe(elapsed.as_secs_f64());
+        if shared.config.access_log {
+            let line = AccessLog {
+                direction: self.direction,
+                method: self.method.as_str(),
+                authority: self.authority,
+                path: self.path,
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                service: self.service,
+                source_cluster: self.source_cluster,
+                destination_cluster: self.destination_cluster,
+                attempts: self.attempts,
+                traceparent: self.traceparent,
+                error,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                println!("{json}");
+            }
+        }
+    }
+}
+
+/// Copies both ways until either side closes, then shuts the other down.
+pub(crate) async fn pump(mut a: impl Io, mut b: impl Io) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        tracing::debug!(error = %e, "tunnel ended");
+    }
+}

@@ -1,0 +1,756 @@
+//! Routing tables: a validated `ConfigSnapshot` turned into the lookups the data path needs.
+//!
+//! [`Tables::build`] either returns a complete, consistent set of tables or a [`NackReason`];
+//! the caller swaps the whole `Arc<Tables>` at once, so a request sees one version throughout.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use causeway_api::proto::{self, AppProtocol, BackendTlsMode, ConfigSnapshot};
+use causeway_api::spiffe::SpiffeId;
+use causeway_api::tls::TrustBundle;
+use causeway_api::ClusterId;
+
+use crate::config::Cidr;
+use crate::resilience::{ClusterStats, RateLimiter, RetryBudget};
+
+/// The DNS zone of imported services.
+pub const CLUSTERSET_SUFFIX: &str = ".svc.clusterset.local";
+
+// Defaults for policy fields left at proto3's zero.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+const DEFAULT_OUTLIER_ERRORS: u32 = 5;
+const DEFAULT_OUTLIER_BASE: Duration = Duration::from_secs(30);
+
+/// Why a snapshot was refused; sent to the federator in the NACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NackReason(pub String);
+
+impl fmt::Display for NackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NackReason {}
+
+fn nack(reason: impl Into<String>) -> NackReason {
+    NackReason(reason.into())
+}
+
+// === impl ServiceName ===
+
+/// `(namespace, name)` of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    /// `<name>.<ns>.svc.clusterset.local`
+    pub fn host(&self) -> String {
+        format!("{}.{}{CLUSTERSET_SUFFIX}", self.name, self.namespace)
+    }
+
+    /// `<name>.<ns>.svc.clusterset.local:<port>`: the `:authority` between gateways.
+    pub fn authority(&self, port: u16) -> String {
+        format!("{}:{port}", self.host())
+    }
+
+    fn new(namespace: &str, name: &str, what: &str) -> Result<Self, NackReason> {
+        for (field, v) in [("namespace", namespace), ("name", name)] {
+            let ok = !v.is_empty()
+                && v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !v.starts_with('-')
+                && !v.ends_with('-');
+            if !ok {
+                return Err(nack(format!(
+                    "{what} {namespace}/{name}: {field} {v:?} is not an RFC 1123 label"
+                )));
+            }
+        }
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Parses `<name>.<ns>.svc.clusterset.local[:port]` (case-insensitive, trailing dot allowed).
+pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p.parse().ok()?)),
+        Some(_) => return None,
+        None => (authority, None),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?;
+    let (name, namespace) = rest.split_once('.')?;
+    if namespace.contains('.') || name.is_empty() || namespace.is_empty() {
+        return None;
+    }
+    Some((
+        ServiceName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        },
+        port,
+    ))
+}
+
+// === tables ===
+
+/// A peer cluster's gateway.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub cluster: String,
+    pub addresses: Vec<String>,
+    pub trust_domain: String,
+    pub gateway_id: SpiffeId,
+    /// The peer's own bundle; `None` = our local bundle.
+    pub bundle: Option<TrustBundle>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    pub port: u16,
+    pub app: AppProtocol,
+}
+
+impl PortSpec {
+    /// Whether the port carries HTTP (routed per request) rather than opaque TCP.
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self.app,
+            AppProtocol::Http | AppProtocol::Http2 | AppProtocol::Grpc
+        )
+    }
+
+    /// Whether the backend speaks HTTP/2 (h2c or h2 over TLS).
+    pub fn is_h2(&self) -> bool {
+        matches!(self.app, AppProtocol::Http2 | AppProtocol::Grpc)
+    }
+}
+
+/// A local endpoint: an IP and, when it differs from the service port, a target port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointAddr {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl EndpointAddr {
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Some(Self { ip, port: None });
+        }
+        let sa: SocketAddr = s.parse().ok()?;
+        Some(Self {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        })
+    }
+
+    pub fn socket_addr(&self, service_port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port.unwrap_or(service_port))
+    }
+}
+
+/// A service this cluster exports (served at ingress).
+#[derive(Debug)]
+pub struct Inbound {
+    pub name: ServiceName,
+    pub ports: Vec<PortSpec>,
+    /// Ready endpoints only.
+    pub endpoints: Vec<EndpointAddr>,
+    pub backend_mtls: bool,
+    pub allowed_clusters: HashSet<String>,
+    pub allowed_identities: HashSet<String>,
+    pub drained: bool,
+    pub rate_limit: (u32, u32),
+    pub limiter: Arc<RateLimiter>,
+    next: AtomicUsize,
+}
+
+impl Inbound {
+    pub fn port(&self, port: Option<u16>) -> Option<PortSpec> {
+        match port {
+            Some(p) => self.ports.iter().find(|s| s.port == p).copied(),
+            None => self.ports.first().copied(),
+        }
+    }
+
+    /// Ready endpoints in round-robin order, starting at the next one.
+    pub fn endpoints_from_next(&self) -> impl Iterator<Item = EndpointAddr> + '_ {
+        let n = self.endpoints.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        self.endpoints
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(self.endpoints.len())
+            .copied()
+    }
+}
+
+/// Traffic policy with proto3 zeros replaced by defaults.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Until the response headers; `None` = no timeout.
+    pub timeout: Option<Duration>,
+    pub retry_attempts: u32,
+    pub retry_budget_percent: u32,
+    /// 0 = unlimited.
+    pub max_concurrent: u32,
+    /// Requests that may wait for a slot when `max_concurrent` are active.
+    pub max_pending: u32,
+    pub outlier_errors: u32,
+    pub outlier_base: Duration,
+}
+
+impl Policy {
+    fn from_proto(p: Option<&proto::TrafficPolicy>) -> Self {
+        let p = p.cloned().unwrap_or_default();
+        let or = |v: u32, d: u32| if v == 0 { d } else { v };
+        Self {
+            timeout: (p.timeout_ms > 0).then(|| Duration::from_millis(p.timeout_ms)),
+            retry_attempts: or(p.retry_attempts, DEFAULT_RETRY_ATTEMPTS),
+            retry_budget_percent: or(p.retry_budget_percent, DEFAULT_RETRY_BUDGET_PERCENT),
+            max_concurrent: p.max_concurrent,
+            max_pending: p.max_pending,
+            outlier_errors: or(p.outlier_consecutive_errors, DEFAULT_OUTLIER_ERRORS),
+            outlier_base: if p.outlier_base_ejection_ms == 0 {
+                DEFAULT_OUTLIER_BASE
+            } else {
+                Duration::from_millis(p.outlier_base_ejection_ms)
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub cluster: Arc<str>,
+    pub priority: u32,
+    pub weight: u32,
+    pub healthy: bool,
+    pub drained: bool,
+    pub ready_endpoints: u32,
+    /// This gateway's own cluster: routed to its inbound endpoints without a peer hop.
+    pub local: bool,
+    pub stats: Arc<ClusterStats>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HeaderTarget {
+    Pin(Arc<str>),
+    Split(Vec<(Arc<str>, u32)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderRoute {
+    pub header: http::HeaderName,
+    pub value: String,
+    pub target: HeaderTarget,
+}
+
+/// A service this cluster imports (routed at egress).
+#[derive(Debug)]
+pub struct Outbound {
+    pub name: ServiceName,
+    pub vip: Option<IpAddr>,
+    pub ports: Vec<PortSpec>,
+    /// Sorted by priority.
+    pub candidates: Vec<Candidate>,
+    pub policy: Policy,
+    pub header_routes: Vec<HeaderRoute>,
+    pub budget: Arc<RetryBudget>,
+}
+
+impl Outbound {
+    pub fn port(&self, port: Option<u16>) -> Option<PortSpec> {
+        match port {
+            Some(p) => self.ports.iter().find(|s| s.port == p).copied(),
+            None => self.ports.first().copied(),
+        }
+    }
+
+    pub fn candidate(&self, cluster: &str) -> Option<&Candidate> {
+        self.candidates.iter().find(|c| &*c.cluster == cluster)
+    }
+}
+
+/// Everything the data path looks up, for one config version.
+#[derive(Debug)]
+pub struct Tables {
+    pub version: u64,
+    pub cluster: String,
+    pub snapshot: ConfigSnapshot,
+    pub peers: HashMap<String, PeerInfo>,
+    /// Trust domain -> peer cluster.
+    pub trust_domains: HashMap<String, String>,
+    pub inbound: HashMap<ServiceName, Arc<Inbound>>,
+    pub outbound: HashMap<ServiceName, Arc<Outbound>>,
+    pub vips: HashMap<SocketAddr, (Arc<Outbound>, PortSpec)>,
+    /// Distinct outbound ports: one VIP listener each.
+    pub vip_ports: BTreeSet<u16>,
+}
+
+/// State that outlives a config version, keyed by what it belongs to.
+#[derive(Debug, Default)]
+pub struct StatsRegistry {
+    clusters: Mutex<HashMap<(ServiceName, String), Arc<ClusterStats>>>,
+    budgets: Mutex<HashMap<ServiceName, Arc<RetryBudget>>>,
+    limiters: Mutex<HashMap<ServiceName, Arc<RateLimiter>>>,
+}
+
+impl StatsRegistry {
+    fn cluster(&self, svc: &ServiceName, cluster: &str) -> Arc<ClusterStats> {
+        let mut m = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry((svc.clone(), cluster.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    fn budget(&self, svc: &ServiceName) -> Arc<RetryBudget> {
+        let mut m = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(svc.clone()).or_default().clone()
+    }
+
+    fn limiter(&self, svc: &ServiceName) -> Arc<RateLimiter> {
+        let mut m = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(svc.clone()).or_default().clone()
+    }
+
+    /// Forgets what the new tables no longer configure.
+    fn retain(&self, t: &Tables) {
+        self.clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(svc, cluster), _| {
+                t.outbound
+                    .get(svc)
+                    .is_some_and(|o| o.candidate(cluster).is_some())
+            });
+        self.budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|svc, _| t.outbound.contains_key(svc));
+        self.limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|svc, _| t.inbound.contains_key(svc));
+    }
+}
+
+fn ports(ports: &[proto::Port], what: &str) -> Result<Vec<PortSpec>, NackReason> {
+    let mut out: Vec<PortSpec> = Vec::with_capacity(ports.len());
+    for p in ports {
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| nack(format!("{what}: port {} is not in 1..=65535", p.port)))?;
+        if p.protocol() != proto::Protocol::Tcp && p.protocol() != proto::Protocol::Unspecified {
+            // UDP/SCTP exports are imported but not proxied; skip rather than refuse the config.
+            continue;
+        }
+        if out.iter().any(|o| o.port == port) {
+            return Err(nack(format!("{what}: port {port} is listed twice")));
+        }
+        out.push(PortSpec {
+            port,
+            app: p.app_protocol(),
+        });
+    }
+    Ok(out)
+}
+
+impl Tables {
+    /// Validates `snapshot` for the gateway of `cluster` and builds its tables.
+    pub fn build(
+        snapshot: ConfigSnapshot,
+        cluster: &str,
+        vip_range: Option<Cidr>,
+        registry: &StatsRegistry,
+    ) -> Result<Self, NackReason> {
+        if snapshot.cluster != cluster {
+            return Err(nack(format!(
+                "snapshot is for cluster {:?}, this gateway is {cluster:?}",
+                snapshot.cluster
+            )));
+        }
+
+        let mut peers = HashMap::new();
+        let mut trust_domains = HashMap::new();
+        for p in &snapshot.peers {
+            let what = format!("peer {:?}", p.cluster);
+            ClusterId::new(&p.cluster).map_err(|e| nack(format!("{what}: {e}")))?;
+            if p.cluster == cluster {
+                return Err(nack(format!("{what}: is this gateway's own cluster")));
+            }
+            for a in &p.gateway_addresses {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(nack(format!(
+                        "{what}: gateway address {a:?} is not host:port"
+                    )));
+                }
+            }
+            let gateway_id = SpiffeId::gateway(&p.trust_domain)
+                .map_err(|e| nack(format!("{what}: trust domain: {e}")))?;
+            let bundle = if p.trust_bundle_pem.is_empty() {
+                None
+            } else {
+                Some(
+                    TrustBundle::from_pem(
+                        p.trust_bundle_pem.as_bytes(),
+                        &format!("trust bundle of cluster {}", p.cluster),
+                    )
+                    .map_err(|e| nack(format!("{what}: {e}")))?,
+                )
+            };
+            if let Some(other) = trust_domains.insert(p.trust_domain.clone(), p.cluster.clone()) {
+                return Err(nack(format!(
+                    "{what}: trust domain {:?} is also peer {other:?}'s",
+                    p.trust_domain
+                )));
+            }
+            let info = PeerInfo {
+                cluster: p.cluster.clone(),
+                addresses: p.gateway_addresses.clone(),
+                trust_domain: p.trust_domain.clone(),
+                gateway_id,
+                bundle,
+            };
+            if peers.insert(p.cluster.clone(), info).is_some() {
+                return Err(nack(format!("{what}: listed twice")));
+            }
+        }
+
+        let mut inbound = HashMap::new();
+        for s in &snapshot.inbound {
+            let name = ServiceName::new(&s.namespace, &s.name, "inbound service")?;
+            let what = format!("inbound service {name}");
+            let mut endpoints = Vec::new();
+            for e in &s.endpoints {
+                let addr = EndpointAddr::parse(&e.address).ok_or_else(|| {
+                    nack(format!(
+                        "{what}: endpoint {:?} is not ip or ip:port",
+                        e.address
+                    ))
+                })?;
+                if e.ready {
+                    endpoints.push(addr);
+                }
+            }
+            let rate_limit = s
+                .rate_limit
+                .as_ref()
+                .map_or((0, 0), |r| (r.requests_per_second, r.burst));
+            let svc = Inbound {
+                ports: ports(&s.ports, &what)?,
+                endpoints,
+                backend_mtls: s.backend_tls_mode() == BackendTlsMode::Mtls,
+                allowed_clusters: s.allowed_source_clusters.iter().cloned().collect(),
+                allowed_identities: s.allowed_identities.iter().cloned().collect(),
+                drained: s.drained,
+                rate_limit,
+                limiter: registry.limiter(&name),
+                next: AtomicUsize::new(0),
+                name: name.clone(),
+            };
+            if inbound.insert(name, Arc::new(svc)).is_some() {
+                return Err(nack(format!("{what}: listed twice")));
+            }
+        }
+
+        let mut outbound = HashMap::new();
+        let mut vips = HashMap::new();
+        let mut vip_ports = BTreeSet::new();
+        for s in &snapshot.outbound {
+            let name = ServiceName::new(&s.namespace, &s.name, "outbound service")?;
+            let what = format!("outbound service {name}");
+            if outbound.contains_key(&name) {
+                return Err(nack(format!("{what}: listed twice")));
+            }
+            let vip = if s.vip.is_empty() {
+                None
+            } else {
+                let ip: IpAddr = s
+                    .vip
+                    .parse()
+                    .map_err(|e| nack(format!("{what}: vip {:?}: {e}", s.vip)))?;
+                if let Some(range) = vip_range {
+                    if !range.contains(ip) {
+                        return Err(nack(format!(
+                            "{what}: vip {ip} is outside --vip-range {range}"
+                        )));
+                    }
+                }
+                Some(ip)
+            };
+            let mut candidates = Vec::new();
+            for c in &s.candidates {
+                let local = c.cluster == cluster;
+                if !local && !peers.contains_key(&c.cluster) {
+                    return Err(nack(format!(
+                        "{what}: candidate cluster {:?} is not a peer",
+                        c.cluster
+                    )));
+                }
+                if candidates
+                    .iter()
+                    .any(|o: &Candidate| *o.cluster == *c.cluster)
+                {
+                    return Err(nack(format!(
+                        "{what}: candidate cluster {:?} listed twice",
+                        c.cluster
+                    )));
+                }
+                candidates.push(Candidate {
+                    cluster: Arc::from(c.cluster.as_str()),
+                    priority: c.priority,
+                    weight: c.weight,
+                    healthy: c.healthy,
+                    drained: c.drained,
+                    ready_endpoints: c.ready_endpoints,
+                    local,
+                    stats: registry.cluster(&name, &c.cluster),
+                });
+            }
+            candidates.sort_by_key(|c| c.priority);
+            let cluster_arc = |c: &str| -> Result<Arc<str>, NackReason> {
+                candidates
+                    .iter()
+                    .find(|o| &*o.cluster == c)
+                    .map(|o| o.cluster.clone())
+                    .ok_or_else(|| {
+                        nack(format!(
+                            "{what}: header route names cluster {c:?}, which is not a candidate"
+                        ))
+                    })
+            };
+            let mut header_routes = Vec::new();
+            for r in &s.header_routes {
+                let header = http::HeaderName::from_bytes(r.header.as_bytes()).map_err(|_| {
+                    nack(format!("{what}: header route: bad header {:?}", r.header))
+                })?;
+                let target = if !r.cluster.is_empty() {
+                    HeaderTarget::Pin(cluster_arc(&r.cluster)?)
+                } else if !r.weights.is_empty() {
+                    let mut split = Vec::new();
+                    let mut weights: Vec<_> = r.weights.iter().collect();
+                    weights.sort();
+                    for (c, w) in weights {
+                        split.push((cluster_arc(c)?, *w));
+                    }
+                    HeaderTarget::Split(split)
+                } else {
+                    return Err(nack(format!(
+                        "{what}: header route on {:?} has neither a cluster nor weights",
+                        r.header
+                    )));
+                };
+                header_routes.push(HeaderRoute {
+                    header,
+                    value: r.value.clone(),
+                    target,
+                });
+            }
+            let svc = Arc::new(Outbound {
+                ports: ports(&s.ports, &what)?,
+                vip,
+                candidates,
+                policy: Policy::from_proto(s.policy.as_ref()),
+                header_routes,
+                budget: registry.budget(&name),
+                name: name.clone(),
+            });
+            for p in &svc.ports {
+                vip_ports.insert(p.port);
+                if let Some(ip) = vip {
+                    let addr = SocketAddr::new(ip, p.port);
+                    if let Some((other, _)) = vips.insert(addr, (svc.clone(), *p)) {
+                        return Err(nack(format!("{what}: vip {addr} is also {}'s", other.name)));
+                    }
+                }
+            }
+            if outbound.insert(name, svc).is_some() {
+                return Err(nack(format!("{what}: listed twice")));
+            }
+        }
+
+        let tables = Self {
+            version: snapshot.version,
+            cluster: cluster.to_string(),
+            snapshot,
+            peers,
+            trust_domains,
+            inbound,
+            outbound,
+            vips,
+            vip_ports,
+        };
+        registry.retain(&tables);
+        Ok(tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_parsing() {
+        let (svc, port) = parse_authority("cart.shop.svc.clusterset.local:8080").unwrap();
+        assert_eq!(svc.to_string(), "shop/cart");
+        assert_eq!(port, Some(8080));
+        let (svc, port) = parse_authority("Cart.Shop.svc.clusterset.local.").unwrap();
+        assert_eq!(svc.name, "cart");
+        assert_eq!(port, None);
+        assert!(parse_authority("cart.shop.svc.cluster.local").is_none());
+        assert!(parse_authority("a.b.c.svc.clusterset.local").is_none());
+        assert!(parse_authority("cart.shop.svc.clusterset.local:x").is_none());
+        assert!(parse_authority("[::1]:80").is_none());
+    }
+
+    #[test]
+    fn endpoint_parsing() {
+        assert_eq!(
+            EndpointAddr::parse("10.0.0.1").unwrap().socket_addr(80),
+            "10.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            EndpointAddr::parse("[::1]:8080").unwrap().socket_addr(80),
+            "[::1]:8080".parse().unwrap()
+        );
+        assert!(EndpointAddr::parse("pod-a").is_none());
+    }
+
+    fn snapshot() -> ConfigSnapshot {
+        ConfigSnapshot {
+            version: 7,
+            cluster: "east".into(),
+            peers: vec![proto::Peer {
+                cluster: "west".into(),
+                gateway_addresses: vec!["gw.west:15443".into()],
+                trust_domain: "west.causeway.mesh".into(),
+                ..Default::default()
+            }],
+            inbound: vec![proto::InboundService {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                ports: vec![proto::Port {
+                    port: 80,
+                    ..Default::default()
+                }],
+                endpoints: vec![proto::Endpoint {
+                    address: "10.0.0.1".into(),
+                    ready: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            outbound: vec![proto::OutboundService {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                vip: "240.0.0.1".into(),
+                ports: vec![proto::Port {
+                    port: 80,
+                    ..Default::default()
+                }],
+                candidates: vec![
+                    proto::Candidate {
+                        cluster: "west".into(),
+                        priority: 1,
+                        ..Default::default()
+                    },
+                    proto::Candidate {
+                        cluster: "east".into(),
+                        priority: 0,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn builds_tables() {
+        let reg = StatsRegistry::default();
+        let t = Tables::build(snapshot(), "east", None, &reg).unwrap();
+        assert_eq!(t.version, 7);
+        let svc = ServiceName::new("shop", "cart", "x").unwrap();
+        let out = &t.outbound[&svc];
+        assert!(out.candidates[0].local);
+        assert_eq!(&*out.candidates[1].cluster, "west");
+        assert!(t.vips.contains_key(&"240.0.0.1:80".parse().unwrap()));
+        assert_eq!(t.trust_domains["west.causeway.mesh"], "west");
+        // Stats survive a rebuild.
+        let t2 = Tables::build(snapshot(), "east", None, &reg).unwrap();
+        assert!(Arc::ptr_eq(
+            &out.candidates[1].stats,
+            &t2.outbound[&svc].candidates[1].stats
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_snapshots_with_reason() {
+        let reg = StatsRegistry::default();
+        type Mutation = Box<dyn Fn(&mut ConfigSnapshot)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|s| s.cluster = "west".into()), "this gateway is"),
+            (
+                Box::new(|s| s.outbound[0].vip = "240.0.0.300".into()),
+                "vip",
+            ),
+            (
+                Box::new(|s| {
+                    let dup = s.outbound[0].clone();
+                    s.outbound.push(dup)
+                }),
+                "listed twice",
+            ),
+            (
+                Box::new(|s| s.outbound[0].candidates[0].cluster = "north".into()),
+                "not a peer",
+            ),
+            (
+                Box::new(|s| s.inbound[0].endpoints[0].address = "nope".into()),
+                "endpoint",
+            ),
+            (
+                Box::new(|s| s.peers[0].trust_bundle_pem = "garbage".into()),
+                "peer \"west\"",
+            ),
+            (Box::new(|s| s.inbound[0].ports[0].port = 70000), "port"),
+            (Box::new(|s| s.outbound[0].name = "Cart".into()), "RFC 1123"),
+        ];
+        for (mutate, reason) in cases {
+            let mut s = snapshot();
+            mutate(&mut s);
+            let err = Tables::build(s, "east", None, &reg).unwrap_err();
+            assert!(err.0.contains(reason), "expected {reason:?} in {err}");
+        }
+        let range: Cidr = "10.0.0.0/8".parse().unwrap();
+        let err = Tables::build(snapshot(), "east", Some(range), &reg).unwrap_err();
+        assert!(err.0.contains("outside --vip-range"), "{err}");
+    }
+}

@@ -1,0 +1,335 @@
+//! The gateway's rustls configurations, rebuilt when the certificate files change or a config
+//! snapshot brings new peer trust bundles, and swapped as one [`TlsState`].
+//!
+//! - peer listener: requires a client certificate chaining to our bundle or any peer's bundle;
+//!   the SPIFFE ID (a known peer's gateway) is checked after the handshake ([`authenticate_peer`]);
+//! - peer dialing: expects the peer cluster's exact gateway ID, verified against its bundle;
+//! - federator: expects `SpiffeId::federator(<own trust domain>)`;
+//! - backends (`mtls` mode): any SPIFFE ID of our own trust domain, against our bundle.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use causeway_api::spiffe::SpiffeId;
+use causeway_api::tls::{self as api_tls, ExpectedPeer, Identity, TlsError, TrustBundle};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+
+use crate::table::Tables;
+
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H1: &[u8] = b"http/1.1";
+
+/// The files the identity comes from.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) bundle: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub(crate) fn load(&self) -> Result<(Identity, TrustBundle), TlsError> {
+        let identity = Identity::load(&self.cert, &self.key)?;
+        let bundle = TrustBundle::load(&self.bundle)?;
+        Ok((identity, bundle))
+    }
+
+    pub(crate) fn paths(&self) -> [&Path; 3] {
+        [&self.cert, &self.key, &self.bundle]
+    }
+}
+
+/// Everything TLS, for one identity and one set of peers.
+pub(crate) struct TlsState {
+    pub(crate) identity: Identity,
+    pub(crate) own_id: SpiffeId,
+    pub(crate) local_bundle: TrustBundle,
+    pub(crate) server: Arc<rustls::ServerConfig>,
+    pub(crate) federator: Arc<rustls::ClientConfig>,
+    pub backend_h1: Arc<rustls::ClientConfig>,
+    pub backend_h2: Arc<rustls::ClientConfig>,
+    /// Per peer cluster: dial config and the anchors its gateway must chain to.
+    peers: HashMap<String, PeerTls>,
+}
+
+struct PeerTls {
+    client: Arc<rustls::ClientConfig>,
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("own_id", &self.own_id)
+            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn anchors(bundle: &TrustBundle) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
+    bundle
+        .roots
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            webpki::anchor_from_trusted_cert(c)
+                .map(|a| a.to_owned())
+                .map_err(|source| TlsError::InvalidTrustAnchor {
+                    origin: "trust bundle".into(),
+                    index,
+                    source,
+                })
+        })
+        .collect()
+}
+
+impl TlsState {
+    pub(crate) fn build(
+        identity: Identity,
+        local_bundle: TrustBundle,
+        tables: Option<&Tables>,
+    ) -> Result<Self, TlsError> {
+        let own_id = identity.spiffe_id()?;
+        let mut roots = local_bundle.roots.clone();
+        let mut peers = HashMap::new();
+        if let Some(t) = tables {
+            for (cluster, p) in &t.peers {
+                let bundle = p.bundle.as_ref().unwrap_or(&local_bundle);
+                for r in &bundle.roots {
+                    if !roots.contains(r) {
+                        roots.push(r.clone());
+                    }
+                }
+                let client = api_tls::client_config(
+                    &identity,
+                    bundle,
+                    ExpectedPeer::Exact(p.gateway_id.clone()),
+                    &[ALPN_H2],
+                )?;
+                peers.insert(
+                    cluster.clone(),
+                    PeerTls {
+                        client,
+                        anchors: anchors(bundle)?,
+                    },
+                );
+            }
+        }
+        let server = api_tls::server_config(&identity, &TrustBundle::new(roots), &[ALPN_H2])?;
+        let federator_id = SpiffeId::federator(own_id.trust_domain())?;
+        let federator = api_tls::client_config(
+            &identity,
+            &local_bundle,
+            ExpectedPeer::Exact(federator_id),
+            &[ALPN_H2],
+        )?;
+        let backend = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = TrustDomainVerifier {
+                anchors: anchors(&local_bundle)?,
+                trust_domain: own_id.trust_domain().to_string(),
+                algs: provider.signature_verification_algorithms,
+            };
+            let mut c = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(TlsError::Config)?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())
+                .map_err(TlsError::Identity)?;
+            c.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(c))
+        };
+        Ok(Self {
+            backend_h1: backend(ALPN_H1)?,
+            backend_h2: backend(ALPN_H2)?,
+            identity,
+            own_id,
+            local_bundle,
+            server,
+            federator,
+            peers,
+        })
+    }
+
+    /// The dial config for a peer cluster's gateway.
+    pub(crate) fn peer_client(&self, cluster: &str) -> Option<Arc<rustls::ClientConfig>> {
+        self.peers.get(cluster).map(|p| p.client.clone())
+    }
+}
+
+// === peer authentication ===
+
+/// Why a peer connection was refused; the `reason` label of
+/// `causeway_gateway_peer_handshake_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
+
+/// Classifies a failed TLS accept.
+pub(crate) fn classify_handshake_error(e: &io::Error) -> Refusal {
+    let reason = match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            _ => "bad_certificate",
+        },
+        Some(rustls::Error::NoApplicationProtocol) => "no_alpn",
+        Some(_) => "tls_error",
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
+        None if e.kind() == io::ErrorKind::TimedOut => "timeout",
+        None => "io",
+    };
+    Refusal {
+        reason,
+        detail: e.to_string(),
+    }
+}
+
+/// After a successful handshake: the peer must present the gateway ID of a known peer
+/// cluster, chaining to that cluster's bundle. Returns the peer's cluster and ID.
+pub(crate) fn authenticate_peer(
+    certs: &[CertificateDer<'_>],
+    tables: &Tables,
+    tls: &TlsState,
+) -> Result<(String, SpiffeId), Refusal> {
+    let refuse = |reason, detail: String| Refusal { reason, detail };
+    let id = api_tls::peer_spiffe_id(certs).map_err(|e| refuse("no_spiffe_id", e.to_string()))?;
+    if !id.is_gateway() {
+        return Err(refuse(
+            "not_gateway",
+            format!("{id} is not a gateway identity"),
+        ));
+    }
+    let cluster = tables.trust_domains.get(id.trust_domain()).ok_or_else(|| {
+        refuse(
+            "unknown_cluster",
+            format!(
+                "{id}: trust domain {} is no known peer's",
+                id.trust_domain()
+            ),
+        )
+    })?;
+    let peer = tls.peers.get(cluster).ok_or_else(|| {
+        refuse(
+            "unknown_cluster",
+            format!("{id}: no TLS state for {cluster}"),
+        )
+    })?;
+    // The listener accepts any federated root; the chain must verify against this peer's own.
+    let (leaf, intermediates) = certs
+        .split_first()
+        .expect("peer_spiffe_id checked non-empty");
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| refuse("bad_certificate", e.to_string()))?;
+    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    cert.verify_for_usage(
+        algs.all,
+        &peer.anchors,
+        intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| {
+        refuse(
+            "wrong_trust_bundle",
+            format!("{id} does not chain to cluster {cluster}'s trust bundle: {e}"),
+        )
+    })?;
+    Ok((cluster.clone(), id))
+}
+
+// === impl TrustDomainVerifier ===
+
+/// Accepts a backend whose chain verifies against our bundle and whose SPIFFE ID is in our
+/// trust domain (any workload: the export does not say which service account it runs as).
+#[derive(Debug)]
+struct TrustDomainVerifier {
+    anchors: Vec<TrustAnchor<'static>>,
+    trust_domain: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for TrustDomainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let other = |e: String| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(io::Error::other(e)),
+            )))
+        };
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| other(format!("backend certificate: {e}")))?;
+        cert.verify_for_usage(
+            self.algs.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| other(format!("backend certificate: {e}")))?;
+        let id = api_tls::peer_spiffe_id(std::slice::from_ref(end_entity))
+            .map_err(|e| other(e.to_string()))?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(other(format!(
+                "backend {id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A server name for `connect`: the host when it is one, else a placeholder (the SPIFFE
+/// verifiers ignore it).
+pub(crate) fn server_name(host: &str) -> ServerName<'static> {
+    ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+    .unwrap_or_else(|_| ServerName::try_from("peer.causeway.invalid").expect("valid name"))
+}
