@@ -24,6 +24,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("mesh DNS: {0}")]
+    Dns(#[from] causeway_dns::DnsError),
     #[error(transparent)]
     ConfigServer(#[from] crate::config_server::ServeError),
     #[error("binding admin listener {addr}: {source}")]
@@ -38,6 +40,8 @@ pub struct Federator {
     pub admin_addr: SocketAddr,
     /// The gateway config endpoint, when enabled.
     pub config_addr: Option<SocketAddr>,
+    /// The mesh DNS server (UDP and TCP), when enabled.
+    pub dns_addr: Option<SocketAddr>,
     pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
@@ -146,6 +150,22 @@ impl Federator {
             )),
         ));
 
+        let mut dns_addr = None;
+        if let Some(dns_cfg) = cfg.dns() {
+            let server =
+                causeway_dns::DnsServer::bind(dns_cfg, snap_rx.clone(), &metrics.registry).await?;
+            dns_addr = Some(server.local_addr());
+            let stop = shutdown.clone();
+            tasks.push((
+                "dns",
+                tokio::spawn(async move {
+                    if let Err(e) = server.run(stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "mesh DNS server died");
+                    }
+                }),
+            ));
+        }
+
         let mut config_addr = None;
         if let Some(listen) = c.config_listen {
             let (cfg_tx, cfg_rx) =
@@ -214,6 +234,7 @@ impl Federator {
         Ok(Federator {
             admin_addr,
             config_addr,
+            dns_addr,
             snapshots: snap_rx,
             leader: leader_rx,
             metrics,

@@ -70,6 +70,11 @@ pub struct Args {
     /// ClusterSetIP range in universal mode, e.g. 10.255.0.0/16.
     #[arg(long, env = "CAUSEWAY_VIP_RANGE")]
     pub vip_range: Option<String>,
+    /// DNS answer policy: local-first or via-gateway.
+    #[arg(long, env = "CAUSEWAY_DNS_POLICY")]
+    pub dns_policy: Option<causeway_dns::AnswerPolicy>,
+    #[arg(long, env = "CAUSEWAY_DNS_TTL", value_parser = parse_duration)]
+    pub dns_ttl: Option<Duration>,
     /// gRPC endpoint for gateway configs.
     #[arg(long, env = "CAUSEWAY_CONFIG_LISTEN")]
     pub config_listen: Option<SocketAddr>,
@@ -117,6 +122,8 @@ impl Args {
             trust_bundle => cfg.trust_bundle_file,
             vip_range => cfg.vip_range,
             config_listen => cfg.config_listen,
+            dns_policy => cfg.dns_policy,
+            dns_ttl => cfg.dns_ttl,
             cert => cfg.cert_file,
             key => cfg.key_file,
         }

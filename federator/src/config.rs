@@ -84,6 +84,10 @@ pub struct Config {
     pub dns_listen: Option<SocketAddr>,
     #[serde(with = "duration_str")]
     pub dns_ttl: Duration,
+    /// DNS answer policy of every import: `local-first` or `via-gateway`.
+    pub dns_policy: causeway_dns::AnswerPolicy,
+    /// Per-import policy, keyed `<ns>/<svc>`.
+    pub dns_policy_overrides: BTreeMap<String, causeway_dns::AnswerPolicy>,
     /// TTL of the cluster lease (DESIGN: 10 s).
     #[serde(with = "duration_str")]
     pub lease_ttl: Duration,
@@ -125,6 +129,8 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             dns_listen: None,
             dns_ttl: Duration::from_secs(5),
+            dns_policy: causeway_dns::AnswerPolicy::LocalFirst,
+            dns_policy_overrides: BTreeMap::new(),
             lease_ttl: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(3),
             stale_grace: Duration::from_secs(300),
@@ -149,6 +155,25 @@ pub struct Validated {
     pub trust_domain: String,
     pub vip_range: Option<VipRange>,
     pub config: Config,
+}
+
+impl Validated {
+    /// The DNS server's config, when DNS is enabled.
+    pub fn dns(&self) -> Option<causeway_dns::DnsConfig> {
+        let c = &self.config;
+        let listen = c.dns_listen?;
+        Some(causeway_dns::DnsConfig {
+            listen,
+            ttl: c.dns_ttl,
+            default_policy: c.dns_policy,
+            policy_overrides: c
+                .dns_policy_overrides
+                .iter()
+                .filter_map(|(k, p)| Some((k.parse().ok()?, *p)))
+                .collect(),
+            ..causeway_dns::DnsConfig::default()
+        })
+    }
 }
 
 impl Config {
@@ -212,6 +237,10 @@ impl Config {
         }
         if self.exports_poll_interval.is_zero() {
             return Err(invalid("exports_poll_interval", "must be more than 0"));
+        }
+        for key in self.dns_policy_overrides.keys() {
+            key.parse::<causeway_api::ServiceKey>()
+                .map_err(|e| invalid("dns_policy_overrides", e.to_string()))?;
         }
         let vip_range = match &self.vip_range {
             Some(r) => Some(VipRange::parse(r).map_err(|e| invalid("vip_range", e))?),

@@ -30,6 +30,9 @@ async fn main() {
     if let Some(addr) = fed.config_addr {
         println!("config listening on {addr}");
     }
+    if let Some(addr) = fed.dns_addr {
+        println!("dns listening on {addr}");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     fed.shutdown().await;

@@ -474,3 +474,60 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_dns_answers_follow_the_exports() -> anyhow::Result<()> {
+    use crate::harness::dig_a;
+
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let extra = [
+        FAST,
+        &[
+            "--vip-range",
+            "10.255.0.0/16",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ],
+    ]
+    .concat();
+    let east = Fed::start("east", &etcd.endpoint(), de.path(), &extra).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &extra).await?;
+    let file = de.path().join("echo.yaml");
+    write_file(
+        &file,
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    let name = "echo.demo.svc.clusterset.local";
+    let (east_dns, west_dns) = (
+        east.dns.clone().expect("dns"),
+        west.dns.clone().expect("dns"),
+    );
+    // West imports it: the ClusterSetIP, once allocated.
+    let vip = wait_for("west's DNS to answer the ClusterSetIP", T, || async {
+        let a = dig_a(&west_dns, name).await.ok()?;
+        a.first().filter(|ip| ip.starts_with("10.255.")).cloned()
+    })
+    .await?;
+    // East exports it with a ready endpoint: local-first answers its own service IP.
+    wait_for("east's DNS to answer the local service IP", T, || async {
+        (dig_a(&east_dns, name).await.ok()? == vec!["10.96.0.10".to_string()]).then_some(())
+    })
+    .await?;
+    // East's endpoints go unready: its next answers are the ClusterSetIP.
+    write_file(
+        &file,
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z").replace(
+            "- address: 10.1.0.5",
+            "- address: 10.1.0.5\n      ready: false",
+        ),
+    );
+    wait_for("east's DNS to move to the ClusterSetIP", T, || async {
+        (dig_a(&east_dns, name).await.ok()? == vec![vip.clone()]).then_some(())
+    })
+    .await?;
+    assert!(dig_a(&west_dns, "nope.demo.svc.clusterset.local")
+        .await?
+        .is_empty());
+    Ok(())
+}

@@ -18,6 +18,8 @@ pub(crate) struct Fed {
     pub(crate) admin: String,
     /// The gateway config endpoint (plaintext in these tests).
     pub(crate) config: String,
+    /// The mesh DNS address, when started with `--dns-listen`.
+    pub(crate) dns: Option<String>,
     args: Vec<String>,
     child: Child,
 }
@@ -45,11 +47,12 @@ impl Fed {
             "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, admin, config) = spawn(&args).await?;
+        let (child, admin, config, dns) = spawn(&args).await?;
         Ok(Fed {
             cluster: cluster.into(),
             admin,
             config,
+            dns,
             args,
             child,
         })
@@ -63,10 +66,11 @@ impl Fed {
 
     /// Starts the same federator again (new admin port).
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
-        let (child, admin, config) = spawn(&self.args).await?;
+        let (child, admin, config, dns) = spawn(&self.args).await?;
         self.child = child;
         self.admin = admin;
         self.config = config;
+        self.dns = dns;
         Ok(())
     }
 
@@ -106,7 +110,8 @@ impl Fed {
     }
 }
 
-async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String)> {
+async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String, Option<String>)> {
+    let want_dns = args.iter().any(|a| a == "--dns-listen");
     let mut child = Command::new(FEDERATOR)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -117,8 +122,8 @@ async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String)> {
         .context("spawning causeway-federator")?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let (admin, config) = tokio::time::timeout(Duration::from_secs(20), async {
-        let (mut admin, mut config) = (None, None);
+    let (admin, config, dns) = tokio::time::timeout(Duration::from_secs(20), async {
+        let (mut admin, mut config, mut dns) = (None, None, None);
         while let Some(line) = lines.next_line().await? {
             if let Some(addr) = line.strip_prefix("admin listening on ") {
                 admin = Some(addr.trim().to_string());
@@ -126,8 +131,13 @@ async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String)> {
             if let Some(addr) = line.strip_prefix("config listening on ") {
                 config = Some(addr.trim().to_string());
             }
+            if let Some(addr) = line.strip_prefix("dns listening on ") {
+                dns = Some(addr.trim().to_string());
+            }
             if let (Some(a), Some(c)) = (&admin, &config) {
-                return Ok((a.clone(), c.clone()));
+                if dns.is_some() || !want_dns {
+                    return Ok((a.clone(), c.clone(), dns.clone()));
+                }
             }
         }
         bail!("causeway-federator exited before it listened")
@@ -136,7 +146,7 @@ async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String)> {
     .context("waiting for the admin and config addresses")??;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, admin, config))
+    Ok((child, admin, config, dns))
 }
 
 /// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
@@ -196,4 +206,33 @@ pub(crate) fn services(snap: &Value) -> Vec<String> {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// `dig +short` of an A record against a federator's DNS.
+pub(crate) async fn dig_a(dns: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    let (host, port) = dns.rsplit_once(':').context("dns address")?;
+    let out = Command::new("dig")
+        .args([
+            &format!("@{host}"),
+            "-p",
+            port,
+            "+short",
+            "+norecurse",
+            "+time=1",
+            "+tries=1",
+            name,
+            "A",
+        ])
+        .output()
+        .await
+        .context("running dig (bind9-dnsutils)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "dig failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
