@@ -161,6 +161,11 @@ impl MeshState {
                 entry.up = false;
                 entry.last_change_ms = now_ms;
                 entry.stale_since_ms = Some(now_ms);
+                for by_cluster in self.exports.values_mut() {
+                    if let Some(e) = by_cluster.get_mut(id) {
+                        e.stale_since_ms.get_or_insert(now_ms);
+                    }
+                }
             }
         }
     }
@@ -619,5 +624,254 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = backoff.wait() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use causeway_api::keys;
+    use causeway_api::{BackendTlsMode, Protocol, ServicePort, ServiceType, SessionAffinity};
+
+    use super::*;
+
+    fn c(s: &str) -> ClusterId {
+        ClusterId::new(s).unwrap()
+    }
+
+    fn svc(name: &str) -> ServiceKey {
+        ServiceKey::new("demo", name).unwrap()
+    }
+
+    fn cluster_kv(name: &str) -> (String, Vec<u8>) {
+        let rec = ClusterRecord {
+            schema: 1,
+            gateway_addresses: vec![],
+            trust_domain: format!("{name}.causeway.mesh"),
+            trust_bundle_pem: String::new(),
+            locality: Default::default(),
+            federator_version: String::new(),
+        };
+        (keys::cluster_key(&c(name)), keys::encode(&rec))
+    }
+
+    fn export_kv(service: &str, cluster: &str) -> (String, Vec<u8>) {
+        let rec = ExportRecord {
+            schema: 1,
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                app_protocol: None,
+            }],
+            service_type: ServiceType::ClusterSetIP,
+            session_affinity: SessionAffinity::None,
+            created_unix_ms: 1,
+            ready_endpoints: 1,
+            backend_tls_mode: BackendTlsMode::Plaintext,
+            endpoints: vec![],
+            allowed_source_clusters: vec![],
+            allowed_identities: vec![],
+            weight: None,
+            service_ip: None,
+        };
+        (
+            keys::export_key(&svc(service), &c(cluster)),
+            keys::encode(&rec),
+        )
+    }
+
+    fn put((key, value): (String, Vec<u8>)) -> Change {
+        Change::Put { key, value }
+    }
+
+    fn del((key, _): (String, Vec<u8>)) -> Change {
+        Change::Delete { key }
+    }
+
+    /// (service, cluster, stale) triples of a snapshot.
+    fn exports(s: &MeshState) -> Vec<(String, String, bool)> {
+        let snap = s.snapshot(1, vec![]);
+        snap.services
+            .iter()
+            .flat_map(|(k, v)| {
+                v.exports
+                    .iter()
+                    .map(move |(c, e)| (k.name.clone(), c.to_string(), e.stale))
+            })
+            .collect()
+    }
+
+    fn state() -> MeshState {
+        let mut s = MeshState::new(c("west"), Duration::from_secs(10));
+        s.apply_list(
+            vec![
+                cluster_kv("east"),
+                export_kv("a", "east"),
+                export_kv("b", "east"),
+            ],
+            5,
+            0,
+        );
+        s
+    }
+
+    #[test]
+    fn unexport_removes_but_a_lapse_keeps_stale() {
+        let mut s = state();
+        s.apply_events(&[del(export_kv("a", "east"))], 6, 1);
+        assert_eq!(exports(&s), vec![("b".into(), "east".into(), false)]);
+        // The lease lapses: cluster and export deletes in one revision, export first.
+        s.apply_events(
+            &[del(export_kv("b", "east")), del(cluster_kv("east"))],
+            7,
+            2,
+        );
+        assert_eq!(exports(&s), vec![("b".into(), "east".into(), true)]);
+        assert_eq!(
+            s.snapshot(2, vec![]).clusters[&c("east")].state,
+            ClusterState::Stale
+        );
+        assert!(!s.expire(5_000), "within the grace");
+        assert!(s.expire(10_002), "grace over");
+        assert!(exports(&s).is_empty());
+        assert!(s.snapshot(3, vec![]).clusters.is_empty());
+    }
+
+    #[test]
+    fn a_returning_cluster_keeps_what_it_republishes_and_drops_the_rest() {
+        let mut s = state();
+        s.apply_events(
+            &[
+                del(cluster_kv("east")),
+                del(export_kv("a", "east")),
+                del(export_kv("b", "east")),
+            ],
+            6,
+            1,
+        );
+        assert_eq!(exports(&s).iter().filter(|e| e.2).count(), 2);
+        // East comes back with only "a" and says it is synced.
+        let synced = (
+            keys::synced_key(&c("east")),
+            keys::encode(&SyncedRecord {
+                schema: 1,
+                revision: 9,
+            }),
+        );
+        s.apply_events(
+            &[put(cluster_kv("east")), put(export_kv("a", "east"))],
+            8,
+            2,
+        );
+        assert_eq!(
+            exports(&s),
+            vec![
+                ("a".into(), "east".into(), false),
+                ("b".into(), "east".into(), true)
+            ],
+            "until synced, the missing one stays stale"
+        );
+        s.apply_events(&[put(synced)], 9, 3);
+        assert_eq!(exports(&s), vec![("a".into(), "east".into(), false)]);
+    }
+
+    #[test]
+    fn relist_drops_only_what_is_gone() {
+        let mut s = state();
+        s.apply_list(vec![cluster_kv("west"), export_kv("x", "west")], 20, 0);
+        s.apply_list(
+            vec![
+                cluster_kv("east"),
+                export_kv("a", "east"),
+                cluster_kv("west"),
+                export_kv("x", "west"),
+            ],
+            30,
+            1,
+        );
+        // b was unexported while we were away (east is still live): gone.
+        assert_eq!(
+            exports(&s),
+            vec![
+                ("a".into(), "east".into(), false),
+                ("x".into(), "west".into(), false)
+            ]
+        );
+        // Relist after west's lease lapsed while we were away: west goes stale, not gone.
+        s.apply_list(vec![cluster_kv("east"), export_kv("a", "east")], 40, 2);
+        assert_eq!(
+            exports(&s),
+            vec![
+                ("a".into(), "east".into(), false),
+                ("x".into(), "west".into(), true)
+            ]
+        );
+        assert_eq!(s.revision(), 40);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_skipped() {
+        let mut s = state();
+        s.apply_events(
+            &[
+                Change::Put {
+                    key: "/causeway/v1/exports/Bad_NS/x/east".into(),
+                    value: b"{}".to_vec(),
+                },
+                Change::Put {
+                    key: keys::export_key(&svc("c"), &c("east")),
+                    value: b"not json".to_vec(),
+                },
+                put(export_kv("d", "east")),
+            ],
+            6,
+            1,
+        );
+        let names: Vec<String> = exports(&s).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, vec!["a", "b", "d"]);
+        assert_eq!(s.bad_values.len(), 2);
+    }
+
+    #[test]
+    fn drills_drain_and_local_health_can_end_the_grace() {
+        let mut s = state();
+        let drill = DrillRecord {
+            schema: 1,
+            service: svc("a"),
+            cluster: c("east"),
+            start_unix_ms: 0,
+            end_unix_ms: 1,
+        };
+        s.apply_events(
+            &[Change::Put {
+                key: keys::drill_key("d1"),
+                value: keys::encode(&drill),
+            }],
+            6,
+            1,
+        );
+        let snap = s.snapshot(1, vec![]);
+        assert!(snap.services[&svc("a")].exports[&c("east")].drained);
+        assert!(!snap.services[&svc("b")].exports[&c("east")].drained);
+        s.apply_events(&[del(cluster_kv("east"))], 7, 100);
+        let down = HealthRecord {
+            schema: 1,
+            up: false,
+            rtt_micros: 0,
+            observed_unix_ms: 200,
+        };
+        s.apply_events(
+            &[Change::Put {
+                key: keys::health_key(&c("west"), &c("east")),
+                value: keys::encode(&down),
+            }],
+            8,
+            200,
+        );
+        assert!(
+            s.expire(300),
+            "our gateway sees east's gateway down: stale exports go before the grace"
+        );
+        assert!(exports(&s).is_empty());
     }
 }
