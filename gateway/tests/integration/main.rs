@@ -7,8 +7,8 @@
 mod support;
 
 // mod config_protocol;
-// mod failover;
+mod failover;
 mod http_proxy;
-// mod limits;
+mod limits;
 mod peer_auth;
 mod tcp;

@@ -1,0 +1,151 @@
+//! Failover across clusters: when every endpoint of the first cluster fails, idempotent
+//! requests are retried on the next cluster and the client sees no failure; outlier
+//! detection then ejects the failing cluster.
+
+use std::sync::atomic::Ordering;
+
+use causeway_api::proto::AppProtocol;
+use causeway_gateway::RunningGateway;
+
+use crate::support::*;
+
+struct Three {
+    pki: Pki,
+    east: RunningGateway,
+    west: RunningGateway,
+    north: RunningGateway,
+}
+
+/// east imports `cart` from west (priority 1) and north (priority 2).
+async fn three(
+    west_endpoints: Vec<std::net::SocketAddr>,
+    north_endpoints: Vec<std::net::SocketAddr>,
+) -> Three {
+    let pki = Pki::new();
+    let east = start_gateway(&pki, "east").await;
+    let west = start_gateway(&pki, "west").await;
+    let north = start_gateway(&pki, "north").await;
+    let http = || vec![port(80, AppProtocol::Http)];
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![peer(&pki, "west", &west), peer(&pki, "north", &north)],
+        vec![],
+        vec![outbound(
+            "cart",
+            http(),
+            vec![cand("west", 1), cand("north", 2)],
+        )],
+    ))
+    .unwrap();
+    west.apply_config(snapshot(
+        1,
+        "west",
+        vec![peer(&pki, "east", &east)],
+        vec![inbound("cart", http(), &west_endpoints)],
+        vec![],
+    ))
+    .unwrap();
+    north
+        .apply_config(snapshot(
+            1,
+            "north",
+            vec![peer(&pki, "east", &east)],
+            vec![inbound("cart", http(), &north_endpoints)],
+            vec![],
+        ))
+        .unwrap();
+    Three {
+        pki,
+        east,
+        west,
+        north,
+    }
+}
+
+async fn hundred_gets_all_from_north(east: &RunningGateway) {
+    let mut client = H1::connect(east.egress_addr).await;
+    for i in 0..100 {
+        let a = client
+            .get("cart.shop.svc.clusterset.local", &format!("/item/{i}"))
+            .await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+        assert_eq!(a.headers["x-backend"], "cart-north", "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_endpoints_fail_over_with_no_client_error() {
+    let north_backend = HttpBackend::start("cart-north").await;
+    let m = three(
+        vec![dead_addr().await, dead_addr().await],
+        vec![north_backend.addr],
+    )
+    .await;
+    hundred_gets_all_from_north(&m.east).await;
+
+    let retries = metric_or_zero(&m.east, "causeway_gateway_retries_total", &[]);
+    let ejections = metric_or_zero(&m.east, "causeway_gateway_ejections_total", &[]);
+    assert!(retries >= 1.0, "retries {retries}");
+    assert!(ejections >= 1.0, "ejections {ejections}");
+    // After the ejection, requests go straight to north: far fewer retries than requests.
+    assert!(retries < 20.0, "retries {retries}");
+    assert_eq!(north_backend.hits.load(Ordering::SeqCst), 100);
+    let _ = (&m.pki, &m.west, &m.north);
+}
+
+#[tokio::test]
+async fn failing_endpoints_fail_over_with_no_client_error() {
+    let west_backend = HttpBackend::start_with("cart-west", Some(503)).await;
+    let north_backend = HttpBackend::start("cart-north").await;
+    let m = three(vec![west_backend.addr], vec![north_backend.addr]).await;
+    hundred_gets_all_from_north(&m.east).await;
+    assert!(metric_or_zero(&m.east, "causeway_gateway_ejections_total", &[]) >= 1.0);
+    // West saw only the requests before its ejection (5 consecutive 5xx by default).
+    let west_hits = west_backend.hits.load(Ordering::SeqCst);
+    assert!((1..=10).contains(&west_hits), "west hits {west_hits}");
+}
+
+#[tokio::test]
+async fn a_down_peer_gateway_is_skipped_after_probes_miss() {
+    let north_backend = HttpBackend::start("cart-north").await;
+    let west_backend = HttpBackend::start("cart-west").await;
+    let m = three(vec![west_backend.addr], vec![north_backend.addr]).await;
+    let a = get(m.east.egress_addr, "cart.shop.svc.clusterset.local", "/").await;
+    assert_eq!(a.headers["x-backend"], "cart-west");
+
+    let Three { east, west, .. } = m;
+    west.shutdown().await;
+    wait_for("east marks west down", 10, || async {
+        let up = metric(
+            &east.metrics_text(),
+            "causeway_gateway_peer_up",
+            &[("cluster", "west")],
+        );
+        (up == Some(0.0)).then_some(())
+    })
+    .await;
+    // Non-idempotent requests too: west is not even tried.
+    let mut client = H1::connect(east.egress_addr).await;
+    for _ in 0..10 {
+        let a = client
+            .send(
+                "POST",
+                "cart.shop.svc.clusterset.local",
+                "/order",
+                &[],
+                "{}",
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.headers["x-backend"], "cart-north");
+    }
+    let peers = admin_get(&east, "/peers").await.json();
+    let west_status = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cluster"] == "west")
+        .unwrap();
+    assert_eq!(west_status["up"], false);
+}
