@@ -1,6 +1,8 @@
 //! Causeway test fixtures and the local lab.
 //!
 //! - [`etcd::EtcdServer`]: a real etcd process on free loopback ports, killed on drop.
+//! - [`kubeapi::KubeApiServer`]: a Kubernetes-API-compatible test server (a fixture, not an API
+//!   server) for the kube client, kube-runtime controllers and `kubectl --validate=false`.
 //! - [`wait_for`]: poll a condition with a deadline, the way tests synchronise (never `sleep`).
 
 use std::future::Future;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub mod etcd;
+pub mod kubeapi;
 
 pub use etcd::{EtcdServer, EtcdServerBuilder};
 

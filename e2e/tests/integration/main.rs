@@ -3,3 +3,4 @@
 //! They run against a real etcd: see docs/testing.md for how it is found.
 
 mod etcd;
+mod kubeapi;
