@@ -20,6 +20,8 @@ pub enum Command {
     Certs(CertsArgs),
     /// Show clusters (up / stale), imports and their conflicts as one federator sees them.
     Status(crate::status::StatusArgs),
+    /// Print the ServiceExport and ServiceImport CRDs (multicluster.x-k8s.io/v1alpha1) as YAML.
+    Crds,
 }
 
 /// Runs one subcommand. Async so that subcommands that talk to etcd or gateways fit here too.
@@ -32,6 +34,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             print!("{}", crate::status::run(&args).await?);
+            Ok(())
+        }
+        Command::Crds => {
+            print!("{}", crate::crds::yaml()?);
             Ok(())
         }
     }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod config_server;
+pub mod crds;
 pub mod etcd;
 pub mod gwconfig;
 pub mod metrics;

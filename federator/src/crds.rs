@@ -1,0 +1,215 @@
+//! The MCS API custom resources (KEP-1645), `multicluster.x-k8s.io/v1alpha1`: `ServiceExport` and
+//! `ServiceImport`, as Rust types. The CRDs in `helm/causeway/crds/` are generated from them
+//! (`causeway crds`); a test keeps the committed file equal to the generated one.
+//!
+//! Condition types and reasons follow the upstream API (sigs.k8s.io/mcs-api): `Valid`, `Ready` and
+//! `Conflict` on a ServiceExport.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of both resources.
+pub const GROUP: &str = "multicluster.x-k8s.io";
+/// The version served (existing installs use it, DESIGN.md "Names").
+pub const VERSION: &str = "v1alpha1";
+
+/// Label on derived objects (Services, EndpointSlices) naming the ServiceImport they belong to.
+pub const LABEL_SERVICE_NAME: &str = "multicluster.kubernetes.io/service-name";
+/// Label on EndpointSlices naming the cluster whose endpoints they hold.
+pub const LABEL_SOURCE_CLUSTER: &str = "multicluster.kubernetes.io/source-cluster";
+/// Label on objects the sink owns; it lists and deletes only those.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`], and the server-side apply field manager.
+pub const MANAGER: &str = "causeway-federator";
+
+/// Condition types of a ServiceExport.
+pub mod condition {
+    /// Whether the export can be exported at all (its Service exists and is exportable).
+    pub const VALID: &str = "Valid";
+    /// Whether the export is in the mesh (published and seen back in the merged view).
+    pub const READY: &str = "Ready";
+    /// Whether the export's properties conflict with other clusters' exports of the service.
+    pub const CONFLICT: &str = "Conflict";
+}
+
+/// Condition reasons of a ServiceExport.
+pub mod reason {
+    pub const VALID: &str = "Valid";
+    pub const NO_SERVICE: &str = "NoService";
+    pub const INVALID_SERVICE_TYPE: &str = "InvalidServiceType";
+    /// The export's name or ports cannot be represented in the mesh (not an RFC 1123 label, ...).
+    pub const INVALID_EXPORT: &str = "InvalidExport";
+    pub const EXPORTED: &str = "Exported";
+    pub const PENDING: &str = "Pending";
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+}
+
+/// ServiceExport declares that the Service of the same name and namespace is exported to the
+/// clusterset. v1alpha1 has no spec; the status carries the conditions.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "multicluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "ServiceExport",
+    doc = "ServiceExport declares that the Service of the same name and namespace is exported to the clusterset.",
+    plural = "serviceexports",
+    shortname = "svcex",
+    namespaced,
+    no_spec,
+    status = "ServiceExportStatus",
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Conflict","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflict\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ServiceExportSpec {}
+
+/// Status of a ServiceExport.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ServiceExportStatus {
+    /// `Valid`, `Ready` and `Conflict`, each at most once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// ServiceImport describes a service imported from clusters in the clusterset. The federator
+/// writes it; users read it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "multicluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "ServiceImport",
+    doc = "ServiceImport describes a service imported from the clusters of the clusterset; Causeway writes it.",
+    plural = "serviceimports",
+    shortname = "svcim",
+    namespaced,
+    status = "ServiceImportStatus",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.ips"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceImportSpec {
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub ports: Vec<ImportPort>,
+    /// The ClusterSetIP (at most one per IP family) for `ClusterSetIP` imports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub ips: Vec<String>,
+    #[serde(rename = "type")]
+    pub service_type: ImportType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ImportType {
+    #[default]
+    ClusterSetIP,
+    Headless,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SessionAffinity {
+    #[default]
+    None,
+    ClientIP,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// A port of a ServiceImport (like a Service port, without target or node port).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Status of a ServiceImport.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceImportStatus {
+    /// The clusters that export the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
+    pub clusters: Vec<ClusterStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ClusterStatus {
+    /// The cluster's ID.
+    pub cluster: String,
+}
+
+/// Both CRDs.
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    vec![ServiceExport::crd(), ServiceImport::crd()]
+}
+
+/// Both CRDs as one YAML stream, as committed in `helm/causeway/crds/`.
+pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = String::from(
+        "# Generated by `causeway crds` from federator/src/crds.rs; do not edit by hand.\n",
+    );
+    for crd in definitions() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chart ships what the code generates; regenerate with
+    /// `cargo run -p causeway-federator --bin causeway -- crds > helm/causeway/crds/multicluster.x-k8s.io.yaml`.
+    #[test]
+    fn committed_crds_equal_the_generated_ones() {
+        let committed = include_str!("../../helm/causeway/crds/multicluster.x-k8s.io.yaml");
+        let generated = yaml().expect("CRDs serialise");
+        assert!(
+            committed == generated,
+            "helm/causeway/crds/multicluster.x-k8s.io.yaml is out of date: run `causeway crds > helm/causeway/crds/multicluster.x-k8s.io.yaml`"
+        );
+    }
+
+    #[test]
+    fn a_service_export_without_spec_or_status_parses() {
+        let se: ServiceExport = serde_json::from_value(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+            "kind": "ServiceExport",
+            "metadata": {"name": "echo", "namespace": "demo"},
+        }))
+        .expect("parses");
+        assert_eq!(se.metadata.name.as_deref(), Some("echo"));
+        assert!(se.status.is_none());
+        let back = serde_json::to_value(&se).expect("serialises");
+        assert!(back.get("spec").is_none(), "v1alpha1 has no spec: {back}");
+    }
+}
