@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 pub mod etcd;
 pub mod kubeapi;
+pub mod lab;
 
 pub use etcd::{EtcdServer, EtcdServerBuilder};
 

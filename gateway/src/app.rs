@@ -119,6 +119,7 @@ impl Gateway {
             key: config.key.clone(),
             bundle: config.trust_bundle.clone(),
         };
+        let files_stamp = reload::stamp(&tls_files);
         let (identity, bundle) = tls_files.load()?;
         let tls = Arc::new(ArcSwap::from_pointee(TlsState::build(
             identity, bundle, None,
@@ -202,7 +203,7 @@ impl Gateway {
         tasks.spawn(egress::manage_vip_listeners(shared.clone()));
         tasks.spawn(ingress::serve(shared.clone(), peer_listener));
         tasks.spawn(admin::serve(shared.clone(), admin_listener));
-        tasks.spawn(reload::watch_files(shared.clone()));
+        tasks.spawn(reload::watch_files(shared.clone(), files_stamp));
         if let Some(url) = shared.config.federator.clone() {
             tasks.spawn(federator::run(shared.clone(), url, reports_rx));
         }

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::app::Shared;
+use crate::tls::TlsFiles;
 
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// Modification time and size of each file (`None`: unreadable).
+pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
 
-fn stamp(shared: &Shared) -> Stamp {
-    shared
-        .tls_files
+/// Taken before the files are first loaded, so a change made meanwhile is not missed.
+pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
+    files
         .paths()
         .iter()
         .map(|p| {
@@ -23,15 +25,14 @@ fn stamp(shared: &Shared) -> Stamp {
         .collect()
 }
 
-pub(crate) async fn watch_files(shared: Arc<Shared>) {
+pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
     let interval = Duration::from_millis(shared.config.reload_interval_ms);
-    let mut last = stamp(&shared);
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let now = stamp(&shared);
+        let now = stamp(&shared.tls_files);
         if now == last {
             continue;
         }

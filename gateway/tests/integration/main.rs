@@ -6,8 +6,9 @@
 
 mod support;
 
-// mod config_protocol;
+mod config_protocol;
 mod failover;
+mod grpc;
 mod http_proxy;
 mod limits;
 mod peer_auth;
