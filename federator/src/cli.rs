@@ -20,6 +20,8 @@ pub enum Command {
     Certs(CertsArgs),
     /// Show clusters (up / stale), imports and their conflicts as one federator sees them.
     Status(crate::status::StatusArgs),
+    /// Drain a service in one cluster for a while and report how DNS and traffic moved.
+    Drill(Box<crate::drill::DrillArgs>),
     /// Print the ServiceExport and ServiceImport CRDs (multicluster.x-k8s.io/v1alpha1) as YAML.
     Crds,
 }
@@ -34,6 +36,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             print!("{}", crate::status::run(&args).await?);
+            Ok(())
+        }
+        Command::Drill(args) => {
+            print!("{}", crate::drill::run(*args).await?);
             Ok(())
         }
         Command::Crds => {

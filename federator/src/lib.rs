@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod config_server;
 pub mod crds;
+pub mod drill;
 pub mod etcd;
 pub mod gwconfig;
 pub mod metrics;
