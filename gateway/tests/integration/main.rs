@@ -6,10 +6,12 @@
 
 mod support;
 
+mod binary;
 mod config_protocol;
 mod failover;
 mod grpc;
 mod http_proxy;
 mod limits;
 mod peer_auth;
+mod routing;
 mod tcp;
