@@ -22,6 +22,7 @@ mod error;
 mod handler;
 mod metrics;
 mod server;
+mod udp;
 mod zone;
 
 pub use config::{AnswerPolicy, DnsConfig, DEFAULT_LISTEN, DEFAULT_TCP_TIMEOUT, DEFAULT_TTL};

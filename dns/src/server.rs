@@ -1,4 +1,8 @@
-//! Sockets: UDP and TCP on one port, served by hickory's `Server` with our handler.
+//! Sockets: UDP and TCP on one port.
+//!
+//! TCP is served by hickory's `Server` with our `RequestHandler` (framing, idle timeouts and
+//! connection handling come with it); UDP by our own batching loop around the same handler
+//! (`udp.rs` says why).
 
 use std::future::Future;
 use std::io;
@@ -6,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use causeway_api::MeshSnapshot;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::info;
@@ -60,26 +66,53 @@ impl DnsServer {
     /// socket fails (`Err`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DnsError> {
         let addr = self.local_addr;
-        let mut server = hickory_server::Server::new(self.handler);
-        server.register_socket(self.udp);
-        server.register_listener(self.tcp, self.config.tcp_timeout, TCP_RESPONSE_BUFFER);
+        let handler = Arc::new(self.handler);
+        let mut tcp = hickory_server::Server::new(SharedHandler(Arc::clone(&handler)));
+        tcp.register_listener(self.tcp, self.config.tcp_timeout, TCP_RESPONSE_BUFFER);
+        let mut udp = tokio::spawn(crate::udp::serve(self.udp, handler));
         info!(%addr, zone = crate::ZONE, "DNS server listening (UDP, TCP)");
 
         tokio::pin!(shutdown);
-        let ended = tokio::select! {
+        let ended: Option<String> = tokio::select! {
             () = &mut shutdown => None,
-            ended = server.block_until_done() => Some(ended),
+            ended = tcp.block_until_done() => Some(match ended {
+                Ok(()) => "TCP listener ended".to_string(),
+                Err(e) => format!("TCP: {e}"),
+            }),
+            ended = &mut udp => Some(match ended {
+                Ok(Ok(())) => "UDP loop ended".to_string(),
+                Ok(Err(e)) => format!("UDP: {e}"),
+                Err(e) => format!("UDP task: {e}"),
+            }),
         };
-        let result = match ended {
-            None => server.shutdown_gracefully().await,
-            Some(Ok(())) => Err("all listeners ended".into()),
-            Some(Err(e)) => Err(e),
-        };
+        // The UDP loop holds no state worth finishing: stop it where it is.
+        udp.abort();
+        let stopped = tcp.shutdown_gracefully().await;
         info!(%addr, "DNS server stopped");
-        result.map_err(|e| DnsError::Serve {
-            addr,
-            reason: e.to_string(),
-        })
+        match (ended, stopped) {
+            (None, Ok(())) => Ok(()),
+            (Some(reason), _) => Err(DnsError::Serve { addr, reason }),
+            (None, Err(e)) => Err(DnsError::Serve {
+                addr,
+                reason: format!("TCP: {e}"),
+            }),
+        }
+    }
+}
+
+/// hickory's `Server` wants to own its handler; UDP shares it.
+struct SharedHandler(Arc<DnsHandler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 

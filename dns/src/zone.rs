@@ -324,12 +324,15 @@ impl Zone {
         view: &ServiceView,
     ) -> Option<IpAddr> {
         if self.policy(key) == AnswerPolicy::LocalFirst {
-            let local = snapshot
-                .local_ready_export(key)
-                .filter(|_| !local_drained_by_drill(snapshot, key))
-                .and_then(|e| e.record.service_ip);
-            if local.is_some() {
-                return local;
+            // `MeshSnapshot::local_ready_export`, without looking the service up again, and
+            // with a live drill counting even before the export's `drained` flag follows it.
+            let serving = snapshot.local_cluster.as_ref().and_then(|local| {
+                let export = view.exports.get(local)?;
+                (export.record.ready_endpoints > 0 && !drained(snapshot, key, local, export))
+                    .then_some(export)
+            });
+            if let Some(ip) = serving.and_then(|e| e.record.service_ip) {
+                return Some(ip);
             }
         }
         view.vip
@@ -390,13 +393,6 @@ fn find_in_service<'s>(
         }
         _ => None,
     }
-}
-
-fn local_drained_by_drill(snapshot: &MeshSnapshot, key: &ServiceKey) -> bool {
-    snapshot
-        .local_cluster
-        .as_ref()
-        .is_some_and(|c| snapshot.is_drained(key, c))
 }
 
 fn drained(snapshot: &MeshSnapshot, key: &ServiceKey, cluster: &ClusterId, e: &ExportView) -> bool {

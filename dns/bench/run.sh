@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# DNS benchmark (not a test): dnsperf against Causeway DNS and against Knot, same names, same
+# machine, one run, one worker each. Prints queries per second, latency percentiles and the
+# ratio. Needs the Debian packages dnsperf and knot (installed if missing).
+#
+#   dns/bench/run.sh [seconds per run, default 10] [fixed rate for the latency runs, default 20000]
+#
+# Each server is pinned to CPU 1 and dnsperf to CPU 0 (when there are two CPUs or more).
+# Two kinds of runs per server:
+#   - throughput: dnsperf with 100 queries outstanding, as fast as the server answers;
+#   - latency: dnsperf at a fixed rate (-Q), every response's latency recorded (-v), p50/p99/p99.9.
+set -euo pipefail
+
+SECS=${1:-10}
+RATE=${2:-20000}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d)
+CW_PORT=${CW_PORT:-15353}
+KNOT_PORT=${KNOT_PORT:-15354}
+SERVER_PID=""
+trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
+
+need() { command -v "$1" >/dev/null 2>&1 || apt-get install -y "$2" >/dev/null; }
+need dnsperf dnsperf
+need knotd knot
+
+if [ "$(nproc)" -ge 2 ]; then SRV_CPU="taskset -c 1"; PERF_CPU="taskset -c 0"; else SRV_CPU=""; PERF_CPU=""; fi
+
+echo "== building (release)"
+(cd "$ROOT" && cargo build --release -q -p causeway-dns --example bench_server)
+BIN="$ROOT/target/release/examples/bench_server"
+"$BIN" files "$WORK/clusterset.local.zone" "$WORK/queries.txt"
+
+cat > "$WORK/knot.conf" <<CONF
+server:
+    listen: 127.0.0.1@$KNOT_PORT
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+    rundir: "$WORK"
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$WORK"
+template:
+  - id: default
+    storage: "$WORK"
+    semantic-checks: off
+zone:
+  - domain: clusterset.local
+    file: "$WORK/clusterset.local.zone"
+CONF
+
+wait_ready() { # port
+    for _ in $(seq 1 100); do
+        if dig @127.0.0.1 -p "$1" +tries=1 +time=1 +short dns-version.clusterset.local TXT 2>/dev/null | grep -q 1.0.0; then return 0; fi
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2; return 1
+}
+
+check_same_answers() { # port: print a digest of the answers to a sample of the query file
+    head -n 200 "$WORK/queries.txt" | while read -r name type; do
+        dig @127.0.0.1 -p "$1" +norecurse +tries=1 +time=1 +noall +answer +comments "$name" "$type" \
+            | awk '/status:/ {print $6} !/^;/ && NF {print $1, $4, $5, $6, $7, $8}'
+    done | md5sum | cut -d' ' -f1
+}
+
+throughput() { # port label
+    $PERF_CPU dnsperf -s 127.0.0.1 -p "$1" -d "$WORK/queries.txt" -l "$SECS" -c 1 -T 1 -q 100 \
+        > "$WORK/$2.tput" 2>&1
+    awk '/Queries per second/ {print $4}' "$WORK/$2.tput"
+}
+
+latency() { # port label -> "p50 p99 p99.9 lost" in ms
+    $PERF_CPU dnsperf -s 127.0.0.1 -p "$1" -d "$WORK/queries.txt" -l "$SECS" -c 1 -T 1 -q 100 \
+        -Q "$RATE" -v > "$WORK/$2.lat" 2>&1
+    awk '$1 == ">" && $2 != "T" {print $NF}' "$WORK/$2.lat" | sort -g > "$WORK/$2.sorted"
+    local n lost
+    n=$(wc -l < "$WORK/$2.sorted")
+    lost=$(awk '/Queries lost/ {print $3}' "$WORK/$2.lat")
+    awk -v n="$n" -v lost="$lost" '
+        { v[NR] = $1 }
+        END {
+            if (n == 0) { print "- - - " lost; exit }
+            i50 = int(n * 0.50); if (i50 < 1) i50 = 1
+            i99 = int(n * 0.99); if (i99 < 1) i99 = 1
+            i999 = int(n * 0.999); if (i999 < 1) i999 = 1
+            printf "%.3f %.3f %.3f %s\n", v[i50] * 1000, v[i99] * 1000, v[i999] * 1000, lost
+        }' "$WORK/$2.sorted"
+}
+
+run_server() { # label command...
+    local label=$1; shift
+    $SRV_CPU "$@" > "$WORK/$label.server.log" 2>&1 &
+    SERVER_PID=$!
+}
+
+stop_server() {
+    kill -INT "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+echo "== machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(dnsperf -h 2>&1 | grep -m1 Version), knotd $(knotd -V | awk '{print $NF}')"
+
+echo "== causeway-dns (release, current_thread runtime) on 127.0.0.1:$CW_PORT"
+run_server causeway "$BIN" serve "127.0.0.1:$CW_PORT"
+wait_ready "$CW_PORT"
+CW_DIGEST=$(check_same_answers "$CW_PORT")
+CW_QPS=$(throughput "$CW_PORT" causeway)
+read -r CW_P50 CW_P99 CW_P999 CW_LOST < <(latency "$CW_PORT" causeway)
+stop_server
+
+echo "== knot (udp-workers: 1) on 127.0.0.1:$KNOT_PORT"
+run_server knot knotd -c "$WORK/knot.conf"
+wait_ready "$KNOT_PORT"
+KNOT_DIGEST=$(check_same_answers "$KNOT_PORT")
+KNOT_QPS=$(throughput "$KNOT_PORT" knot)
+read -r KNOT_P50 KNOT_P99 KNOT_P999 KNOT_LOST < <(latency "$KNOT_PORT" knot)
+stop_server
+
+if [ "$CW_DIGEST" = "$KNOT_DIGEST" ]; then SAME="yes"; else SAME="NO ($CW_DIGEST vs $KNOT_DIGEST)"; fi
+echo
+echo "same answers to the first 200 queries: $SAME"
+printf "%-14s %12s %10s %10s %10s %14s\n" server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s"
+printf "%-14s %12s %10s %10s %10s %14s\n" causeway-dns "$CW_QPS" "$CW_P50" "$CW_P99" "$CW_P999" "$CW_LOST"
+printf "%-14s %12s %10s %10s %10s %14s\n" knot "$KNOT_QPS" "$KNOT_P50" "$KNOT_P99" "$KNOT_P999" "$KNOT_LOST"
+awk -v a="$CW_QPS" -v b="$KNOT_QPS" 'BEGIN { if (b > 0) printf "qps ratio causeway/knot: %.2f\n", a / b }'
+echo "throughput runs lost: causeway $(awk '/Queries lost/ {print $3, $4}' "$WORK/causeway.tput"), knot $(awk '/Queries lost/ {print $3, $4}' "$WORK/knot.tput")"
