@@ -247,11 +247,16 @@ impl RunningGateway {
         self.shared.metrics.render()
     }
 
-    /// Waits until a task ends (which only happens on a fatal error) or `shutdown`.
+    /// Waits until a task fails (panics), which is fatal. Tasks with nothing to do (the VIP
+    /// listener manager without `--vip-range`) end normally and are not waited for.
     pub async fn wait(&mut self) {
-        if let Some(Err(e)) = self.tasks.join_next().await {
-            tracing::error!(error = %e, "gateway task failed");
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gateway task failed");
+                return;
+            }
         }
+        // Every task ended normally: only happens after shutdown.
     }
 
     /// Stops listening, closes connections and stops every task.

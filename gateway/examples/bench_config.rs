@@ -1,0 +1,88 @@
+//! Writes the two config snapshots of the gateway benchmark (gateway/bench/run.sh):
+//! `<out>/a.pb` for gateway A (cluster `east`, importing `--services` services, the first of
+//! which, `echo.bench`, is the one under load) and `<out>/b.pb` for gateway B (cluster `west`,
+//! exporting `echo.bench` to the backend).
+//!
+//!     cargo run --release -p causeway-gateway --example bench_config -- \
+//!         OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES
+
+use causeway_api::proto::{
+    self, AppProtocol, BackendTlsMode, Candidate, ConfigSnapshot, Endpoint, InboundService,
+    OutboundService, Peer,
+};
+use prost::Message;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [out, bundle, a_peer, b_peer, backend, services] = args.as_slice() else {
+        eprintln!(
+            "usage: bench_config OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES"
+        );
+        std::process::exit(64);
+    };
+    let bundle = std::fs::read_to_string(bundle).expect("read the trust bundle");
+    let services: usize = services.parse().expect("SERVICES is a number");
+    let peer = |cluster: &str, addr: &str| Peer {
+        cluster: cluster.into(),
+        gateway_addresses: vec![addr.into()],
+        trust_domain: format!("{cluster}.causeway.mesh"),
+        trust_bundle_pem: bundle.clone(),
+        locality: Default::default(),
+    };
+    let port = proto::Port {
+        name: "http".into(),
+        protocol: proto::Protocol::Tcp as i32,
+        port: 80,
+        app_protocol: AppProtocol::Http as i32,
+    };
+    let outbound = (0..services)
+        .map(|i| OutboundService {
+            namespace: "bench".into(),
+            name: if i == 0 {
+                "echo".into()
+            } else {
+                format!("svc-{i}")
+            },
+            vip: format!("240.0.{}.{}", i / 250, i % 250 + 1),
+            ports: vec![port.clone()],
+            candidates: vec![Candidate {
+                cluster: "west".into(),
+                priority: 1,
+                weight: 100,
+                healthy: true,
+                drained: false,
+                ready_endpoints: 1,
+            }],
+            policy: None,
+            header_routes: vec![],
+        })
+        .collect();
+    let a = ConfigSnapshot {
+        version: 1,
+        cluster: "east".into(),
+        peers: vec![peer("west", b_peer)],
+        inbound: vec![],
+        outbound,
+    };
+    let b = ConfigSnapshot {
+        version: 1,
+        cluster: "west".into(),
+        peers: vec![peer("east", a_peer)],
+        inbound: vec![InboundService {
+            namespace: "bench".into(),
+            name: "echo".into(),
+            ports: vec![port],
+            endpoints: vec![Endpoint {
+                address: backend.clone(),
+                ready: true,
+                hostname: String::new(),
+            }],
+            backend_tls_mode: BackendTlsMode::Plaintext as i32,
+            ..Default::default()
+        }],
+        outbound: vec![],
+    };
+    std::fs::create_dir_all(out).expect("create OUT_DIR");
+    std::fs::write(format!("{out}/a.pb"), a.encode_to_vec()).expect("write a.pb");
+    std::fs::write(format!("{out}/b.pb"), b.encode_to_vec()).expect("write b.pb");
+}
