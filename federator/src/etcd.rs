@@ -61,6 +61,62 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client, EtcdError> {
         })
 }
 
+// === paginated reads ===
+
+/// Keys per page of a prefix list: a page stays far below gRPC's 4 MiB message limit even with
+/// large values, so a mesh of 100k exports lists in pages instead of failing.
+pub const LIST_PAGE: i64 = 2_000;
+
+/// The end of the range of keys that start with `prefix` (etcd's "prefix end").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Lists every key under `prefix` at one revision, `LIST_PAGE` keys at a time.
+/// Returns the (key, value, lease) triples and the revision of the list.
+pub async fn list_prefix(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    keys_only: bool,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = Vec::new();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut opts = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(LIST_PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
+        let resp = client.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            out.push((kv.key().to_vec(), kv.value().to_vec(), kv.lease()));
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((out, revision)),
+        }
+    }
+}
+
 // === impl Backoff ===
 
 /// Exponential backoff with full jitter, 100 ms .. 5 s.
@@ -103,6 +159,12 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

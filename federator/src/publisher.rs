@@ -13,7 +13,7 @@ use causeway_api::keys;
 use causeway_api::{
     ClusterId, ClusterRecord, ExportRecord, MeshSnapshot, ServiceKey, SyncedRecord, VipRecord,
 };
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -316,25 +316,17 @@ impl Writer {
         )];
         self.guarded(ops).await?;
         // Exports of this cluster left by a previous leader (same lease gone or not).
-        let resp = self
-            .client
-            .get(
-                keys::exports_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
+        let (kvs, _) = etcd::list_prefix(&mut self.client, &keys::exports_prefix(), false).await?;
         self.published.clear();
-        for kv in resp.kvs() {
-            if let Ok(keys::Key::Export { service, cluster }) = keys::parse_bytes(kv.key()) {
+        for (key, value, lease) in kvs {
+            if let Ok(keys::Key::Export { service, cluster }) = keys::parse_bytes(&key) {
                 if cluster == self.cluster {
                     // Only keys under our own lease count as published; others (a previous
                     // leader's) are rewritten under ours, or deleted when no longer exported.
-                    let rec = keys::decode::<ExportRecord>(
-                        &keys::export_key(&service, &cluster),
-                        kv.value(),
-                    )
-                    .ok()
-                    .filter(|_| kv.lease() == self.lease);
+                    let rec =
+                        keys::decode::<ExportRecord>(&keys::export_key(&service, &cluster), &value)
+                            .ok()
+                            .filter(|_| lease == self.lease);
                     self.published.insert(service, rec);
                 }
             }

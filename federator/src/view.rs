@@ -17,7 +17,7 @@ use causeway_api::{
     ClusterId, ClusterRecord, DrillRecord, ExportRecord, HealthRecord, MeshSnapshot, ServiceKey,
     SyncedRecord, VipRecord,
 };
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -508,21 +508,12 @@ pub async fn run(
             }
         };
         if need_list {
-            let listed = client
-                .get(keys::PREFIX, Some(GetOptions::new().with_prefix()))
-                .await;
+            let listed = etcd::list_prefix(&mut client, keys::PREFIX, false).await;
             match listed {
-                Ok(resp) => {
-                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    let kvs = resp
-                        .kvs()
-                        .iter()
-                        .map(|kv| {
-                            (
-                                String::from_utf8_lossy(kv.key()).into_owned(),
-                                kv.value().to_vec(),
-                            )
-                        })
+                Ok((kvs, rev)) => {
+                    let kvs = kvs
+                        .into_iter()
+                        .map(|(k, v, _)| (String::from_utf8_lossy(&k).into_owned(), v))
                         .collect();
                     state.apply_list(kvs, rev, now_ms());
                     tracing::info!(revision = rev, "mesh view listed");

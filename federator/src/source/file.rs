@@ -367,12 +367,26 @@ impl FileSource {
         out
     }
 
-    /// Rescans every `interval` and publishes changes until `tx` has no receivers left.
+    /// Publishes changes until `tx` has no receivers left. Rescans when the kernel reports a
+    /// change in the directory (inotify), and every `interval` anyway: a missed event, a directory
+    /// created later or a network file system cannot leave the exports out of date for long.
     pub async fn run(mut self, interval: Duration, tx: watch::Sender<LocalExports>) {
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = None;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            if watcher.is_none() {
+                watcher = self.watch_dir(ev_tx.clone());
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = ev_rx.recv() => {
+                    // Let a burst of events (write, then rename) settle into one scan.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    while ev_rx.try_recv().is_ok() {}
+                }
+            }
             let next = self.scan();
             tx.send_if_modified(|cur| {
                 if *cur == next {
@@ -385,6 +399,24 @@ impl FileSource {
             if tx.is_closed() {
                 return;
             }
+        }
+    }
+
+    fn watch_dir(
+        &self,
+        events: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = events.send(());
+            }
+        })
+        .ok()?;
+        match w.watch(&self.dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            // The directory may not exist yet: polling covers it until it does.
+            Err(_) => None,
         }
     }
 }
