@@ -44,6 +44,20 @@ const MEMBER_NAME: &str = "causeway-e2e";
 #[derive(Debug, Clone, Default)]
 pub struct EtcdServerBuilder {
     compaction_retention: Option<u64>,
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files for an etcd that serves TLS and requires client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA of both the server and the client certificates.
+    pub ca: PathBuf,
+    /// Server certificate (with an IP SAN of 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate the fixture itself uses.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl EtcdServerBuilder {
@@ -52,6 +66,12 @@ impl EtcdServerBuilder {
     /// relisting after a compaction use it; by default etcd never compacts.
     pub fn compaction_retention(mut self, revisions: u64) -> Self {
         self.compaction_retention = Some(revisions);
+        self
+    }
+
+    /// Serve `https://` and require client certificates (`--client-cert-auth`).
+    pub fn tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -68,6 +88,7 @@ impl EtcdServerBuilder {
             client_port: 0,
             peer_port: 0,
             compaction_retention: self.compaction_retention,
+            tls: self.tls,
             child: Mutex::new(None),
         };
 
@@ -108,6 +129,7 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     compaction_retention: Option<u64>,
+    tls: Option<EtcdTls>,
     /// In a mutex only so that `is_running(&self)` can reap; never locked across an await.
     child: Mutex<Option<Child>>,
 }
@@ -128,9 +150,32 @@ impl EtcdServer {
         EtcdServerBuilder::default()
     }
 
-    /// `http://127.0.0.1:<client port>`
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS)
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
+        let opts = connect_options();
+        let Some(tls) = &self.tls else {
+            return Ok(opts);
+        };
+        let read = |p: &PathBuf| fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let tls_opts = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&tls.client_cert)?,
+                read(&tls.client_key)?,
+            ));
+        Ok(opts.with_tls(tls_opts))
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -139,7 +184,7 @@ impl EtcdServer {
 
     /// A new client connected to this server.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(self.endpoints(), Some(connect_options()))
+        Client::connect(self.endpoints(), Some(self.connect_options()?))
             .await
             .with_context(|| format!("connecting to etcd at {}", self.endpoint()))
     }
@@ -217,7 +262,7 @@ impl EtcdServer {
     }
 
     fn args(&self) -> Vec<OsString> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut args: Vec<OsString> = vec![
             "--name".into(),
@@ -242,6 +287,17 @@ impl EtcdServer {
             "--log-outputs".into(),
             "stderr".into(),
         ];
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--cert-file".into(),
+                tls.server_cert.clone().into(),
+                "--key-file".into(),
+                tls.server_key.clone().into(),
+                "--trusted-ca-file".into(),
+                tls.ca.clone().into(),
+                "--client-cert-auth".into(),
+            ]);
+        }
         if let Some(revisions) = self.compaction_retention {
             args.extend([
                 "--auto-compaction-mode".into(),
@@ -325,6 +381,7 @@ impl EtcdServer {
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
         let endpoints = self.endpoints();
+        let options = self.connect_options()?;
         let mut last_err = String::from("no answer yet");
         loop {
             let child = self
@@ -336,7 +393,7 @@ impl EtcdServer {
             }
             // A balanced channel queues requests while no endpoint is up, so bound each try.
             let attempt = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut client = Client::connect(&endpoints, Some(connect_options())).await?;
+                let mut client = Client::connect(&endpoints, Some(options.clone())).await?;
                 client.status().await
             })
             .await;

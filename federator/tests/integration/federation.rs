@@ -531,3 +531,84 @@ async fn mesh_dns_answers_follow_the_exports() -> anyhow::Result<()> {
         .is_empty());
     Ok(())
 }
+
+/// A CA, an etcd server certificate for 127.0.0.1 and a client certificate, as PEM files.
+fn etcd_pki(dir: &std::path::Path) -> anyhow::Result<causeway_e2e::EtcdTls> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse()?));
+        p.extended_key_usages = vec![usage];
+        Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    };
+    let (server_pem, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (client_pem, client_key) = leaf("causeway-federator", ExtendedKeyUsagePurpose::ClientAuth)?;
+    let write = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    };
+    Ok(causeway_e2e::EtcdTls {
+        ca: write("ca.pem", &ca_cert.pem())?,
+        server_cert: write("server.pem", &server_pem)?,
+        server_key: write("server.key", &server_key)?,
+        client_cert: write("client.pem", &client_pem)?,
+        client_key: write("client.key", &client_key)?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federators_talk_to_etcd_over_mtls() -> anyhow::Result<()> {
+    let pki_dir = tempfile::tempdir()?;
+    let pki = etcd_pki(pki_dir.path())?;
+    let etcd = EtcdServer::builder().tls(pki.clone()).start().await?;
+    assert!(etcd.endpoint().starts_with("https://"));
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let tls = [
+        FAST,
+        &["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key],
+    ]
+    .concat();
+    let _east = Fed::start("east", &etcd.endpoint(), de.path(), &tls).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &tls).await?;
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+
+    // Without a client certificate etcd refuses the federator: it never becomes ready.
+    let dn = tempfile::tempdir()?;
+    let north = Fed::start(
+        "north",
+        &etcd.endpoint(),
+        dn.path(),
+        &[FAST, &["--etcd-ca", &ca]].concat(),
+    )
+    .await?;
+    let ready = wait_for("north to become ready", Duration::from_secs(3), || async {
+        crate::harness::http_get(&north.admin, "/ready").await.ok()
+    })
+    .await;
+    assert!(
+        ready.is_err(),
+        "north has no client certificate and must not sync"
+    );
+    assert_eq!(north.metric("causeway_federator_etcd_up").await, Some(0.0));
+    Ok(())
+}
