@@ -210,6 +210,54 @@ pub fn missing_binaries(bin_dir: &Path) -> Vec<&'static str> {
         .collect()
 }
 
+/// The binaries of [`BINARIES`] missing from `bin_dir` or older than a source file of the
+/// workspace this crate was built from (`*.rs`, `*.toml`, `*.proto` under the crates'
+/// directories): what a test run must rebuild before it trusts them. A make-style check, so
+/// that a workspace-wide `cargo test`, which already built them, does not build them again
+/// with other features.
+pub fn stale_binaries(bin_dir: &Path) -> Vec<&'static str> {
+    let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        return missing_binaries(bin_dir);
+    };
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut dirs: Vec<PathBuf> = ["federator", "gateway", "dns", "e2e/src"]
+        .iter()
+        .map(|d| workspace.join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if !matches!(
+                    e.file_name().to_str(),
+                    Some("target" | "tests" | "bench" | "examples")
+                ) {
+                    dirs.push(path);
+                }
+            } else if path
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "toml" || x == "proto")
+            {
+                if let Ok(m) = meta.modified() {
+                    newest = newest.max(m);
+                }
+            }
+        }
+    }
+    BINARIES
+        .into_iter()
+        .filter(|b| {
+            std::fs::metadata(bin_dir.join(b))
+                .and_then(|m| m.modified())
+                .map_or(true, |built| built < newest)
+        })
+        .collect()
+}
+
 /// The cargo command that builds every binary the lab needs.
 pub const BUILD_COMMAND: &str =
     "cargo build -p causeway-federator -p causeway-gateway -p causeway-e2e --bins";

@@ -3,4 +3,7 @@
 //! They run against a real etcd: see docs/testing.md for how it is found.
 
 mod etcd;
+mod failures;
 mod kubeapi;
+mod lab;
+mod lab_support;

@@ -1,0 +1,168 @@
+//! The lab itself: it comes up, every demo service answers across clusters through the
+//! gateways, clusters are isolated from each other, a drill runs, and dropping the lab leaves
+//! nothing behind.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use causeway_e2e::lab::{net, probe, process, LabState};
+
+use crate::lab_support;
+
+const T: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_serves_every_demo_service_across_clusters_and_cleans_up() {
+    let Some(lab) = lab_support::start(3, |_| {}).await else {
+        return;
+    };
+    let north = lab.cluster("north").clone();
+    let east = lab.cluster("east").clone();
+    let west = lab.cluster("west").clone();
+
+    // north exports nothing: DNS answers the ClusterSetIP, the gateways carry the call to west
+    // (north's region) for each protocol.
+    let dns = north.dns_servers.clone();
+    let (http, grpc, tcp, vip) = net::try_run_in(north.netns.as_deref(), move || async move {
+        let name = "echo.demo.svc.clusterset.local";
+        let vip = probe::resolve(&dns, name, T).await?[0];
+        let http = probe::http_get(SocketAddr::new(vip, 80), name, "/", T).await?;
+        let g = "grpc.demo.svc.clusterset.local";
+        let gip = probe::resolve(&dns, g, T).await?[0];
+        let grpc = probe::grpc_health(SocketAddr::new(gip, 9090), &format!("{g}:9090"), T).await?;
+        let t = "tcp-echo.demo.svc.clusterset.local";
+        let tip = probe::resolve(&dns, t, T).await?[0];
+        let tcp = probe::tcp_echo(SocketAddr::new(tip, 7000), "hello", T).await?;
+        Ok((http, grpc, tcp, vip))
+    })
+    .await
+    .expect("north calls every demo service");
+    let snap = lab.snapshot("north").await.expect("north's snapshot");
+    let echo_vip = snap.services[&"demo/echo".parse().unwrap()].vip;
+    assert_eq!(Some(vip), echo_vip, "north's DNS answers the ClusterSetIP");
+    assert_eq!(http.status, 200, "{http:?}");
+    assert_eq!(
+        http.cluster.as_deref(),
+        Some("west"),
+        "north prefers west (same region)"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&http.body).expect("JSON body");
+    assert_eq!(
+        body["headers"]["x-causeway-source-cluster"], "north",
+        "{body}"
+    );
+    assert_eq!(grpc.grpc_status, 0, "{grpc:?}");
+    assert_eq!(grpc.message.as_ref(), &[0x08, 0x01], "SERVING");
+    assert_eq!(grpc.cluster.as_deref(), Some("west"));
+    assert_eq!(tcp, "west: hello");
+
+    // east exports echo itself: local-first DNS answers its own service address.
+    let ips = lab
+        .resolve("east", "echo.demo.svc.clusterset.local")
+        .await
+        .unwrap();
+    assert_eq!(ips, vec![east.demo("echo").unwrap().service_ip]);
+    let a = lab.call_echo("east").await.unwrap();
+    assert_eq!(a.cluster.as_deref(), Some("east"));
+
+    // Isolation: north cannot reach west's service address, only its gateway on the WAN.
+    let west_svc = west.demo("echo").unwrap().service_ip;
+    let direct = net::run_in(north.netns.as_deref(), move || async move {
+        probe::http_get(
+            SocketAddr::new(west_svc, 8080),
+            "x",
+            "/",
+            Duration::from_millis(500),
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    assert!(
+        direct.is_err(),
+        "north reached west's backend directly: {direct:?}"
+    );
+
+    // The drill CLI against this lab: drain echo in east, seen from east.
+    let state = lab.state().clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(state.bin_dir.join("causeway"))
+            .args(["drill", "--lab"])
+            .arg(LabState::path(&state.state_dir))
+            .args([
+                "--service",
+                "demo/echo",
+                "--cluster",
+                "east",
+                "--from",
+                "east",
+            ])
+            .args(["--for", "3s", "--json"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("causeway drill runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["failover"]["failed"], 0, "{report:#}");
+    assert!(
+        report["failover"]["clusters"]["west"].as_u64() > Some(0),
+        "{report:#}"
+    );
+    lab_support::result(
+        "drill_service_from_its_own_cluster",
+        &[
+            (
+                "dns_moved_ms",
+                report["failover"]["dns_moved_ms"].to_string(),
+            ),
+            (
+                "traffic_moved_ms",
+                report["failover"]["traffic_moved_ms"].to_string(),
+            ),
+            ("failed", report["failover"]["failed"].to_string()),
+            ("requests", report["failover"]["requests"].to_string()),
+            ("dns_back_ms", report["failback"]["dns_back_ms"].to_string()),
+            (
+                "traffic_back_ms",
+                report["failback"]["traffic_back_ms"].to_string(),
+            ),
+            ("failed_back", report["failback"]["failed"].to_string()),
+        ],
+    );
+
+    // Dropping the lab removes its processes and namespaces.
+    let namespaces: Vec<String> = lab
+        .state()
+        .clusters
+        .iter()
+        .filter_map(|c| c.netns.clone())
+        .chain(lab.state().wan_netns.clone())
+        .collect();
+    let pids: Vec<(u32, String)> = lab
+        .state()
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let program = p.program.file_name()?.to_string_lossy().into_owned();
+            Some((p.pid?, program))
+        })
+        .collect();
+    drop(lab);
+    for ns in &namespaces {
+        assert!(!net::netns_exists(ns), "{ns} is left behind");
+        assert!(!std::path::Path::new("/etc/netns").join(ns).exists());
+    }
+    for (pid, program) in pids {
+        // pid_max may be small: a pid alive again may be somebody else's.
+        let same = process::is_alive(pid) && process::program_of(pid).as_deref() == Some(&program);
+        assert!(!same, "{program} (pid {pid}) is left behind");
+    }
+}
