@@ -28,6 +28,8 @@ pub enum StartError {
     Dns(#[from] causeway_dns::DnsError),
     #[error(transparent)]
     ConfigServer(#[from] crate::config_server::ServeError),
+    #[error("Kubernetes client (KUBECONFIG or in-cluster config): {0}")]
+    Kube(#[from] kube::Error),
     #[error("binding admin listener {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -72,7 +74,10 @@ impl Federator {
 
         let mut tasks = Vec::new();
         let (local_tx, local_rx) = watch::channel(LocalExports::default());
+        // The Kubernetes source starts below, once the snapshots and the leader flag exist.
+        let mut kube_local_tx = None;
         match &c.exports_dir {
+            _ if c.source == crate::config::SourceKind::Kube => kube_local_tx = Some(local_tx),
             Some(dir) => {
                 let src = FileSource::new(dir.clone());
                 let interval = c.exports_poll_interval;
@@ -149,6 +154,36 @@ impl Federator {
                 shutdown.clone(),
             )),
         ));
+
+        if kube_local_tx.is_some() || c.kube_sink {
+            let client = kube::Client::try_default().await?;
+            if let Some(tx) = kube_local_tx {
+                tasks.push((
+                    "kube-source",
+                    tokio::spawn(crate::source::kube::run(
+                        client.clone(),
+                        cfg.cluster.clone(),
+                        tx,
+                        snap_rx.clone(),
+                        leader_rx.clone(),
+                        shutdown.clone(),
+                    )),
+                ));
+            }
+            if c.kube_sink {
+                tasks.push((
+                    "kube-sink",
+                    tokio::spawn(crate::sink::kube::run(
+                        client,
+                        c.kube.clone(),
+                        cfg.vip_range.is_some(),
+                        snap_rx.clone(),
+                        leader_rx.clone(),
+                        shutdown.clone(),
+                    )),
+                ));
+            }
+        }
 
         let mut dns_addr = None;
         if let Some(dns_cfg) = cfg.dns() {

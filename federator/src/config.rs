@@ -65,6 +65,17 @@ impl Default for EtcdConfig {
     }
 }
 
+/// Source of this cluster's exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Export files in `exports_dir` (none: this cluster only imports).
+    #[default]
+    File,
+    /// ServiceExport objects of the Kubernetes API.
+    Kube,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -73,6 +84,13 @@ pub struct Config {
     /// Name of this replica, for election values and logs (default: host name + pid).
     pub node: Option<String>,
     pub etcd: EtcdConfig,
+    /// Where local exports come from: `file` (`exports_dir`, universal mode) or `kube`
+    /// (ServiceExport objects, with the Kubernetes config of `KUBECONFIG` or the pod).
+    pub source: SourceKind,
+    /// Write ServiceImports, derived Services and EndpointSlices for the mesh's imports.
+    pub kube_sink: bool,
+    /// The Kubernetes sink's options.
+    pub kube: crate::sink::kube::KubeOptions,
     /// Directory of export files (universal mode). Watched for changes.
     pub exports_dir: Option<PathBuf>,
     /// How often the export directory is rescanned.
@@ -124,6 +142,9 @@ impl Default for Config {
             cluster: None,
             node: None,
             etcd: EtcdConfig::default(),
+            source: SourceKind::File,
+            kube_sink: false,
+            kube: crate::sink::kube::KubeOptions::default(),
             exports_dir: None,
             exports_poll_interval: Duration::from_millis(250),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
@@ -237,6 +258,15 @@ impl Config {
         }
         if self.exports_poll_interval.is_zero() {
             return Err(invalid("exports_poll_interval", "must be more than 0"));
+        }
+        if self.source == SourceKind::Kube && self.exports_dir.is_some() {
+            return Err(invalid(
+                "exports_dir",
+                "is for `source: file`; with `source: kube` exports are ServiceExport objects",
+            ));
+        }
+        if (self.source == SourceKind::Kube || self.kube_sink) && self.kube.gateway_port == 0 {
+            return Err(invalid("kube.gateway_port", "must be 1..=65535"));
         }
         for key in self.dns_policy_overrides.keys() {
             key.parse::<causeway_api::ServiceKey>()

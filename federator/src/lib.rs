@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod gwconfig;
 pub mod metrics;
 pub mod publisher;
+pub mod sink;
 pub mod source;
 pub mod status;
 pub mod view;

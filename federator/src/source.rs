@@ -2,6 +2,7 @@
 //! `watch` channel whenever something changed; the publisher and the gateway-config builder read it.
 
 pub mod file;
+pub mod kube;
 
 use std::collections::BTreeMap;
 

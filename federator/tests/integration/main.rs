@@ -3,3 +3,4 @@
 mod certs;
 mod federation;
 mod harness;
+mod kube;

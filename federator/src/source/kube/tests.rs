@@ -1,0 +1,214 @@
+use std::collections::BTreeMap;
+
+use causeway_api::snapshot::{ExportView, ServiceView};
+use causeway_api::{ConflictReason, ExportConditions, Import};
+use serde_json::json;
+
+use super::*;
+
+fn se(annotations: serde_json::Value) -> ServiceExport {
+    serde_json::from_value(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+        "metadata": {"name": "echo", "namespace": "demo", "creationTimestamp": "2026-01-01T00:00:00Z",
+                     "generation": 3, "annotations": annotations},
+    }))
+    .unwrap()
+}
+
+fn svc(spec: serde_json::Value) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": "echo", "namespace": "demo"}, "spec": spec}))
+        .unwrap()
+}
+
+fn slice() -> Arc<EndpointSlice> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "echo-abc", "namespace": "demo", "labels": {"kubernetes.io/service-name": "echo"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.1.0.5"], "conditions": {"ready": true}},
+                {"addresses": ["10.1.0.6"], "conditions": {"ready": false}},
+                {"addresses": ["10.1.0.7"]},
+            ],
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_service_export_becomes_the_same_export_as_a_file() {
+    let s = svc(
+        json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "appProtocol": "http"}]}),
+    );
+    let (key, e) = export_of(
+        &se(json!({"causeway.io/weight": "50"})),
+        Some(&s),
+        &[slice()],
+    )
+    .unwrap();
+    assert_eq!(key.to_string(), "demo/echo");
+    assert_eq!(e.record.created_unix_ms, 1_767_225_600_000);
+    assert_eq!(e.record.service_type, ServiceType::ClusterSetIP);
+    assert_eq!(e.record.ports[0].port, 80);
+    assert_eq!(e.record.ports[0].app_protocol.as_deref(), Some("http"));
+    assert_eq!(
+        e.record.ready_endpoints, 2,
+        "a missing ready condition means ready"
+    );
+    assert_eq!(e.record.service_ip, Some("10.96.0.10".parse().unwrap()));
+    assert_eq!(e.record.weight, Some(50));
+    assert!(
+        e.record.endpoints.is_empty(),
+        "ClusterSetIP endpoints stay local"
+    );
+    assert_eq!(e.endpoints.len(), 3);
+    assert_eq!(e.endpoints[0].port, Some(8080));
+    assert_eq!(e.origin, "ServiceExport demo/echo");
+}
+
+#[test]
+fn headless_services_publish_their_endpoints() {
+    let s = svc(json!({"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}));
+    let (_, e) = export_of(&se(json!({})), Some(&s), &[slice()]).unwrap();
+    assert_eq!(e.record.service_type, ServiceType::Headless);
+    assert_eq!(e.record.endpoints.len(), 3);
+    assert_eq!(e.record.service_ip, None);
+}
+
+#[test]
+fn invalid_exports_say_why_with_the_upstream_reasons() {
+    let err = export_of(&se(json!({})), None, &[]).unwrap_err();
+    assert_eq!(err.reason, "NoService");
+    let ext = svc(json!({"type": "ExternalName", "externalName": "example.org"}));
+    let err = export_of(&se(json!({})), Some(&ext), &[]).unwrap_err();
+    assert_eq!(err.reason, "InvalidServiceType");
+    assert!(err.message.contains("ExternalName"), "{err:?}");
+    let s = svc(json!({"ports": [{"port": 80}]}));
+    let err = export_of(
+        &se(json!({"causeway.io/backend-tls": "tls13"})),
+        Some(&s),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, "InvalidExport");
+    assert!(err.message.contains("tls13"), "{err:?}");
+}
+
+fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
+    let key: ServiceKey = "demo/echo".parse().unwrap();
+    let s = svc(json!({"ports": [{"port": 80}]}));
+    let (_, e) = export_of(&se(json!({})), Some(&s), &[]).unwrap();
+    let mut exports = BTreeMap::new();
+    for (c, created) in [("east", 2), ("west", 1)] {
+        let mut record = e.record.clone();
+        record.created_unix_ms = created;
+        exports.insert(
+            ClusterId::new(c).unwrap(),
+            ExportView {
+                record,
+                conditions: ExportConditions {
+                    conflicts: conflicts.clone(),
+                },
+                stale: false,
+                drained: false,
+            },
+        );
+    }
+    let mut snap = MeshSnapshot::default();
+    snap.services.insert(
+        key.clone(),
+        ServiceView {
+            import: Import {
+                key,
+                service_type: ServiceType::ClusterSetIP,
+                ports: e.record.ports.clone(),
+                session_affinity: SessionAffinity::None,
+                clusters: exports.keys().cloned().collect(),
+                conflict: !conflicts.is_empty(),
+            },
+            vip: None,
+            exports,
+        },
+    );
+    snap
+}
+
+fn find<'a>(conds: &'a [Condition], t: &str) -> &'a Condition {
+    conds.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[test]
+fn conditions_follow_the_mesh_snapshot() {
+    let east = ClusterId::new("east").unwrap();
+    let s = svc(json!({"ports": [{"port": 80}]}));
+    let outcome = export_of(&se(json!({})), Some(&s), &[]);
+
+    let pending = desired_conditions(&outcome, &MeshSnapshot::default(), &east, Some(3));
+    assert_eq!(find(&pending, "Valid").status, "True");
+    assert_eq!(find(&pending, "Ready").reason, "Pending");
+
+    let ok = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(3));
+    assert_eq!(find(&ok, "Ready").reason, "Exported");
+    assert_eq!(find(&ok, "Conflict").status, "False");
+    assert_eq!(find(&ok, "Conflict").observed_generation, Some(3));
+
+    let conflict = desired_conditions(
+        &outcome,
+        &snapshot_with(vec![
+            ConflictReason::PortConflict,
+            ConflictReason::TypeConflict,
+        ]),
+        &east,
+        Some(3),
+    );
+    let c = find(&conflict, "Conflict");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "PortConflict,TypeConflict")
+    );
+    assert!(c.message.contains("of cluster west, wins"), "{}", c.message);
+
+    let invalid = desired_conditions(
+        &export_of(&se(json!({})), None, &[]),
+        &MeshSnapshot::default(),
+        &east,
+        None,
+    );
+    let v = find(&invalid, "Valid");
+    assert_eq!(
+        (v.status.as_str(), v.reason.as_str()),
+        ("False", "NoService")
+    );
+}
+
+#[test]
+fn merging_conditions_keeps_transition_times_and_other_types() {
+    let east = ClusterId::new("east").unwrap();
+    let s = svc(json!({"ports": [{"port": 80}]}));
+    let outcome = export_of(&se(json!({})), Some(&s), &[]);
+    let mut first = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(1));
+    first.push(Condition {
+        type_: "Other".into(),
+        status: "True".into(),
+        reason: "Someone".into(),
+        message: String::new(),
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    });
+    let again = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(1));
+    assert!(merge_conditions(&first, again).is_none(), "nothing changed");
+    let moved = desired_conditions(
+        &outcome,
+        &snapshot_with(vec![ConflictReason::PortConflict]),
+        &east,
+        Some(1),
+    );
+    let merged = merge_conditions(&first, moved).expect("Conflict changed");
+    assert_eq!(merged.len(), 4);
+    assert_eq!(
+        find(&merged, "Valid").last_transition_time,
+        find(&first, "Valid").last_transition_time
+    );
+    assert_eq!(find(&merged, "Other").reason, "Someone");
+}

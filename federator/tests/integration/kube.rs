@@ -1,0 +1,366 @@
+//! Issue "Kubernetes: ServiceExport resources in, ServiceImports out": real federator processes
+//! (`source: kube`, `kube_sink: true`) against a real etcd, each with its own Kubernetes API (the
+//! `causeway_e2e::kubeapi` test fixture), driven with the real kubectl.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use causeway_e2e::kubeapi::KubeApiServer;
+use causeway_e2e::{wait_for, EtcdServer};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::{dig_a, http_get, FEDERATOR};
+
+const T: Duration = Duration::from_secs(30);
+const MCS: &str = "multicluster.x-k8s.io/v1alpha1";
+/// The block of the (test) Service CIDR kept for ClusterSetIPs: the test server hands out
+/// ClusterIPs from 10.96.0.10 up, so this never collides.
+const VIP_RANGE: &str = "10.96.128.0/20";
+
+/// A federator of one cluster whose Kubernetes API is `api`. Killed on drop.
+struct KubeFed {
+    admin: String,
+    dns: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl KubeFed {
+    async fn start(cluster: &str, etcd: &str, api: &KubeApiServer) -> anyhow::Result<KubeFed> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("federator.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster: {cluster}\netcd:\n  endpoints: [\"{etcd}\"]\nsource: kube\nkube_sink: true\n\
+                 kube:\n  gateway_selector: {{app: causeway-gateway}}\n  gateway_port: 15001\n\
+                 admin_listen: \"127.0.0.1:0\"\ndns_listen: \"127.0.0.1:0\"\nconfig_listen: \"127.0.0.1:0\"\n\
+                 vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n"
+            ),
+        )?;
+        let mut child = Command::new(FEDERATOR)
+            .arg("--config")
+            .arg(&config)
+            .env("KUBECONFIG", api.kubeconfig())
+            .env(
+                "RUST_LOG",
+                std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning causeway-federator")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (admin, dns) = tokio::time::timeout(Duration::from_secs(20), async {
+            let (mut admin, mut dns) = (None, None);
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("admin listening on ") {
+                    admin = Some(a.trim().to_string());
+                }
+                if let Some(a) = line.strip_prefix("dns listening on ") {
+                    dns = Some(a.trim().to_string());
+                }
+                if let (Some(a), Some(d)) = (&admin, &dns) {
+                    return Ok((a.clone(), d.clone()));
+                }
+            }
+            bail!("causeway-federator exited before it listened")
+        })
+        .await
+        .context("waiting for the federator's addresses")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let fed = KubeFed {
+            admin,
+            dns,
+            _child: child,
+            _dir: dir,
+        };
+        wait_for(&format!("{cluster}'s federator to lead"), T, || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["leader"] == Value::Bool(true)).then_some(())
+        })
+        .await?;
+        Ok(fed)
+    }
+}
+
+/// `kubectl apply --validate=false -f -` of `yaml`.
+async fn apply(api: &KubeApiServer, yaml: &str) -> anyhow::Result<()> {
+    kubectl(api, &["apply", "--validate=false", "-f", "-"], yaml).await
+}
+
+async fn kubectl(api: &KubeApiServer, args: &[&str], stdin: &str) -> anyhow::Result<()> {
+    let mut child = api
+        .kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl (scripts/setup.sh installs it)")?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let text = stdin.to_string();
+    tokio::spawn(async move {
+        let _ = input.write_all(text.as_bytes()).await;
+    });
+    let out = tokio::time::timeout(T, child.wait_with_output()).await??;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn namespace(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n")
+}
+
+/// A Service `demo/<name>` with one port, an EndpointSlice with one ready endpoint, and its
+/// ServiceExport.
+fn exported_service(name: &str, port_name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  ports:\n    - name: {port_name}\n      port: {port}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: demo\n  labels:\n    kubernetes.io/service-name: {name}\n\
+         addressType: IPv4\nports:\n  - name: {port_name}\n    port: 8080\nendpoints:\n  - addresses: [\"10.1.0.5\"]\n    conditions:\n      ready: true\n---\n\
+         apiVersion: {MCS}\nkind: ServiceExport\nmetadata:\n  name: {name}\n  namespace: demo\n"
+    )
+}
+
+/// `(status, reason)` of a ServiceExport condition.
+fn condition(api: &KubeApiServer, name: &str, type_: &str) -> Option<(String, String)> {
+    let se = api.get(MCS, "serviceexports", "demo", name)?;
+    let c = se["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+async fn until_condition(
+    api: &KubeApiServer,
+    cluster: &str,
+    name: &str,
+    type_: &str,
+    want: (&str, &str),
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!(
+            "{cluster}'s ServiceExport demo/{name} to get {type_}={}/{}",
+            want.0, want.1
+        ),
+        T,
+        || async {
+            let got = condition(api, name, type_)?;
+            (got.0 == want.0 && got.1 == want.1).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_west(
+) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+    let east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+    let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    // Imports appear only in namespaces that exist.
+    apply(&west_api, &namespace("demo")).await?;
+
+    apply(
+        &east_api,
+        &format!(
+            "{}{}",
+            namespace("demo"),
+            exported_service("echo", "http", 80)
+        ),
+    )
+    .await?;
+
+    // West: a ServiceImport whose ClusterSetIP is the ClusterIP of a derived Service it owns.
+    let (import, ip) = wait_for(
+        "west's ServiceImport demo/echo with its ClusterSetIP",
+        T,
+        || async {
+            let si = west_api.get(MCS, "serviceimports", "demo", "echo")?;
+            let ip = si["spec"]["ips"][0].as_str()?.to_string();
+            (si["status"]["clusters"] == serde_json::json!([{"cluster": "east"}]))
+                .then_some((si, ip))
+        },
+    )
+    .await?;
+    assert_eq!(import["spec"]["type"], "ClusterSetIP");
+    assert_eq!(import["spec"]["ports"][0]["port"], 80);
+    assert_eq!(import["spec"]["ports"][0]["name"], "http");
+    let derived = wait_for("the derived Service with the ClusterSetIP", T, || async {
+        let svc = west_api.get("v1", "services", "demo", "echo-clusterset")?;
+        (svc["spec"]["clusterIP"] == ip.as_str()).then_some(svc)
+    })
+    .await?;
+    assert_eq!(derived["spec"]["selector"]["app"], "causeway-gateway");
+    assert_eq!(derived["spec"]["ports"][0]["targetPort"], 15001);
+    assert_eq!(
+        derived["metadata"]["labels"]["multicluster.kubernetes.io/service-name"],
+        "echo"
+    );
+    assert_eq!(
+        derived["metadata"]["ownerReferences"][0]["uid"],
+        import["metadata"]["uid"]
+    );
+    assert!(
+        ip.starts_with("10.96.1"),
+        "the ClusterSetIP {ip} comes from {VIP_RANGE}"
+    );
+
+    // West's DNS answers the clusterset name with the ClusterSetIP.
+    let name = "echo.demo.svc.clusterset.local";
+    wait_for(&format!("west's DNS to answer {name}"), T, || async {
+        (dig_a(&west.dns, name).await.ok()? == [ip.clone()]).then_some(())
+    })
+    .await?;
+
+    // East: the export's conditions.
+    until_condition(&east_api, "east", "echo", "Valid", ("True", "Valid")).await?;
+    until_condition(&east_api, "east", "echo", "Ready", ("True", "Exported")).await?;
+    until_condition(
+        &east_api,
+        "east",
+        "echo",
+        "Conflict",
+        ("False", "NoConflicts"),
+    )
+    .await?;
+    // East imports it too, in its own namespace.
+    wait_for("east's own ServiceImport", T, || async {
+        east_api
+            .get(MCS, "serviceimports", "demo", "echo")
+            .map(|_| ())
+    })
+    .await?;
+
+    // Unexport: everything goes in west.
+    kubectl(
+        &east_api,
+        &["-n", "demo", "delete", "serviceexport", "echo"],
+        "",
+    )
+    .await?;
+    wait_for(
+        "west's ServiceImport and derived Service to go",
+        T,
+        || async {
+            (west_api
+                .get(MCS, "serviceimports", "demo", "echo")
+                .is_none()
+                && west_api
+                    .get("v1", "services", "demo", "echo-clusterset")
+                    .is_none())
+            .then_some(())
+        },
+    )
+    .await?;
+    wait_for(&format!("west's DNS to forget {name}"), T, || async {
+        dig_a(&west.dns, name).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    drop(east);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_name_service_or_none_at_all_makes_the_export_invalid() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let api = KubeApiServer::start().await?;
+    let _east = KubeFed::start("east", &etcd.endpoint(), &api).await?;
+    apply(
+        &api,
+        &format!(
+            "{}apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\n  namespace: demo\nspec:\n  type: ExternalName\n  externalName: example.org\n---\n\
+             apiVersion: {MCS}\nkind: ServiceExport\nmetadata:\n  name: ext\n  namespace: demo\n---\n\
+             apiVersion: {MCS}\nkind: ServiceExport\nmetadata:\n  name: ghost\n  namespace: demo\n",
+            namespace("demo")
+        ),
+    )
+    .await?;
+    until_condition(
+        &api,
+        "east",
+        "ext",
+        "Valid",
+        ("False", "InvalidServiceType"),
+    )
+    .await?;
+    until_condition(&api, "east", "ext", "Ready", ("False", "Pending")).await?;
+    until_condition(&api, "east", "ghost", "Valid", ("False", "NoService")).await?;
+
+    // The Service appears: the export becomes valid and ready.
+    apply(&api, &exported_service("ghost", "http", 80)).await?;
+    until_condition(&api, "east", "ghost", "Valid", ("True", "Valid")).await?;
+    until_condition(&api, "east", "ghost", "Ready", ("True", "Exported")).await?;
+    // The invalid one is not in the mesh.
+    assert!(api.get(MCS, "serviceimports", "demo", "ext").is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    // Same port name, different port numbers.
+    apply(
+        &east_api,
+        &format!(
+            "{}{}",
+            namespace("demo"),
+            exported_service("echo", "http", 80)
+        ),
+    )
+    .await?;
+    apply(
+        &west_api,
+        &format!(
+            "{}{}",
+            namespace("demo"),
+            exported_service("echo", "http", 8080)
+        ),
+    )
+    .await?;
+    until_condition(
+        &east_api,
+        "east",
+        "echo",
+        "Conflict",
+        ("True", "PortConflict"),
+    )
+    .await?;
+    until_condition(
+        &west_api,
+        "west",
+        "echo",
+        "Conflict",
+        ("True", "PortConflict"),
+    )
+    .await?;
+    // The import exists in both clusters all the same.
+    for (cluster, api) in [("east", &east_api), ("west", &west_api)] {
+        wait_for(&format!("{cluster}'s ServiceImport"), T, || async {
+            let si = api.get(MCS, "serviceimports", "demo", "echo")?;
+            (si["status"]["clusters"].as_array()?.len() == 2).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
