@@ -2,6 +2,7 @@
 //! (`source: kube`, `kube_sink: true`) against a real etcd, each with its own Kubernetes API (the
 //! `causeway_e2e::kubeapi` test fixture), driven with the real kubectl.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -361,6 +362,97 @@ async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
             (si["status"]["clusters"].as_array()?.len() == 2).then_some(())
         })
         .await?;
+    }
+    Ok(())
+}
+
+/// `helm`: `$HELM`, else on `PATH`, else where `scripts/setup.sh` unpacked it.
+fn helm() -> std::path::PathBuf {
+    if let Some(h) = std::env::var_os("HELM") {
+        return h.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("helm"))
+                .find(|h| h.is_file())
+        })
+        .unwrap_or_default();
+    on_path.unwrap_or_else(|| {
+        let cache = std::env::var_os("CAUSEWAY_TOOLS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/causeway")
+            });
+        cache.join("bin/helm")
+    })
+}
+
+/// The chart renders config files that the federator's and the gateway's own parsers accept, for
+/// the default values and every values file in `helm/causeway/ci/`.
+#[tokio::test]
+async fn the_helm_chart_renders_configs_the_binaries_accept() -> anyhow::Result<()> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/causeway");
+    let mut variants: Vec<Option<std::path::PathBuf>> = vec![None];
+    for entry in std::fs::read_dir(chart.join("ci"))? {
+        variants.push(Some(entry?.path()));
+    }
+    let dir = tempfile::tempdir()?;
+    for values in variants {
+        let mut cmd = Command::new(helm());
+        cmd.args(["template", "east"])
+            .arg(&chart)
+            .args(["--namespace", "causeway-system"]);
+        if let Some(v) = &values {
+            cmd.arg("-f").arg(v);
+        }
+        let out = cmd
+            .output()
+            .await
+            .context("running helm (scripts/setup.sh installs it)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8(out.stdout)?;
+        let which = values
+            .as_ref()
+            .map(|v| v.display().to_string())
+            .unwrap_or_else(|| "default values".into());
+        let mut seen = 0;
+        for doc in rendered.split("\n---\n") {
+            let Ok(obj) = serde_saphyr::from_str::<Value>(doc) else {
+                continue;
+            };
+            if obj["kind"] != "ConfigMap" {
+                continue;
+            }
+            let data = &obj["data"];
+            if let Some(text) = data["federator.yaml"].as_str() {
+                let p = dir.path().join("federator.yaml");
+                std::fs::write(&p, text)?;
+                let cfg = causeway_federator::config::Config::from_yaml_file(&p)
+                    .and_then(|c| c.validate())
+                    .map_err(|e| anyhow::anyhow!("{which}: federator.yaml: {e}\n{text}"))?;
+                // The release name, or `cluster` of the values file.
+                assert!(["east", "west"].contains(&cfg.cluster.as_str()), "{which}");
+                seen += 1;
+            }
+            if let Some(text) = data["gateway.yaml"].as_str() {
+                let p = dir.path().join("gateway.yaml");
+                std::fs::write(&p, text)?;
+                let mut cfg = causeway_gateway::config::Config::from_yaml_file(&p)
+                    .map_err(|e| anyhow::anyhow!("{which}: gateway.yaml: {e}\n{text}"))?;
+                // The chart sets the node from the pod name (CAUSEWAY_GATEWAY_NODE).
+                cfg.node = "causeway-gateway-0".into();
+                cfg.validate()
+                    .map_err(|e| anyhow::anyhow!("{which}: gateway.yaml: {e}\n{text}"))?;
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2, "{which}: both config files rendered");
     }
     Ok(())
 }
