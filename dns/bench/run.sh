@@ -4,15 +4,21 @@
 # ratio. Needs the Debian packages dnsperf and knot (installed if missing).
 #
 #   dns/bench/run.sh [seconds per run, default 10] [fixed rate for the latency runs, default 20000]
+#                    [rounds, default 3]
 #
-# Each server is pinned to CPU 1 and dnsperf to CPU 0 (when there are two CPUs or more).
+# Each server runs on CPU 0 and dnsperf on CPU 1 (when there are two CPUs or more). CPU 0 because
+# knotd pins its UDP worker to CPU 0 by itself, whatever affinity it was started with; the script
+# prints every knotd thread's affinity to show it.
 # Two kinds of runs per server:
 #   - throughput: dnsperf with 100 queries outstanding, as fast as the server answers;
 #   - latency: dnsperf at a fixed rate (-Q), every response's latency recorded (-v), p50/p99/p99.9.
+# The servers take turns, round after round, so that load from elsewhere on the machine falls on
+# both alike; the summary is the median of the rounds, every round is printed too.
 set -euo pipefail
 
 SECS=${1:-10}
 RATE=${2:-20000}
+ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 CW_PORT=${CW_PORT:-15353}
@@ -24,7 +30,7 @@ need() { command -v "$1" >/dev/null 2>&1 || apt-get install -y "$2" >/dev/null; 
 need dnsperf dnsperf
 need knotd knot
 
-if [ "$(nproc)" -ge 2 ]; then SRV_CPU="taskset -c 1"; PERF_CPU="taskset -c 0"; else SRV_CPU=""; PERF_CPU=""; fi
+if [ "$(nproc)" -ge 2 ]; then SRV_CPU="taskset -c 0"; PERF_CPU="taskset -c 1"; else SRV_CPU=""; PERF_CPU=""; fi
 
 echo "== building (release)"
 (cd "$ROOT" && cargo build --release -q -p causeway-dns --example bench_server)
@@ -106,27 +112,40 @@ stop_server() {
 echo "== machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== $(dnsperf -h 2>&1 | grep -m1 Version), knotd $(knotd -V | awk '{print $NF}')"
 
-echo "== causeway-dns (release, current_thread runtime) on 127.0.0.1:$CW_PORT"
-run_server causeway "$BIN" serve "127.0.0.1:$CW_PORT"
-wait_ready "$CW_PORT"
-CW_DIGEST=$(check_same_answers "$CW_PORT")
-CW_QPS=$(throughput "$CW_PORT" causeway)
-read -r CW_P50 CW_P99 CW_P999 CW_LOST < <(latency "$CW_PORT" causeway)
-stop_server
+start_causeway() { run_server causeway "$BIN" serve "127.0.0.1:$CW_PORT"; wait_ready "$CW_PORT"; }
+start_knot() { run_server knot knotd -c "$WORK/knot.conf"; wait_ready "$KNOT_PORT"; }
 
-echo "== knot (udp-workers: 1) on 127.0.0.1:$KNOT_PORT"
-run_server knot knotd -c "$WORK/knot.conf"
-wait_ready "$KNOT_PORT"
-KNOT_DIGEST=$(check_same_answers "$KNOT_PORT")
-KNOT_QPS=$(throughput "$KNOT_PORT" knot)
-read -r KNOT_P50 KNOT_P99 KNOT_P999 KNOT_LOST < <(latency "$KNOT_PORT" knot)
+start_causeway; CW_DIGEST=$(check_same_answers "$CW_PORT"); stop_server
+start_knot; KNOT_DIGEST=$(check_same_answers "$KNOT_PORT")
+echo "knotd threads: $(for t in /proc/"$SERVER_PID"/task/*; do printf '%s(cpu %s) ' "$(cat "$t/comm")" "$(taskset -p -c "$(basename "$t")" | awk '{print $NF}')"; done)"
 stop_server
-
 if [ "$CW_DIGEST" = "$KNOT_DIGEST" ]; then SAME="yes"; else SAME="NO ($CW_DIGEST vs $KNOT_DIGEST)"; fi
-echo
 echo "same answers to the first 200 queries: $SAME"
-printf "%-14s %12s %10s %10s %10s %14s\n" server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s"
-printf "%-14s %12s %10s %10s %10s %14s\n" causeway-dns "$CW_QPS" "$CW_P50" "$CW_P99" "$CW_P999" "$CW_LOST"
-printf "%-14s %12s %10s %10s %10s %14s\n" knot "$KNOT_QPS" "$KNOT_P50" "$KNOT_P99" "$KNOT_P999" "$KNOT_LOST"
-awk -v a="$CW_QPS" -v b="$KNOT_QPS" 'BEGIN { if (b > 0) printf "qps ratio causeway/knot: %.2f\n", a / b }'
-echo "throughput runs lost: causeway $(awk '/Queries lost/ {print $3, $4}' "$WORK/causeway.tput"), knot $(awk '/Queries lost/ {print $3, $4}' "$WORK/knot.tput")"
+
+: > "$WORK/rounds"
+printf "%-6s %-14s %12s %10s %10s %10s %14s\n" round server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s"
+for round in $(seq 1 "$ROUNDS"); do
+    for server in causeway knot; do
+        if [ "$server" = causeway ]; then start_causeway; port=$CW_PORT; else start_knot; port=$KNOT_PORT; fi
+        qps=$(throughput "$port" "$server")
+        read -r p50 p99 p999 lost < <(latency "$port" "$server")
+        tlost=$(awk '/Queries lost/ {print $3}' "$WORK/$server.tput")
+        stop_server
+        echo "$server $qps $p50 $p99 $p999 $lost $tlost" >> "$WORK/rounds"
+        printf "%-6s %-14s %12.0f %10s %10s %10s %14s\n" "$round" "$server" "$qps" "$p50" "$p99" "$p999" "$lost"
+    done
+done
+
+median() { # server column
+    awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$WORK/rounds" | sort -g \
+        | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+echo
+echo "median of $ROUNDS rounds, $SECS s each, load average now $(cut -d' ' -f1-3 /proc/loadavg):"
+printf "%-14s %12s %10s %10s %10s\n" server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms"
+for server in causeway knot; do
+    printf "%-14s %12.0f %10s %10s %10s\n" "$server" "$(median "$server" 2)" "$(median "$server" 3)" "$(median "$server" 4)" "$(median "$server" 5)"
+done
+awk -v a="$(median causeway 2)" -v b="$(median knot 2)" 'BEGIN { if (b > 0) printf "qps ratio causeway/knot (medians): %.2f\n", a / b }'
+echo "queries lost in all runs: causeway $(awk '$1 == "causeway" {s += $6 + $7} END {print s + 0}' "$WORK/rounds"), knot $(awk '$1 == "knot" {s += $6 + $7} END {print s + 0}' "$WORK/rounds")"
