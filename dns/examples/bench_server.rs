@@ -86,7 +86,8 @@ pub(crate) fn mesh() -> MeshSnapshot {
                 import,
                 vip: Some(vip(i)),
                 exports,
-            },
+            }
+            .into(),
         );
     }
     MeshSnapshot {

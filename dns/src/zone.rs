@@ -184,10 +184,7 @@ impl Zone {
             ["svc"] => (!snapshot.services.is_empty()).then_some(Node::EmptyNonTerminal),
             ["svc", ns] => has_namespace(snapshot, ns).then_some(Node::EmptyNonTerminal),
             ["svc", ns, name, rest @ ..] => {
-                let (key, view) = snapshot.services.get_key_value(&ServiceKey {
-                    namespace: (*ns).to_string(),
-                    name: (*name).to_string(),
-                })?;
+                let (key, view) = with_key(ns, name, |k| snapshot.services.get_key_value(k))?;
                 find_in_service(key, view, rest)
             }
             _ => None,
@@ -443,15 +440,32 @@ fn serving_endpoints<'s>(
 }
 
 fn has_namespace(snapshot: &MeshSnapshot, ns: &str) -> bool {
-    let start = ServiceKey {
-        namespace: ns.to_string(),
-        name: String::new(),
+    // The first key of the namespace sorts first: ("ns", "").
+    with_key(ns, "", |start| {
+        snapshot
+            .services
+            .range(start..)
+            .next()
+            .is_some_and(|(k, _)| k.namespace == ns)
+    })
+}
+
+thread_local! {
+    /// A `ServiceKey` to look services up by borrowed labels without two allocations per query
+    /// (`ServiceKey` owns its strings and borrows as nothing else).
+    static LOOKUP_KEY: std::cell::RefCell<ServiceKey> = const {
+        std::cell::RefCell::new(ServiceKey { namespace: String::new(), name: String::new() })
     };
-    snapshot
-        .services
-        .range(start..)
-        .next()
-        .is_some_and(|(k, _)| k.namespace == ns)
+}
+
+fn with_key<T>(namespace: &str, name: &str, f: impl FnOnce(&ServiceKey) -> T) -> T {
+    LOOKUP_KEY.with_borrow_mut(|key| {
+        key.namespace.clear();
+        key.namespace.push_str(namespace);
+        key.name.clear();
+        key.name.push_str(name);
+        f(key)
+    })
 }
 
 fn hostname_is(e: &Endpoint, label: &str) -> bool {

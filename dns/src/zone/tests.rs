@@ -121,7 +121,8 @@ fn snapshot() -> MeshSnapshot {
                 ("east", export(2, Some("10.0.0.10"), vec![])),
                 ("west", export(3, Some("10.1.0.10"), vec![])),
             ],
-        ),
+        )
+        .into(),
     );
     let db = key("prod", "db");
     let mut east = export(
@@ -151,7 +152,8 @@ fn snapshot() -> MeshSnapshot {
             vec![port("pg", Protocol::Tcp, 5432)],
             None,
             vec![("east", east), ("west", west)],
-        ),
+        )
+        .into(),
     );
     s
 }
@@ -193,6 +195,7 @@ fn local_first_answers_the_local_address_while_it_serves() {
     s.services
         .get_mut(&web)
         .unwrap()
+        .view_mut()
         .exports
         .get_mut(&east)
         .unwrap()
@@ -232,7 +235,12 @@ fn local_first_answers_the_local_address_while_it_serves() {
 
     // Not exported locally at all.
     let mut s = snapshot();
-    s.services.get_mut(&web).unwrap().exports.remove(&east);
+    s.services
+        .get_mut(&web)
+        .unwrap()
+        .view_mut()
+        .exports
+        .remove(&east);
     assert_eq!(
         rdata(&ask(
             &z,
@@ -279,7 +287,7 @@ fn via_gateway_always_answers_the_clusterset_ip() {
 fn no_address_at_all_is_nodata_with_soa() {
     let mut s = snapshot();
     let web = key("prod", "web");
-    let view = s.services.get_mut(&web).unwrap();
+    let view = s.services.get_mut(&web).unwrap().view_mut();
     view.vip = None;
     view.exports
         .get_mut(&cid("east"))
@@ -480,6 +488,7 @@ fn headless_answers_ready_endpoints_of_serving_clusters() {
     s.services
         .get_mut(&dbk)
         .unwrap()
+        .view_mut()
         .exports
         .get_mut(&cid("east"))
         .unwrap()
@@ -498,4 +507,22 @@ fn headless_answers_ready_endpoints_of_serving_clusters() {
         )),
         ["10.0.1.1"]
     );
+}
+
+/// `MeshSnapshot::services` holds `ServiceView`s or `Arc<ServiceView>`s (shared between snapshots);
+/// tests edit either in place.
+trait ViewMut {
+    fn view_mut(&mut self) -> &mut ServiceView;
+}
+
+impl ViewMut for ServiceView {
+    fn view_mut(&mut self) -> &mut ServiceView {
+        self
+    }
+}
+
+impl ViewMut for std::sync::Arc<ServiceView> {
+    fn view_mut(&mut self) -> &mut ServiceView {
+        std::sync::Arc::make_mut(self)
+    }
 }

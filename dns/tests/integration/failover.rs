@@ -47,6 +47,7 @@ async fn local_endpoints_gone_moves_the_answer_to_the_clusterset_ip() {
     s.services
         .get_mut(&key("prod", "web"))
         .unwrap()
+        .view_mut()
         .exports
         .get_mut(&cid("east"))
         .unwrap()
@@ -82,6 +83,7 @@ async fn a_drill_moves_the_answer_and_its_end_moves_it_back() {
     s.services
         .get_mut(&key("prod", "web"))
         .unwrap()
+        .view_mut()
         .exports
         .get_mut(&cid("east"))
         .unwrap()

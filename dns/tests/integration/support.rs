@@ -28,6 +28,24 @@ pub(crate) const MID_ENDPOINTS: usize = 40;
 pub(crate) const BIG: &str = "big.prod.svc.clusterset.local";
 pub(crate) const BIG_ENDPOINTS: usize = 200;
 
+/// `MeshSnapshot::services` holds `ServiceView`s or `Arc<ServiceView>`s (shared between snapshots);
+/// tests edit either in place.
+pub(crate) trait ViewMut {
+    fn view_mut(&mut self) -> &mut ServiceView;
+}
+
+impl ViewMut for ServiceView {
+    fn view_mut(&mut self) -> &mut ServiceView {
+        self
+    }
+}
+
+impl ViewMut for std::sync::Arc<ServiceView> {
+    fn view_mut(&mut self) -> &mut ServiceView {
+        std::sync::Arc::make_mut(self)
+    }
+}
+
 pub(crate) fn cid(s: &str) -> ClusterId {
     ClusterId::new(s).unwrap()
 }
@@ -102,7 +120,7 @@ fn add_service(
         vip: vip.map(|v| v.parse().unwrap()),
         exports: exports.into_iter().map(|(c, e)| (cid(c), e)).collect(),
     };
-    s.services.insert(k, view);
+    s.services.insert(k, view.into());
 }
 
 /// The mesh as the federator of cluster `east` sees it.
