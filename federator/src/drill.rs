@@ -972,7 +972,7 @@ impl Report {
         }
         let _ = writeln!(t, "  result:   {verdict}");
 
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
         let json = serde_json::json!({
             "id": id,
             "service": args.service.to_string(),
@@ -1107,10 +1107,10 @@ mod tests {
             None,
         );
         assert!(r.passed, "{}", r.text);
-        assert_eq!(r.json["failover"]["dns_moved_ms"], 100.0);
-        assert_eq!(r.json["failover"]["traffic_moved_ms"], 100.0);
-        assert_eq!(r.json["failback"]["dns_back_ms"], 100.0);
-        assert_eq!(r.json["failback"]["traffic_back_ms"], 100.0);
+        assert_eq!(r.json["failover"]["dns_moved_ms"], 100);
+        assert_eq!(r.json["failover"]["traffic_moved_ms"], 100);
+        assert_eq!(r.json["failback"]["dns_back_ms"], 100);
+        assert_eq!(r.json["failback"]["traffic_back_ms"], 100);
         assert_eq!(r.json["failover"]["failed"], 0);
     }
 }
