@@ -804,3 +804,92 @@ pub(super) fn rfc3339(secs: i64) -> String {
         rem % 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubeapi::resources::find;
+
+    fn svc(name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})
+    }
+
+    #[test]
+    fn finalizers_hold_a_delete_until_they_are_removed() {
+        let mut s = Store::new();
+        let rt = find("", "v1", "services").unwrap();
+        let mut obj = svc("a");
+        obj["metadata"]["finalizers"] = json!(["example.org/hold"]);
+        s.create(rt, "default", obj).unwrap();
+        let held = s.delete(rt, "default", "a", false).unwrap();
+        assert!(held.pointer("/metadata/deletionTimestamp").is_some());
+        assert!(s.get(rt, "default", "a").is_ok(), "still there");
+        s.patch(
+            rt,
+            "default",
+            "a",
+            json!({"metadata": {"finalizers": null}}),
+            &PatchKind::Merge,
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.get(rt, "default", "a").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn generation_follows_the_spec_and_no_op_writes_keep_the_version() {
+        let mut s = Store::new();
+        let rt = find("multicluster.x-k8s.io", "v1alpha1", "serviceimports").unwrap();
+        let obj = json!({"metadata": {"name": "x"}, "spec": {"type": "ClusterSetIP", "ports": []}});
+        let created = s.create(rt, "default", obj).unwrap();
+        let rv = s.resource_version();
+        let same = s
+            .patch(
+                rt,
+                "default",
+                "x",
+                json!({"spec": {"type": "ClusterSetIP"}}),
+                &PatchKind::Merge,
+                false,
+            )
+            .unwrap();
+        assert_eq!(same, created);
+        assert_eq!(s.resource_version(), rv, "no change, no new version");
+        let status = s
+            .patch(
+                rt,
+                "default",
+                "x",
+                json!({"status": {"clusters": [{"cluster": "a"}]}}),
+                &PatchKind::Merge,
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            status["metadata"]["generation"], 1,
+            "status writes keep the generation"
+        );
+        let changed = s
+            .patch(
+                rt,
+                "default",
+                "x",
+                json!({"spec": {"type": "Headless"}}),
+                &PatchKind::Merge,
+                false,
+            )
+            .unwrap();
+        assert_eq!(changed["metadata"]["generation"], 2);
+        assert_eq!(
+            changed["status"]["clusters"][0]["cluster"], "a",
+            "spec writes keep the status"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 86_399), "2000-02-29T23:59:59Z");
+    }
+}
