@@ -247,7 +247,7 @@ mod tests {
             ]),
             services: BTreeMap::from([(
                 key.clone(),
-                ServiceView {
+                std::sync::Arc::new(ServiceView {
                     import: Import {
                         key: key.clone(),
                         service_type: ServiceType::ClusterSetIP,
@@ -258,7 +258,7 @@ mod tests {
                     },
                     vip: Some("10.255.0.7".parse().unwrap()),
                     exports,
-                },
+                }),
             )]),
             drills: BTreeMap::from([(
                 "d1".to_string(),

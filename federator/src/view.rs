@@ -62,6 +62,12 @@ pub struct MeshState {
     synced: bool,
     /// Values that could not be decoded, by key (logged once each).
     bad_values: BTreeMap<String, String>,
+    /// The merged view of each service, rebuilt only when something of it changed: a change to
+    /// one export costs one service's merge, not the whole mesh's, and unchanged views are shared
+    /// between snapshots.
+    views: BTreeMap<ServiceKey, Arc<ServiceView>>,
+    dirty: std::collections::BTreeSet<ServiceKey>,
+    all_dirty: bool,
 }
 
 impl MeshState {
@@ -77,6 +83,9 @@ impl MeshState {
             revision: 0,
             synced: false,
             bad_values: BTreeMap::new(),
+            views: BTreeMap::new(),
+            dirty: Default::default(),
+            all_dirty: true,
         }
     }
 
@@ -129,6 +138,16 @@ impl MeshState {
         }
         self.revision = revision;
         self.synced = true;
+        self.all_dirty = true;
+    }
+
+    /// Marks the services that have an export of `cluster` for a rebuild.
+    fn touch_cluster(&mut self, cluster: &ClusterId) {
+        for (svc, by_cluster) in &self.exports {
+            if by_cluster.contains_key(cluster) {
+                self.dirty.insert(svc.clone());
+            }
+        }
     }
 
     fn apply_puts_only(&mut self, changes: &[Change], now_ms: i64) {
@@ -166,6 +185,7 @@ impl MeshState {
                         e.stale_since_ms.get_or_insert(now_ms);
                     }
                 }
+                self.touch_cluster(id);
             }
         }
     }
@@ -241,6 +261,7 @@ impl MeshState {
                         stale_since_ms: None,
                         synced_revision: None,
                     });
+                self.dirty.insert(service.clone());
                 self.exports.entry(service).or_default().insert(
                     cluster,
                     ExportEntry {
@@ -251,6 +272,7 @@ impl MeshState {
             }
             (Key::Export { service, cluster }, None) => {
                 let live = self.clusters.get(&cluster).is_some_and(|c| c.up);
+                self.dirty.insert(service.clone());
                 let Some(by_cluster) = self.exports.get_mut(&service) else {
                     return;
                 };
@@ -294,18 +316,25 @@ impl MeshState {
             }
             (Key::Drill(id), Some(v)) => {
                 if let Some(rec) = self.decode::<DrillRecord>(key_str, v) {
-                    self.drills.insert(id, rec);
+                    self.dirty.insert(rec.service.clone());
+                    if let Some(old) = self.drills.insert(id, rec) {
+                        self.dirty.insert(old.service);
+                    }
                 }
             }
             (Key::Drill(id), None) => {
-                self.drills.remove(&id);
+                if let Some(old) = self.drills.remove(&id) {
+                    self.dirty.insert(old.service);
+                }
             }
             (Key::Vip(svc), Some(v)) => {
                 if let Some(rec) = self.decode::<VipRecord>(key_str, v) {
+                    self.dirty.insert(svc.clone());
                     self.vips.insert(svc, rec.ip);
                 }
             }
             (Key::Vip(svc), None) => {
+                self.dirty.insert(svc.clone());
                 self.vips.remove(&svc);
             }
             (Key::Election { .. }, _) => {}
@@ -313,8 +342,13 @@ impl MeshState {
     }
 
     fn drop_stale_exports_of(&mut self, id: &ClusterId) {
-        self.exports.retain(|_, by_cluster| {
+        let dirty = &mut self.dirty;
+        self.exports.retain(|svc, by_cluster| {
+            let before = by_cluster.len();
             by_cluster.retain(|c, e| !(c == id && e.stale_since_ms.is_some()));
+            if by_cluster.len() != before {
+                dirty.insert(svc.clone());
+            }
             !by_cluster.is_empty()
         });
     }
@@ -331,10 +365,12 @@ impl MeshState {
                     .is_some_and(|h| !h.up && h.observed_unix_ms >= since)
         };
         let mut changed = false;
+        let dirty = &mut self.dirty;
         self.exports.retain(|svc, by_cluster| {
             by_cluster.retain(|c, e| match e.stale_since_ms {
                 Some(since) if expired(c, since) => {
                     tracing::info!(service = %svc, cluster = %c, "stale export dropped");
+                    dirty.insert(svc.clone());
                     changed = true;
                     false
                 }
@@ -362,54 +398,66 @@ impl MeshState {
         changed
     }
 
-    /// Builds the snapshot: imports merged by the MCS rules, conditions, drains, VIPs.
-    pub fn snapshot(&self, version: u64, invalid: Vec<InvalidExport>) -> MeshSnapshot {
-        let merged = merge::merge(self.exports.iter().flat_map(|(service, by_cluster)| {
-            by_cluster.iter().map(move |(cluster, e)| ExportInput {
-                service,
-                cluster,
-                export: &e.record,
-            })
-        }));
-        let drained: std::collections::HashSet<(&ServiceKey, &ClusterId)> = self
-            .drills
-            .values()
-            .map(|d| (&d.service, &d.cluster))
-            .collect();
-        let mut services = BTreeMap::new();
-        for (key, import) in merged.imports {
-            let conds = merged.conditions.get(&key);
-            let exports = self
-                .exports
-                .get(&key)
-                .map(|by_cluster| {
-                    by_cluster
-                        .iter()
-                        .map(|(c, e)| {
-                            let view = ExportView {
-                                record: e.record.clone(),
-                                conditions: conds
-                                    .and_then(|m| m.get(c))
-                                    .cloned()
-                                    .unwrap_or_default(),
-                                stale: e.stale_since_ms.is_some(),
-                                drained: drained.contains(&(&key, c)),
-                            };
-                            (c.clone(), view)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let vip = self.vips.get(&key).copied();
-            services.insert(
-                key,
-                ServiceView {
-                    import,
-                    vip,
-                    exports,
-                },
-            );
+    /// Re-merges the services marked dirty (all of them after a list).
+    fn rebuild_views(&mut self) {
+        let keys: Vec<ServiceKey> = if std::mem::take(&mut self.all_dirty) {
+            self.dirty.clear();
+            self.views
+                .keys()
+                .chain(self.exports.keys())
+                .cloned()
+                .collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        for key in keys {
+            match self.service_view(&key) {
+                Some(view) => {
+                    self.views.insert(key, Arc::new(view));
+                }
+                None => {
+                    self.views.remove(&key);
+                }
+            }
         }
+    }
+
+    /// One service's import merged by the MCS rules, with its exports' conditions and drains.
+    fn service_view(&self, key: &ServiceKey) -> Option<ServiceView> {
+        let by_cluster = self.exports.get(key)?;
+        let mut merged = merge::merge(by_cluster.iter().map(|(cluster, e)| ExportInput {
+            service: key,
+            cluster,
+            export: &e.record,
+        }));
+        let import = merged.imports.remove(key)?;
+        let conds = merged.conditions.remove(key).unwrap_or_default();
+        let exports = by_cluster
+            .iter()
+            .map(|(c, e)| {
+                let view = ExportView {
+                    record: e.record.clone(),
+                    conditions: conds.get(c).cloned().unwrap_or_default(),
+                    stale: e.stale_since_ms.is_some(),
+                    drained: self
+                        .drills
+                        .values()
+                        .any(|d| &d.service == key && &d.cluster == c),
+                };
+                (c.clone(), view)
+            })
+            .collect();
+        Some(ServiceView {
+            import,
+            vip: self.vips.get(key).copied(),
+            exports,
+        })
+    }
+
+    /// Builds the snapshot: imports merged by the MCS rules, conditions, drains, VIPs.
+    pub fn snapshot(&mut self, version: u64, invalid: Vec<InvalidExport>) -> MeshSnapshot {
+        self.rebuild_views();
+        let services = self.views.clone();
         let clusters = self
             .clusters
             .iter()
@@ -483,7 +531,7 @@ pub async fn run(
     let mut expire_tick = tokio::time::interval(Duration::from_millis(500));
     expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut publish = |state: &MeshState, local: &watch::Receiver<LocalExports>| {
+    let mut publish = |state: &mut MeshState, local: &watch::Receiver<LocalExports>| {
         version += 1;
         let invalid = local.borrow().invalid.clone();
         let snap = state.snapshot(version, invalid);
@@ -518,7 +566,7 @@ pub async fn run(
                     state.apply_list(kvs, rev, now_ms());
                     tracing::info!(revision = rev, "mesh view listed");
                     need_list = false;
-                    publish(&state, &local);
+                    publish(&mut state, &local);
                 }
                 Err(e) => {
                     metrics.etcd_up.set(0);
@@ -555,7 +603,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => return,
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
                     pending = None;
-                    publish(&state, &local);
+                    publish(&mut state, &local);
                 }
                 _ = expire_tick.tick() => {
                     if state.expire(now_ms()) {
@@ -603,7 +651,7 @@ pub async fn run(
             }
         };
         if pending.is_some() {
-            publish(&state, &local);
+            publish(&mut state, &local);
         }
         metrics.watch_restarts.inc();
         metrics.etcd_up.set(0);
@@ -680,7 +728,7 @@ mod tests {
     }
 
     /// (service, cluster, stale) triples of a snapshot.
-    fn exports(s: &MeshState) -> Vec<(String, String, bool)> {
+    fn exports(s: &mut MeshState) -> Vec<(String, String, bool)> {
         let snap = s.snapshot(1, vec![]);
         snap.services
             .iter()
@@ -710,21 +758,21 @@ mod tests {
     fn unexport_removes_but_a_lapse_keeps_stale() {
         let mut s = state();
         s.apply_events(&[del(export_kv("a", "east"))], 6, 1);
-        assert_eq!(exports(&s), vec![("b".into(), "east".into(), false)]);
+        assert_eq!(exports(&mut s), vec![("b".into(), "east".into(), false)]);
         // The lease lapses: cluster and export deletes in one revision, export first.
         s.apply_events(
             &[del(export_kv("b", "east")), del(cluster_kv("east"))],
             7,
             2,
         );
-        assert_eq!(exports(&s), vec![("b".into(), "east".into(), true)]);
+        assert_eq!(exports(&mut s), vec![("b".into(), "east".into(), true)]);
         assert_eq!(
             s.snapshot(2, vec![]).clusters[&c("east")].state,
             ClusterState::Stale
         );
         assert!(!s.expire(5_000), "within the grace");
         assert!(s.expire(10_002), "grace over");
-        assert!(exports(&s).is_empty());
+        assert!(exports(&mut s).is_empty());
         assert!(s.snapshot(3, vec![]).clusters.is_empty());
     }
 
@@ -740,7 +788,7 @@ mod tests {
             6,
             1,
         );
-        assert_eq!(exports(&s).iter().filter(|e| e.2).count(), 2);
+        assert_eq!(exports(&mut s).iter().filter(|e| e.2).count(), 2);
         // East comes back with only "a" and says it is synced.
         let synced = (
             keys::synced_key(&c("east")),
@@ -755,7 +803,7 @@ mod tests {
             2,
         );
         assert_eq!(
-            exports(&s),
+            exports(&mut s),
             vec![
                 ("a".into(), "east".into(), false),
                 ("b".into(), "east".into(), true)
@@ -763,7 +811,7 @@ mod tests {
             "until synced, the missing one stays stale"
         );
         s.apply_events(&[put(synced)], 9, 3);
-        assert_eq!(exports(&s), vec![("a".into(), "east".into(), false)]);
+        assert_eq!(exports(&mut s), vec![("a".into(), "east".into(), false)]);
     }
 
     #[test]
@@ -782,7 +830,7 @@ mod tests {
         );
         // b was unexported while we were away (east is still live): gone.
         assert_eq!(
-            exports(&s),
+            exports(&mut s),
             vec![
                 ("a".into(), "east".into(), false),
                 ("x".into(), "west".into(), false)
@@ -791,7 +839,7 @@ mod tests {
         // Relist after west's lease lapsed while we were away: west goes stale, not gone.
         s.apply_list(vec![cluster_kv("east"), export_kv("a", "east")], 40, 2);
         assert_eq!(
-            exports(&s),
+            exports(&mut s),
             vec![
                 ("a".into(), "east".into(), false),
                 ("x".into(), "west".into(), true)
@@ -818,7 +866,7 @@ mod tests {
             6,
             1,
         );
-        let names: Vec<String> = exports(&s).into_iter().map(|e| e.0).collect();
+        let names: Vec<String> = exports(&mut s).into_iter().map(|e| e.0).collect();
         assert_eq!(names, vec!["a", "b", "d"]);
         assert_eq!(s.bad_values.len(), 2);
     }
@@ -863,6 +911,6 @@ mod tests {
             s.expire(300),
             "our gateway sees east's gateway down: stale exports go before the grace"
         );
-        assert!(exports(&s).is_empty());
+        assert!(exports(&mut s).is_empty());
     }
 }

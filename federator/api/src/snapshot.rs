@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +74,8 @@ pub struct MeshSnapshot {
     /// True once the initial list from etcd has been applied.
     pub synced: bool,
     pub clusters: BTreeMap<ClusterId, ClusterView>,
-    pub services: BTreeMap<ServiceKey, ServiceView>,
+    /// Shared between snapshots while unchanged (`Arc`), so a change costs one service's merge.
+    pub services: BTreeMap<ServiceKey, Arc<ServiceView>>,
     pub drills: BTreeMap<String, DrillRecord>,
     /// observer -> observed cluster -> what the observer's gateway sees.
     pub health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
@@ -86,7 +88,7 @@ pub struct MeshSnapshot {
 
 impl MeshSnapshot {
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
-        self.services.get(key)
+        self.services.get(key).map(|s| &**s)
     }
 
     pub fn import(&self, key: &ServiceKey) -> Option<&Import> {

@@ -329,6 +329,7 @@ async fn sync(
         .services
         .iter()
         .filter(|(k, _)| live.contains(&k.namespace))
+        .map(|(k, v)| (k, &**v))
         .collect();
 
     for (key, view) in &wanted {

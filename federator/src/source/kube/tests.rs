@@ -129,7 +129,9 @@ fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
             },
             vip: None,
             exports,
-        },
+        }
+        // `ServiceView` or `Arc<ServiceView>`, whichever the snapshot holds.
+        .into(),
     );
     snap
 }
