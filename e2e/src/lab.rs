@@ -1394,7 +1394,14 @@ pub fn down(state_dir: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
             Err(e) => done.push(format!("ignored an unreadable lab.json: {e:#}")),
         }
     }
-    if net::can_use_namespaces() && !prefix.is_empty() {
+    // Only a prefix of the lab's own form (`cw-`, `cwt<pid>x<n>-`): a bare `c` would also match
+    // namespaces of other software.
+    let own_form = prefix.len() >= 3
+        && prefix.ends_with('-')
+        && prefix[..prefix.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if net::can_use_namespaces() && own_form {
         let left = net::netns_with_prefix(prefix);
         if !left.is_empty() {
             for ns in &left {

@@ -27,6 +27,10 @@ struct Cli {
     /// Where the lab keeps lab.json, certificates, export files and logs.
     #[arg(long, global = true, env = "CAUSEWAY_LAB_STATE_DIR", default_value = lab::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Prefix of the lab's network namespace names; another prefix lets a second lab run
+    /// beside the first (tests do).
+    #[arg(long, global = true, env = "CAUSEWAY_LAB_PREFIX", default_value = lab::DEFAULT_PREFIX, hide = true)]
+    prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(args) => up(&cli.state_dir, args).await,
+        Command::Up(args) => up(&cli.state_dir, &cli.prefix, args).await,
         Command::Exec { cluster, command } => exec(&cli.state_dir, &cluster, &command),
         Command::Status => status(&cli.state_dir).await,
         Command::Drill(args) => {
@@ -132,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drill(&state, &args)
         }
         Command::Down => {
-            for line in lab::down(&cli.state_dir, lab::DEFAULT_PREFIX)? {
+            for line in lab::down(&cli.state_dir, &cli.prefix)? {
                 println!("{line}");
             }
             println!("lab is down");
@@ -143,11 +147,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 // === up ===
 
-async fn up(state_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+async fn up(state_dir: &Path, prefix: &str, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut spec = LabSpec::new(args.clusters)?;
     spec.etcd_members = usize::from(args.etcd_members);
     spec.federator_replicas = args.federator_replicas;
     spec.state_dir = state_dir.to_path_buf();
+    spec.prefix = prefix.to_string();
     spec.gateway_access_log = args.access_log;
 
     // Binaries: built by the cargo that runs us (cheap when up to date), else they must be

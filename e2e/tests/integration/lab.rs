@@ -166,3 +166,73 @@ async fn lab_serves_every_demo_service_across_clusters_and_cleans_up() {
         assert!(!same, "{program} (pid {pid}) is left behind");
     }
 }
+
+/// The README's first command, as a user runs it (with a state directory and namespace prefix
+/// of its own): `up --drill` succeeds and leaves a lab that `status` and `exec` see, and `down`
+/// removes it, twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causeway_lab_up_drill_status_exec_down() {
+    if !net::can_use_namespaces() {
+        eprintln!("SKIPPED: the lab tests need root and `ip` (network namespaces)");
+        return;
+    }
+    tokio::task::spawn_blocking(lab_support::ensure_binaries)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot build the lab's binaries: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("cwc{}-", std::process::id());
+    let bin = env!("CARGO_BIN_EXE_causeway-lab");
+    let run = {
+        let (dir, prefix) = (dir.path().to_path_buf(), prefix.clone());
+        move |args: &[&str]| {
+            std::process::Command::new(bin)
+                .arg("--state-dir")
+                .arg(&dir)
+                .args(["--prefix", &prefix])
+                .args(args)
+                .env("CAUSEWAY_LOG", "warn")
+                .output()
+                .expect("causeway-lab runs")
+        }
+    };
+    // Whatever happens, the lab goes.
+    struct Down<F: Fn(&[&str]) -> std::process::Output>(F);
+    impl<F: Fn(&[&str]) -> std::process::Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["down"]);
+        }
+    }
+    let down = Down(run.clone());
+
+    let up = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["up", "--no-build", "--drill", "--clusters", "2"])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success(),
+        "up --drill failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    assert!(stdout.contains("exec east -- curl"), "{stdout}");
+
+    let status = run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("200 from east"), "{text}");
+    let exec = run(&["exec", "west", "--", "cat", "/etc/resolv.conf"]);
+    let resolv = String::from_utf8_lossy(&exec.stdout);
+    assert!(resolv.contains("nameserver 10.96.2.53"), "{resolv}");
+
+    let gone = run(&["down"]);
+    assert!(gone.status.success());
+    assert!(net::netns_with_prefix(&prefix).is_empty());
+    assert!(!dir.path().join("lab.json").exists());
+    let again = run(&["down"]);
+    assert!(again.status.success(), "down is idempotent");
+    drop(down);
+}

@@ -11,7 +11,7 @@ use causeway_e2e::lab::{self, Lab, LabSpec};
 /// test process: `cargo test -p causeway-e2e` builds this crate's binaries but not the
 /// federator's or the gateway's, and a stale one would test old code (a workspace-wide
 /// `cargo test` has built them all). Set `CAUSEWAY_LAB_NO_BUILD=1` to use what is there.
-fn ensure_binaries() -> Result<(), String> {
+pub(crate) fn ensure_binaries() -> Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
