@@ -190,10 +190,10 @@ pub async fn run_builder(
         let unchanged = {
             let cur = tx.borrow();
             version > 0
-                && ConfigSnapshot {
-                    version: next.version,
-                    ..(**cur).clone()
-                } == next
+                && cur.cluster == next.cluster
+                && cur.peers == next.peers
+                && cur.inbound == next.inbound
+                && cur.outbound == next.outbound
         };
         if !unchanged {
             version += 1;
