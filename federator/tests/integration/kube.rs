@@ -176,9 +176,6 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
     let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
     let east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
     let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
-    // Imports appear only in namespaces that exist.
-    apply(&west_api, &namespace("demo")).await?;
-
     apply(
         &east_api,
         &format!(
@@ -188,6 +185,27 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
         ),
     )
     .await?;
+
+    // Imports appear only in namespaces that exist: none in west until it has `demo`.
+    wait_for("west's federator to know demo/echo", T, || async {
+        let body = http_get(&west.admin, "/debug/snapshot").await.ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["snapshot"]["services"]["demo/echo"]["exports"]["east"]
+            .is_object()
+            .then_some(())
+    })
+    .await?;
+    // East imports it too, in its own namespace.
+    wait_for("east's own ServiceImport", T, || async {
+        east_api
+            .get(MCS, "serviceimports", "demo", "echo")
+            .map(|_| ())
+    })
+    .await?;
+    assert!(west_api
+        .get(MCS, "serviceimports", "demo", "echo")
+        .is_none());
+    apply(&west_api, &namespace("demo")).await?;
 
     // West: a ServiceImport whose ClusterSetIP is the ClusterIP of a derived Service it owns.
     let (import, ip) = wait_for(
@@ -241,13 +259,6 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
         "Conflict",
         ("False", "NoConflicts"),
     )
-    .await?;
-    // East imports it too, in its own namespace.
-    wait_for("east's own ServiceImport", T, || async {
-        east_api
-            .get(MCS, "serviceimports", "demo", "echo")
-            .map(|_| ())
-    })
     .await?;
 
     // Unexport: everything goes in west.
@@ -363,6 +374,61 @@ async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    apply(&west_api, &namespace("demo")).await?;
+    let headless = exported_service("db", "pg", 5432)
+        .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:");
+    apply(&east_api, &format!("{}{headless}", namespace("demo"))).await?;
+
+    let slice = wait_for("west's EndpointSlice of demo/db from east", T, || async {
+        west_api
+            .list("discovery.k8s.io/v1", "endpointslices", "demo")
+            .into_iter()
+            .find(|s| {
+                s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == "db"
+                    && s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"]
+                        == "east"
+            })
+    })
+    .await?;
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "10.1.0.5");
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "db-clusterset"
+    );
+    let import = west_api
+        .get(MCS, "serviceimports", "demo", "db")
+        .context("the ServiceImport")?;
+    assert_eq!(import["spec"]["type"], "Headless");
+    assert!(import["spec"].get("ips").is_none(), "{import}");
+    let derived = west_api
+        .get("v1", "services", "demo", "db-clusterset")
+        .context("the derived Service")?;
+    assert_eq!(derived["spec"]["clusterIP"], "None");
+
+    // Unexport: the slices go with the import.
+    kubectl(
+        &east_api,
+        &["-n", "demo", "delete", "serviceexport", "db"],
+        "",
+    )
+    .await?;
+    wait_for("west's slices of demo/db to go", T, || async {
+        west_api
+            .list("discovery.k8s.io/v1", "endpointslices", "demo")
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
     Ok(())
 }
 
