@@ -149,3 +149,73 @@ async fn a_down_peer_gateway_is_skipped_after_probes_miss() {
         .unwrap();
     assert_eq!(west_status["up"], false);
 }
+
+#[tokio::test]
+async fn in_flight_requests_leave_a_dead_path() {
+    // west's backend never answers; the path to west then turns into a black hole. The
+    // probes mark west down, the gateway drops the connection, and the request that was in
+    // flight on it is retried on north: the client sees a 200, not a hang.
+    let west_backend = HttpBackend::start_holding("cart-west").await;
+    let north_backend = HttpBackend::start("cart-north").await;
+    let pki = Pki::new();
+    let east = start_gateway(&pki, "east").await;
+    let west = start_gateway(&pki, "west").await;
+    let north = start_gateway(&pki, "north").await;
+    let path = Path::start(west.peer_addr).await;
+    let http = || vec![port(80, AppProtocol::Http)];
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![
+            peer_at(&pki, "west", &path.addr.to_string()),
+            peer(&pki, "north", &north),
+        ],
+        vec![],
+        vec![outbound(
+            "cart",
+            http(),
+            vec![cand("west", 1), cand("north", 2)],
+        )],
+    ))
+    .unwrap();
+    for (gw, cluster, backend) in [
+        (&west, "west", &west_backend),
+        (&north, "north", &north_backend),
+    ] {
+        gw.apply_config(snapshot(
+            1,
+            cluster,
+            vec![peer(&pki, "east", &east)],
+            vec![inbound("cart", http(), &[backend.addr])],
+            vec![],
+        ))
+        .unwrap();
+    }
+    let egress = east.egress_addr;
+    let request =
+        tokio::spawn(
+            async move { get(egress, "cart.shop.svc.clusterset.local", "/in-flight").await },
+        );
+    wait_for("the request held by west", 10, || async {
+        (west_backend.held.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    path.cut();
+    let a = match tokio::time::timeout(std::time::Duration::from_secs(10), request).await {
+        Ok(a) => a.unwrap(),
+        Err(_) => panic!(
+            "the request did not move off the dead path; east's metrics:\n{}",
+            east.metrics_text()
+        ),
+    };
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.headers["x-backend"], "cart-north");
+    assert_eq!(
+        metric(
+            &east.metrics_text(),
+            "causeway_gateway_peer_up",
+            &[("cluster", "west")]
+        ),
+        Some(0.0)
+    );
+}

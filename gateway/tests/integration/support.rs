@@ -401,6 +401,15 @@ impl HttpBackend {
 
     /// `fail_with`: answer every request with this status.
     pub async fn start_with(name: &str, fail_with: Option<u16>) -> Self {
+        Self::start_full(name, fail_with, false).await
+    }
+
+    /// Every request waits for [`HttpBackend::release`], whatever its path.
+    pub async fn start_holding(name: &str) -> Self {
+        Self::start_full(name, None, true).await
+    }
+
+    async fn start_full(name: &str, fail_with: Option<u16>, hold_all: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -421,7 +430,7 @@ impl HttpBackend {
                         async move {
                             hits.fetch_add(1, Ordering::SeqCst);
                             Ok::<_, Infallible>(
-                                answer(&name, req, fail_with, &held, &release).await,
+                                answer(&name, req, fail_with, hold_all, &held, &release).await,
                             )
                         }
                     });
@@ -449,6 +458,7 @@ async fn answer(
     name: &str,
     req: Request<Incoming>,
     fail_with: Option<u16>,
+    hold_all: bool,
     held: &AtomicUsize,
     release: &Notify,
 ) -> Response<Full<Bytes>> {
@@ -457,7 +467,7 @@ async fn answer(
     if let Some(code) = path.strip_prefix("/status/") {
         status = code.parse().unwrap_or(400);
     }
-    if path == "/hold" {
+    if path == "/hold" || hold_all {
         let released = release.notified();
         held.fetch_add(1, Ordering::SeqCst);
         released.await;
@@ -655,4 +665,76 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
 /// GET on a gateway's admin listener.
 pub async fn admin_get(gw: &RunningGateway, path: &str) -> Answer {
     get(gw.admin_addr, "admin", path).await
+}
+
+/// A TCP relay standing for a network path; `cut()` makes it a black hole: bytes stop flowing
+/// both ways and new connections hang, but nothing is closed (as when a WAN link drops packets).
+pub struct Path {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Path {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Path {
+    pub async fn start(to: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if c.load(Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(relay(ri, wo, c.clone()));
+                tokio::spawn(relay(ro, wi, c.clone()));
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if cut.load(Ordering::SeqCst) {
+            // Swallow everything from now on, keeping both sockets open.
+            loop {
+                if matches!(from.read(&mut buf).await, Ok(0) | Err(_)) {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
