@@ -412,9 +412,16 @@ async fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
         "CLUSTER", "FEDERATOR", "GATEWAY", "PEERS UP"
     );
     let t = Duration::from_secs(1);
+    let echo_port = state
+        .clusters
+        .iter()
+        .flat_map(|c| c.demo.iter())
+        .find(|d| d.name == "echo")
+        .map_or(80, |d| d.port);
     for c in &state.clusters {
         let ns = c.netns.clone();
         let c2 = c.clone();
+        let port = echo_port;
         let row = net::run_in(ns.as_deref(), move || async move {
             use causeway_e2e::lab::probe;
             let get = |addr: std::net::SocketAddr, path: &'static str| async move {
@@ -446,7 +453,8 @@ async fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             let echo = match probe::resolve(&c2.dns_servers, name, t).await {
                 Err(e) => format!("DNS: {e:#}"),
                 Ok(ips) => {
-                    match probe::http_get(std::net::SocketAddr::new(ips[0], 80), name, "/", t).await
+                    match probe::http_get(std::net::SocketAddr::new(ips[0], port), name, "/", t)
+                        .await
                     {
                         Ok(a) => format!(
                             "{} -> {} from {}",
