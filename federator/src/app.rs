@@ -157,11 +157,13 @@ impl Federator {
 
         if kube_local_tx.is_some() || c.kube_sink {
             let client = kube::Client::try_default().await?;
+            let kube_metrics = crate::sink::kube::KubeMetrics::new(&metrics.registry);
             if let Some(tx) = kube_local_tx {
                 tasks.push((
                     "kube-source",
                     tokio::spawn(crate::source::kube::run(
                         client.clone(),
+                        kube_metrics.clone(),
                         cfg.cluster.clone(),
                         tx,
                         snap_rx.clone(),
@@ -176,6 +178,7 @@ impl Federator {
                     tokio::spawn(crate::sink::kube::run(
                         client,
                         c.kube.clone(),
+                        kube_metrics,
                         cfg.vip_range.is_some(),
                         snap_rx.clone(),
                         leader_rx.clone(),

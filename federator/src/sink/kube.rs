@@ -28,6 +28,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
+use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
@@ -293,15 +294,59 @@ fn to_value<K: Serialize>(k: &K) -> Value {
     serde_json::to_value(k).unwrap_or(Value::Null)
 }
 
-/// Counts failed writes and logs them.
-#[derive(Default)]
-struct Failures(usize);
+/// Metrics of the Kubernetes source and sink.
+#[derive(Clone)]
+pub struct KubeMetrics {
+    /// `causeway_federator_kube_writes_total{kind, result}`: writes to the Kubernetes API.
+    pub writes: IntCounterVec,
+    /// `causeway_federator_kube_watch_errors_total{resource}`: failed lists and watches.
+    pub watch_errors: IntCounterVec,
+}
 
-impl Failures {
-    fn note(&mut self, r: Result<(), SinkError>) {
+impl KubeMetrics {
+    /// Registers the metrics in `registry` (kept unregistered if the names are taken).
+    pub fn new(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            if let Err(e) = registry.register(Box::new(v.clone())) {
+                tracing::warn!(metric = name, error = %e, "metric not registered");
+            }
+            v
+        };
+        Self {
+            writes: vec(
+                "causeway_federator_kube_writes_total",
+                "Writes of the Kubernetes source and sink, by object kind and result (ok, error).",
+                &["kind", "result"],
+            ),
+            watch_errors: vec(
+                "causeway_federator_kube_watch_errors_total",
+                "Failed Kubernetes lists and watches, by resource (they are retried).",
+                &["resource"],
+            ),
+        }
+    }
+
+    /// Counts one write.
+    pub fn wrote(&self, kind: &str, ok: bool) {
+        self.writes
+            .with_label_values(&[kind, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+}
+
+/// Counts writes, logs the failed ones.
+struct Failures<'a> {
+    failed: usize,
+    metrics: &'a KubeMetrics,
+}
+
+impl Failures<'_> {
+    fn note(&mut self, kind: &str, r: Result<(), SinkError>) {
+        self.metrics.wrote(kind, r.is_ok());
         if let Err(e) = r {
             tracing::warn!(error = %e, "Kubernetes sink write failed; retrying");
-            self.0 += 1;
+            self.failed += 1;
         }
     }
 }
@@ -312,12 +357,13 @@ impl Failures {
 async fn sync(
     client: &Client,
     opts: &KubeOptions,
+    metrics: &KubeMetrics,
     vips: bool,
     stores: &Stores,
     snap: &MeshSnapshot,
 ) -> usize {
     let apply = PatchParams::apply(MANAGER).force();
-    let mut failures = Failures::default();
+    let mut failures = Failures { failed: 0, metrics };
     let live: BTreeSet<String> = stores
         .namespaces
         .state()
@@ -357,13 +403,14 @@ async fn sync(
                 .map_err(err("applying", format!("ServiceImport {key}")))
             {
                 Ok(si) => {
+                    failures.metrics.wrote("ServiceImport", true);
                     if current.is_none() {
                         tracing::info!(import = %key, "ServiceImport created");
                     }
                     Arc::new(si)
                 }
                 Err(e) => {
-                    failures.note(Err(e));
+                    failures.note("ServiceImport", Err(e));
                     continue;
                 }
             }
@@ -374,6 +421,7 @@ async fn sync(
         };
         if !contains(&to_value(&*import)["status"], &want.status) {
             failures.note(
+                "ServiceImport",
                 imports
                     .patch_status(
                         svc,
@@ -406,6 +454,7 @@ async fn sync(
             if want_ip != have_ip {
                 // A ClusterIP cannot change: replace the Service (the next pass recreates it).
                 failures.note(
+                    "Service",
                     services
                         .delete(&derived, &DeleteParams::background())
                         .await
@@ -419,6 +468,7 @@ async fn sync(
         let have = current_svc.as_deref().map(to_value).unwrap_or(Value::Null);
         if current_svc.is_none() || !contains(&have, &service) {
             failures.note(
+                "Service",
                 services
                     .patch(&derived, &apply, &Patch::Apply(&service))
                     .await
@@ -437,6 +487,7 @@ async fn sync(
                 .map(|s| to_value(&*s));
             if !have.is_some_and(|h| contains(&h, &slice)) {
                 failures.note(
+                    "EndpointSlice",
                     slices
                         .patch(name, &apply, &Patch::Apply(&slice))
                         .await
@@ -450,6 +501,7 @@ async fn sync(
                 && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
             if mine && !want.slices.contains_key(&old.name_any()) {
                 failures.note(
+                    "EndpointSlice",
                     slices
                         .delete(&old.name_any(), &DeleteParams::background())
                         .await
@@ -477,6 +529,7 @@ async fn sync(
         }
         let api: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
         failures.note(
+            "ServiceImport",
             api.delete(&name, &DeleteParams::background())
                 .await
                 .map(|_| ())
@@ -495,6 +548,7 @@ async fn sync(
         }
         let api: Api<Service> = Api::namespaced(client.clone(), &ns);
         failures.note(
+            "Service",
             api.delete(&svc.name_any(), &DeleteParams::background())
                 .await
                 .map(|_| ())
@@ -512,6 +566,7 @@ async fn sync(
         }
         let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
         failures.note(
+            "EndpointSlice",
             api.delete(&slice.name_any(), &DeleteParams::background())
                 .await
                 .map(|_| ())
@@ -522,14 +577,16 @@ async fn sync(
                 )),
         );
     }
-    failures.0
+    failures.failed
 }
 
-async fn reflect<K>(
+/// Keeps a reflector store in sync, pokes `changed` on every event, counts watch errors.
+pub(crate) async fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
+    metrics: KubeMetrics,
     what: &'static str,
 ) where
     K: kube::Resource<DynamicType = ()>
@@ -546,6 +603,7 @@ async fn reflect<K>(
         match ev {
             Ok(_) => changed.notify_one(),
             Err(e) => {
+                metrics.watch_errors.with_label_values(&[what]).inc();
                 tracing::warn!(resource = what, error = %e, "Kubernetes watch failed; retrying")
             }
         }
@@ -557,6 +615,7 @@ async fn reflect<K>(
 pub async fn run(
     client: Client,
     opts: KubeOptions,
+    metrics: KubeMetrics,
     vips: bool,
     mut snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     mut leader: watch::Receiver<bool>,
@@ -580,6 +639,7 @@ pub async fn run(
         watcher::Config::default(),
         namespaces_w,
         changed.clone(),
+        metrics.clone(),
         "namespaces",
     ));
     tasks.spawn(reflect(
@@ -587,6 +647,7 @@ pub async fn run(
         managed.clone(),
         imports_w,
         changed.clone(),
+        metrics.clone(),
         "serviceimports",
     ));
     tasks.spawn(reflect(
@@ -594,6 +655,7 @@ pub async fn run(
         managed.clone(),
         services_w,
         changed.clone(),
+        metrics.clone(),
         "services",
     ));
     tasks.spawn(reflect(
@@ -601,6 +663,7 @@ pub async fn run(
         managed,
         slices_w,
         changed.clone(),
+        metrics.clone(),
         "endpointslices",
     ));
 
@@ -617,7 +680,7 @@ pub async fn run(
             let snap = snapshots.borrow_and_update().clone();
             let is_leader = *leader.borrow_and_update();
             if is_leader && snap.synced {
-                retry = sync(&client, &opts, vips, &stores, &snap).await > 0;
+                retry = sync(&client, &opts, &metrics, vips, &stores, &snap).await > 0;
             }
             let backoff = async {
                 if retry {

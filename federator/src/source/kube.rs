@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{watch, Notify};
@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LocalExport, LocalExports};
 use crate::crds::{condition, reason, ServiceExport};
+use crate::sink::kube::{reflect, KubeMetrics};
 
 /// Label Kubernetes puts on the EndpointSlices of a Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -498,6 +499,7 @@ pub fn merge_conditions(current: &[Condition], desired: Vec<Condition>) -> Optio
 
 struct Ctx {
     client: Client,
+    metrics: KubeMetrics,
     stores: Stores,
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     leader: watch::Receiver<bool>,
@@ -529,16 +531,19 @@ async fn reconcile(se: Arc<ServiceExport>, ctx: Arc<Ctx>) -> Result<Action, Stat
     };
     let ns = se.namespace().unwrap_or_default();
     let api: Api<ServiceExport> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &se.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "conditions": conditions } })),
-    )
-    .await
-    .map_err(|source| StatusError {
-        export: origin(&se),
-        source,
-    })?;
+    let written = api
+        .patch_status(
+            &se.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "conditions": conditions } })),
+        )
+        .await
+        .map_err(|source| StatusError {
+            export: origin(&se),
+            source,
+        });
+    ctx.metrics.wrote("ServiceExport", written.is_ok());
+    written?;
     tracing::debug!(export = %origin(&se), "ServiceExport conditions written");
     Ok(Action::await_change())
 }
@@ -548,38 +553,11 @@ fn error_policy(se: Arc<ServiceExport>, err: &StatusError, _ctx: Arc<Ctx>) -> Ac
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Keeps a reflector store in sync and pokes `changed` on every event.
-async fn reflect<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
-    what: &'static str,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
-    let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(_) => changed.notify_one(),
-            Err(e) => {
-                tracing::warn!(resource = what, error = %e, "Kubernetes watch failed; retrying")
-            }
-        }
-    }
-}
-
 /// Runs the Kubernetes source until `shutdown`: publishes [`LocalExports`] on `tx` and, while
 /// `leader` is true, writes ServiceExport conditions.
 pub async fn run(
     client: Client,
+    metrics: KubeMetrics,
     local: ClusterId,
     tx: watch::Sender<LocalExports>,
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
@@ -603,6 +581,7 @@ pub async fn run(
         watcher::Config::default(),
         exports_w,
         changed.clone(),
+        metrics.clone(),
         "serviceexports",
     ));
     tasks.spawn(reflect(
@@ -610,6 +589,7 @@ pub async fn run(
         watcher::Config::default(),
         services_w,
         changed.clone(),
+        metrics.clone(),
         "services",
     ));
     tasks.spawn(reflect(
@@ -617,6 +597,7 @@ pub async fn run(
         slices_cfg.clone(),
         slices_w,
         changed.clone(),
+        metrics.clone(),
         "endpointslices",
     ));
 
@@ -651,6 +632,7 @@ pub async fn run(
     {
         let ctx = Arc::new(Ctx {
             client: client.clone(),
+            metrics: metrics.clone(),
             stores: stores.clone(),
             snapshots: snapshots.clone(),
             leader: leader.clone(),

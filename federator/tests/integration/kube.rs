@@ -252,6 +252,18 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
     // East: the export's conditions.
     until_condition(&east_api, "east", "echo", "Valid", ("True", "Valid")).await?;
     until_condition(&east_api, "east", "echo", "Ready", ("True", "Exported")).await?;
+    // What the sink and the source wrote shows in their metrics.
+    for (fed, kind) in [(&west, "ServiceImport"), (&east, "ServiceExport")] {
+        let sample =
+            format!("causeway_federator_kube_writes_total{{kind=\"{kind}\",result=\"ok\"}}");
+        let metrics = http_get(&fed.admin, "/metrics").await?;
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("{sample} in\n{metrics}"))?;
+        assert!(value >= 1.0, "{sample} = {value}");
+    }
     until_condition(
         &east_api,
         "east",
