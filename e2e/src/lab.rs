@@ -1375,12 +1375,23 @@ fn remove_namespaces(state: &LabState) {
 
 /// What `causeway-lab down` does: stops every process of the lab in `state_dir` (from its
 /// lab.json), deletes its namespaces, and then, whatever lab.json said, every namespace left
-/// with the prefix (a crashed run), and the lab's files. Idempotent. Returns what it did.
+/// with the prefix (a crashed run), and the lab's files. A lab.json of another prefix is left
+/// alone. Idempotent. Returns what it did.
 pub fn down(state_dir: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     let path = LabState::path(state_dir);
     if path.exists() {
         match LabState::load(&path) {
+            // Another lab's state: `down --prefix X` must not take it along.
+            Ok(state) if state.prefix != prefix => {
+                done.push(format!(
+                    "left the lab of {} alone (its prefix is {:?}, not {prefix:?})",
+                    state_dir.display(),
+                    state.prefix
+                ));
+                sweep_namespaces(prefix, &mut done);
+                return Ok(done);
+            }
             Ok(state) => {
                 let alive = state
                     .processes
@@ -1394,31 +1405,7 @@ pub fn down(state_dir: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
             Err(e) => done.push(format!("ignored an unreadable lab.json: {e:#}")),
         }
     }
-    // Only a prefix of the lab's own form (`cw-`, `cwt<pid>x<n>-`): a bare `c` would also match
-    // namespaces of other software.
-    let own_form = prefix.len() >= 3
-        && prefix.ends_with('-')
-        && prefix[..prefix.len() - 1]
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if net::can_use_namespaces() && own_form {
-        let left = net::netns_with_prefix(prefix);
-        if !left.is_empty() {
-            for ns in &left {
-                net::delete_netns(ns);
-            }
-            done.push(format!("deleted network namespaces {}", left.join(", ")));
-        }
-        // /etc/netns entries whose namespace is already gone.
-        if let Ok(entries) = std::fs::read_dir("/etc/netns") {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(prefix) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
+    sweep_namespaces(prefix, &mut done);
     for sub in [
         "lab.json",
         "lab.json.tmp",
@@ -1440,6 +1427,36 @@ pub fn down(state_dir: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
     // Only when empty: the user may have pointed --state-dir at a directory of their own.
     let _ = std::fs::remove_dir(state_dir);
     Ok(done)
+}
+
+/// Deletes the namespaces and /etc/netns entries left with `prefix` (a crashed run). Only for
+/// a prefix of the lab's own form (`cw-`, `cwt<pid>x<n>-`): a bare `c` would also match
+/// namespaces of other software.
+fn sweep_namespaces(prefix: &str, done: &mut Vec<String>) {
+    let own_form = prefix.len() >= 3
+        && prefix.ends_with('-')
+        && prefix[..prefix.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !net::can_use_namespaces() || !own_form {
+        return;
+    }
+    let left = net::netns_with_prefix(prefix);
+    if !left.is_empty() {
+        for ns in &left {
+            net::delete_netns(ns);
+        }
+        done.push(format!("deleted network namespaces {}", left.join(", ")));
+    }
+    // /etc/netns entries whose namespace is already gone.
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 fn etcd_info(spec: &LabSpec) -> EtcdInfo {

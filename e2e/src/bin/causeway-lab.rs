@@ -139,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in lab::down(&cli.state_dir, &cli.prefix)? {
                 println!("{line}");
             }
-            println!("lab is down");
+            println!("down: done");
             Ok(ExitCode::SUCCESS)
         }
     }
