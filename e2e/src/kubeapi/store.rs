@@ -613,6 +613,21 @@ impl Store {
                 obj["status"] = json!({"phase": "Active"});
             }
             "Service" => {
+                // ClusterIPs of the other Services: an IP is given out once.
+                let me = (
+                    obj.pointer("/metadata/namespace").cloned(),
+                    obj.pointer("/metadata/name").cloned(),
+                );
+                let used: std::collections::HashSet<String> = self
+                    .objects
+                    .iter()
+                    .filter(|((plural, ns, name), _)| {
+                        *plural == "services"
+                            && (Some(json!(ns)), Some(json!(name))) != (me.0.clone(), me.1.clone())
+                    })
+                    .filter_map(|(_, v)| v.pointer("/spec/clusterIP")?.as_str().map(str::to_string))
+                    .filter(|ip| ip != "None")
+                    .collect();
                 let spec = obj
                     .as_object_mut()
                     .expect("objects")
@@ -648,10 +663,21 @@ impl Store {
                     || spec["clusterIP"] == json!("")
                     || spec["clusterIP"].is_null()
                 {
-                    let ip = std::net::Ipv4Addr::from(self.next_cluster_ip).to_string();
+                    let mut ip = std::net::Ipv4Addr::from(self.next_cluster_ip).to_string();
+                    while used.contains(&ip) {
+                        self.next_cluster_ip += 1;
+                        ip = std::net::Ipv4Addr::from(self.next_cluster_ip).to_string();
+                    }
                     self.next_cluster_ip += 1;
                     spec.insert("clusterIP".into(), json!(ip));
                     spec.insert("clusterIPs".into(), json!([ip]));
+                } else if let Some(ip) = spec["clusterIP"].as_str().filter(|ip| used.contains(*ip))
+                {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("Service is invalid: spec.clusterIPs: Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
+                    ));
                 } else if !spec.contains_key("clusterIPs") {
                     let ip = spec["clusterIP"].clone();
                     spec.insert("clusterIPs".into(), json!([ip]));
@@ -884,6 +910,34 @@ mod tests {
             changed["status"]["clusters"][0]["cluster"], "a",
             "spec writes keep the status"
         );
+    }
+
+    #[test]
+    fn a_cluster_ip_is_given_out_once() {
+        let mut s = Store::new();
+        let rt = find("", "v1", "services").unwrap();
+        let a = s.create(rt, "default", svc("a")).unwrap();
+        let ip = a["spec"]["clusterIP"].as_str().unwrap().to_string();
+        let mut b = svc("b");
+        b["spec"]["clusterIP"] = json!(ip);
+        let err = s.create(rt, "default", b).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(err.message.contains("already allocated"), "{err:?}");
+        let mut c = svc("c");
+        c["spec"]["clusterIP"] = json!("10.96.0.11");
+        s.create(rt, "default", c).unwrap();
+        let d = s.create(rt, "default", svc("d")).unwrap();
+        assert_eq!(d["spec"]["clusterIP"], "10.96.0.12", "skips the taken one");
+        // An update of the owner keeps its own IP.
+        s.patch(
+            rt,
+            "default",
+            "a",
+            json!({"metadata": {"labels": {"x": "y"}}}),
+            &PatchKind::Merge,
+            false,
+        )
+        .unwrap();
     }
 
     #[test]
