@@ -199,6 +199,20 @@ async fn handle_request(
         return connect_tunnel(&shared, &tables, &svc, port, req, record).await;
     }
 
+    let (rps, burst) = svc.policy.rate_limit;
+    if !svc.limiter.allow(&own, rps, burst) {
+        shared.metrics.rate_limited.inc();
+        record.finish(&shared, "429", 429, Some("rate_limited"));
+        return proxy::reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "{}: over {rps} requests per second from this cluster",
+                svc.name
+            ),
+        );
+    }
+
     let (mut parts, incoming) = req.into_parts();
     xfcc::strip_gateway_headers(&mut parts.headers);
     xfcc::strip_hop_by_hop(&mut parts.headers);

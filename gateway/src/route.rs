@@ -174,9 +174,11 @@ mod tests {
                 max_pending: 0,
                 outlier_errors: 5,
                 outlier_base: Duration::from_secs(30),
+                rate_limit: (0, 0),
             },
             header_routes: vec![],
             budget: Default::default(),
+            limiter: Default::default(),
         }
     }
 

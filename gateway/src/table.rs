@@ -220,6 +220,9 @@ pub struct Policy {
     pub max_pending: u32,
     pub outlier_errors: u32,
     pub outlier_base: Duration,
+    /// Local limit on what this cluster sends to the service: (requests per second, burst);
+    /// 0 requests per second = none.
+    pub rate_limit: (u32, u32),
 }
 
 impl Policy {
@@ -238,6 +241,10 @@ impl Policy {
             } else {
                 Duration::from_millis(p.outlier_base_ejection_ms)
             },
+            rate_limit: p
+                .rate_limit
+                .as_ref()
+                .map_or((0, 0), |r| (r.requests_per_second, r.burst)),
         }
     }
 }
@@ -279,6 +286,8 @@ pub struct Outbound {
     pub policy: Policy,
     pub header_routes: Vec<HeaderRoute>,
     pub budget: Arc<RetryBudget>,
+    /// Token bucket of `policy.rate_limit`.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl Outbound {
@@ -316,6 +325,7 @@ pub struct StatsRegistry {
     clusters: Mutex<HashMap<(ServiceName, String), Arc<ClusterStats>>>,
     budgets: Mutex<HashMap<ServiceName, Arc<RetryBudget>>>,
     limiters: Mutex<HashMap<ServiceName, Arc<RateLimiter>>>,
+    egress_limiters: Mutex<HashMap<ServiceName, Arc<RateLimiter>>>,
 }
 
 impl StatsRegistry {
@@ -333,6 +343,14 @@ impl StatsRegistry {
 
     fn limiter(&self, svc: &ServiceName) -> Arc<RateLimiter> {
         let mut m = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(svc.clone()).or_default().clone()
+    }
+
+    fn egress_limiter(&self, svc: &ServiceName) -> Arc<RateLimiter> {
+        let mut m = self
+            .egress_limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         m.entry(svc.clone()).or_default().clone()
     }
 
@@ -354,6 +372,10 @@ impl StatsRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|svc, _| t.inbound.contains_key(svc));
+        self.egress_limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|svc, _| t.outbound.contains_key(svc));
     }
 }
 
@@ -580,6 +602,7 @@ impl Tables {
                 policy: Policy::from_proto(s.policy.as_ref()),
                 header_routes,
                 budget: registry.budget(&name),
+                limiter: registry.egress_limiter(&name),
                 name: name.clone(),
             });
             for p in &svc.ports {

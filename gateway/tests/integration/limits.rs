@@ -173,3 +173,36 @@ async fn drained_and_unauthorised_exports_are_refused() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(backend.hits.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn egress_rate_limit_of_the_traffic_policy_answers_429() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        |o, _| {
+            o.policy = Some(TrafficPolicy {
+                rate_limit: Some(RateLimit {
+                    requests_per_second: 1,
+                    burst: 2,
+                }),
+                ..Default::default()
+            });
+        },
+    );
+    let mut client = H1::connect(mesh.east.egress_addr).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(client.get(HOST, "/").await.status.as_u16());
+    }
+    assert_eq!(&codes[..2], &[200, 200], "{codes:?}");
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert!(limited >= 1, "{codes:?}");
+    // Refused at egress: west never saw them.
+    assert_eq!(backend.hits.load(Ordering::SeqCst), 6 - limited);
+    assert_eq!(
+        metric_or_zero(&mesh.east, "causeway_gateway_rate_limited_total", &[]),
+        limited as f64
+    );
+}
