@@ -322,7 +322,7 @@ async fn handle_request(
                 if status.is_server_error() {
                     outlier_failure(&shared, &svc, cand);
                     if idempotent && body.is_buffered() && n + 1 < max_attempts {
-                        // Drop the failed response (resets its stream) and try the next cluster.
+                        // Keep the failed response: it is the answer if no retry does better.
                         last = Some((resp.map(body::incoming), cand.cluster.clone()));
                         continue;
                     }
