@@ -105,3 +105,57 @@ async fn tcp_by_cluster_set_ip() {
     s.write_all(b"ping").await.unwrap();
     assert_eq!(read_exact_str(&mut s, 4).await, "ping");
 }
+
+#[tokio::test]
+async fn http_by_cluster_set_ip_ignores_the_host_header() {
+    let pki = Pki::new();
+    let svc_port = dead_addr().await.port();
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.vip_range = Some("127.0.0.0/8".parse().unwrap());
+    cfg.vip_listen_ip = "127.0.0.1".parse().unwrap();
+    let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
+    let west = start_gateway(&pki, "west").await;
+    let backend = HttpBackend::start("web-west").await;
+
+    let mut out = outbound(
+        "web",
+        vec![port(svc_port, AppProtocol::Http)],
+        vec![cand("west", 1)],
+    );
+    out.vip = "127.0.0.1".into();
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![peer(&pki, "west", &west)],
+        vec![],
+        vec![out],
+    ))
+    .unwrap();
+    west.apply_config(snapshot(
+        1,
+        "west",
+        vec![peer(&pki, "east", &east)],
+        vec![inbound(
+            "web",
+            vec![port(svc_port, AppProtocol::Http)],
+            &[backend.addr],
+        )],
+        vec![],
+    ))
+    .unwrap();
+
+    let vip: std::net::SocketAddr = ([127, 0, 0, 1], svc_port).into();
+    wait_for("the VIP listener", 10, || async {
+        TcpStream::connect(vip).await.ok()
+    })
+    .await;
+    // A client that resolved the name to the ClusterSetIP sends whatever Host it likes.
+    let a = get(vip, "web.example", "/by-vip").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["backend"], "web-west");
+    assert_eq!(a.json()["path"], "/by-vip");
+    assert_eq!(
+        a.seen("host"),
+        Some(format!("web.shop.svc.clusterset.local:{svc_port}"))
+    );
+}
