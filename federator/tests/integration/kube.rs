@@ -30,7 +30,25 @@ struct KubeFed {
 }
 
 impl KubeFed {
+    /// Starts it and waits until it leads its cluster.
     async fn start(cluster: &str, etcd: &str, api: &KubeApiServer) -> anyhow::Result<KubeFed> {
+        let fed = Self::spawn(cluster, etcd, api).await?;
+        wait_for(&format!("{cluster}'s federator to lead"), T, || async {
+            fed.is_leader().await.then_some(())
+        })
+        .await?;
+        Ok(fed)
+    }
+
+    async fn is_leader(&self) -> bool {
+        let Ok(body) = http_get(&self.admin, "/debug/snapshot").await else {
+            return false;
+        };
+        serde_json::from_str::<Value>(&body).is_ok_and(|v| v["leader"] == Value::Bool(true))
+    }
+
+    /// Starts it (another replica may lead).
+    async fn spawn(cluster: &str, etcd: &str, api: &KubeApiServer) -> anyhow::Result<KubeFed> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("federator.yaml");
         std::fs::write(
@@ -75,19 +93,12 @@ impl KubeFed {
         .await
         .context("waiting for the federator's addresses")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let fed = KubeFed {
+        Ok(KubeFed {
             admin,
             dns,
             _child: child,
             _dir: dir,
-        };
-        wait_for(&format!("{cluster}'s federator to lead"), T, || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: Value = serde_json::from_str(&body).ok()?;
-            (v["leader"] == Value::Bool(true)).then_some(())
         })
-        .await?;
-        Ok(fed)
     }
 }
 
@@ -441,6 +452,60 @@ async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Resu
             .then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// Two replicas of one cluster's federator: only the leader writes conditions; when it dies, the
+/// other takes over within the lease TTL and writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_takes_over_writing_conditions() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let api = KubeApiServer::start().await?;
+    let first = KubeFed::start("east", &etcd.endpoint(), &api).await?;
+    let second = KubeFed::spawn("east", &etcd.endpoint(), &api).await?;
+    assert!(!second.is_leader().await, "one leader per cluster");
+    apply(
+        &api,
+        &format!(
+            "{}{}",
+            namespace("demo"),
+            exported_service("echo", "http", 80)
+        ),
+    )
+    .await?;
+    until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
+
+    drop(first);
+    wait_for("the standby to lead", T, || async {
+        second.is_leader().await.then_some(())
+    })
+    .await?;
+    apply(&api, &exported_service("web", "http", 8080)).await?;
+    until_condition(&api, "east", "web", "Ready", ("True", "Exported")).await?;
+    until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
+    Ok(())
+}
+
+/// `causeway crds` prints exactly what the chart ships.
+#[tokio::test]
+async fn causeway_crds_prints_the_charts_crds() -> anyhow::Result<()> {
+    let out = Command::new(crate::harness::CLI)
+        .arg("crds")
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../helm/causeway/crds/multicluster.x-k8s.io.yaml"),
+    )?;
+    assert!(
+        String::from_utf8(out.stdout)? == committed,
+        "helm/causeway/crds/multicluster.x-k8s.io.yaml differs from `causeway crds`"
+    );
     Ok(())
 }
 
