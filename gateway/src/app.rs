@@ -2,13 +2,14 @@
 //! task. [`Gateway::start`] is what `main` and the integration tests call.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use causeway_api::proto::{ConfigSnapshot, PeerHealth};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,46 @@ pub(crate) struct Shared {
     /// The version being served, for tasks that follow config changes (VIP listeners).
     pub version_tx: watch::Sender<u64>,
     probe_ctx: ProbeContext,
+    /// Stop accepting and drain: open connections finish what they carry, then close.
     pub shutdown: CancellationToken,
+    /// The drain is over: drop whatever is still open.
+    pub hard_stop: CancellationToken,
+    pub conns: ConnCounter,
+}
+
+/// Open client and peer connections, so that shutdown can wait for them to drain.
+#[derive(Default)]
+pub(crate) struct ConnCounter {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+/// One open connection; counted until dropped.
+pub(crate) struct ConnGuard<'a>(&'a ConnCounter);
+
+impl ConnCounter {
+    pub(crate) fn enter(&self) -> ConnGuard<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Shared {
@@ -169,6 +209,8 @@ impl Gateway {
             version_tx: watch::channel(0).0,
             probe_ctx,
             shutdown: shutdown.clone(),
+            hard_stop: CancellationToken::new(),
+            conns: ConnCounter::default(),
             config,
         });
 
@@ -259,9 +301,22 @@ impl RunningGateway {
         // Every task ended normally: only happens after shutdown.
     }
 
-    /// Stops listening, closes connections and stops every task.
+    /// Stops listening; lets open connections finish their requests for up to
+    /// `drain_timeout_ms` (HTTP/2 peers get a GOAWAY, idle HTTP/1.1 connections close); then
+    /// closes whatever is left and stops every task.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
+        let drain = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        if tokio::time::timeout(drain, self.shared.conns.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "connections still open after the drain; closing them"
+            );
+        }
+        self.shared.hard_stop.cancel();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -270,5 +325,6 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        self.shared.hard_stop.cancel();
     }
 }

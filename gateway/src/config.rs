@@ -59,6 +59,8 @@ pub struct Config {
     pub federator_backoff_max_ms: u64,
     /// Minimum of concurrent retries allowed whatever the retry budget's percentage says.
     pub min_retry_concurrency: u32,
+    /// On shutdown, how long open connections may finish their requests.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             federator_backoff_base_ms: 500,
             federator_backoff_max_ms: 30_000,
             min_retry_concurrency: 3,
+            drain_timeout_ms: 5_000,
         }
     }
 }

@@ -56,10 +56,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, vip: bool) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let cancel = shared.shutdown.clone();
+            let _open = shared.conns.enter();
+            let stop = shared.hard_stop.clone();
             tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = handle_connection(shared, stream, remote, vip) => {}
+                _ = stop.cancelled() => {}
+                _ = handle_connection(shared.clone(), stream, remote, vip) => {}
             }
         });
     }
@@ -85,6 +86,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
     } else {
         None
     };
+    let draining = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let fixed = fixed.clone();
@@ -96,10 +98,16 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         .timer(hyper_util::rt::TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "egress connection ended");
     }
 }

@@ -53,10 +53,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let cancel = shared.shutdown.clone();
+            let _open = shared.conns.enter();
+            let stop = shared.hard_stop.clone();
             tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = handle_connection(shared, stream, remote) => {}
+                _ = stop.cancelled() => {}
+                _ = handle_connection(shared.clone(), stream, remote) => {}
             }
         });
     }
@@ -96,6 +97,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         }
     };
     tracing::debug!(%remote, peer = %peer.id, "peer gateway connected");
+    let draining = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let peer = peer.clone();
@@ -108,7 +110,16 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         .max_frame_size(64 << 10)
         .max_concurrent_streams(4096)
         .serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // On shutdown: GOAWAY, then the streams in flight finish.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "peer connection ended");
     }
 }

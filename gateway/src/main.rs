@@ -26,6 +26,15 @@ fn main() {
         }
     };
     let code = runtime.block_on(async {
+        // Installed before anything is served, so that a SIGTERM sent as soon as the gateway
+        // answers is not lost to the default action.
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return 1;
+            }
+        };
         let mut gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
@@ -38,7 +47,7 @@ fn main() {
             }
         };
         tokio::select! {
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = signals.recv() => tracing::info!("shutting down"),
             _ = gateway.wait() => {
                 tracing::error!("a gateway task stopped");
                 gateway.shutdown().await;
@@ -51,23 +60,35 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

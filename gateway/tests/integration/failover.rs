@@ -219,3 +219,43 @@ async fn in_flight_requests_leave_a_dead_path() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        |_, _| {},
+    );
+    let Pair {
+        pki: _pki,
+        east,
+        west,
+    } = mesh;
+    let egress = east.egress_addr;
+    let request =
+        tokio::spawn(async move { get(egress, "cart.shop.svc.clusterset.local", "/hold").await });
+    wait_for("the request held by the backend", 10, || async {
+        (backend.held.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // west drains: it stops accepting at once, but the request in flight completes.
+    let peer_addr = west.peer_addr;
+    let stopping = tokio::spawn(west.shutdown());
+    wait_for("west to stop accepting", 10, || async {
+        tokio::net::TcpStream::connect(peer_addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    backend.release();
+    let a = request.await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown ends once the connections are drained")
+        .unwrap();
+}
