@@ -528,13 +528,16 @@ impl Tables {
                 Some(ip)
             };
             let mut candidates = Vec::new();
+            // Clusters the snapshot names as candidates but not as peers (e.g. a cluster whose
+            // record lapsed while its exports linger): unroutable, so left out, but the rest
+            // of the snapshot still applies.
+            let mut unknown: Vec<&str> = Vec::new();
             for c in &s.candidates {
                 let local = c.cluster == cluster;
                 if !local && !peers.contains_key(&c.cluster) {
-                    return Err(nack(format!(
-                        "{what}: candidate cluster {:?} is not a peer",
-                        c.cluster
-                    )));
+                    tracing::warn!(service = %name, cluster = %c.cluster, "candidate cluster is not a peer; left out");
+                    unknown.push(&c.cluster);
+                    continue;
                 }
                 if candidates
                     .iter()
@@ -570,6 +573,12 @@ impl Tables {
             };
             let mut header_routes = Vec::new();
             for r in &s.header_routes {
+                let names_unknown = unknown.contains(&r.cluster.as_str())
+                    || r.weights.keys().any(|c| unknown.contains(&c.as_str()));
+                if names_unknown {
+                    tracing::warn!(service = %name, header = %r.header, "header route names a cluster that is not a peer; left out");
+                    continue;
+                }
                 let header = http::HeaderName::from_bytes(r.header.as_bytes()).map_err(|_| {
                     nack(format!("{what}: header route: bad header {:?}", r.header))
                 })?;
@@ -735,6 +744,28 @@ mod tests {
     }
 
     #[test]
+    fn candidates_of_unknown_clusters_are_left_out() {
+        let reg = StatsRegistry::default();
+        let mut s = snapshot();
+        s.outbound[0].candidates.push(proto::Candidate {
+            cluster: "north".into(),
+            priority: 2,
+            ..Default::default()
+        });
+        s.outbound[0].header_routes.push(proto::HeaderRoute {
+            header: "x-cluster".into(),
+            value: "north".into(),
+            cluster: "north".into(),
+            weights: Default::default(),
+        });
+        let t = Tables::build(s, "east", None, &reg).unwrap();
+        let out = t.outbound.values().next().unwrap();
+        assert_eq!(out.candidates.len(), 2);
+        assert!(out.candidate("north").is_none());
+        assert!(out.header_routes.is_empty());
+    }
+
+    #[test]
     fn refuses_bad_snapshots_with_reason() {
         let reg = StatsRegistry::default();
         type Mutation = Box<dyn Fn(&mut ConfigSnapshot)>;
@@ -752,8 +783,11 @@ mod tests {
                 "listed twice",
             ),
             (
-                Box::new(|s| s.outbound[0].candidates[0].cluster = "north".into()),
-                "not a peer",
+                Box::new(|s| {
+                    let c = s.outbound[0].candidates[0].clone();
+                    s.outbound[0].candidates.push(c)
+                }),
+                "listed twice",
             ),
             (
                 Box::new(|s| s.inbound[0].endpoints[0].address = "nope".into()),
