@@ -642,8 +642,10 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
             Some(Ok(rv)) if !initial_events => match store.watch(rt, &ns, rv) {
                 Ok((backlog, rx)) => {
                     for e in backlog {
-                        if labels.matches_labels(&e.object) && fields.matches_fields(&e.object) {
-                            first.push(event_line(e.kind.as_str(), &e.object));
+                        let matches =
+                            |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
+                        if let Some(kind) = store::seen_as(&e, matches) {
+                            first.push(event_line(kind, &e.object));
                         }
                     }
                     (now, Some(rx))
@@ -694,12 +696,14 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
                 ev = rx.recv() => match ev {
                     Ok(e) => {
                         last_rv = last_rv.max(e.rv);
-                        if store::matches(&e, rt, &ns)
-                            && labels.matches_labels(&e.object)
-                            && fields.matches_fields(&e.object)
-                            && tx.send(Ok(event_line(e.kind.as_str(), &e.object))).await.is_err()
-                        {
-                            return;
+                        if !store::matches(&e, rt, &ns) {
+                            continue;
+                        }
+                        let matches = |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
+                        if let Some(kind) = store::seen_as(&e, matches) {
+                            if tx.send(Ok(event_line(kind, &e.object))).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {

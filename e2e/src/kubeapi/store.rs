@@ -80,6 +80,9 @@ pub(super) struct Event {
     pub(super) namespace: String,
     pub(super) kind: EventType,
     pub(super) object: Value,
+    /// For MODIFIED: the object before, so that a selector watch can tell an object that starts
+    /// or stops matching (ADDED / DELETED for it, as the real server sends).
+    pub(super) old: Option<Value>,
 }
 
 /// A watch's start: the kept changes after its resourceVersion, and the receiver of what follows.
@@ -302,7 +305,7 @@ impl Store {
         }
         self.defaults(rt, &mut obj)?;
         self.objects.insert(key, obj.clone());
-        self.emit(rt, &ns, EventType::Added, obj.clone());
+        self.emit(rt, &ns, EventType::Added, obj.clone(), None);
         Ok(obj)
     }
 
@@ -432,6 +435,7 @@ impl Store {
             .is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if current.pointer("/metadata/deletionTimestamp").is_none() {
+                let old = current.clone();
                 self.rv += 1;
                 let meta = current["metadata"]
                     .as_object_mut()
@@ -440,7 +444,7 @@ impl Store {
                 meta.insert("resourceVersion".into(), json!(self.rv.to_string()));
                 self.objects
                     .insert((rt.plural, ns.clone(), name.to_string()), current.clone());
-                self.emit(rt, &ns, EventType::Modified, current.clone());
+                self.emit(rt, &ns, EventType::Modified, current.clone(), Some(old));
             }
             return Ok(current);
         }
@@ -543,7 +547,7 @@ impl Store {
             (rt.plural, ns.to_string(), name.to_string()),
             result.clone(),
         );
-        self.emit(rt, ns, EventType::Modified, result.clone());
+        self.emit(rt, ns, EventType::Modified, result.clone(), Some(current));
         if deleting && no_finalizers {
             return Ok(self.remove(rt, ns, name, false));
         }
@@ -559,7 +563,7 @@ impl Store {
         };
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.emit(rt, ns, EventType::Deleted, obj.clone());
+        self.emit(rt, ns, EventType::Deleted, obj.clone(), None);
         if orphan {
             return obj;
         }
@@ -588,13 +592,21 @@ impl Store {
         obj
     }
 
-    fn emit(&mut self, rt: &'static ResourceType, ns: &str, kind: EventType, object: Value) {
+    fn emit(
+        &mut self,
+        rt: &'static ResourceType,
+        ns: &str,
+        kind: EventType,
+        object: Value,
+        old: Option<Value>,
+    ) {
         let event = Arc::new(Event {
             rv: self.rv,
             resource: rt,
             namespace: ns.to_string(),
             kind,
             object,
+            old,
         });
         self.history.push_back(event.clone());
         while self.history.len() > HISTORY {
@@ -704,6 +716,21 @@ fn event_matches(e: &Event, rt: &ResourceType, ns: &str) -> bool {
     e.resource.plural == rt.plural
         && e.resource.group == rt.group
         && (ns.is_empty() || !rt.namespaced || e.namespace == ns)
+}
+
+/// What a watch with selectors sees of an event: its type (MODIFIED becomes ADDED or DELETED for an
+/// object that starts or stops matching), or nothing.
+pub(super) fn seen_as(e: &Event, matches: impl Fn(&Value) -> bool) -> Option<&'static str> {
+    let now = matches(&e.object);
+    match (e.kind, &e.old) {
+        (EventType::Modified, Some(old)) => match (matches(old), now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        },
+        (kind, _) => now.then_some(kind.as_str()),
+    }
 }
 
 /// Whether an event belongs to a watch of `rt` in `ns` (`""`: all namespaces).

@@ -225,6 +225,38 @@ async fn kube_runtime_watcher_sees_changes_bookmarks_and_relists_after_410() -> 
     })
     .await?;
 
+    // A selector watch: an object that stops matching leaves, one that starts matching comes.
+    let (selected, selected_w) = kube::runtime::reflector::store::<Service>();
+    let stream = kube::runtime::reflector(
+        selected_w,
+        watcher(services.clone(), watcher::Config::default().labels("app=b")),
+    )
+    .applied_objects();
+    let selector_task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(_)) = stream.try_next().await {}
+    });
+    wait_for("the selector watch to list b", T, || async {
+        (names(&selected) == ["b"]).then_some(())
+    })
+    .await?;
+    let relabel = |app: &str| Patch::Merge(json!({"metadata": {"labels": {"app": app}}}));
+    services
+        .patch("b", &PatchParams::default(), &relabel("x"))
+        .await?;
+    wait_for("b to leave the selector watch", T, || async {
+        names(&selected).is_empty().then_some(())
+    })
+    .await?;
+    services
+        .patch("b", &PatchParams::default(), &relabel("b"))
+        .await?;
+    wait_for("b to come back", T, || async {
+        (names(&selected) == ["b"]).then_some(())
+    })
+    .await?;
+    selector_task.abort();
+
     api.compact();
     services.delete("a", &DeleteParams::default()).await?;
     services
