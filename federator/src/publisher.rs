@@ -139,6 +139,7 @@ async fn lead(
     w.full_sync(cfg, &desired).await?;
     backoff.reset();
     let mut dirty = false;
+    let mut health_open = true;
     let mut retry = tokio::time::interval(Duration::from_millis(500));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,8 +160,12 @@ async fn lead(
                 Some(mesh.borrow_and_update().clone())
             }
             _ = retry.tick(), if dirty => None,
-            r = health.changed() => {
-                if r.is_err() { return Ok(()); }
+            r = health.changed(), if health_open => {
+                if r.is_err() {
+                    // No config server (config_listen: null): no gateway reports health.
+                    health_open = false;
+                    continue;
+                }
                 let reports = health.borrow_and_update().clone();
                 if let Err(e) = w.publish_health(&reports).await {
                     match e {

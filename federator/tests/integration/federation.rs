@@ -7,7 +7,8 @@ use causeway_e2e::{wait_for, EtcdServer};
 
 use crate::harness::{export_yaml, exporters, services, write_file, Fed, CLI};
 
-const T: Duration = Duration::from_secs(20);
+/// Generous: CI runs these beside the lab tests on two cores.
+const T: Duration = Duration::from_secs(30);
 /// Short lease so kill tests take seconds, not the production 10 s.
 const FAST: &[&str] = &["--lease-ttl", "3s", "--keepalive-interval", "1s"];
 
@@ -610,5 +611,43 @@ async fn federators_talk_to_etcd_over_mtls() -> anyhow::Result<()> {
         "north has no client certificate and must not sync"
     );
     assert_eq!(north.metric("causeway_federator_etcd_up").await, Some(0.0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_config_endpoint_the_leader_keeps_leading() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let cfg = de.path().join("federator.yaml");
+    std::fs::write(&cfg, "config_listen: null\n")?;
+    let cfg = cfg.display().to_string();
+    let east = Fed::start(
+        "east",
+        &etcd.endpoint(),
+        de.path(),
+        &[FAST, &["--config", &cfg]].concat(),
+    )
+    .await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), FAST).await?;
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    // Three lease TTLs later east still leads and its export never went stale.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        assert!(east.is_leader().await, "east lost its leadership");
+        assert_eq!(
+            exporters(&west.snapshot().await?, "demo/echo"),
+            vec![("east".to_string(), false)]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        east.metric("causeway_federator_leader_elections_total")
+            .await,
+        Some(1.0)
+    );
     Ok(())
 }
