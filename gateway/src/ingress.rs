@@ -145,16 +145,7 @@ async fn handle_request(
         return Response::new(body::full("ok"));
     }
     let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let (path, traceparent) = proxy::path_and_traceparent(&req);
     let own = shared.config.cluster.clone();
     let mut record = Record {
         direction: "ingress",

@@ -54,6 +54,21 @@ struct AccessLog<'a> {
     error: Option<&'a str>,
 }
 
+/// The path and `traceparent` of a request, as the access log records them.
+pub(crate) fn path_and_traceparent<B>(req: &http::Request<B>) -> (String, Option<String>) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (path, traceparent)
+}
+
 /// What one request did, for metrics and the access log.
 pub(crate) struct Record<'a> {
     pub(crate) direction: &'static str,
