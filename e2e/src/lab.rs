@@ -958,7 +958,7 @@ impl Lab {
             self.wait_or_explain(&what, &c.gateway.process, STEP_TIMEOUT, || {
                 let peers = peers.clone();
                 async move {
-                    let up = self.peers_up(&c.name).await.ok()?;
+                    let up = self.peers_answering(&c.name).await.ok()?;
                     peers.iter().all(|p| up.contains(p)).then_some(())
                 }
             })
@@ -1205,8 +1205,29 @@ impl Lab {
         Ok(out)
     }
 
-    /// The peers a cluster's gateway currently sees up (`/peers`).
+    /// The peers a cluster's gateway currently sees up (`/peers`): not marked down by its
+    /// probes (a peer is up until enough probes miss, even before the first one).
     pub async fn peers_up(&self, cluster: &str) -> anyhow::Result<BTreeSet<String>> {
+        self.peers_where(cluster, |p| p["up"].as_bool() == Some(true))
+            .await
+    }
+
+    /// The peers whose last probe by a cluster's gateway was answered: probed, up and not
+    /// suspect (routed to in their normal order).
+    pub async fn peers_answering(&self, cluster: &str) -> anyhow::Result<BTreeSet<String>> {
+        self.peers_where(cluster, |p| {
+            p["up"].as_bool() == Some(true)
+                && p["probed"].as_bool() == Some(true)
+                && p["suspect"].as_bool() == Some(false)
+        })
+        .await
+    }
+
+    async fn peers_where(
+        &self,
+        cluster: &str,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<BTreeSet<String>> {
         let c = self.cluster(cluster);
         let (status, body) = self
             .admin_get(c.netns.as_deref(), c.gateway.admin, "/peers")
@@ -1216,7 +1237,7 @@ impl Lab {
             serde_json::from_str(&body).context("parsing /peers")?;
         Ok(peers
             .iter()
-            .filter(|p| p["up"].as_bool() == Some(true))
+            .filter(|p| keep(p))
             .filter_map(|p| p["cluster"].as_str().map(str::to_string))
             .collect())
     }

@@ -52,6 +52,12 @@ pub struct Config {
     /// Active probe interval of peer gateways; a peer is down after `probe_misses` misses.
     pub probe_interval_ms: u64,
     pub probe_misses: u32,
+    /// A retryable request to a peer with no answer after this long asks for a probe of the
+    /// peer at once; when that probe misses, the request is retried on the next cluster.
+    /// 0 turns this off.
+    pub path_check_after_ms: u64,
+    /// Timeout of that probe.
+    pub path_check_timeout_ms: u64,
     /// Timeout of a TCP+TLS connect to a peer gateway or a local endpoint.
     pub connect_timeout_ms: u64,
     /// Reconnect backoff to the federator: from the base, doubling, capped, with jitter.
@@ -83,6 +89,8 @@ impl Default for Config {
             reload_interval_ms: 2_000,
             probe_interval_ms: 1_000,
             probe_misses: 3,
+            path_check_after_ms: 200,
+            path_check_timeout_ms: 250,
             connect_timeout_ms: 2_000,
             federator_backoff_base_ms: 500,
             federator_backoff_max_ms: 30_000,
@@ -166,6 +174,7 @@ impl Config {
             ("reload_interval_ms", self.reload_interval_ms),
             ("probe_interval_ms", self.probe_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("path_check_timeout_ms", self.path_check_timeout_ms),
             ("federator_backoff_base_ms", self.federator_backoff_base_ms),
         ] {
             if value == 0 {

@@ -124,6 +124,13 @@ impl Availability for World<'_> {
         self.shared.peers.get(cluster).is_some_and(|p| p.is_up())
     }
 
+    fn peer_suspect(&self, cluster: &str) -> bool {
+        self.shared
+            .peers
+            .get(cluster)
+            .is_some_and(|p| p.is_suspect())
+    }
+
     fn local_ready(&self) -> bool {
         self.tables
             .inbound
@@ -255,15 +262,20 @@ async fn handle_request(
     let active = svc.budget.start_request();
     let max_attempts = 1 + policy.retry_attempts;
     let mut retry_guard = None;
+    // A retry the budget already allowed (taken when an attempt was given up).
+    let mut allowed_retry = None;
     let mut last: Option<(Response<Body>, Arc<str>)> = None;
     let mut last_err: Option<(ProxyError, Arc<str>)> = None;
     for n in 0..max_attempts {
         let cand = &plan[n as usize % plan.len()];
         if n > 0 {
-            match svc.budget.try_retry(
-                policy.retry_budget_percent,
-                shared.config.min_retry_concurrency,
-            ) {
+            let allowed = allowed_retry.take().or_else(|| {
+                svc.budget.try_retry(
+                    policy.retry_budget_percent,
+                    shared.config.min_retry_concurrency,
+                )
+            });
+            match allowed {
                 Some(g) => retry_guard = Some(g),
                 None => break,
             }
@@ -271,6 +283,15 @@ async fn handle_request(
             tracing::debug!(service = %svc.name, cluster = %cand.cluster, attempt = n + 1, "retrying");
         }
         record.attempts = n + 1;
+        // An idempotent request to a peer, with another cluster to go to next, is retried
+        // there when the path to the peer turns out dead while it waits.
+        let watched_peer = (idempotent
+            && body.is_buffered()
+            && n + 1 < max_attempts
+            && plan[(n as usize + 1) % plan.len()].cluster != cand.cluster)
+            .then(|| shared.peers.get(&cand.cluster))
+            .flatten()
+            .filter(|_| !cand.local);
         let attempt = async {
             let Some(permit) = cand
                 .stats
@@ -279,7 +300,15 @@ async fn handle_request(
             else {
                 return Attempt::Overloaded;
             };
-            let result = send(&shared, &tables, &svc, port, cand, &parts, &mut body).await;
+            let send = send(&shared, &tables, &svc, port, cand, &parts, &mut body);
+            let result = match &watched_peer {
+                Some(peer) => tokio::select! {
+                    biased;
+                    r = send => r,
+                    g = path_lost(&shared, &svc, peer) => return Attempt::PathLost(g),
+                },
+                None => send.await,
+            };
             Attempt::Done(result, permit)
         };
         let outcome = match deadline {
@@ -315,6 +344,20 @@ async fn handle_request(
                     "timeout",
                     format!("{} did not answer in time", svc.name),
                 );
+            }
+            Attempt::PathLost(guard) => {
+                // The budget allowed the retry before the attempt was given up.
+                allowed_retry = Some(guard);
+                shared.metrics.path_lost.inc();
+                tracing::debug!(service = %svc.name, cluster = %cand.cluster, "path to the peer lost; retrying elsewhere");
+                last_err = Some((
+                    ProxyError::Request {
+                        target: format!("{} via cluster {}", svc.name, cand.cluster),
+                        source: "the peer stopped answering probes".into(),
+                    },
+                    cand.cluster.clone(),
+                ));
+                continue;
             }
             Attempt::Done(Ok(resp), permit) => {
                 let status = resp.status();
@@ -376,10 +419,42 @@ async fn handle_request(
 enum Attempt {
     Overloaded,
     TimedOut,
+    /// The peer missed a probe while the attempt waited; a retry was allowed.
+    PathLost(crate::resilience::ActiveGuard),
     Done(
         Result<Response<Incoming>, ProxyError>,
         crate::resilience::BreakerPermit,
     ),
+}
+
+/// Completes (with a retry allowed by the budget) when the path to `peer` is found dead
+/// while a request waits on it: after `path_check_after_ms` without an answer, a probe is sent
+/// at once; when it misses (or any probe has), the peer is suspect. Never completes when
+/// the check is off or the budget allows no retry, so the attempt goes on waiting.
+async fn path_lost(
+    shared: &Shared,
+    svc: &Outbound,
+    peer: &Arc<crate::peer::PeerConn>,
+) -> crate::resilience::ActiveGuard {
+    let config = &shared.config;
+    if config.path_check_after_ms == 0 {
+        return std::future::pending().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(config.path_check_after_ms)).await;
+    peer.check_path(
+        shared.tls.clone(),
+        &shared.metrics,
+        shared.connect_timeout(),
+        std::time::Duration::from_millis(config.path_check_timeout_ms),
+    );
+    peer.suspected().await;
+    match svc.budget.try_retry(
+        svc.policy.retry_budget_percent,
+        config.min_retry_concurrency,
+    ) {
+        Some(g) => g,
+        None => std::future::pending().await,
+    }
 }
 
 fn outlier_failure(shared: &Shared, svc: &Outbound, cand: &Candidate) {

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub config_nacks: IntCounter,
     pub handshake_failures: IntCounterVec,
     pub retries: IntCounter,
+    pub path_lost: IntCounter,
+    pub path_checks: IntCounterVec,
     pub ejections: IntCounter,
     pub rate_limited: IntCounter,
     pub circuit_open: IntCounter,
@@ -84,6 +86,17 @@ impl Metrics {
             "causeway_gateway_retries_total",
             "Requests retried on another candidate cluster"
         ));
+        let path_lost = reg!(IntCounter::new(
+            "causeway_gateway_path_lost_total",
+            "Attempts given up because their peer stopped answering probes (then retried elsewhere)"
+        ));
+        let path_checks = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_path_checks_total",
+                "Probes sent at once because a request to the peer waited long, by peer and result (answered, missed)"
+            ),
+            &["cluster", "result"]
+        ));
         let ejections = reg!(IntCounter::new(
             "causeway_gateway_ejections_total",
             "Outlier ejections of a (service, cluster)"
@@ -112,6 +125,8 @@ impl Metrics {
             config_nacks,
             handshake_failures,
             retries,
+            path_lost,
+            path_checks,
             ejections,
             rate_limited,
             circuit_open,

@@ -4,6 +4,11 @@
 //! Probes are `GET /` streams with `:authority` [`PROBE_AUTHORITY`] over the pooled connection
 //! (so they test exactly what requests use); a peer is down after `probe_misses` misses in a
 //! row and up again on the next success.
+//!
+//! A single miss makes the peer *suspect*: the planner tries it after the others, and requests
+//! waiting on it may be retried elsewhere (see [`PeerConn::check_path`]). A request that waits
+//! long for its answer asks for a probe at once instead of waiting for the next one, so a dead
+//! path is told apart from a slow backend within a fraction of a second.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -46,6 +51,7 @@ pub(crate) struct PeerStatus {
     pub(crate) cluster: String,
     pub(crate) addresses: Vec<String>,
     pub(crate) up: bool,
+    pub(crate) suspect: bool,
     pub(crate) probed: bool,
     pub(crate) connected: bool,
     pub(crate) rtt_micros: Option<u64>,
@@ -64,6 +70,10 @@ pub(crate) struct PeerConn {
     next_address: AtomicUsize,
     /// Routable: not marked down by the probes (optimistic until the first misses).
     up: AtomicBool,
+    /// The last probe (periodic or asked for by a waiting request) went unanswered.
+    suspect: watch::Sender<bool>,
+    /// An asked-for probe is running.
+    checking: AtomicBool,
     probed: AtomicBool,
     misses: AtomicU64,
     rtt_micros: AtomicU64,
@@ -82,6 +92,8 @@ impl PeerConn {
             connecting: tokio::sync::Mutex::new(()),
             next_address: AtomicUsize::new(0),
             up: AtomicBool::new(true),
+            suspect: watch::Sender::new(false),
+            checking: AtomicBool::new(false),
             probed: AtomicBool::new(false),
             misses: AtomicU64::new(0),
             rtt_micros: AtomicU64::new(0),
@@ -93,6 +105,59 @@ impl PeerConn {
 
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_suspect(&self) -> bool {
+        *self.suspect.borrow()
+    }
+
+    fn set_suspect(&self, suspect: bool) {
+        self.suspect
+            .send_if_modified(|s| std::mem::replace(s, suspect) != suspect);
+    }
+
+    /// Completes once the peer is suspect (at once if it is already).
+    pub(crate) async fn suspected(&self) {
+        let mut rx = self.suspect.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we borrow it.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Probes the peer now, unless a probe asked for by another request is already running:
+    /// a miss makes the peer suspect (waking [`suspected`](Self::suspected)), an answer clears
+    /// it. Requests call this when their answer is late, to tell a dead path from a slow
+    /// backend without waiting for the next periodic probe.
+    pub(crate) fn check_path(
+        self: &Arc<Self>,
+        tls: Arc<ArcSwap<TlsState>>,
+        metrics: &Metrics,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) {
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let peer = self.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                _ = peer.cancel.cancelled() => return,
+                r = peer.probe(&tls, connect_timeout, timeout) => r,
+            };
+            let outcome = if result.is_ok() { "answered" } else { "missed" };
+            metrics
+                .path_checks
+                .with_label_values(&[&peer.cluster, outcome])
+                .inc();
+            match result {
+                Ok(_) => peer.set_suspect(false),
+                Err(e) => {
+                    tracing::debug!(peer = %peer.cluster, error = %e, "path check missed; peer suspect");
+                    peer.set_suspect(true);
+                }
+            }
+            peer.checking.store(false, Ordering::Release);
+        });
     }
 
     /// Drops the pooled connection. Streams in flight on it fail at once (and idempotent
@@ -116,6 +181,7 @@ impl PeerConn {
             cluster: self.cluster.clone(),
             addresses: self.addresses.clone(),
             up: self.is_up(),
+            suspect: self.is_suspect(),
             probed,
             connected,
             rtt_micros: probed.then(|| self.rtt_micros.load(Ordering::Relaxed)),
@@ -439,11 +505,13 @@ fn spawn_prober(peer: Arc<PeerConn>, ctx: ProbeContext) {
                     peer.rtt_micros
                         .store(rtt.as_micros() as u64, Ordering::Relaxed);
                     peer.up.store(true, Ordering::Relaxed);
+                    peer.set_suspect(false);
                     *peer.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 Err(e) => {
                     next = started + timeout;
                     let misses = peer.misses.fetch_add(1, Ordering::Relaxed) + 1;
+                    peer.set_suspect(true);
                     if misses >= u64::from(ctx.misses) && peer.is_up() {
                         peer.up.store(false, Ordering::Relaxed);
                         peer.close();

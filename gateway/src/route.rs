@@ -3,6 +3,10 @@
 //! a priority, minus drained, unhealthy, probe-down and ejected clusters. When that leaves
 //! nothing, every non-drained candidate is tried by priority (better a suspect cluster than
 //! certain failure: this is Envoy's "panic routing").
+//!
+//! Peers whose last probe went unanswered (suspect, not yet down) keep their place relative to
+//! each other but come after every other available cluster: a request tries them only when
+//! nothing else can serve it.
 
 use http::HeaderMap;
 use rand::Rng;
@@ -13,6 +17,8 @@ use crate::table::{Candidate, HeaderTarget, Outbound};
 pub(crate) trait Availability {
     /// Whether a peer cluster's gateway is up (active probes).
     fn peer_up(&self, cluster: &str) -> bool;
+    /// Whether a peer cluster's gateway missed its last probe (up, but tried last).
+    fn peer_suspect(&self, cluster: &str) -> bool;
     /// Whether this cluster has ready endpoints for the service.
     fn local_ready(&self) -> bool;
 }
@@ -112,6 +118,8 @@ pub(crate) fn plan(
             .collect();
         out.extend(weighted_order(&live, &mut rng).into_iter().cloned());
     }
+    // Stable: the order among the sound ones and among the suspect ones is kept.
+    out.sort_by_key(|c| !c.local && world.peer_suspect(&c.cluster));
     if out.is_empty() {
         out = svc
             .candidates
@@ -138,6 +146,9 @@ mod tests {
     impl Availability for World {
         fn peer_up(&self, cluster: &str) -> bool {
             !self.down.contains(&cluster)
+        }
+        fn peer_suspect(&self, cluster: &str) -> bool {
+            cluster.starts_with("suspect")
         }
         fn local_ready(&self) -> bool {
             self.local
@@ -220,6 +231,29 @@ mod tests {
             local: false,
         };
         assert_eq!(names(&plan(&s3, &h, &world)), ["north"]);
+    }
+
+    #[test]
+    fn suspect_peers_come_last_in_their_order() {
+        let world = World {
+            down: vec![],
+            local: true,
+        };
+        let s = svc(vec![
+            cand("east", 0, 1),
+            cand("suspect-a", 1, 1),
+            cand("west", 1, 0),
+            cand("suspect-b", 2, 1),
+            cand("north", 2, 1),
+        ]);
+        let h = HeaderMap::new();
+        let p = plan(&s, &h, &world);
+        assert_eq!(p.len(), 5);
+        assert_eq!(names(&p[..3]), ["east", "west", "north"]);
+        assert_eq!(names(&p[3..]), ["suspect-a", "suspect-b"]);
+        // Alone, a suspect peer is still tried.
+        let s = svc(vec![cand("suspect-a", 1, 1)]);
+        assert_eq!(names(&plan(&s, &h, &world)), ["suspect-a"]);
     }
 
     #[test]

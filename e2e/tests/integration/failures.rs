@@ -371,25 +371,11 @@ async fn west_lost_and_back(
         north.clusters(t_fault, t_heal)
     );
     assert_no_failures("east", &east);
-    if clean_cut {
-        // West refuses connections at once (its gateway is gone or refused): the gateway
-        // retries on east and no client sees a failure.
-        assert_no_failures("north", &north);
-    } else {
-        // Packets to west vanish: requests in flight to west wait until the probes mark it
-        // down, longer than the client's timeout (docs/benchmarks.md, "Failover"). Nothing may
-        // fail once it is marked down, and nothing after the heal.
-        let window = t_fault + detected + Duration::from_secs(1);
-        let late: Vec<_> = north
-            .failures(window, Duration::MAX)
-            .into_iter()
-            .map(|s| format!("{:.3}s: {:?}", s.at.as_secs_f64(), s.error))
-            .collect();
-        assert!(
-            late.is_empty(),
-            "north failed after west was marked down: {late:?}"
-        );
-    }
+    // A clean cut: west refuses connections at once (its gateway is gone) and the gateway
+    // retries on east. Vanishing packets: a request waiting on west asks for a probe after
+    // 0.2 s; when that misses, west is suspect and the request is retried on east, well within
+    // the client's 1 s. Either way no client sees a failure.
+    assert_no_failures("north", &north);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,15 +150,22 @@ async fn a_down_peer_gateway_is_skipped_after_probes_miss() {
     assert_eq!(west_status["up"], false);
 }
 
-#[tokio::test]
-async fn in_flight_requests_leave_a_dead_path() {
-    // west's backend never answers; the path to west then turns into a black hole. The
-    // probes mark west down, the gateway drops the connection, and the request that was in
-    // flight on it is retried on north: the client sees a 200, not a hang.
+/// east imports `cart` from west (priority 1, reached through a [`Path`] that can be cut) and
+/// north (priority 2); west's backend holds every request until released.
+struct DeadPath {
+    east: RunningGateway,
+    path: Path,
+    west_backend: HttpBackend,
+    _rest: (Pki, RunningGateway, RunningGateway, HttpBackend),
+}
+
+async fn dead_path_mesh(tweak: impl FnOnce(&mut causeway_gateway::Config)) -> DeadPath {
     let west_backend = HttpBackend::start_holding("cart-west").await;
     let north_backend = HttpBackend::start("cart-north").await;
     let pki = Pki::new();
-    let east = start_gateway(&pki, "east").await;
+    let mut config = gateway_config(&pki, "east");
+    tweak(&mut config);
+    let east = causeway_gateway::Gateway::start(config).await.unwrap();
     let west = start_gateway(&pki, "west").await;
     let north = start_gateway(&pki, "north").await;
     let path = Path::start(west.peer_addr).await;
@@ -191,33 +198,114 @@ async fn in_flight_requests_leave_a_dead_path() {
         ))
         .unwrap();
     }
-    let egress = east.egress_addr;
-    let request =
-        tokio::spawn(
-            async move { get(egress, "cart.shop.svc.clusterset.local", "/in-flight").await },
-        );
-    wait_for("the request held by west", 10, || async {
-        (west_backend.held.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
-    path.cut();
-    let a = match tokio::time::timeout(std::time::Duration::from_secs(10), request).await {
-        Ok(a) => a.unwrap(),
-        Err(_) => panic!(
-            "the request did not move off the dead path; east's metrics:\n{}",
-            east.metrics_text()
-        ),
-    };
+    DeadPath {
+        east,
+        path,
+        west_backend,
+        _rest: (pki, west, north, north_backend),
+    }
+}
+
+impl DeadPath {
+    /// Sends `GET /in-flight` in the background and waits until west's backend holds it.
+    async fn request_held_by_west(&self) -> tokio::task::JoinHandle<Answer> {
+        let egress = self.east.egress_addr;
+        let request = tokio::spawn(async move {
+            get(egress, "cart.shop.svc.clusterset.local", "/in-flight").await
+        });
+        wait_for("the request held by west", 10, || async {
+            (self.west_backend.held.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        request
+    }
+
+    async fn answer(&self, request: tokio::task::JoinHandle<Answer>) -> Answer {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), request).await {
+            Ok(a) => a.unwrap(),
+            Err(_) => panic!(
+                "the request did not move off the dead path; east's metrics:\n{}",
+                self.east.metrics_text()
+            ),
+        }
+    }
+
+    fn peer_up(&self, cluster: &str) -> Option<f64> {
+        metric(
+            &self.east.metrics_text(),
+            "causeway_gateway_peer_up",
+            &[("cluster", cluster)],
+        )
+    }
+}
+
+#[tokio::test]
+async fn in_flight_requests_leave_a_dead_path_before_it_is_marked_down() {
+    // West is never marked down here (1,000 misses needed): the request must move because a
+    // probe asked for while it waited went unanswered, not because the peer went down.
+    let m = dead_path_mesh(|c| c.probe_misses = 1000).await;
+    let request = m.request_held_by_west().await;
+    m.path.cut();
+    let a = m.answer(request).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.headers["x-backend"], "cart-north");
+    let text = m.east.metrics_text();
     assert_eq!(
-        metric(
-            &east.metrics_text(),
-            "causeway_gateway_peer_up",
-            &[("cluster", "west")]
-        ),
-        Some(0.0)
+        metric(&text, "causeway_gateway_path_lost_total", &[]),
+        Some(1.0)
     );
+    assert_eq!(m.peer_up("west"), Some(1.0), "west is up, only suspect");
+    // While west stays suspect, new requests go to north first.
+    for _ in 0..5 {
+        let a = get(m.east.egress_addr, "cart.shop.svc.clusterset.local", "/").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.headers["x-backend"], "cart-north");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_backend_on_a_sound_path_is_waited_for() {
+    // Probes with generous timeouts, so that a loaded test machine does not miss one.
+    let m = dead_path_mesh(|c| {
+        c.probe_interval_ms = 2000;
+        c.path_check_timeout_ms = 1000;
+    })
+    .await;
+    let request = m.request_held_by_west().await;
+    // The request waited long enough for east to check the path: the probe was answered.
+    wait_for("a path check of west answered", 10, || async {
+        let n = metric(
+            &m.east.metrics_text(),
+            "causeway_gateway_path_checks_total",
+            &[("cluster", "west"), ("result", "answered")],
+        )?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    m.west_backend.release();
+    let a = m.answer(request).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.headers["x-backend"], "cart-west",
+        "the slow answer is the one"
+    );
+    assert_eq!(
+        metric_or_zero(&m.east, "causeway_gateway_path_lost_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn in_flight_requests_fail_fast_when_a_dead_path_is_marked_down() {
+    // Without path checks, the requests in flight wait until the probes mark west down; the
+    // gateway then drops the connection and the request is retried on north.
+    let m = dead_path_mesh(|c| c.path_check_after_ms = 0).await;
+    let request = m.request_held_by_west().await;
+    m.path.cut();
+    let a = m.answer(request).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.headers["x-backend"], "cart-north");
+    assert_eq!(m.peer_up("west"), Some(0.0));
 }
 
 #[tokio::test]
