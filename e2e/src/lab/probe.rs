@@ -307,6 +307,8 @@ pub struct Sample {
     pub cluster: Option<String>,
     /// Why the request failed, when it did.
     pub error: Option<String>,
+    /// How long resolution and request took together.
+    pub took: Duration,
 }
 
 impl Sample {
@@ -416,6 +418,7 @@ async fn probe_loop(
             status: None,
             cluster: None,
             error: None,
+            took: Duration::ZERO,
         };
         match resolve(&target.dns, &target.name, target.timeout).await {
             Err(e) => sample.error = Some(format!("{e:#}")),
@@ -439,6 +442,7 @@ async fn probe_loop(
                 }
             }
         }
+        sample.took = begun.elapsed();
         samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -468,6 +472,14 @@ impl Timeline {
     }
 
     /// Failed requests that started in `[from, to)`.
+    /// The longest time a successful request between `from` and `to` took.
+    pub fn slowest_ok(&self, from: Duration, to: Duration) -> Option<Duration> {
+        self.between(from, to)
+            .filter(|s| s.ok())
+            .map(|s| s.took)
+            .max()
+    }
+
     pub fn failures(&self, from: Duration, to: Duration) -> Vec<&Sample> {
         self.between(from, to).filter(|s| !s.ok()).collect()
     }
@@ -537,6 +549,7 @@ mod tests {
             ip: None,
             status: Some(if ok { 200 } else { 503 }),
             cluster: Some(cluster.to_string()),
+            took: Duration::from_millis(1),
             error: None,
         }
     }

@@ -352,6 +352,7 @@ async fn west_lost_and_back(
                 north.failures(t_fault, Duration::MAX).len().to_string(),
             ),
             ("requests", north.count(t_fault, Duration::MAX).to_string()),
+            ("slowest_ok", secs(north.slowest_ok(t_fault, t_heal))),
             ("peer_down_after", secs(Some(detected))),
             ("traffic_moved_after", secs(moved)),
             ("traffic_back_after", secs(back)),
