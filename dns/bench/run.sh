@@ -11,7 +11,8 @@
 # prints every knotd thread's affinity to show it.
 # Two kinds of runs per server:
 #   - throughput: dnsperf with 100 queries outstanding, as fast as the server answers;
-#   - latency: dnsperf at a fixed rate (-Q), every response's latency recorded (-v), p50/p99/p99.9.
+#   - latency: dnsperf at a fixed rate (-Q), every response's latency recorded (-v), p50/p99/p99.9,
+#     and the share of CPU time the hypervisor took from this VM meanwhile (steal, /proc/stat).
 # The servers take turns, round after round, so that load from elsewhere on the machine falls on
 # both alike; the summary is the median of the rounds, every round is printed too.
 set -euo pipefail
@@ -79,21 +80,34 @@ throughput() { # port label
     awk '/Queries per second/ {print $4}' "$WORK/$2.tput"
 }
 
-latency() { # port label -> "p50 p99 p99.9 lost" in ms
+cpu_ticks() { # "steal total" of all CPUs, from /proc/stat
+    awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat
+}
+
+steal_pct() { # "steal total" before, after -> percent of CPU time the hypervisor took
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        d = y[2] - x[2]; if (d > 0) printf "%.1f", 100 * (y[1] - x[1]) / d; else print "-" }'
+}
+
+latency() { # port label -> "p50 p99 p99.9 lost steal%" in ms
+    local before after
+    before=$(cpu_ticks)
     $PERF_CPU dnsperf -s 127.0.0.1 -p "$1" -d "$WORK/queries.txt" -l "$SECS" -c 1 -T 1 -q 100 \
         -Q "$RATE" -v > "$WORK/$2.lat" 2>&1
+    after=$(cpu_ticks)
     awk '$1 == ">" && $2 != "T" {print $NF}' "$WORK/$2.lat" | sort -g > "$WORK/$2.sorted"
-    local n lost
+    local n lost steal
+    steal=$(steal_pct "$before" "$after")
     n=$(wc -l < "$WORK/$2.sorted")
     lost=$(awk '/Queries lost/ {print $3}' "$WORK/$2.lat")
-    awk -v n="$n" -v lost="$lost" '
+    awk -v n="$n" -v lost="$lost" -v steal="$steal" '
         { v[NR] = $1 }
         END {
-            if (n == 0) { print "- - - " lost; exit }
+            if (n == 0) { print "- - - " lost " " steal; exit }
             i50 = int(n * 0.50); if (i50 < 1) i50 = 1
             i99 = int(n * 0.99); if (i99 < 1) i99 = 1
             i999 = int(n * 0.999); if (i999 < 1) i999 = 1
-            printf "%.3f %.3f %.3f %s\n", v[i50] * 1000, v[i99] * 1000, v[i999] * 1000, lost
+            printf "%.3f %.3f %.3f %s %s\n", v[i50] * 1000, v[i99] * 1000, v[i999] * 1000, lost, steal
         }' "$WORK/$2.sorted"
 }
 
@@ -123,16 +137,16 @@ if [ "$CW_DIGEST" = "$KNOT_DIGEST" ]; then SAME="yes"; else SAME="NO ($CW_DIGEST
 echo "same answers to the first 200 queries: $SAME"
 
 : > "$WORK/rounds"
-printf "%-6s %-14s %12s %10s %10s %10s %14s\n" round server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s"
+printf "%-6s %-14s %12s %10s %10s %10s %14s %8s\n" round server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s" "steal %"
 for round in $(seq 1 "$ROUNDS"); do
     for server in causeway knot; do
         if [ "$server" = causeway ]; then start_causeway; port=$CW_PORT; else start_knot; port=$KNOT_PORT; fi
         qps=$(throughput "$port" "$server")
-        read -r p50 p99 p999 lost < <(latency "$port" "$server")
+        read -r p50 p99 p999 lost steal < <(latency "$port" "$server")
         tlost=$(awk '/Queries lost/ {print $3}' "$WORK/$server.tput")
         stop_server
         echo "$server $qps $p50 $p99 $p999 $lost $tlost" >> "$WORK/rounds"
-        printf "%-6s %-14s %12.0f %10s %10s %10s %14s\n" "$round" "$server" "$qps" "$p50" "$p99" "$p999" "$lost"
+        printf "%-6s %-14s %12.0f %10s %10s %10s %14s %8s\n" "$round" "$server" "$qps" "$p50" "$p99" "$p999" "$lost" "$steal"
     done
 done
 

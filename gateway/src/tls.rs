@@ -14,9 +14,7 @@ use std::sync::Arc;
 
 use causeway_api::spiffe::SpiffeId;
 use causeway_api::tls::{self as api_tls, ExpectedPeer, Identity, TlsError, TrustBundle};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 
 use crate::table::Tables;
@@ -128,22 +126,15 @@ impl TlsState {
             ExpectedPeer::Exact(federator_id),
             &[ALPN_H2],
         )?;
-        let backend = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifier = TrustDomainVerifier {
-                anchors: anchors(&local_bundle)?,
-                trust_domain: own_id.trust_domain().to_string(),
-                algs: provider.signature_verification_algorithms,
-            };
-            let mut c = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(TlsError::Config)?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())
-                .map_err(TlsError::Identity)?;
-            c.alpn_protocols = vec![alpn.to_vec()];
-            Ok(Arc::new(c))
+        // A backend may run as any service account of our trust domain: the export does not
+        // say which.
+        let backend = |alpn: &[u8]| {
+            api_tls::client_config(
+                &identity,
+                &local_bundle,
+                ExpectedPeer::InTrustDomain(own_id.trust_domain().to_string()),
+                &[alpn],
+            )
         };
         Ok(Self {
             backend_h1: backend(ALPN_H1)?,
@@ -250,77 +241,6 @@ pub(crate) fn authenticate_peer(
         )
     })?;
     Ok((cluster.clone(), id))
-}
-
-// === impl TrustDomainVerifier ===
-
-/// Accepts a backend whose chain verifies against our bundle and whose SPIFFE ID is in our
-/// trust domain (any workload: the export does not say which service account it runs as).
-#[derive(Debug)]
-struct TrustDomainVerifier {
-    anchors: Vec<TrustAnchor<'static>>,
-    trust_domain: String,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for TrustDomainVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let other = |e: String| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(io::Error::other(e)),
-            )))
-        };
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| other(format!("backend certificate: {e}")))?;
-        cert.verify_for_usage(
-            self.algs.all,
-            &self.anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| other(format!("backend certificate: {e}")))?;
-        let id = api_tls::peer_spiffe_id(std::slice::from_ref(end_entity))
-            .map_err(|e| other(e.to_string()))?;
-        if id.trust_domain() != self.trust_domain {
-            return Err(other(format!(
-                "backend {id} is not in trust domain {}",
-                self.trust_domain
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 /// A server name for `connect`: the host when it is one, else a placeholder (the SPIFFE

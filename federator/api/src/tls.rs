@@ -182,6 +182,8 @@ pub enum ExpectedPeer {
     /// The gateway identity (`/ns/causeway-system/sa/causeway-gateway`) of any trust domain
     /// whose chain verifies against the bundle.
     AnyGateway,
+    /// Any workload of this trust domain (a backend whose service account is not known).
+    InTrustDomain(String),
 }
 
 impl ExpectedPeer {
@@ -190,6 +192,7 @@ impl ExpectedPeer {
             Self::Exact(expected) => expected == id,
             Self::AnyOf(ids) => ids.contains(id),
             Self::AnyGateway => id.is_gateway(),
+            Self::InTrustDomain(td) => id.trust_domain() == td,
         }
     }
 }
@@ -212,6 +215,7 @@ impl fmt::Display for ExpectedPeer {
                 f,
                 "a gateway (spiffe://<trust-domain>/ns/{SYSTEM_NAMESPACE}/sa/{GATEWAY_SERVICE_ACCOUNT})"
             ),
+            Self::InTrustDomain(td) => write!(f, "a workload of trust domain {td}"),
         }
     }
 }
@@ -608,6 +612,7 @@ mod tests {
                 gateway("west.causeway.mesh"),
                 gateway("east.causeway.mesh"),
             ]),
+            ExpectedPeer::InTrustDomain("east.causeway.mesh".into()),
         ] {
             let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
             let client = client_config(&pki.gateway_west(), &bundle, expected, &[H2]).unwrap();
@@ -903,5 +908,17 @@ mod tests {
         );
         assert!(ExpectedPeer::AnyGateway.matches(&gateway("zz")));
         assert!(!ExpectedPeer::AnyOf(vec![]).matches(&gateway("zz")));
+        let td = ExpectedPeer::InTrustDomain("east.causeway.mesh".into());
+        assert!(td.matches(&gateway("east.causeway.mesh")));
+        assert!(td.matches(
+            &"spiffe://east.causeway.mesh/ns/shop/sa/cart"
+                .parse()
+                .unwrap()
+        ));
+        assert!(!td.matches(&gateway("west.causeway.mesh")));
+        assert_eq!(
+            td.to_string(),
+            "a workload of trust domain east.causeway.mesh"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod backend_tls;
 mod binary;
 mod config_protocol;
 mod failover;
