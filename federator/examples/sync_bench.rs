@@ -25,8 +25,9 @@ use causeway_api::{
     ServiceType, SessionAffinity, SyncedRecord,
 };
 use causeway_e2e::EtcdServer;
+use causeway_federator::status::admin_get;
 use etcd_client::{PutOptions, Txn, TxnOp};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -72,21 +73,8 @@ async fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
     Ok((child, admin))
 }
 
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
 async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let text = http_get(addr, "/metrics").await.ok()?;
+    let text = admin_get(addr, "/metrics").await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
@@ -164,7 +152,7 @@ async fn propagation(bin: &Path, changes: usize) -> anyhow::Result<()> {
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("change {i} did not reach west within 10 s");
             }
-            let body = http_get(&west, "/debug/snapshot").await?;
+            let body = admin_get(&west, "/debug/snapshot").await?;
             if body.contains(&needle) {
                 break;
             }
@@ -293,7 +281,7 @@ async fn scale(bin: &Path, clusters: usize, exports: usize, probes: usize) -> an
         if start.elapsed() > Duration::from_secs(120) {
             bail!("no full snapshot within 120 s");
         }
-        let text = http_get(&admin, "/metrics").await.unwrap_or_default();
+        let text = admin_get(&admin, "/metrics").await.unwrap_or_default();
         let sum: f64 = text
             .lines()
             .filter(|l| l.starts_with("causeway_federator_exports{"))

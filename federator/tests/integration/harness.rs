@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub(crate) const FEDERATOR: &str = env!("CARGO_BIN_EXE_causeway-federator");
@@ -152,23 +152,9 @@ async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String, Option
     Ok((child, admin, config, dns))
 }
 
-/// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
+/// `GET` on a federator's admin listener: the body of a 200, an error otherwise.
 pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("connect timeout")??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .context("read timeout")??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
+    causeway_federator::status::admin_get(addr, path).await
 }
 
 /// An export file for `demo/<name>` with one named port.
