@@ -216,6 +216,8 @@ impl Federator {
                     local_rx.clone(),
                     cfg_tx,
                     c.debounce,
+                    c.kube_sink
+                        .then_some((c.kube.gateway_port_first, c.kube.gateway_port_count)),
                     shutdown.clone(),
                 )),
             ));

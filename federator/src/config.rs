@@ -268,6 +268,25 @@ impl Config {
         if (self.source == SourceKind::Kube || self.kube_sink) && self.kube.gateway_port == 0 {
             return Err(invalid("kube.gateway_port", "must be 1..=65535"));
         }
+        if self.kube_sink {
+            let (first, count) = (self.kube.gateway_port_first, self.kube.gateway_port_count);
+            let last = u32::from(first) + u32::from(count);
+            if first == 0 || last > 65536 {
+                return Err(invalid(
+                    "kube.gateway_port_first",
+                    format!("{first} + gateway_port_count {count} must stay within 1..=65535"),
+                ));
+            }
+            if (u32::from(first)..last).contains(&u32::from(self.kube.gateway_port)) {
+                return Err(invalid(
+                    "kube.gateway_port",
+                    format!(
+                        "{} is inside the gateway port range {first}..{last}",
+                        self.kube.gateway_port
+                    ),
+                ));
+            }
+        }
         for key in self.dns_policy_overrides.keys() {
             key.parse::<causeway_api::ServiceKey>()
                 .map_err(|e| invalid("dns_policy_overrides", e.to_string()))?;
@@ -432,6 +451,26 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("vip_range"));
+        let kube = |first: u16, count: u16, egress: u16| Config {
+            cluster: Some("east".into()),
+            kube_sink: true,
+            kube: crate::sink::kube::KubeOptions {
+                gateway_port: egress,
+                gateway_port_first: first,
+                gateway_port_count: count,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        kube(20000, 10000, 15001).validate().unwrap();
+        kube(65000, 536, 15001).validate().unwrap();
+        let err = kube(65000, 537, 15001).validate().unwrap_err().to_string();
+        assert!(err.contains("kube.gateway_port_first"), "{err}");
+        let err = kube(15000, 10, 15001).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("kube.gateway_port") && err.contains("15001"),
+            "{err}"
+        );
     }
 
     #[test]

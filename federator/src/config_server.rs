@@ -178,6 +178,7 @@ pub async fn run_builder(
     mut local: watch::Receiver<LocalExports>,
     tx: watch::Sender<Arc<ConfigSnapshot>>,
     debounce: Duration,
+    gateway_port_range: Option<(u16, u16)>,
     shutdown: CancellationToken,
 ) {
     let mut version = 0u64;
@@ -185,7 +186,9 @@ pub async fn run_builder(
         let next = {
             let snap = mesh.borrow_and_update().clone();
             let exports = local.borrow_and_update().clone();
-            gwconfig::build(&snap, &exports, &cluster, version + 1)
+            let ports = gateway_port_range
+                .map(|(first, count)| gwconfig::gateway_ports(&snap, first, count));
+            gwconfig::build(&snap, &exports, &cluster, version + 1, ports.as_ref())
         };
         let unchanged = {
             let cur = tx.borrow();

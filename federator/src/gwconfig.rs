@@ -4,9 +4,61 @@
 
 use causeway_api::proto;
 use causeway_api::snapshot::ClusterState;
-use causeway_api::{BackendTlsMode, ClusterId, MeshSnapshot, Protocol, ServicePort};
+use causeway_api::{
+    BackendTlsMode, ClusterId, MeshSnapshot, Protocol, ServiceKey, ServicePort, ServiceType,
+};
 
 use crate::source::LocalExports;
+
+/// The gateway listener port of each TCP port of each ClusterSetIP import, by (import, port).
+pub type GatewayPorts = std::collections::BTreeMap<(ServiceKey, u16), u16>;
+
+/// Gives every TCP port of every ClusterSetIP import a gateway listener port in
+/// `first..first + count` (Kubernetes mode: derived Services target them, see
+/// docs/kubernetes.md). The same snapshot gives the same ports in every replica: a port's place
+/// is a hash of `ns/name/port`, the next free one on a collision, imports taken in key order.
+/// Ports past `count` get none (and are routed by Host on the egress port).
+pub fn gateway_ports(snap: &MeshSnapshot, first: u16, count: u16) -> GatewayPorts {
+    let count = usize::from(count);
+    let mut used = vec![false; count];
+    let mut out = GatewayPorts::new();
+    if count == 0 {
+        return out;
+    }
+    for (key, svc) in &snap.services {
+        if svc.import.service_type != ServiceType::ClusterSetIP {
+            continue;
+        }
+        for p in svc
+            .import
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+        {
+            if out.len() == count {
+                tracing::warn!(import = %key, port = p.port, count, "no gateway port left for this import port");
+                continue;
+            }
+            let mut i = fnv1a(format!("{key}/{}", p.port).as_bytes()) as usize % count;
+            while used[i] {
+                i = (i + 1) % count;
+            }
+            used[i] = true;
+            // first + count - 1 <= 65535 is checked with the config.
+            out.insert((key.clone(), p.port), first + i as u16);
+        }
+    }
+    out
+}
+
+/// FNV-1a, 32 bits: stable across releases and machines (std's hasher is not).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    h
+}
 
 /// Default traffic policy of every import (documented in docs/gateway.md).
 pub fn default_policy() -> proto::TrafficPolicy {
@@ -44,6 +96,7 @@ fn port(p: &ServicePort) -> proto::Port {
         } as i32,
         port: u32::from(p.port),
         app_protocol: app as i32,
+        gateway_port: 0,
     }
 }
 
@@ -63,12 +116,14 @@ fn priority(snap: &MeshSnapshot, local: &ClusterId, candidate: &ClusterId) -> u3
     }
 }
 
-/// Builds the config for `local`'s gateways. `version` is stamped as given.
+/// Builds the config for `local`'s gateways. `version` is stamped as given. With
+/// `gateway_ports` (Kubernetes mode), outbound ports carry their gateway listener port.
 pub fn build(
     snap: &MeshSnapshot,
     local_exports: &LocalExports,
     local: &ClusterId,
     version: u64,
+    gateway_ports: Option<&GatewayPorts>,
 ) -> proto::ConfigSnapshot {
     let peers = snap
         .clusters
@@ -148,7 +203,17 @@ pub fn build(
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 vip: svc.vip.map(|ip| ip.to_string()).unwrap_or_default(),
-                ports: svc.import.ports.iter().map(port).collect(),
+                ports: svc
+                    .import
+                    .ports
+                    .iter()
+                    .map(|p| proto::Port {
+                        gateway_port: gateway_ports
+                            .and_then(|g| g.get(&(key.clone(), p.port)))
+                            .map_or(0, |&gp| u32::from(gp)),
+                        ..port(p)
+                    })
+                    .collect(),
                 candidates,
                 policy: Some(default_policy()),
                 header_routes: Vec::new(),
@@ -288,12 +353,13 @@ mod tests {
 
     #[test]
     fn outbound_candidates_carry_priority_health_and_drills() {
-        let cfg = build(&snapshot(), &LocalExports::default(), &c("east"), 7);
+        let cfg = build(&snapshot(), &LocalExports::default(), &c("east"), 7, None);
         assert_eq!(cfg.version, 7);
         assert_eq!(cfg.peers.len(), 2, "every cluster but the local one");
         let out = &cfg.outbound[0];
         assert_eq!(out.vip, "10.255.0.7");
         assert_eq!(out.ports[0].app_protocol, proto::AppProtocol::Http as i32);
+        assert_eq!(out.ports[0].gateway_port, 0, "none outside Kubernetes mode");
         let by: BTreeMap<_, _> = out
             .candidates
             .iter()
@@ -305,6 +371,85 @@ mod tests {
         assert!(by["east"].healthy);
         assert!(!by["west"].healthy, "our gateway reports west down");
         assert!(by["north"].drained);
+    }
+
+    /// A snapshot of `n` ClusterSetIP imports `demo/s<i>`, each with TCP ports 80 and 5432 and
+    /// a UDP port 53, and one headless import.
+    fn many(n: usize) -> MeshSnapshot {
+        let mut snap = snapshot();
+        let template = snap.services.values().next().unwrap().clone();
+        snap.services.clear();
+        let tcp = |port: u16| ServicePort {
+            name: format!("p{port}"),
+            protocol: Protocol::Tcp,
+            port,
+            app_protocol: None,
+        };
+        for i in 0..=n {
+            let key = ServiceKey::new("demo", format!("s{i}")).unwrap();
+            let mut view = (*template).clone();
+            view.import.key = key.clone();
+            view.import.ports = vec![tcp(80), tcp(5432)];
+            view.import.ports.push(ServicePort {
+                protocol: Protocol::Udp,
+                ..tcp(53)
+            });
+            if i == n {
+                view.import.service_type = ServiceType::Headless;
+            }
+            snap.services.insert(key, std::sync::Arc::new(view));
+        }
+        snap
+    }
+
+    #[test]
+    fn gateway_ports_are_unique_stable_and_in_range() {
+        let snap = many(300);
+        let ports = gateway_ports(&snap, 20000, 1000);
+        assert_eq!(ports.len(), 600, "TCP ports of ClusterSetIP imports only");
+        let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            600,
+            "no two import ports share a gateway port"
+        );
+        assert!(distinct.iter().all(|p| (20000..21000).contains(p)));
+        assert_eq!(
+            gateway_ports(&snap, 20000, 1000),
+            ports,
+            "same snapshot, same ports"
+        );
+
+        // Another import leaves most of the others where they were.
+        let mut more = snap.clone();
+        let extra = many(301);
+        let (k, v) = extra
+            .services
+            .iter()
+            .nth(300)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        more.services.insert(k, v);
+        let after = gateway_ports(&more, 20000, 1000);
+        let moved = ports
+            .iter()
+            .filter(|(k, p)| after.get(*k) != Some(*p))
+            .count();
+        assert!(moved <= 4, "{moved} import ports moved");
+
+        // Too few ports: the rest get none.
+        assert_eq!(gateway_ports(&snap, 20000, 10).len(), 10);
+        assert!(gateway_ports(&snap, 20000, 0).is_empty());
+
+        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, Some(&ports));
+        let s0 = cfg.outbound.iter().find(|o| o.name == "s0").unwrap();
+        let key = ServiceKey::new("demo", "s0").unwrap();
+        assert_eq!(
+            s0.ports[0].gateway_port,
+            u32::from(ports[&(key.clone(), 80)])
+        );
+        assert_eq!(s0.ports[1].gateway_port, u32::from(ports[&(key, 5432)]));
+        assert_eq!(s0.ports[2].gateway_port, 0, "UDP");
     }
 
     #[test]
@@ -327,11 +472,11 @@ mod tests {
             invalid: vec![],
             loaded: true,
         };
-        let cfg = build(&snapshot(), &local, &c("east"), 1);
+        let cfg = build(&snapshot(), &local, &c("east"), 1, None);
         assert_eq!(cfg.inbound.len(), 1);
         assert_eq!(cfg.inbound[0].endpoints[0].address, "10.1.0.5:8080");
         assert!(!cfg.inbound[0].drained);
-        let drained = build(&snapshot(), &local, &c("north"), 1);
+        let drained = build(&snapshot(), &local, &c("north"), 1, None);
         assert!(
             drained.inbound[0].drained,
             "a drill drains north's inbound side"

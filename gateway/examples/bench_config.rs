@@ -34,6 +34,7 @@ fn main() {
         protocol: proto::Protocol::Tcp as i32,
         port: 80,
         app_protocol: AppProtocol::Http as i32,
+        gateway_port: 0,
     };
     let outbound = (0..services)
         .map(|i| OutboundService {

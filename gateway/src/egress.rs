@@ -74,7 +74,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         let Some(tables) = shared.tables.load_full() else {
             return;
         };
-        let Some((svc, port)) = tables.vips.get(&local).cloned() else {
+        let route = tables
+            .vips
+            .get(&local)
+            .or_else(|| tables.port_routes.get(&local.port()))
+            .cloned();
+        let Some((svc, port)) = route else {
             tracing::debug!(%local, %remote, "no service at this address; closing");
             return;
         };
@@ -732,21 +737,24 @@ async fn connect_tunnel(
     }
 }
 
-// === VIP listeners ===
+// === VIP and gateway-port listeners ===
 
-/// Keeps one listener per distinct outbound port (only with `--vip-range`).
+/// Keeps one listener per distinct outbound port (with `--vip-range`) and per gateway port
+/// (`Port.gateway_port`), all on `vip_listen_ip`. A connection is routed by its destination
+/// address (a VIP) or, failing that, by the port it arrived on (a gateway port).
 pub(crate) async fn manage_vip_listeners(shared: Arc<Shared>) {
-    if shared.config.vip_range.is_none() {
-        return;
-    }
     let mut version = shared.version_tx.subscribe();
     let mut listeners: BTreeMap<u16, CancellationToken> = BTreeMap::new();
+    let vips = shared.config.vip_range.is_some();
     loop {
-        let wanted = shared
+        let wanted: std::collections::BTreeSet<u16> = shared
             .tables
             .load()
             .as_ref()
-            .map(|t| t.vip_ports.clone())
+            .map(|t| {
+                let vip_ports = t.vip_ports.iter().filter(|_| vips);
+                vip_ports.chain(t.port_routes.keys()).copied().collect()
+            })
             .unwrap_or_default();
         listeners.retain(|port, token| {
             let keep = wanted.contains(port);
@@ -771,10 +779,10 @@ pub(crate) async fn manage_vip_listeners(shared: Arc<Shared>) {
                             _ = accept_loop(shared, listener, true) => {}
                         }
                     });
-                    tracing::info!(%addr, "VIP listener started");
+                    tracing::info!(%addr, "service port listener started");
                     listeners.insert(port, token);
                 }
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot open VIP listener"),
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot open service port listener"),
             }
         }
         tokio::select! {

@@ -317,6 +317,9 @@ pub struct Tables {
     pub vips: HashMap<SocketAddr, (Arc<Outbound>, PortSpec)>,
     /// Distinct outbound ports: one VIP listener each.
     pub vip_ports: BTreeSet<u16>,
+    /// Gateway listener ports of outbound ports (`Port.gateway_port`, Kubernetes mode): what
+    /// arrives on one goes to that service port whatever its destination address.
+    pub port_routes: HashMap<u16, (Arc<Outbound>, PortSpec)>,
 }
 
 /// State that outlives a config version, keyed by what it belongs to.
@@ -505,6 +508,7 @@ impl Tables {
         let mut outbound = HashMap::new();
         let mut vips = HashMap::new();
         let mut vip_ports = BTreeSet::new();
+        let mut port_routes: HashMap<u16, (Arc<Outbound>, PortSpec)> = HashMap::new();
         for s in &snapshot.outbound {
             let name = ServiceName::new(&s.namespace, &s.name, "outbound service")?;
             let what = format!("outbound service {name}");
@@ -614,6 +618,23 @@ impl Tables {
                 limiter: registry.egress_limiter(&name),
                 name: name.clone(),
             });
+            for p in s.ports.iter().filter(|p| p.gateway_port != 0) {
+                let Some(spec) = svc.ports.iter().find(|o| u32::from(o.port) == p.port) else {
+                    continue; // UDP/SCTP: not proxied
+                };
+                let gp = u16::try_from(p.gateway_port).map_err(|_| {
+                    nack(format!(
+                        "{what}: gateway port {} of port {} is not in 1..=65535",
+                        p.gateway_port, p.port
+                    ))
+                })?;
+                if let Some((other, op)) = port_routes.insert(gp, (svc.clone(), *spec)) {
+                    return Err(nack(format!(
+                        "{what}: gateway port {gp} of port {} is also {}:{}'s",
+                        p.port, other.name, op.port
+                    )));
+                }
+            }
             for p in &svc.ports {
                 vip_ports.insert(p.port);
                 if let Some(ip) = vip {
@@ -638,6 +659,7 @@ impl Tables {
             outbound,
             vips,
             vip_ports,
+            port_routes,
         };
         registry.retain(&tables);
         Ok(tables)

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::crds::{
     ServiceImport, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, MANAGER,
 };
+use crate::gwconfig::GatewayPorts;
 
 /// Label Kubernetes reads to tie EndpointSlices to their Service.
 const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -52,8 +53,14 @@ const RETRY: Duration = Duration::from_secs(2);
 pub struct KubeOptions {
     /// Labels of the local gateway pods; derived Services select them.
     pub gateway_selector: BTreeMap<String, String>,
-    /// The gateway's egress port: every port of a derived Service targets it.
+    /// The gateway's egress port (HTTP routed by Host): the target of import ports that have no
+    /// gateway port of their own (UDP, or past `gateway_port_count`).
     pub gateway_port: u16,
+    /// Gateway listener ports for the TCP ports of ClusterSetIP imports, `gateway_port_first`
+    /// onwards: each import port gets one, and its derived Service port targets it
+    /// ([`crate::gwconfig::gateway_ports`]).
+    pub gateway_port_first: u16,
+    pub gateway_port_count: u16,
 }
 
 impl Default for KubeOptions {
@@ -64,6 +71,8 @@ impl Default for KubeOptions {
                 "causeway-gateway".to_string(),
             )]),
             gateway_port: 15001,
+            gateway_port_first: 20000,
+            gateway_port_count: 10000,
         }
     }
 }
@@ -78,11 +87,7 @@ fn fit(name: &str) -> String {
     if name.len() <= 63 {
         return name.to_string();
     }
-    // FNV-1a: stable across releases (std's hasher is not).
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
+    let h = crate::gwconfig::fnv1a(name.as_bytes());
     format!("{}-{h:08x}", name[..54].trim_end_matches('-'))
 }
 
@@ -126,6 +131,7 @@ pub fn desired_import(
     view: &ServiceView,
     opts: &KubeOptions,
     cluster_ip: Option<&str>,
+    gateway_ports: &GatewayPorts,
 ) -> DesiredImport {
     let key = &view.import.key;
     let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
@@ -156,11 +162,17 @@ pub fn desired_import(
     let service_ports: Vec<Value> = ports(view)
         .into_iter()
         .map(|mut p| {
-            // Clients' connections to the ClusterSetIP land on the local gateway's egress port.
+            // Clients' connections to the ClusterSetIP land on the local gateway, on the port
+            // it keeps for this import port (routed whatever the protocol), else on its egress
+            // port (HTTP routed by Host).
+            let port = p["port"].as_u64().and_then(|n| u16::try_from(n).ok());
             p["targetPort"] = if headless {
                 p["port"].clone()
             } else {
-                json!(opts.gateway_port)
+                match port.and_then(|n| gateway_ports.get(&(key.clone(), n))) {
+                    Some(gp) => json!(gp),
+                    None => json!(opts.gateway_port),
+                }
             };
             p
         })
@@ -371,6 +383,9 @@ async fn sync(
         .filter(|n| namespace_live(n))
         .map(|n| n.name_any())
         .collect();
+    // Over the whole snapshot, as the gateway config does, so that both agree.
+    let gateway_ports =
+        crate::gwconfig::gateway_ports(snap, opts.gateway_port_first, opts.gateway_port_count);
     let wanted: BTreeMap<&ServiceKey, &ServiceView> = snap
         .services
         .iter()
@@ -390,7 +405,7 @@ async fn sync(
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.cluster_ip.clone())
             .filter(|ip| !ip.is_empty() && ip != "None");
-        let want = desired_import(view, opts, cluster_ip.as_deref());
+        let want = desired_import(view, opts, cluster_ip.as_deref(), &gateway_ports);
         let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
 
         // The ServiceImport first: the derived objects carry its uid.

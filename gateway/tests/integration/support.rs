@@ -253,6 +253,7 @@ pub fn port(port: u16, app: proto::AppProtocol) -> proto::Port {
         protocol: proto::Protocol::Tcp as i32,
         port: u32::from(port),
         app_protocol: app as i32,
+        gateway_port: 0,
     }
 }
 

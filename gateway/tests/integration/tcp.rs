@@ -159,3 +159,117 @@ async fn http_by_cluster_set_ip_ignores_the_host_header() {
         Some(format!("web.shop.svc.clusterset.local:{svc_port}"))
     );
 }
+
+#[tokio::test]
+async fn gateway_ports_route_by_the_port_they_arrive_on() {
+    // Kubernetes mode: no VIP range; a derived Service's traffic reaches the gateway pod on the
+    // gateway port kept for the import port, with the pod's own address as destination. Two
+    // imports share service port 5432 (opaque TCP) and one HTTP import has port 80: each gets a
+    // gateway port of its own.
+    let pki = Pki::new();
+    let (db_gp, other_gp, web_gp) = (
+        dead_addr().await.port(),
+        dead_addr().await.port(),
+        dead_addr().await.port(),
+    );
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.vip_listen_ip = "127.0.0.1".parse().unwrap();
+    let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
+    let west = start_gateway(&pki, "west").await;
+    let db = TcpEcho::start("west-db").await;
+    let other = TcpEcho::start("west-xx").await;
+    let web = HttpBackend::start("web-west").await;
+
+    let with_gateway_port = |p: u16, app: AppProtocol, gp: u16| causeway_api::proto::Port {
+        gateway_port: u32::from(gp),
+        ..port(p, app)
+    };
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![peer(&pki, "west", &west)],
+        vec![],
+        vec![
+            outbound(
+                "db",
+                vec![with_gateway_port(5432, AppProtocol::Opaque, db_gp)],
+                vec![cand("west", 1)],
+            ),
+            outbound(
+                "other",
+                vec![with_gateway_port(5432, AppProtocol::Opaque, other_gp)],
+                vec![cand("west", 1)],
+            ),
+            outbound(
+                "web",
+                vec![with_gateway_port(80, AppProtocol::Http, web_gp)],
+                vec![cand("west", 1)],
+            ),
+        ],
+    ))
+    .unwrap();
+    west.apply_config(snapshot(
+        1,
+        "west",
+        vec![peer(&pki, "east", &east)],
+        vec![
+            inbound("db", vec![port(5432, AppProtocol::Opaque)], &[db.addr]),
+            inbound(
+                "other",
+                vec![port(5432, AppProtocol::Opaque)],
+                &[other.addr],
+            ),
+            inbound("web", vec![port(80, AppProtocol::Http)], &[web.addr]),
+        ],
+        vec![],
+    ))
+    .unwrap();
+
+    for (gp, greeting) in [(db_gp, "west-db:"), (other_gp, "west-xx:")] {
+        let mut s = wait_for("the gateway port listener", 10, || async {
+            TcpStream::connect(("127.0.0.1", gp)).await.ok()
+        })
+        .await;
+        assert_eq!(read_exact_str(&mut s, greeting.len()).await, greeting);
+        s.write_all(b"ping").await.unwrap();
+        assert_eq!(read_exact_str(&mut s, 4).await, "ping");
+    }
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], web_gp).into();
+    wait_for("the HTTP gateway port", 10, || async {
+        TcpStream::connect(addr).await.ok()
+    })
+    .await;
+    // The Host of the derived Service's name, which the egress port could not route.
+    let a = get(addr, "web-clusterset.shop.svc.cluster.local", "/k8s").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["backend"], "web-west");
+    assert_eq!(
+        a.seen("host"),
+        Some("web.shop.svc.clusterset.local:80".into())
+    );
+
+    // A config that gives two import ports one gateway port is refused.
+    let clash = snapshot(
+        2,
+        "east",
+        vec![peer(&pki, "west", &west)],
+        vec![],
+        vec![
+            outbound(
+                "db",
+                vec![with_gateway_port(5432, AppProtocol::Opaque, db_gp)],
+                vec![cand("west", 1)],
+            ),
+            outbound(
+                "other",
+                vec![with_gateway_port(5432, AppProtocol::Opaque, db_gp)],
+                vec![cand("west", 1)],
+            ),
+        ],
+    );
+    let err = east.apply_config(clash).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("gateway port {db_gp}")),
+        "{err}"
+    );
+}

@@ -63,7 +63,8 @@ fn view(service_type: ServiceType) -> ServiceView {
 #[test]
 fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
     let opts = KubeOptions::default();
-    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, None);
+    let none = GatewayPorts::new();
+    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, None, &none);
     assert_eq!(want.import["spec"]["type"], "ClusterSetIP");
     assert!(want.import["spec"].get("ips").is_none(), "no ClusterIP yet");
     assert_eq!(
@@ -79,11 +80,20 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         want.service["spec"]["selector"]["app.kubernetes.io/name"],
         "causeway-gateway"
     );
+    // No gateway port for it: the egress port, routed by Host.
     assert_eq!(want.service["spec"]["ports"][0]["targetPort"], 15001);
     assert_eq!(want.service["spec"]["ports"][0]["appProtocol"], "http");
     assert!(want.slices.is_empty());
-    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, Some("10.96.0.42"));
+    let ports = GatewayPorts::from([(("demo/echo".parse().unwrap(), 80), 20417)]);
+    let want = desired_import(
+        &view(ServiceType::ClusterSetIP),
+        &opts,
+        Some("10.96.0.42"),
+        &ports,
+    );
     assert_eq!(want.import["spec"]["ips"], json!(["10.96.0.42"]));
+    assert_eq!(want.service["spec"]["ports"][0]["targetPort"], 20417);
+    assert_eq!(want.service["spec"]["ports"][0]["port"], 80);
 }
 
 #[test]
@@ -92,6 +102,7 @@ fn a_headless_import_gets_slices_per_cluster_and_family() {
         &view(ServiceType::Headless),
         &KubeOptions::default(),
         Some("ignored"),
+        &GatewayPorts::new(),
     );
     assert!(want.import["spec"].get("ips").is_none());
     assert_eq!(want.service["spec"]["clusterIP"], "None");
