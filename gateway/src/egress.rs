@@ -91,11 +91,86 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
     } else {
         None
     };
+    // A caller that opens with a TLS handshake gets mTLS; its identity travels in XFCC.
+    let mut first = [0u8; 1];
+    if matches!(stream.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE) {
+        let Some((tls, caller)) = accept_caller(&shared, stream, remote).await else {
+            return;
+        };
+        serve_http(shared, TokioIo::new(tls), remote, fixed, Some(caller)).await
+    } else {
+        serve_http(shared, TokioIo::new(stream), remote, fixed, None).await
+    }
+}
+
+/// The first byte of a TLS ClientHello record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The mTLS handshake of a local caller: a certificate chaining to our bundle, with a SPIFFE
+/// ID of our own trust domain. Refusals are counted and logged with the reason.
+async fn accept_caller(
+    shared: &Shared,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Arc<str>)> {
+    let tls = shared.tls.load_full();
+    let refuse = |r: crate::tls::Refusal| {
+        shared
+            .metrics
+            .client_handshake_failures
+            .with_label_values(&[r.reason])
+            .inc();
+        tracing::warn!(%remote, reason = r.reason, detail = %r.detail, "caller's TLS connection refused");
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls.egress.clone()).accept(stream);
+    let stream = match tokio::time::timeout(shared.connect_timeout(), accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            refuse(crate::tls::classify_handshake_error(&e));
+            return None;
+        }
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out");
+            refuse(crate::tls::classify_handshake_error(&e));
+            return None;
+        }
+    };
+    let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    let id = match causeway_api::tls::peer_spiffe_id(certs) {
+        Ok(id) => id,
+        Err(e) => {
+            refuse(crate::tls::Refusal {
+                reason: "no_spiffe_id",
+                detail: e.to_string(),
+            });
+            return None;
+        }
+    };
+    if id.trust_domain() != tls.own_id.trust_domain() {
+        refuse(crate::tls::Refusal {
+            reason: "foreign_identity",
+            detail: format!("{id} is not of trust domain {}", tls.own_id.trust_domain()),
+        });
+        return None;
+    }
+    Some((stream, Arc::from(id.to_string())))
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: TokioIo<I>,
+    remote: SocketAddr,
+    fixed: Option<(ServiceName, PortSpec)>,
+    caller: Option<Arc<str>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let draining = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let fixed = fixed.clone();
-        async move { Ok::<_, Infallible>(handle_request(shared, req, fixed).await) }
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(handle_request(shared, req, fixed, caller).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -103,7 +178,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         .timer(hyper_util::rt::TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -158,6 +233,7 @@ async fn handle_request(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     fixed: Option<(ServiceName, PortSpec)>,
+    caller: Option<Arc<str>>,
 ) -> Response<Body> {
     let start = Instant::now();
     let authority = request_authority(&req).unwrap_or_default();
@@ -226,6 +302,10 @@ async fn handle_request(
 
     let (mut parts, incoming) = req.into_parts();
     xfcc::strip_gateway_headers(&mut parts.headers);
+    if let Some(caller) = &caller {
+        let by = shared.tls.load().own_id.to_string();
+        xfcc::append(&mut parts.headers, &xfcc::element(&by, caller));
+    }
     xfcc::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if let Ok(v) = HeaderValue::from_str(&own) {

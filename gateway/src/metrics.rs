@@ -16,6 +16,7 @@ pub struct Metrics {
     pub config_version: IntGauge,
     pub config_nacks: IntCounter,
     pub handshake_failures: IntCounterVec,
+    pub client_handshake_failures: IntCounterVec,
     pub retries: IntCounter,
     pub path_lost: IntCounter,
     pub path_checks: IntCounterVec,
@@ -75,6 +76,13 @@ impl Metrics {
             "causeway_gateway_config_nacks_total",
             "Config snapshots refused"
         ));
+        let client_handshake_failures = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_client_handshake_failures_total",
+                "TLS connections of local callers to the egress refused, by reason"
+            ),
+            &["reason"]
+        ));
         let handshake_failures = reg!(IntCounterVec::new(
             Opts::new(
                 "causeway_gateway_peer_handshake_failures_total",
@@ -124,6 +132,7 @@ impl Metrics {
             config_version,
             config_nacks,
             handshake_failures,
+            client_handshake_failures,
             retries,
             path_lost,
             path_checks,

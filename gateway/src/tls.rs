@@ -48,6 +48,9 @@ pub(crate) struct TlsState {
     pub(crate) own_id: SpiffeId,
     pub(crate) local_bundle: TrustBundle,
     pub(crate) server: Arc<rustls::ServerConfig>,
+    /// Local callers that speak TLS to the egress (HTTP ports): a client certificate chaining
+    /// to our own bundle is required; its SPIFFE ID goes into XFCC.
+    pub(crate) egress: Arc<rustls::ServerConfig>,
     pub(crate) federator: Arc<rustls::ClientConfig>,
     pub backend_h1: Arc<rustls::ClientConfig>,
     pub backend_h2: Arc<rustls::ClientConfig>,
@@ -119,6 +122,7 @@ impl TlsState {
             }
         }
         let server = api_tls::server_config(&identity, &TrustBundle::new(roots), &[ALPN_H2])?;
+        let egress = api_tls::server_config(&identity, &local_bundle, &[ALPN_H2, ALPN_H1])?;
         let federator_id = SpiffeId::federator(own_id.trust_domain())?;
         let federator = api_tls::client_config(
             &identity,
@@ -143,6 +147,7 @@ impl TlsState {
             own_id,
             local_bundle,
             server,
+            egress,
             federator,
             peers,
         })
@@ -157,7 +162,7 @@ impl TlsState {
 // === peer authentication ===
 
 /// Why a peer connection was refused; the `reason` label of
-/// `causeway_gateway_peer_handshake_failures_total`.
+/// `causeway_gateway_peer_handshake_failures_total` (or `..._client_...` on the egress).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub(crate) reason: &'static str,

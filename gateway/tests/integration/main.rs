@@ -8,6 +8,7 @@ mod support;
 
 mod backend_tls;
 mod binary;
+mod caller_identity;
 mod config_protocol;
 mod failover;
 mod grpc;

@@ -599,6 +599,49 @@ impl H1 {
         Self { sender }
     }
 
+    /// An mTLS connection as a local caller with `client` (None: no client certificate),
+    /// expecting the gateway of `cluster`. Err: the handshake failed.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        pki: &Pki,
+        cluster: &str,
+        client: Option<&IdFiles>,
+    ) -> Result<Self, std::io::Error> {
+        use causeway_api::tls::{ExpectedPeer, Identity, TrustBundle};
+        let bundle = TrustBundle::load(pki.dir.path().join("bundle.pem")).unwrap();
+        let expected = ExpectedPeer::Exact(gateway_id(cluster).parse().unwrap());
+        let config = match client {
+            Some(files) => {
+                let identity = Identity::load(&files.cert, &files.key).unwrap();
+                causeway_api::tls::client_config(&identity, &bundle, expected, &[b"http/1.1"])
+                    .unwrap()
+            }
+            None => {
+                // The same verifier, but no client certificate is offered.
+                let any = pki.gateway_files(cluster);
+                let identity = Identity::load(&any.cert, &any.key).unwrap();
+                let with =
+                    causeway_api::tls::client_config(&identity, &bundle, expected, &[b"http/1.1"])
+                        .unwrap();
+                let mut c = (*with).clone();
+                c.client_auth_cert_resolver = Arc::new(NoClientCert);
+                Arc::new(c)
+            }
+        };
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(
+                rustls_pki_types::ServerName::try_from("gateway").unwrap(),
+                tcp,
+            )
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Self { sender })
+    }
+
     pub async fn send(
         &mut self,
         method: &str,
@@ -621,6 +664,40 @@ impl H1 {
 
     pub async fn get(&mut self, host: &str, path: &str) -> Answer {
         self.send("GET", host, path, &[], "").await
+    }
+
+    /// Like [`H1::get`], but a connection-level failure is returned, not a panic.
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<Answer, hyper::Error> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.sender.ready().await?;
+        Ok(collect(self.sender.send_request(req).await?).await)
+    }
+}
+
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
     }
 }
 
