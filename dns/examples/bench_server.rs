@@ -46,6 +46,7 @@ fn export(service_ip: IpAddr) -> ExportView {
             allowed_identities: vec![],
             weight: None,
             service_ip: Some(service_ip),
+            traffic_policy: Default::default(),
         },
         conditions: ExportConditions::default(),
         stale: false,

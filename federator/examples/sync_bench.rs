@@ -194,6 +194,7 @@ fn export_record(created: i64) -> ExportRecord {
         allowed_identities: vec![],
         weight: None,
         service_ip: Some("10.96.0.10".parse().expect("ip")),
+        traffic_policy: Default::default(),
     }
 }
 

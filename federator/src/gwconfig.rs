@@ -64,7 +64,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
 pub fn default_policy() -> proto::TrafficPolicy {
     proto::TrafficPolicy {
         timeout_ms: 15_000,
-        retry_attempts: 2,
+        retry_attempts: Some(2),
         retry_budget_percent: 20,
         max_pending: 1024,
         max_concurrent: 1024,
@@ -72,6 +72,34 @@ pub fn default_policy() -> proto::TrafficPolicy {
         outlier_base_ejection_ms: 5_000,
         rate_limit: None,
     }
+}
+
+/// The default policy with what the import's (oldest) exporter asks for. The exporter's rate
+/// limit is enforced by its own gateway (inbound), not here.
+fn policy(asked: Option<&causeway_api::TrafficPolicy>) -> proto::TrafficPolicy {
+    let mut p = default_policy();
+    let Some(a) = asked else {
+        return p;
+    };
+    if let Some(v) = a.timeout_ms {
+        p.timeout_ms = v;
+    }
+    if let Some(v) = a.retry_attempts {
+        p.retry_attempts = Some(v);
+    }
+    if let Some(v) = a.max_concurrent {
+        p.max_concurrent = v;
+    }
+    if let Some(v) = a.max_pending {
+        p.max_pending = v;
+    }
+    if let Some(v) = a.outlier_consecutive_errors {
+        p.outlier_consecutive_errors = v;
+    }
+    if let Some(v) = a.outlier_base_ejection_ms {
+        p.outlier_base_ejection_ms = v;
+    }
+    p
 }
 
 fn port(p: &ServicePort) -> proto::Port {
@@ -169,7 +197,14 @@ pub fn build(
                 .collect(),
             allowed_identities: e.record.allowed_identities.clone(),
             drained: snap.is_drained(key, local),
-            rate_limit: None,
+            rate_limit: e
+                .record
+                .traffic_policy
+                .rate_limit
+                .map(|r| proto::RateLimit {
+                    requests_per_second: r.requests_per_second,
+                    burst: r.burst,
+                }),
         })
         .collect();
 
@@ -215,7 +250,7 @@ pub fn build(
                     })
                     .collect(),
                 candidates,
-                policy: Some(default_policy()),
+                policy: Some(policy(svc.traffic_policy())),
                 header_routes: Vec::new(),
             }
         })
@@ -266,6 +301,7 @@ mod tests {
             allowed_identities: vec![],
             weight: None,
             service_ip: None,
+            traffic_policy: Default::default(),
         }
     }
 
@@ -450,6 +486,52 @@ mod tests {
         );
         assert_eq!(s0.ports[1].gateway_port, u32::from(ports[&(key, 5432)]));
         assert_eq!(s0.ports[2].gateway_port, 0, "UDP");
+    }
+
+    #[test]
+    fn the_oldest_exporters_policy_applies_and_rate_limits_stay_inbound() {
+        let mut snap = snapshot();
+        let key = ServiceKey::new("demo", "echo").unwrap();
+        let view = std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap());
+        for (cluster, created, timeout) in
+            [("east", 5, 1000), ("west", 2, 2000), ("north", 3, 3000)]
+        {
+            let r = &mut view.exports.get_mut(&c(cluster)).unwrap().record;
+            r.created_unix_ms = created;
+            r.traffic_policy.timeout_ms = Some(timeout);
+            r.traffic_policy.retry_attempts = Some(0);
+        }
+        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, None);
+        let p = cfg.outbound[0].policy.as_ref().unwrap();
+        assert_eq!(p.timeout_ms, 2000, "west's export is the oldest");
+        assert_eq!(p.retry_attempts, Some(0));
+        assert_eq!(
+            p.max_pending,
+            default_policy().max_pending,
+            "the rest: defaults"
+        );
+        assert_eq!(p.rate_limit, None);
+
+        let mut local_record = record(1);
+        local_record.traffic_policy.rate_limit = Some(causeway_api::RateLimit {
+            requests_per_second: 7,
+            burst: 9,
+        });
+        let local = LocalExports {
+            exports: BTreeMap::from([(
+                key,
+                LocalExport {
+                    record: local_record,
+                    endpoints: vec![],
+                    origin: "f".into(),
+                },
+            )]),
+            invalid: vec![],
+            loaded: true,
+        };
+        let cfg = build(&snap, &local, &c("east"), 1, None);
+        let rl = cfg.inbound[0].rate_limit.as_ref().unwrap();
+        assert_eq!((rl.requests_per_second, rl.burst), (7, 9));
     }
 
     #[test]

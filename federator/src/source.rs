@@ -7,7 +7,7 @@ pub mod kube;
 use std::collections::BTreeMap;
 
 use causeway_api::snapshot::InvalidExport;
-use causeway_api::{Endpoint, ExportRecord, ServiceKey};
+use causeway_api::{Endpoint, ExportRecord, RateLimit, ServiceKey, TrafficPolicy};
 
 /// One export of this cluster, with what only this cluster needs to know (its endpoints).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,4 +27,123 @@ pub struct LocalExports {
     pub invalid: Vec<InvalidExport>,
     /// False until the source has read its input once.
     pub loaded: bool,
+}
+
+/// A field of an export's traffic policy (docs/export-files.md, docs/kubernetes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyField {
+    Timeout,
+    Retries,
+    MaxConcurrent,
+    MaxPending,
+    OutlierConsecutiveErrors,
+    OutlierBaseEjection,
+    RateLimitRps,
+    RateLimitBurst,
+}
+
+/// Builds a traffic policy from text values, each with the name its source knows it by (a
+/// YAML path or an annotation), so that both sources check the same things and name the field
+/// that is wrong.
+pub(crate) fn traffic_policy<'a>(
+    fields: impl IntoIterator<Item = (PolicyField, &'a str, String)>,
+) -> Result<TrafficPolicy, String> {
+    let mut p = TrafficPolicy::default();
+    let mut rps: Option<(u32, &str)> = None;
+    let mut burst: Option<(u32, &str)> = None;
+    for (field, name, text) in fields {
+        let text = text.trim();
+        let count = || -> Result<u32, String> {
+            text.parse::<u32>()
+                .map_err(|_| format!("{name} {text:?} is not a whole number"))
+        };
+        let millis = || -> Result<u64, String> {
+            let d = crate::config::parse_duration(text).map_err(|e| format!("{name}: {e}"))?;
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            if ms == 0 {
+                return Err(format!("{name} {text:?} must be at least 1ms"));
+            }
+            Ok(ms)
+        };
+        match field {
+            PolicyField::Timeout => p.timeout_ms = Some(millis()?),
+            PolicyField::Retries => p.retry_attempts = Some(count()?),
+            PolicyField::MaxConcurrent => {
+                let n = count()?;
+                if n == 0 {
+                    return Err(format!("{name} must be at least 1"));
+                }
+                p.max_concurrent = Some(n);
+            }
+            PolicyField::MaxPending => p.max_pending = Some(count()?),
+            PolicyField::OutlierConsecutiveErrors => {
+                let n = count()?;
+                if n == 0 {
+                    return Err(format!("{name} must be at least 1"));
+                }
+                p.outlier_consecutive_errors = Some(n);
+            }
+            PolicyField::OutlierBaseEjection => p.outlier_base_ejection_ms = Some(millis()?),
+            PolicyField::RateLimitRps => rps = Some((count()?, name)),
+            PolicyField::RateLimitBurst => burst = Some((count()?, name)),
+        }
+    }
+    match (rps, burst) {
+        (None, None) => {}
+        (None, Some((_, name))) => return Err(format!("{name} needs a requests-per-second limit")),
+        (Some((0, name)), _) => return Err(format!("{name} must be at least 1")),
+        (Some((_, _)), Some((0, name))) => return Err(format!("{name} must be at least 1")),
+        (Some((r, _)), b) => {
+            p.rate_limit = Some(RateLimit {
+                requests_per_second: r,
+                // Default: one second's worth.
+                burst: b.map_or(r, |(b, _)| b),
+            })
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_policy_fields_and_errors() {
+        use PolicyField::*;
+        let p = traffic_policy([
+            (Timeout, "timeout", "2s".to_string()),
+            (Retries, "retries", "3".to_string()),
+            (MaxConcurrent, "maxConcurrent", "100".to_string()),
+            (MaxPending, "maxPending", "0".to_string()),
+            (OutlierConsecutiveErrors, "outlier", "7".to_string()),
+            (OutlierBaseEjection, "ejection", "500ms".to_string()),
+            (RateLimitRps, "rps", "50".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(p.timeout_ms, Some(2000));
+        assert_eq!(p.retry_attempts, Some(3));
+        assert_eq!(p.max_concurrent, Some(100));
+        assert_eq!(p.max_pending, Some(0));
+        assert_eq!(p.outlier_consecutive_errors, Some(7));
+        assert_eq!(p.outlier_base_ejection_ms, Some(500));
+        assert_eq!(
+            p.rate_limit,
+            Some(RateLimit {
+                requests_per_second: 50,
+                burst: 50
+            })
+        );
+        assert!(traffic_policy([]).unwrap().is_empty());
+        let err = |f, name: &'static str, v: &str| {
+            traffic_policy([(f, name, v.to_string())]).unwrap_err()
+        };
+        assert!(err(Timeout, "spec.trafficPolicy.timeout", "soon")
+            .contains("spec.trafficPolicy.timeout"));
+        assert!(err(Timeout, "t", "0s").contains("at least 1ms"));
+        assert!(err(Retries, "causeway.io/retries", "-1").contains("causeway.io/retries"));
+        assert!(err(OutlierConsecutiveErrors, "o", "0").contains("at least 1"));
+        assert!(err(RateLimitBurst, "burst", "5").contains("requests-per-second"));
+        assert!(err(RateLimitRps, "rps", "0").contains("rps must be at least 1"));
+    }
 }

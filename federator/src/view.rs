@@ -712,6 +712,7 @@ mod tests {
             allowed_identities: vec![],
             weight: None,
             service_ip: None,
+            traffic_policy: Default::default(),
         };
         (
             keys::export_key(&svc(service), &c(cluster)),

@@ -231,7 +231,7 @@ impl Policy {
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         Self {
             timeout: (p.timeout_ms > 0).then(|| Duration::from_millis(p.timeout_ms)),
-            retry_attempts: or(p.retry_attempts, DEFAULT_RETRY_ATTEMPTS),
+            retry_attempts: p.retry_attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS),
             retry_budget_percent: or(p.retry_budget_percent, DEFAULT_RETRY_BUDGET_PERCENT),
             max_concurrent: p.max_concurrent,
             max_pending: p.max_pending,

@@ -41,6 +41,7 @@ fn export(ready: u32, service_ip: Option<&str>, endpoints: Vec<Endpoint>) -> Exp
             allowed_identities: Vec::new(),
             weight: None,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
+            traffic_policy: Default::default(),
         },
         conditions: ExportConditions::default(),
         stale: false,

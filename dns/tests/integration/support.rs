@@ -93,6 +93,7 @@ fn export(
             allowed_identities: Vec::new(),
             weight: None,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
+            traffic_policy: Default::default(),
         },
         conditions: ExportConditions::default(),
         stale: false,

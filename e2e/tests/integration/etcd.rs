@@ -37,6 +37,7 @@ fn export_record() -> ExportRecord {
         allowed_identities: Vec::new(),
         weight: Some(100),
         service_ip: Some("10.96.0.10".parse().expect("valid IP")),
+        traffic_policy: Default::default(),
     }
 }
 

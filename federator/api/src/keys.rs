@@ -640,6 +640,7 @@ mod tests {
             allowed_identities: vec!["spiffe://west.example/ns/shop/sa/web".to_string()],
             weight: Some(10),
             service_ip: Some("10.96.0.10".parse().unwrap()),
+            traffic_policy: Default::default(),
         }
     }
 

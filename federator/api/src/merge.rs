@@ -206,6 +206,7 @@ mod tests {
             allowed_identities: Vec::new(),
             weight: None,
             service_ip: None,
+            traffic_policy: Default::default(),
         }
     }
 

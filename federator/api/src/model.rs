@@ -311,6 +311,49 @@ pub struct ExportRecord {
     /// DNS `local-first` answers it to clients of the same cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ip: Option<IpAddr>,
+    /// How callers' gateways treat calls to the service; the oldest export's applies to the
+    /// import ([`Import`] carries it).
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
+    pub traffic_policy: TrafficPolicy,
+}
+
+/// What an exporter asks of the gateways that call its service. Absent fields keep the
+/// gateways' defaults (docs/gateway.md "Retries, timeouts, breakers, outliers").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficPolicy {
+    /// Time until the response headers, over all attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retries after the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_attempts: Option<u32>,
+    /// Circuit breaker: active requests per (service, cluster), and how many may wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// Outlier detection: 5xx or connect failures in a row before ejection, and its first length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_consecutive_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_base_ejection_ms: Option<u64>,
+    /// Requests per second each calling cluster may send, enforced by the exporting cluster's
+    /// gateway for its own endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl TrafficPolicy {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `requests_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
 }
 
 /// Value of `synced/<cluster>`.

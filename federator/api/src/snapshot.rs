@@ -55,6 +55,19 @@ pub struct ServiceView {
     pub exports: BTreeMap<ClusterId, ExportView>,
 }
 
+impl ServiceView {
+    /// The traffic policy of the import: the one of its oldest export (the MCS rules' winner,
+    /// ordered by creation time, then cluster ID), among the clusters in the import.
+    pub fn traffic_policy(&self) -> Option<&crate::TrafficPolicy> {
+        self.import
+            .clusters
+            .iter()
+            .filter_map(|c| Some((c, self.exports.get(c)?)))
+            .min_by_key(|(c, e)| (e.record.created_unix_ms, *c))
+            .map(|(_, e)| &e.record.traffic_policy)
+    }
+}
+
 /// An export the local source could not read; the others keep flowing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidExport {

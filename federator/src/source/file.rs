@@ -62,6 +62,86 @@ struct Spec {
     allowed_identities: Vec<String>,
     #[serde(default)]
     weight: Option<u32>,
+    #[serde(default)]
+    traffic_policy: Option<PolicySpec>,
+}
+
+/// `spec.trafficPolicy`: what callers' gateways apply (docs/export-files.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicySpec {
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    max_concurrent: Option<u32>,
+    #[serde(default)]
+    max_pending: Option<u32>,
+    #[serde(default)]
+    outlier_consecutive_errors: Option<u32>,
+    #[serde(default)]
+    outlier_base_ejection: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RateLimitSpec {
+    requests_per_second: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+impl PolicySpec {
+    fn parse(self) -> Result<causeway_api::TrafficPolicy, String> {
+        use super::PolicyField as F;
+        let n = |v: Option<u32>| v.map(|v| v.to_string());
+        let (rps, burst) = match self.rate_limit {
+            Some(r) => (Some(r.requests_per_second.to_string()), n(r.burst)),
+            None => (None, None),
+        };
+        let fields = [
+            (F::Timeout, "spec.trafficPolicy.timeout", self.timeout),
+            (F::Retries, "spec.trafficPolicy.retries", n(self.retries)),
+            (
+                F::MaxConcurrent,
+                "spec.trafficPolicy.maxConcurrent",
+                n(self.max_concurrent),
+            ),
+            (
+                F::MaxPending,
+                "spec.trafficPolicy.maxPending",
+                n(self.max_pending),
+            ),
+            (
+                F::OutlierConsecutiveErrors,
+                "spec.trafficPolicy.outlierConsecutiveErrors",
+                n(self.outlier_consecutive_errors),
+            ),
+            (
+                F::OutlierBaseEjection,
+                "spec.trafficPolicy.outlierBaseEjection",
+                self.outlier_base_ejection,
+            ),
+            (
+                F::RateLimitRps,
+                "spec.trafficPolicy.rateLimit.requestsPerSecond",
+                rps,
+            ),
+            (
+                F::RateLimitBurst,
+                "spec.trafficPolicy.rateLimit.burst",
+                burst,
+            ),
+        ];
+        super::traffic_policy(
+            fields
+                .into_iter()
+                .filter_map(|(f, name, v)| v.map(|v| (f, name, v))),
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +291,11 @@ pub fn parse_export(
         id.parse::<causeway_api::spiffe::SpiffeId>()
             .map_err(|e| format!("spec.allowedIdentities: {e}"))?;
     }
+    let traffic_policy = spec
+        .traffic_policy
+        .map(PolicySpec::parse)
+        .transpose()?
+        .unwrap_or_default();
     let ready_endpoints = endpoints.iter().filter(|e| e.ready).count() as u32;
     let record = ExportRecord {
         schema: SCHEMA_VERSION,
@@ -231,6 +316,7 @@ pub fn parse_export(
         allowed_identities: spec.allowed_identities,
         weight: spec.weight,
         service_ip: spec.service_ip,
+        traffic_policy,
     };
     Ok((
         key,
@@ -464,6 +550,47 @@ spec:
             "ClusterSetIP endpoints stay local"
         );
         assert_eq!(e.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn parses_a_traffic_policy() {
+        let text = ECHO.replace(
+            "  serviceIP: 10.96.0.10\n",
+            "  serviceIP: 10.96.0.10\n  trafficPolicy:\n    timeout: 2s\n    retries: 1\n    maxPending: 8\n    outlierConsecutiveErrors: 3\n    rateLimit: {requestsPerSecond: 10}\n",
+        );
+        let (_, e) = parse_export(&text, 5).unwrap();
+        let p = &e.record.traffic_policy;
+        assert_eq!(p.timeout_ms, Some(2000));
+        assert_eq!(p.retry_attempts, Some(1));
+        assert_eq!(p.max_pending, Some(8));
+        assert_eq!(p.outlier_consecutive_errors, Some(3));
+        assert_eq!(
+            p.rate_limit,
+            Some(causeway_api::RateLimit {
+                requests_per_second: 10,
+                burst: 10
+            })
+        );
+        assert!(parse_export(ECHO, 5)
+            .unwrap()
+            .1
+            .record
+            .traffic_policy
+            .is_empty());
+        let bad = ECHO.replace(
+            "  serviceIP: 10.96.0.10\n",
+            "  serviceIP: 10.96.0.10\n  trafficPolicy:\n    outlierBaseEjection: forever\n",
+        );
+        let err = parse_export(&bad, 5).unwrap_err();
+        assert!(
+            err.contains("spec.trafficPolicy.outlierBaseEjection"),
+            "{err}"
+        );
+        let typo = ECHO.replace(
+            "  serviceIP: 10.96.0.10\n",
+            "  serviceIP: 10.96.0.10\n  trafficPolicy:\n    timeOut: 2s\n",
+        );
+        assert!(parse_export(&typo, 5).unwrap_err().contains("timeOut"));
     }
 
     #[test]

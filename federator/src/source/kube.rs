@@ -14,7 +14,10 @@
 //! `ExternalName`; a Service with `clusterIP: None` is exported as `Headless`. ServiceExport
 //! annotations set what a Service cannot say: `causeway.io/backend-tls` (`plaintext` or `mtls`),
 //! `causeway.io/allowed-source-clusters` and `causeway.io/allowed-identities` (comma-separated),
-//! `causeway.io/weight`.
+//! `causeway.io/weight`, and the traffic policy: `causeway.io/timeout`, `causeway.io/retries`,
+//! `causeway.io/max-concurrent`, `causeway.io/max-pending`,
+//! `causeway.io/outlier-consecutive-errors`, `causeway.io/outlier-base-ejection`,
+//! `causeway.io/rate-limit-rps`, `causeway.io/rate-limit-burst` (docs/kubernetes.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -53,6 +56,14 @@ pub mod annotation {
     pub const ALLOWED_SOURCE_CLUSTERS: &str = "causeway.io/allowed-source-clusters";
     pub const ALLOWED_IDENTITIES: &str = "causeway.io/allowed-identities";
     pub const WEIGHT: &str = "causeway.io/weight";
+    pub const TIMEOUT: &str = "causeway.io/timeout";
+    pub const RETRIES: &str = "causeway.io/retries";
+    pub const MAX_CONCURRENT: &str = "causeway.io/max-concurrent";
+    pub const MAX_PENDING: &str = "causeway.io/max-pending";
+    pub const OUTLIER_CONSECUTIVE_ERRORS: &str = "causeway.io/outlier-consecutive-errors";
+    pub const OUTLIER_BASE_EJECTION: &str = "causeway.io/outlier-base-ejection";
+    pub const RATE_LIMIT_RPS: &str = "causeway.io/rate-limit-rps";
+    pub const RATE_LIMIT_BURST: &str = "causeway.io/rate-limit-burst";
 }
 
 /// How long the source waits after a change for more before it rebuilds.
@@ -257,6 +268,28 @@ pub fn export_of(
             )
         })?),
     };
+    let traffic_policy = {
+        use super::PolicyField as F;
+        let fields = [
+            (F::Timeout, annotation::TIMEOUT),
+            (F::Retries, annotation::RETRIES),
+            (F::MaxConcurrent, annotation::MAX_CONCURRENT),
+            (F::MaxPending, annotation::MAX_PENDING),
+            (
+                F::OutlierConsecutiveErrors,
+                annotation::OUTLIER_CONSECUTIVE_ERRORS,
+            ),
+            (F::OutlierBaseEjection, annotation::OUTLIER_BASE_EJECTION),
+            (F::RateLimitRps, annotation::RATE_LIMIT_RPS),
+            (F::RateLimitBurst, annotation::RATE_LIMIT_BURST),
+        ];
+        super::traffic_policy(
+            fields
+                .into_iter()
+                .filter_map(|(f, name)| annotations.get(name).map(|v| (f, name, v.clone()))),
+        )
+        .map_err(|e| invalid(reason::INVALID_EXPORT, format!("annotation {e}")))?
+    };
     let created_unix_ms = se
         .metadata
         .creation_timestamp
@@ -286,6 +319,7 @@ pub fn export_of(
         allowed_identities,
         weight,
         service_ip,
+        traffic_policy,
     };
     Ok((
         key,

@@ -398,9 +398,13 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
     assert_eq!(first.cluster, "west");
     assert!(first.outbound.is_empty());
 
+    // The exporter's traffic policy travels with the export to the importers' gateways.
     write_file(
         &de.path().join("echo.yaml"),
-        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z").replace(
+            "spec:\n",
+            "spec:\n  trafficPolicy: {timeout: 1500ms, retries: 0}\n",
+        ),
     );
     let deadline = Instant::now() + T;
     let got = loop {
@@ -425,6 +429,9 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
     assert_eq!(out.candidates.len(), 1);
     assert_eq!(out.candidates[0].cluster, "east");
     assert!(out.candidates[0].healthy);
+    let policy = out.policy.as_ref().expect("a policy");
+    assert_eq!(policy.timeout_ms, 1500);
+    assert_eq!(policy.retry_attempts, Some(0));
     assert_eq!(
         got.peers
             .iter()

@@ -39,6 +39,7 @@ fn view(service_type: ServiceType) -> ServiceView {
                     allowed_identities: vec![],
                     weight: None,
                     service_ip: None,
+                    traffic_policy: Default::default(),
                 },
                 conditions: ExportConditions::default(),
                 stale: false,

@@ -93,6 +93,40 @@ fn invalid_exports_say_why_with_the_upstream_reasons() {
     .unwrap_err();
     assert_eq!(err.reason, "InvalidExport");
     assert!(err.message.contains("tls13"), "{err:?}");
+    let err = export_of(&se(json!({"causeway.io/timeout": "soon"})), Some(&s), &[]).unwrap_err();
+    assert_eq!(err.reason, "InvalidExport");
+    assert!(err.message.contains("causeway.io/timeout"), "{err:?}");
+}
+
+#[test]
+fn traffic_policy_annotations() {
+    let s = svc(json!({"ports": [{"port": 80}]}));
+    let (_, e) = export_of(
+        &se(json!({
+            "causeway.io/timeout": "1500ms",
+            "causeway.io/retries": "0",
+            "causeway.io/max-concurrent": "64",
+            "causeway.io/outlier-base-ejection": "10s",
+            "causeway.io/rate-limit-rps": "100",
+            "causeway.io/rate-limit-burst": "20",
+        })),
+        Some(&s),
+        &[slice()],
+    )
+    .unwrap();
+    let p = &e.record.traffic_policy;
+    assert_eq!(p.timeout_ms, Some(1500));
+    assert_eq!(p.retry_attempts, Some(0), "0 turns retries off");
+    assert_eq!(p.max_concurrent, Some(64));
+    assert_eq!(p.max_pending, None);
+    assert_eq!(p.outlier_base_ejection_ms, Some(10_000));
+    assert_eq!(
+        p.rate_limit,
+        Some(causeway_api::RateLimit {
+            requests_per_second: 100,
+            burst: 20
+        })
+    );
 }
 
 fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
