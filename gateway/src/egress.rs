@@ -285,6 +285,9 @@ async fn handle_request(
     if method == Method::CONNECT {
         return connect_tunnel(&shared, &tables, &svc, port, req, record).await;
     }
+    if is_upgrade(&req) {
+        return upgrade(&shared, &tables, &svc, port, req, caller, record).await;
+    }
 
     let (rps, burst) = svc.policy.rate_limit;
     if !svc.limiter.allow(&own, rps, burst) {
@@ -815,6 +818,105 @@ async fn connect_tunnel(
             proxy::reply(e.status(), "upstream", e.to_string())
         }
     }
+}
+
+// === HTTP/1.1 upgrades (WebSocket) ===
+
+/// An HTTP/1.1 request that asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Carries an upgrade (a WebSocket) as a TCP tunnel to the service port, the way `CONNECT`
+/// does: the request head is sent to the backend over the tunnel, and after its `101` both
+/// sides are joined byte for byte. The backend sees the request as the client sent it, without
+/// the headers a client may not set, with `x-causeway-source-cluster` and, for an mTLS caller,
+/// its XFCC element.
+async fn upgrade(
+    shared: &Arc<Shared>,
+    tables: &Tables,
+    svc: &Outbound,
+    port: PortSpec,
+    mut req: Request<Incoming>,
+    caller: Option<Arc<str>>,
+    mut record: Record<'_>,
+) -> Response<Body> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (upstream, cluster) =
+        match open_planned_tunnel(shared, tables, svc, port, req.headers()).await {
+            Ok(pair) => pair,
+            Err((e, cluster)) => {
+                record.destination_cluster = &cluster;
+                record.finish(shared, "502", e.status().as_u16(), Some("upstream"));
+                return proxy::reply(e.status(), "upstream", e.to_string());
+            }
+        };
+    record.destination_cluster = &cluster;
+    let failed = |record: &Record<'_>, e: &dyn std::fmt::Display| {
+        record.finish(shared, "502", 502, Some("upstream"));
+        proxy::reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream",
+            format!("{} in {cluster}: upgrade failed: {e}", svc.name),
+        )
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(pair) => pair,
+            Err(e) => return failed(&record, &e),
+        };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded backend connection ended");
+        }
+    });
+    let (mut parts, _) = req.into_parts();
+    xfcc::strip_gateway_headers(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&shared.config.cluster) {
+        parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
+    }
+    if let Some(caller) = &caller {
+        let by = shared.tls.load().own_id.to_string();
+        xfcc::append(&mut parts.headers, &xfcc::element(&by, caller));
+    }
+    if let Ok(v) = HeaderValue::from_str(&svc.name.authority(port.port)) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut builder = Request::builder().method(parts.method.clone()).uri(path);
+    if let Some(h) = builder.headers_mut() {
+        *h = parts.headers;
+    }
+    let backend_req = match builder.body(body::empty()) {
+        Ok(r) => r,
+        Err(e) => return failed(&record, &e),
+    };
+    let mut resp = match sender.send_request(backend_req).await {
+        Ok(r) => r,
+        Err(e) => return failed(&record, &e),
+    };
+    let status = resp.status();
+    record.finish(shared, status.as_str(), status.as_u16(), None);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        return resp.map(body::incoming);
+    }
+    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, backend_upgrade) {
+            Ok((client, backend)) => proxy::pump(TokioIo::new(client), TokioIo::new(backend)).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade not completed"),
+        }
+    });
+    let (head, _) = resp.into_parts();
+    Response::from_parts(head, body::empty())
 }
 
 // === VIP and gateway-port listeners ===

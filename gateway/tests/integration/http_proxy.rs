@@ -129,3 +129,114 @@ async fn unknown_service_is_404() {
     assert_eq!(a.status, 404);
     assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A backend that switches any request with `Upgrade: echo` to a byte echo, after a `101` that
+/// names the request's path and source cluster.
+async fn upgrade_echo_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: http::Request<hyper::body::Incoming>| async move {
+                    let wants = req.headers().get("upgrade").map(|v| v.as_bytes().to_vec());
+                    if wants.as_deref() != Some(b"echo") {
+                        return Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(426)
+                                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .unwrap(),
+                        );
+                    }
+                    let source = req
+                        .headers()
+                        .get("x-causeway-source-cluster")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let path = req.uri().path().to_string();
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = TokioIo::new(up);
+                            let (mut r, mut w) = tokio::io::split(&mut io);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    Ok(http::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "echo")
+                        .header("x-path", path)
+                        .header("x-source", source)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn websocket_style_upgrades_cross_the_gateways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Pair::start().await;
+    let (backend, _task) = upgrade_echo_backend().await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend])],
+        |_, _| {},
+    );
+
+    let mut s = tokio::net::TcpStream::connect(mesh.east.egress_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "GET /live?x=1 HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\
+             x-causeway-source-cluster: forged\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-path: /live"), "{head}");
+    assert!(head.contains("x-source: east"), "{head}");
+    for msg in ["hello", "over the gateways"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+
+    // A backend that refuses the upgrade answers as any request would.
+    let mut client = H1::connect(mesh.east.egress_addr).await;
+    let a = client
+        .send(
+            "GET",
+            HOST,
+            "/",
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 426, "{}", a.body);
+}
