@@ -128,19 +128,30 @@ fn port(p: &ServicePort) -> proto::Port {
     }
 }
 
-/// Priority of a candidate cluster as seen from `local`: 0 local, 1 same region, 2 others.
-fn priority(snap: &MeshSnapshot, local: &ClusterId, candidate: &ClusterId) -> u32 {
+/// Priority of a candidate cluster as seen from `local` (lower first): 0 local; then the
+/// clusters of the import's `failover` order, 1, 2, ... in that order; then the others by
+/// locality, same region before other regions.
+fn priority(
+    snap: &MeshSnapshot,
+    local: &ClusterId,
+    candidate: &ClusterId,
+    failover: &[ClusterId],
+) -> u32 {
     if candidate == local {
         return 0;
+    }
+    if let Some(i) = failover.iter().position(|c| c == candidate) {
+        return 1 + i as u32;
     }
     let region = |c: &ClusterId| {
         snap.clusters
             .get(c)
             .and_then(|v| v.record.locality.get("region").cloned())
     };
+    let after = 1 + failover.len() as u32;
     match (region(local), region(candidate)) {
-        (Some(a), Some(b)) if a == b => 1,
-        _ => 2,
+        (Some(a), Some(b)) if a == b => after,
+        _ => after + 1,
     }
 }
 
@@ -212,6 +223,8 @@ pub fn build(
         .services
         .iter()
         .map(|(key, svc)| {
+            let asked = svc.traffic_policy();
+            let failover = asked.map_or(&[][..], |p| &p.failover[..]);
             let candidates = svc
                 .import
                 .clusters
@@ -226,7 +239,7 @@ pub fn build(
                         });
                     Some(proto::Candidate {
                         cluster: c.to_string(),
-                        priority: priority(snap, local, c),
+                        priority: priority(snap, local, c, failover),
                         weight: export.record.weight.unwrap_or(100),
                         healthy: peer_up && cluster_known && export.record.ready_endpoints > 0,
                         drained: export.drained,
@@ -250,7 +263,7 @@ pub fn build(
                     })
                     .collect(),
                 candidates,
-                policy: Some(policy(svc.traffic_policy())),
+                policy: Some(policy(asked)),
                 header_routes: Vec::new(),
             }
         })
@@ -532,6 +545,29 @@ mod tests {
         let cfg = build(&snap, &local, &c("east"), 1, None);
         let rl = cfg.inbound[0].rate_limit.as_ref().unwrap();
         assert_eq!((rl.requests_per_second, rl.burst), (7, 9));
+    }
+
+    #[test]
+    fn an_exports_failover_order_comes_before_locality() {
+        let mut snap = snapshot();
+        let key = ServiceKey::new("demo", "echo").unwrap();
+        let view = std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap());
+        // east is local; west shares its region, north does not. The oldest export (north's)
+        // asks for north first.
+        for (cluster, created) in [("east", 5), ("west", 4), ("north", 1)] {
+            let r = &mut view.exports.get_mut(&c(cluster)).unwrap().record;
+            r.created_unix_ms = created;
+            r.traffic_policy.failover = vec![c("north")];
+        }
+        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, None);
+        let by: BTreeMap<_, _> = cfg.outbound[0]
+            .candidates
+            .iter()
+            .map(|c| (c.cluster.as_str(), c.priority))
+            .collect();
+        assert_eq!(by["east"], 0, "local first, always");
+        assert_eq!(by["north"], 1, "then the failover order");
+        assert_eq!(by["west"], 2, "then locality");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) enum PolicyField {
     OutlierBaseEjection,
     RateLimitRps,
     RateLimitBurst,
+    /// Cluster IDs, comma-separated.
+    Failover,
 }
 
 /// Builds a traffic policy from text values, each with the name its source knows it by (a
@@ -84,6 +86,15 @@ pub(crate) fn traffic_policy<'a>(
                 p.outlier_consecutive_errors = Some(n);
             }
             PolicyField::OutlierBaseEjection => p.outlier_base_ejection_ms = Some(millis()?),
+            PolicyField::Failover => {
+                for c in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    let id = causeway_api::ClusterId::new(c).map_err(|e| format!("{name}: {e}"))?;
+                    if p.failover.contains(&id) {
+                        return Err(format!("{name} lists {c} twice"));
+                    }
+                    p.failover.push(id);
+                }
+            }
             PolicyField::RateLimitRps => rps = Some((count()?, name)),
             PolicyField::RateLimitBurst => burst = Some((count()?, name)),
         }
@@ -135,6 +146,9 @@ mod tests {
             })
         );
         assert!(traffic_policy([]).unwrap().is_empty());
+        let p = traffic_policy([(Failover, "f", "west, north".to_string())]).unwrap();
+        assert_eq!(p.failover.len(), 2);
+        assert_eq!(p.failover[1].as_str(), "north");
         let err = |f, name: &'static str, v: &str| {
             traffic_policy([(f, name, v.to_string())]).unwrap_err()
         };
@@ -145,5 +159,7 @@ mod tests {
         assert!(err(OutlierConsecutiveErrors, "o", "0").contains("at least 1"));
         assert!(err(RateLimitBurst, "burst", "5").contains("requests-per-second"));
         assert!(err(RateLimitRps, "rps", "0").contains("rps must be at least 1"));
+        assert!(err(Failover, "f", "west,West_2").contains("West_2"));
+        assert!(err(Failover, "f", "west,west").contains("twice"));
     }
 }

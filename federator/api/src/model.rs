@@ -341,6 +341,10 @@ pub struct TrafficPolicy {
     /// gateway for its own endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The order in which callers try other clusters when their own cannot serve (DESIGN.md
+    /// "the export's failover order"); clusters not listed come after, by locality.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<ClusterId>,
 }
 
 impl TrafficPolicy {

@@ -84,6 +84,8 @@ struct PolicySpec {
     outlier_base_ejection: Option<String>,
     #[serde(default)]
     rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    failover: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,11 @@ impl PolicySpec {
                 F::OutlierBaseEjection,
                 "spec.trafficPolicy.outlierBaseEjection",
                 self.outlier_base_ejection,
+            ),
+            (
+                F::Failover,
+                "spec.trafficPolicy.failover",
+                (!self.failover.is_empty()).then(|| self.failover.join(",")),
             ),
             (
                 F::RateLimitRps,
@@ -556,7 +563,7 @@ spec:
     fn parses_a_traffic_policy() {
         let text = ECHO.replace(
             "  serviceIP: 10.96.0.10\n",
-            "  serviceIP: 10.96.0.10\n  trafficPolicy:\n    timeout: 2s\n    retries: 1\n    maxPending: 8\n    outlierConsecutiveErrors: 3\n    rateLimit: {requestsPerSecond: 10}\n",
+            "  serviceIP: 10.96.0.10\n  trafficPolicy:\n    timeout: 2s\n    retries: 1\n    maxPending: 8\n    outlierConsecutiveErrors: 3\n    failover: [north, west]\n    rateLimit: {requestsPerSecond: 10}\n",
         );
         let (_, e) = parse_export(&text, 5).unwrap();
         let p = &e.record.traffic_policy;
@@ -564,6 +571,10 @@ spec:
         assert_eq!(p.retry_attempts, Some(1));
         assert_eq!(p.max_pending, Some(8));
         assert_eq!(p.outlier_consecutive_errors, Some(3));
+        assert_eq!(
+            p.failover.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            ["north", "west"]
+        );
         assert_eq!(
             p.rate_limit,
             Some(causeway_api::RateLimit {

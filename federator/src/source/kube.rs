@@ -17,7 +17,8 @@
 //! `causeway.io/weight`, and the traffic policy: `causeway.io/timeout`, `causeway.io/retries`,
 //! `causeway.io/max-concurrent`, `causeway.io/max-pending`,
 //! `causeway.io/outlier-consecutive-errors`, `causeway.io/outlier-base-ejection`,
-//! `causeway.io/rate-limit-rps`, `causeway.io/rate-limit-burst` (docs/kubernetes.md).
+//! `causeway.io/rate-limit-rps`, `causeway.io/rate-limit-burst`, `causeway.io/failover`
+//! (docs/kubernetes.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -64,6 +65,7 @@ pub mod annotation {
     pub const OUTLIER_BASE_EJECTION: &str = "causeway.io/outlier-base-ejection";
     pub const RATE_LIMIT_RPS: &str = "causeway.io/rate-limit-rps";
     pub const RATE_LIMIT_BURST: &str = "causeway.io/rate-limit-burst";
+    pub const FAILOVER: &str = "causeway.io/failover";
 }
 
 /// How long the source waits after a change for more before it rebuilds.
@@ -282,6 +284,7 @@ pub fn export_of(
             (F::OutlierBaseEjection, annotation::OUTLIER_BASE_EJECTION),
             (F::RateLimitRps, annotation::RATE_LIMIT_RPS),
             (F::RateLimitBurst, annotation::RATE_LIMIT_BURST),
+            (F::Failover, annotation::FAILOVER),
         ];
         super::traffic_policy(
             fields
