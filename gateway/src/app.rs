@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// The drain is over: drop whatever is still open.
     pub hard_stop: CancellationToken,
     pub conns: ConnCounter,
+    /// Spans of requests, when a trace collector is set.
+    pub tracer: crate::trace::Tracer,
 }
 
 /// Open client and peer connections, so that shutdown can wait for them to drain.
@@ -194,6 +196,15 @@ impl Gateway {
             reports: reports_tx,
             shutdown: shutdown.clone(),
         };
+        let hard_stop = CancellationToken::new();
+        let tracer = crate::trace::Tracer::new(
+            config.trace_collector.as_deref(),
+            config.trace_sample_percent,
+            &config.cluster,
+            &config.node,
+            metrics.spans.clone(),
+            hard_stop.clone(),
+        );
         let shared = Arc::new(Shared {
             backends: Backends::new(
                 tls.clone(),
@@ -209,8 +220,9 @@ impl Gateway {
             version_tx: watch::channel(0).0,
             probe_ctx,
             shutdown: shutdown.clone(),
-            hard_stop: CancellationToken::new(),
+            hard_stop,
             conns: ConnCounter::default(),
+            tracer,
             config,
         });
 

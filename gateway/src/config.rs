@@ -47,6 +47,11 @@ pub struct Config {
     pub vip_listen_ip: IpAddr,
     /// JSON access log lines on stdout.
     pub access_log: bool,
+    /// OTLP/HTTP (JSON) traces endpoint, `http://host:port/v1/traces`; none = no spans, and
+    /// `traceparent` passes through untouched.
+    pub trace_collector: Option<String>,
+    /// Share of requests without a `traceparent` that start a sampled trace (0 to 100).
+    pub trace_sample_percent: f64,
     /// How often certificate, key and bundle files are checked for changes.
     pub reload_interval_ms: u64,
     /// Active probe interval of peer gateways; a peer is down after `probe_misses` misses.
@@ -86,6 +91,8 @@ impl Default for Config {
             vip_range: None,
             vip_listen_ip: IpAddr::from([0, 0, 0, 0]),
             access_log: false,
+            trace_collector: None,
+            trace_sample_percent: 1.0,
             reload_interval_ms: 2_000,
             probe_interval_ms: 1_000,
             probe_misses: 3,
@@ -180,6 +187,23 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0"));
             }
+        }
+        if let Some(url) = &self.trace_collector {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(invalid(
+                    "trace_collector",
+                    format!("{url:?} is not http://host:port/path"),
+                ));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.trace_sample_percent) {
+            return Err(invalid(
+                "trace_sample_percent",
+                format!("{} is not between 0 and 100", self.trace_sample_percent),
+            ));
         }
         if self.probe_misses == 0 {
             return Err(invalid("probe_misses", "must be greater than 0"));
@@ -344,6 +368,16 @@ pub struct Args {
     /// JSON access log lines on stdout.
     #[arg(long, env = "CAUSEWAY_GATEWAY_ACCESS_LOG")]
     pub access_log: bool,
+    /// OTLP/HTTP JSON traces endpoint, e.g. http://otel-collector:4318/v1/traces.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_TRACE_COLLECTOR", value_name = "URL")]
+    pub trace_collector: Option<String>,
+    /// Share of requests without a traceparent that start a sampled trace (0 to 100).
+    #[arg(
+        long,
+        env = "CAUSEWAY_GATEWAY_TRACE_SAMPLE_PERCENT",
+        value_name = "PERCENT"
+    )]
+    pub trace_sample_percent: Option<f64>,
 }
 
 impl Args {
@@ -370,7 +404,14 @@ impl Args {
             admin_listen,
             vip_listen_ip
         );
-        set_opt!(federator, state_dir, config_file, vip_range);
+        set!(trace_sample_percent);
+        set_opt!(
+            federator,
+            state_dir,
+            config_file,
+            vip_range,
+            trace_collector
+        );
         c.access_log |= self.access_log;
         c.validate()?;
         Ok(c)

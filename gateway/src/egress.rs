@@ -34,6 +34,8 @@ use crate::route::{self, Availability};
 use crate::table::{parse_authority, Candidate, Outbound, PortSpec, ServiceName, Tables};
 use crate::xfcc;
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The egress accept loop.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     accept_loop(shared, listener, false).await
@@ -251,6 +253,7 @@ async fn handle_request(
         attempts: 0,
         traceparent: traceparent.as_deref(),
         start,
+        span: shared.tracer.start(traceparent.as_deref()),
     };
 
     let Some(tables) = shared.tables.load_full() else {
@@ -311,6 +314,9 @@ async fn handle_request(
     }
     xfcc::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    if let Some(span) = &record.span {
+        parts.headers.insert(TRACEPARENT, span.traceparent());
+    }
     if let Ok(v) = HeaderValue::from_str(&own) {
         parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
     }
@@ -775,6 +781,7 @@ async fn tcp_by_vip(
         attempts: 1,
         traceparent: None,
         start,
+        span: None,
     };
     match open_planned_tunnel(&shared, &tables, &svc, port, &http::HeaderMap::new()).await {
         Ok((upstream, cluster)) => {

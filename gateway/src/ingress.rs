@@ -158,6 +158,7 @@ async fn handle_request(
         attempts: 1,
         traceparent: traceparent.as_deref(),
         start,
+        span: shared.tracer.start(traceparent.as_deref()),
     };
     let refuse = |record: &Record<'_>, status: StatusCode, error: &'static str, msg: String| {
         record.finish(&shared, status.as_str(), status.as_u16(), Some(error));
@@ -274,6 +275,12 @@ async fn handle_request(
         &mut parts.headers,
         &xfcc::element(&shared.tls.load().own_id.to_string(), &peer.id.to_string()),
     );
+    if let Some(span) = &record.span {
+        parts.headers.insert(
+            http::HeaderName::from_static("traceparent"),
+            span.traceparent(),
+        );
+    }
     let h2 = port.is_h2()
         || parts
             .headers

@@ -28,6 +28,7 @@ mod route;
 pub mod state;
 pub mod table;
 mod tls;
+mod trace;
 mod xfcc;
 
 pub use app::{Gateway, RunningGateway};

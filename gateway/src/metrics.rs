@@ -20,6 +20,7 @@ pub struct Metrics {
     pub retries: IntCounter,
     pub path_lost: IntCounter,
     pub path_checks: IntCounterVec,
+    pub spans: IntCounterVec,
     pub ejections: IntCounter,
     pub rate_limited: IntCounter,
     pub circuit_open: IntCounter,
@@ -105,6 +106,13 @@ impl Metrics {
             ),
             &["cluster", "result"]
         ));
+        let spans = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_spans_total",
+                "Sampled spans, by what became of them (ok: exported, error: the collector failed, dropped: the queue was full)"
+            ),
+            &["result"]
+        ));
         let ejections = reg!(IntCounter::new(
             "causeway_gateway_ejections_total",
             "Outlier ejections of a (service, cluster)"
@@ -136,6 +144,7 @@ impl Metrics {
             retries,
             path_lost,
             path_checks,
+            spans,
             ejections,
             rate_limited,
             circuit_open,

@@ -81,6 +81,8 @@ pub(crate) struct Record<'a> {
     pub(crate) attempts: u32,
     pub(crate) traceparent: Option<&'a str>,
     pub(crate) start: Instant,
+    /// This request's span, when tracing is on.
+    pub(crate) span: Option<crate::trace::SpanContext>,
 }
 
 impl Record<'_> {
@@ -102,6 +104,39 @@ impl Record<'_> {
             .metrics
             .request_duration
             .observe(elapsed.as_secs_f64());
+        if let Some(ctx) = self.span {
+            use crate::trace::{int, string};
+            let end = crate::trace::now_unix_ns();
+            let mut attributes = vec![
+                ("http.request.method", string(self.method.as_str())),
+                ("url.path", string(self.path)),
+                ("server.address", string(self.authority)),
+                ("causeway.service", string(self.service)),
+                ("causeway.source_cluster", string(self.source_cluster)),
+                (
+                    "causeway.destination_cluster",
+                    string(self.destination_cluster),
+                ),
+                ("causeway.attempts", int(i64::from(self.attempts))),
+            ];
+            if code.starts_with("tcp") {
+                attributes.push(("causeway.outcome", string(code)));
+            } else {
+                attributes.push(("http.response.status_code", int(i64::from(status))));
+            }
+            if let Some(e) = error {
+                attributes.push(("error.type", string(e)));
+            }
+            shared.tracer.finish(crate::trace::Span {
+                ctx,
+                name: format!("{} {}", self.direction, self.service),
+                kind: if self.direction == "ingress" { 2 } else { 3 },
+                start_unix_ns: end.saturating_sub(elapsed.as_nanos()),
+                end_unix_ns: end,
+                attributes,
+                error: status >= 500 || error.is_some(),
+            });
+        }
         if shared.config.access_log {
             let line = AccessLog {
                 direction: self.direction,

@@ -17,3 +17,4 @@ mod limits;
 mod peer_auth;
 mod routing;
 mod tcp;
+mod tracing;
