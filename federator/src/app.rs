@@ -216,8 +216,12 @@ impl Federator {
                     local_rx.clone(),
                     cfg_tx,
                     c.debounce,
-                    c.kube_sink
-                        .then_some((c.kube.gateway_port_first, c.kube.gateway_port_count)),
+                    config_server::BuilderOptions {
+                        gateway_port_range: c
+                            .kube_sink
+                            .then_some((c.kube.gateway_port_first, c.kube.gateway_port_count)),
+                        overrides: cfg.import_overrides.clone(),
+                    },
                     shutdown.clone(),
                 )),
             ));

@@ -106,6 +106,9 @@ pub struct Config {
     pub dns_policy: causeway_dns::AnswerPolicy,
     /// Per-import policy, keyed `<ns>/<svc>`.
     pub dns_policy_overrides: BTreeMap<String, causeway_dns::AnswerPolicy>,
+    /// What this cluster's gateways do when calling an import, over its exporter's traffic
+    /// policy, keyed `<ns>/<svc>` (docs/federator.md "Import policies").
+    pub import_policies: BTreeMap<String, ImportPolicySpec>,
     /// TTL of the cluster lease (DESIGN: 10 s).
     #[serde(with = "duration_str")]
     pub lease_ttl: Duration,
@@ -152,6 +155,7 @@ impl Default for Config {
             dns_ttl: Duration::from_secs(5),
             dns_policy: causeway_dns::AnswerPolicy::LocalFirst,
             dns_policy_overrides: BTreeMap::new(),
+            import_policies: BTreeMap::new(),
             lease_ttl: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(3),
             stale_grace: Duration::from_secs(300),
@@ -175,7 +179,133 @@ pub struct Validated {
     pub node: String,
     pub trust_domain: String,
     pub vip_range: Option<VipRange>,
+    /// `import_policies`, checked.
+    pub import_overrides: crate::gwconfig::ImportOverrides,
     pub config: Config,
+}
+
+/// One entry of `import_policies`: the fields of an export's traffic policy (all optional),
+/// an egress rate limit, and header routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImportPolicySpec {
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    pub max_pending: Option<u32>,
+    pub outlier_consecutive_errors: Option<u32>,
+    pub outlier_base_ejection: Option<String>,
+    pub failover: Vec<String>,
+    /// What this cluster may send to the import, all its gateways' egress together per gateway.
+    pub rate_limit: Option<RateLimitSpec>,
+    pub header_routes: Vec<HeaderRouteSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests_per_second: u32,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Requests whose `header` equals `value` go to `cluster`, or are split by `weights`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRouteSpec {
+    pub header: String,
+    pub value: String,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl ImportPolicySpec {
+    /// Checks it; errors name `import_policies.<key>.<field>`.
+    fn parse(&self, key: &str) -> Result<crate::gwconfig::ImportOverride, String> {
+        use crate::source::PolicyField as F;
+        let name = |f: &str| format!("import_policies.{key}.{f}");
+        let n = |v: Option<u32>| v.map(|v| v.to_string());
+        let (rps, burst) = match &self.rate_limit {
+            Some(r) => (Some(r.requests_per_second.to_string()), n(r.burst)),
+            None => (None, None),
+        };
+        let names = [
+            name("timeout"),
+            name("retries"),
+            name("max_concurrent"),
+            name("max_pending"),
+            name("outlier_consecutive_errors"),
+            name("outlier_base_ejection"),
+            name("failover"),
+            name("rate_limit.requests_per_second"),
+            name("rate_limit.burst"),
+        ];
+        let fields = [
+            (F::Timeout, &names[0], self.timeout.clone()),
+            (F::Retries, &names[1], n(self.retries)),
+            (F::MaxConcurrent, &names[2], n(self.max_concurrent)),
+            (F::MaxPending, &names[3], n(self.max_pending)),
+            (
+                F::OutlierConsecutiveErrors,
+                &names[4],
+                n(self.outlier_consecutive_errors),
+            ),
+            (
+                F::OutlierBaseEjection,
+                &names[5],
+                self.outlier_base_ejection.clone(),
+            ),
+            (
+                F::Failover,
+                &names[6],
+                (!self.failover.is_empty()).then(|| self.failover.join(",")),
+            ),
+            (F::RateLimitRps, &names[7], rps),
+            (F::RateLimitBurst, &names[8], burst),
+        ];
+        let mut policy = crate::source::traffic_policy(
+            fields
+                .into_iter()
+                .filter_map(|(f, name, v)| v.map(|v| (f, name.as_str(), v))),
+        )?;
+        let egress_rate_limit = policy.rate_limit.take();
+        let mut header_routes = Vec::with_capacity(self.header_routes.len());
+        for (i, r) in self.header_routes.iter().enumerate() {
+            let at = name(&format!("header_routes[{i}]"));
+            let header = r.header.to_ascii_lowercase();
+            axum::http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("{at}.header {:?} is not a header name", r.header))?;
+            axum::http::HeaderValue::from_str(&r.value)
+                .map_err(|_| format!("{at}.value {:?} is not a header value", r.value))?;
+            let check = |c: &str| {
+                ClusterId::new(c)
+                    .map(|_| ())
+                    .map_err(|e| format!("{at}: {e}"))
+            };
+            match (&r.cluster, r.weights.is_empty()) {
+                (Some(c), true) => check(c)?,
+                (None, false) => {
+                    for c in r.weights.keys() {
+                        check(c)?;
+                    }
+                }
+                _ => return Err(format!("{at} needs either cluster or weights")),
+            }
+            header_routes.push(causeway_api::proto::HeaderRoute {
+                header,
+                value: r.value.clone(),
+                cluster: r.cluster.clone().unwrap_or_default(),
+                weights: r.weights.clone().into_iter().collect(),
+            });
+        }
+        Ok(crate::gwconfig::ImportOverride {
+            policy,
+            egress_rate_limit,
+            header_routes,
+        })
+    }
 }
 
 impl Validated {
@@ -302,11 +432,20 @@ impl Config {
                 causeway_api::spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX
             )
         });
+        let mut import_overrides = crate::gwconfig::ImportOverrides::new();
+        for (key, spec) in &self.import_policies {
+            let service: causeway_api::ServiceKey = key
+                .parse()
+                .map_err(|e| invalid("import_policies", format!("{key:?}: {e}")))?;
+            let over = spec.parse(key).map_err(|e| invalid("import_policies", e))?;
+            import_overrides.insert(service, over);
+        }
         Ok(Validated {
             cluster,
             node,
             trust_domain,
             vip_range,
+            import_overrides,
             config: self,
         })
     }
@@ -489,6 +628,47 @@ mod tests {
         std::fs::write(&p, "cluster: east\nbogus: 1\n").unwrap();
         let err = Config::from_yaml_file(&p).unwrap_err().to_string();
         assert!(err.contains("f.yaml") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn import_policies_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.yaml");
+        let write = |body: &str| {
+            std::fs::write(&p, format!("cluster: east\nimport_policies:\n{body}")).unwrap();
+            Config::from_yaml_file(&p).and_then(Config::validate)
+        };
+        let ok = write(
+            "  shop/cart:\n    timeout: 2s\n    retries: 0\n    rate_limit: {requests_per_second: 50}\n    header_routes:\n      - {header: X-Canary, value: \"1\", cluster: west}\n      - {header: x-split, value: \"yes\", weights: {west: 90, north: 10}}\n",
+        )
+        .unwrap();
+        let key: causeway_api::ServiceKey = "shop/cart".parse().unwrap();
+        let o = &ok.import_overrides[&key];
+        assert_eq!(o.policy.timeout_ms, Some(2000));
+        assert_eq!(o.policy.retry_attempts, Some(0));
+        assert_eq!(
+            o.policy.rate_limit, None,
+            "the rate limit is the egress one"
+        );
+        assert_eq!(o.egress_rate_limit.unwrap().requests_per_second, 50);
+        assert_eq!(o.header_routes[0].header, "x-canary");
+        assert_eq!(o.header_routes[1].weights["west"], 90);
+        for (body, want) in [
+            ("  Shop/cart: {}\n", "Shop/cart"),
+            ("  shop/cart: {timeout: soon}\n", "import_policies.shop/cart.timeout"),
+            (
+                "  shop/cart:\n    header_routes: [{header: x, value: \"1\"}]\n",
+                "header_routes[0] needs either cluster or weights",
+            ),
+            (
+                "  shop/cart:\n    header_routes: [{header: \"bad header\", value: \"1\", cluster: west}]\n",
+                "bad header",
+            ),
+            ("  shop/cart: {timeOut: 2s}\n", "timeOut"),
+        ] {
+            let err = write(body).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should name {want:?}");
+        }
     }
 
     #[test]

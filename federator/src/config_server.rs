@@ -170,6 +170,15 @@ impl HealthRpc for Svc {
     }
 }
 
+/// What the config builder adds to the mesh snapshot and the local exports.
+#[derive(Debug, Clone, Default)]
+pub struct BuilderOptions {
+    /// Kubernetes mode: the range gateway ports of imports come from (first, count).
+    pub gateway_port_range: Option<(u16, u16)>,
+    /// This cluster's `import_policies`.
+    pub overrides: gwconfig::ImportOverrides,
+}
+
 /// Keeps `tx` at the config computed from the latest mesh snapshot and local exports; the version
 /// only moves when the content changes.
 pub async fn run_builder(
@@ -178,9 +187,13 @@ pub async fn run_builder(
     mut local: watch::Receiver<LocalExports>,
     tx: watch::Sender<Arc<ConfigSnapshot>>,
     debounce: Duration,
-    gateway_port_range: Option<(u16, u16)>,
+    options: BuilderOptions,
     shutdown: CancellationToken,
 ) {
+    let BuilderOptions {
+        gateway_port_range,
+        overrides,
+    } = options;
     let mut version = 0u64;
     loop {
         let next = {
@@ -188,7 +201,14 @@ pub async fn run_builder(
             let exports = local.borrow_and_update().clone();
             let ports = gateway_port_range
                 .map(|(first, count)| gwconfig::gateway_ports(&snap, first, count));
-            gwconfig::build(&snap, &exports, &cluster, version + 1, ports.as_ref())
+            gwconfig::build(
+                &snap,
+                &exports,
+                &cluster,
+                version + 1,
+                ports.as_ref(),
+                &overrides,
+            )
         };
         let unchanged = {
             let cur = tx.borrow();

@@ -10,6 +10,20 @@ use causeway_api::{
 
 use crate::source::LocalExports;
 
+/// What this cluster's operator sets for calls to one import, over what its exporter asks
+/// (federator config `import_policies`, docs/federator.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportOverride {
+    /// Fields set here replace the exporter's; `failover` replaces it when not empty.
+    pub policy: causeway_api::TrafficPolicy,
+    /// A limit on what this cluster sends to the import (the gateway's egress token bucket).
+    pub egress_rate_limit: Option<causeway_api::RateLimit>,
+    pub header_routes: Vec<proto::HeaderRoute>,
+}
+
+/// Import overrides by service.
+pub type ImportOverrides = std::collections::BTreeMap<ServiceKey, ImportOverride>;
+
 /// The gateway listener port of each TCP port of each ClusterSetIP import, by (import, port).
 pub type GatewayPorts = std::collections::BTreeMap<(ServiceKey, u16), u16>;
 
@@ -74,30 +88,39 @@ pub fn default_policy() -> proto::TrafficPolicy {
     }
 }
 
-/// The default policy with what the import's (oldest) exporter asks for. The exporter's rate
-/// limit is enforced by its own gateway (inbound), not here.
-fn policy(asked: Option<&causeway_api::TrafficPolicy>) -> proto::TrafficPolicy {
+/// The default policy with what the import's (oldest) exporter asks for, then what this
+/// cluster's override sets. The exporter's rate limit is enforced by its own gateway (inbound),
+/// not here; the override's egress rate limit is.
+fn policy(
+    asked: Option<&causeway_api::TrafficPolicy>,
+    over: Option<&ImportOverride>,
+) -> proto::TrafficPolicy {
     let mut p = default_policy();
-    let Some(a) = asked else {
-        return p;
-    };
-    if let Some(v) = a.timeout_ms {
-        p.timeout_ms = v;
+    for a in asked.into_iter().chain(over.map(|o| &o.policy)) {
+        if let Some(v) = a.timeout_ms {
+            p.timeout_ms = v;
+        }
+        if let Some(v) = a.retry_attempts {
+            p.retry_attempts = Some(v);
+        }
+        if let Some(v) = a.max_concurrent {
+            p.max_concurrent = v;
+        }
+        if let Some(v) = a.max_pending {
+            p.max_pending = v;
+        }
+        if let Some(v) = a.outlier_consecutive_errors {
+            p.outlier_consecutive_errors = v;
+        }
+        if let Some(v) = a.outlier_base_ejection_ms {
+            p.outlier_base_ejection_ms = v;
+        }
     }
-    if let Some(v) = a.retry_attempts {
-        p.retry_attempts = Some(v);
-    }
-    if let Some(v) = a.max_concurrent {
-        p.max_concurrent = v;
-    }
-    if let Some(v) = a.max_pending {
-        p.max_pending = v;
-    }
-    if let Some(v) = a.outlier_consecutive_errors {
-        p.outlier_consecutive_errors = v;
-    }
-    if let Some(v) = a.outlier_base_ejection_ms {
-        p.outlier_base_ejection_ms = v;
+    if let Some(r) = over.and_then(|o| o.egress_rate_limit) {
+        p.rate_limit = Some(proto::RateLimit {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+        });
     }
     p
 }
@@ -163,6 +186,7 @@ pub fn build(
     local: &ClusterId,
     version: u64,
     gateway_ports: Option<&GatewayPorts>,
+    overrides: &ImportOverrides,
 ) -> proto::ConfigSnapshot {
     let peers = snap
         .clusters
@@ -224,7 +248,11 @@ pub fn build(
         .iter()
         .map(|(key, svc)| {
             let asked = svc.traffic_policy();
-            let failover = asked.map_or(&[][..], |p| &p.failover[..]);
+            let over = overrides.get(key);
+            let failover = match over {
+                Some(o) if !o.policy.failover.is_empty() => &o.policy.failover[..],
+                _ => asked.map_or(&[][..], |p| &p.failover[..]),
+            };
             let candidates = svc
                 .import
                 .clusters
@@ -263,8 +291,8 @@ pub fn build(
                     })
                     .collect(),
                 candidates,
-                policy: Some(policy(asked)),
-                header_routes: Vec::new(),
+                policy: Some(policy(asked, over)),
+                header_routes: over.map(|o| o.header_routes.clone()).unwrap_or_default(),
             }
         })
         .collect();
@@ -402,7 +430,14 @@ mod tests {
 
     #[test]
     fn outbound_candidates_carry_priority_health_and_drills() {
-        let cfg = build(&snapshot(), &LocalExports::default(), &c("east"), 7, None);
+        let cfg = build(
+            &snapshot(),
+            &LocalExports::default(),
+            &c("east"),
+            7,
+            None,
+            &ImportOverrides::new(),
+        );
         assert_eq!(cfg.version, 7);
         assert_eq!(cfg.peers.len(), 2, "every cluster but the local one");
         let out = &cfg.outbound[0];
@@ -490,7 +525,14 @@ mod tests {
         assert_eq!(gateway_ports(&snap, 20000, 10).len(), 10);
         assert!(gateway_ports(&snap, 20000, 0).is_empty());
 
-        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, Some(&ports));
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            1,
+            Some(&ports),
+            &ImportOverrides::new(),
+        );
         let s0 = cfg.outbound.iter().find(|o| o.name == "s0").unwrap();
         let key = ServiceKey::new("demo", "s0").unwrap();
         assert_eq!(
@@ -514,7 +556,14 @@ mod tests {
             r.traffic_policy.timeout_ms = Some(timeout);
             r.traffic_policy.retry_attempts = Some(0);
         }
-        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, None);
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            1,
+            None,
+            &ImportOverrides::new(),
+        );
         let p = cfg.outbound[0].policy.as_ref().unwrap();
         assert_eq!(p.timeout_ms, 2000, "west's export is the oldest");
         assert_eq!(p.retry_attempts, Some(0));
@@ -542,7 +591,7 @@ mod tests {
             invalid: vec![],
             loaded: true,
         };
-        let cfg = build(&snap, &local, &c("east"), 1, None);
+        let cfg = build(&snap, &local, &c("east"), 1, None, &ImportOverrides::new());
         let rl = cfg.inbound[0].rate_limit.as_ref().unwrap();
         assert_eq!((rl.requests_per_second, rl.burst), (7, 9));
     }
@@ -559,7 +608,14 @@ mod tests {
             r.created_unix_ms = created;
             r.traffic_policy.failover = vec![c("north")];
         }
-        let cfg = build(&snap, &LocalExports::default(), &c("east"), 1, None);
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            1,
+            None,
+            &ImportOverrides::new(),
+        );
         let by: BTreeMap<_, _> = cfg.outbound[0]
             .candidates
             .iter()
@@ -568,6 +624,59 @@ mod tests {
         assert_eq!(by["east"], 0, "local first, always");
         assert_eq!(by["north"], 1, "then the failover order");
         assert_eq!(by["west"], 2, "then locality");
+    }
+
+    #[test]
+    fn an_import_override_wins_over_the_exporter_and_brings_header_routes() {
+        let mut snap = snapshot();
+        let key = ServiceKey::new("demo", "echo").unwrap();
+        let view = std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap());
+        for e in view.exports.values_mut() {
+            e.record.traffic_policy.timeout_ms = Some(9000);
+            e.record.traffic_policy.max_pending = Some(3);
+            e.record.traffic_policy.failover = vec![c("west")];
+        }
+        let over = ImportOverride {
+            policy: causeway_api::TrafficPolicy {
+                timeout_ms: Some(250),
+                failover: vec![c("north")],
+                ..Default::default()
+            },
+            egress_rate_limit: Some(causeway_api::RateLimit {
+                requests_per_second: 5,
+                burst: 5,
+            }),
+            header_routes: vec![proto::HeaderRoute {
+                header: "x-canary".into(),
+                value: "1".into(),
+                cluster: "north".into(),
+                weights: Default::default(),
+            }],
+        };
+        let overrides = ImportOverrides::from([(key, over)]);
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            1,
+            None,
+            &overrides,
+        );
+        let out = &cfg.outbound[0];
+        let p = out.policy.as_ref().unwrap();
+        assert_eq!(p.timeout_ms, 250, "the importer's value");
+        assert_eq!(
+            p.max_pending, 3,
+            "the exporter's, where the importer says nothing"
+        );
+        assert_eq!(p.rate_limit.as_ref().unwrap().requests_per_second, 5);
+        assert_eq!(out.header_routes.len(), 1);
+        let north = out
+            .candidates
+            .iter()
+            .find(|c| c.cluster == "north")
+            .unwrap();
+        assert_eq!(north.priority, 1, "the importer's failover order");
     }
 
     #[test]
@@ -590,11 +699,25 @@ mod tests {
             invalid: vec![],
             loaded: true,
         };
-        let cfg = build(&snapshot(), &local, &c("east"), 1, None);
+        let cfg = build(
+            &snapshot(),
+            &local,
+            &c("east"),
+            1,
+            None,
+            &ImportOverrides::new(),
+        );
         assert_eq!(cfg.inbound.len(), 1);
         assert_eq!(cfg.inbound[0].endpoints[0].address, "10.1.0.5:8080");
         assert!(!cfg.inbound[0].drained);
-        let drained = build(&snapshot(), &local, &c("north"), 1, None);
+        let drained = build(
+            &snapshot(),
+            &local,
+            &c("north"),
+            1,
+            None,
+            &ImportOverrides::new(),
+        );
         assert!(
             drained.inbound[0].drained,
             "a drill drains north's inbound side"

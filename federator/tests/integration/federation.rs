@@ -376,11 +376,29 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
         &[FAST, &["--gateway-address", "10.0.1.1:15443"]].concat(),
     )
     .await?;
+    // West's operator overrides east's timeout and adds a canary header route.
+    let cfg = dw.path().join("federator.yaml");
+    std::fs::write(
+        &cfg,
+        "import_policies:\n  demo/echo:\n    timeout: 700ms\n    header_routes: [{header: x-canary, value: \"1\", cluster: east}]\n",
+    )?;
+    let cfg = cfg.display().to_string();
     let west = Fed::start(
         "west",
         &etcd.endpoint(),
         dw.path(),
-        &[FAST, &["--vip-range", "10.255.0.0/16"]].concat(),
+        &[
+            FAST,
+            &[
+                "--vip-range",
+                "10.255.0.0/16",
+                "--config",
+                &cfg,
+                "--config-listen",
+                "127.0.0.1:0",
+            ],
+        ]
+        .concat(),
     )
     .await?;
 
@@ -430,8 +448,14 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
     assert_eq!(out.candidates[0].cluster, "east");
     assert!(out.candidates[0].healthy);
     let policy = out.policy.as_ref().expect("a policy");
-    assert_eq!(policy.timeout_ms, 1500);
-    assert_eq!(policy.retry_attempts, Some(0));
+    assert_eq!(policy.timeout_ms, 700, "west's import policy wins");
+    assert_eq!(
+        policy.retry_attempts,
+        Some(0),
+        "east's export asks for no retries"
+    );
+    assert_eq!(out.header_routes.len(), 1);
+    assert_eq!(out.header_routes[0].cluster, "east");
     assert_eq!(
         got.peers
             .iter()
