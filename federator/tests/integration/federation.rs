@@ -139,7 +139,9 @@ async fn etcd_down_for_30s_keeps_snapshots_and_catches_up() -> anyhow::Result<()
     // Production lease settings: the outage is longer than the TTL.
     let mut east = Fed::start("east", &etcd.endpoint(), de.path(), &[]).await?;
     let mut west = Fed::start("west", &etcd.endpoint(), dw.path(), &[]).await?;
+    // Both views must hold the export before the outage: east's own view may trail west's.
     until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    until_exported(&east, "demo/echo", &[("east", false)]).await?;
     let (east_pid, west_pid) = (east.pid(), west.pid());
 
     etcd.stop().await?;
