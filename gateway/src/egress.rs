@@ -307,18 +307,12 @@ async fn handle_request(
     }
 
     let (mut parts, incoming) = req.into_parts();
-    xfcc::strip_gateway_headers(&mut parts.headers);
-    if let Some(caller) = &caller {
-        let by = shared.tls.load().own_id.to_string();
-        xfcc::append(&mut parts.headers, &xfcc::element(&by, caller));
-    }
+    // Hop-by-hop first: a `Connection` header naming ours must not take them away.
     xfcc::strip_hop_by_hop(&mut parts.headers);
+    vouch_for_caller(&shared, &mut parts.headers, caller.as_deref());
     parts.headers.remove(header::HOST);
     if let Some(span) = &record.span {
         parts.headers.insert(TRACEPARENT, span.traceparent());
-    }
-    if let Ok(v) = HeaderValue::from_str(&own) {
-        parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
     }
 
     let world = World {
@@ -519,6 +513,19 @@ enum Attempt {
         Result<Response<Incoming>, ProxyError>,
         crate::resilience::BreakerPermit,
     ),
+}
+
+/// What the egress says of the caller, replacing whatever the caller said of itself: the
+/// source cluster, and for an mTLS caller the first XFCC element.
+fn vouch_for_caller(shared: &Shared, headers: &mut http::HeaderMap, caller: Option<&str>) {
+    xfcc::strip_gateway_headers(headers);
+    if let Ok(v) = HeaderValue::from_str(&shared.config.cluster) {
+        headers.insert(xfcc::SOURCE_CLUSTER, v);
+    }
+    if let Some(caller) = caller {
+        let by = shared.tls.load().own_id.to_string();
+        xfcc::append(headers, &xfcc::element(&by, caller));
+    }
 }
 
 /// Completes (with a retry allowed by the budget) when the path to `peer` is found dead
@@ -886,14 +893,7 @@ async fn upgrade(
         }
     });
     let (mut parts, _) = req.into_parts();
-    xfcc::strip_gateway_headers(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&shared.config.cluster) {
-        parts.headers.insert(xfcc::SOURCE_CLUSTER, v);
-    }
-    if let Some(caller) = &caller {
-        let by = shared.tls.load().own_id.to_string();
-        xfcc::append(&mut parts.headers, &xfcc::element(&by, caller));
-    }
+    vouch_for_caller(shared, &mut parts.headers, caller.as_deref());
     if let Ok(v) = HeaderValue::from_str(&svc.name.authority(port.port)) {
         parts.headers.insert(header::HOST, v);
     }

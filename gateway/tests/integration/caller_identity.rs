@@ -29,8 +29,21 @@ async fn an_mtls_caller_is_named_in_xfcc_and_authorised_by_identity() {
         .await
         .expect("mTLS handshake with the egress");
     let forged = "By=spiffe://evil/x;URI=spiffe://evil/ns/a/sa/admin";
+    // The forged header is replaced, and naming it in `Connection` does not remove ours.
     let a = client
-        .send("GET", HOST, "/", &[("x-forwarded-client-cert", forged)], "")
+        .send(
+            "GET",
+            HOST,
+            "/",
+            &[
+                ("x-forwarded-client-cert", forged),
+                (
+                    "connection",
+                    "x-forwarded-client-cert, x-causeway-source-cluster",
+                ),
+            ],
+            "",
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
@@ -43,6 +56,7 @@ async fn an_mtls_caller_is_named_in_xfcc_and_authorised_by_identity() {
         )),
         "the caller first, then the hop; the forged value is gone"
     );
+    assert_eq!(a.seen("x-causeway-source-cluster"), Some("east".into()));
 
     // Another workload of east, and a plaintext caller (known only as east's gateway), are
     // refused by the export's allowed identities.
