@@ -50,6 +50,11 @@ struct AccessLog<'a> {
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     traceparent: Option<&'a str>,
+    /// With tracing on: this request's trace and the gateway's span in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -150,6 +155,8 @@ impl Record<'_> {
                 destination_cluster: self.destination_cluster,
                 attempts: self.attempts,
                 traceparent: self.traceparent,
+                trace_id: self.span.map(|s| s.trace_id_hex()),
+                span_id: self.span.map(|s| s.span_id_hex()),
                 error,
             };
             if let Ok(json) = serde_json::to_string(&line) {

@@ -42,6 +42,14 @@ pub(crate) struct SpanContext {
 }
 
 impl SpanContext {
+    pub(crate) fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    pub(crate) fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
     /// The `traceparent` to send on: this span as the parent.
     pub(crate) fn traceparent(&self) -> HeaderValue {
         let flags = if self.sampled { "01" } else { "00" };
