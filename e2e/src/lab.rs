@@ -404,12 +404,17 @@ pub fn export_yaml(d: &DemoService) -> String {
         DemoKind::Grpc => ("grpc", "grpc"),
         DemoKind::TcpEcho => ("tcp", "tcp"),
     };
+    // The echo service shows a traffic policy travelling with its export (docs/lab.md).
+    let policy = match d.kind {
+        DemoKind::HttpEcho => "  trafficPolicy:\n    timeout: 10s\n",
+        _ => "",
+    };
     format!(
         "# written by causeway-lab\n\
          apiVersion: causeway.io/v1\n\
          kind: ServiceExport\n\
          metadata:\n  name: {name}\n  namespace: {ns}\n\
-         spec:\n  type: ClusterSetIP\n  serviceIP: {ip}\n  backendTLS: plaintext\n\
+         spec:\n  type: ClusterSetIP\n  serviceIP: {ip}\n  backendTLS: plaintext\n{policy}\
          \x20 ports:\n    - name: {port_name}\n      protocol: TCP\n      port: {port}\n      appProtocol: {app}\n\
          \x20 endpoints:\n    - address: {baddr}\n      port: {bport}\n",
         name = d.name,

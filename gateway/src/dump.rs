@@ -12,6 +12,7 @@ fn ports(ports: &[proto::Port]) -> Value {
                 "protocol": p.protocol().as_str_name(),
                 "port": p.port,
                 "app_protocol": p.app_protocol().as_str_name(),
+                "gateway_port": p.gateway_port,
             })
         })
         .collect()

@@ -65,6 +65,21 @@ async fn lab_serves_every_demo_service_across_clusters_and_cleans_up() {
     let a = lab.call_echo("east").await.unwrap();
     assert_eq!(a.cluster.as_deref(), Some("east"));
 
+    // The echo export's traffic policy (timeout 10 s) reached north's gateway.
+    let (status, dump) = lab
+        .admin_get(north.netns.as_deref(), north.gateway.admin, "/config_dump")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let echo = dump["outbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "echo")
+        .expect("north imports echo");
+    assert_eq!(echo["policy"]["timeout_ms"], 10_000, "{echo}");
+
     // Isolation: north cannot reach west's service address, only its gateway on the WAN.
     let west_svc = west.demo("echo").unwrap().service_ip;
     let direct = net::run_in(north.netns.as_deref(), move || async move {
