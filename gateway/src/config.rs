@@ -72,6 +72,9 @@ pub struct Config {
     pub min_retry_concurrency: u32,
     /// On shutdown, how long open connections may finish their requests.
     pub drain_timeout_ms: u64,
+    /// How long a local client may take to send a request's headers (HTTP/1.1), or its first
+    /// byte; then the connection is closed.
+    pub client_header_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             federator_backoff_max_ms: 30_000,
             min_retry_concurrency: 3,
             drain_timeout_ms: 5_000,
+            client_header_timeout_ms: 60_000,
         }
     }
 }
@@ -182,6 +186,7 @@ impl Config {
             ("probe_interval_ms", self.probe_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("path_check_timeout_ms", self.path_check_timeout_ms),
+            ("client_header_timeout_ms", self.client_header_timeout_ms),
             ("federator_backoff_base_ms", self.federator_backoff_base_ms),
         ] {
             if value == 0 {

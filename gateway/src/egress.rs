@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -50,7 +50,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, vip: bool) {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "egress accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -94,8 +94,17 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         None
     };
     // A caller that opens with a TLS handshake gets mTLS; its identity travels in XFCC.
+    // A client that connects and says nothing is closed after the header timeout.
+    let header_timeout = Duration::from_millis(shared.config.client_header_timeout_ms);
     let mut first = [0u8; 1];
-    if matches!(stream.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE) {
+    let peeked = match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::debug!(%remote, "client sent nothing in time; closing");
+            return;
+        }
+    };
+    if matches!(peeked, Ok(1) if first[0] == TLS_HANDSHAKE) {
         let Some((tls, caller)) = accept_caller(&shared, stream, remote).await else {
             return;
         };
@@ -168,6 +177,7 @@ async fn serve_http<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let draining = shared.shutdown.clone();
+    let header_timeout = Duration::from_millis(shared.config.client_header_timeout_ms);
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let fixed = fixed.clone();
@@ -175,6 +185,10 @@ async fn serve_http<I>(
         async move { Ok::<_, Infallible>(handle_request(shared, req, fixed, caller).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -240,3 +240,40 @@ async fn websocket_style_upgrades_cross_the_gateways() {
         .await;
     assert_eq!(a.status, 426, "{}", a.body);
 }
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.client_header_timeout_ms = 300;
+    let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
+
+    // Says nothing at all; then sends half a request head and stops.
+    let mut silent = tokio::net::TcpStream::connect(east.egress_addr)
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(east.egress_addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: cart.shop.svc.clusterset.local\r\n")
+        .await
+        .unwrap();
+    for (what, s) in [("silent", &mut silent), ("slow", &mut slow)] {
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("the {what} client was not closed"));
+        // Closed, with nothing or with a 408 first.
+        assert!(read.is_ok() || !buf.is_empty(), "{what}: {read:?}");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{what}: {text}"
+        );
+    }
+    // A client that does speak is served (404: no config for that name).
+    let a = get(east.egress_addr, "cart.shop.svc.clusterset.local", "/").await;
+    assert!(a.status == 404 || a.status == 503, "{}", a.status);
+}
