@@ -113,11 +113,26 @@ impl Fed {
 }
 
 async fn spawn(args: &[String]) -> anyhow::Result<(Child, String, String, Option<String>)> {
+    spawn_federator(args, &[]).await
+}
+
+/// Starts `causeway-federator` with `args` and `env`, and waits for the addresses it prints:
+/// admin always, config and DNS when `args` ask for them (`--config-listen`, `--dns-listen`).
+/// Returns the child (killed on drop) and the admin, config ("" without) and DNS addresses.
+/// `CAUSEWAY_TEST_LOG` sets the child's log filter (default `warn`).
+pub(crate) async fn spawn_federator(
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String, String, Option<String>)> {
     let want_dns = args.iter().any(|a| a == "--dns-listen");
     let want_config = args.iter().any(|a| a == "--config-listen");
     let mut child = Command::new(FEDERATOR)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .env(
+            "RUST_LOG",
+            std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use causeway_e2e::kubeapi::KubeApiServer;
 use causeway_e2e::{wait_for, EtcdServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::harness::{dig_a, http_get, FEDERATOR};
+use crate::harness::{dig_a, http_get, spawn_federator};
 
 const T: Duration = Duration::from_secs(30);
 const MCS: &str = "multicluster.x-k8s.io/v1alpha1";
@@ -56,43 +56,26 @@ impl KubeFed {
             format!(
                 "cluster: {cluster}\netcd:\n  endpoints: [\"{etcd}\"]\nsource: kube\nkube_sink: true\n\
                  kube:\n  gateway_selector: {{app: causeway-gateway}}\n  gateway_port: 15001\n\
-                 admin_listen: \"127.0.0.1:0\"\ndns_listen: \"127.0.0.1:0\"\nconfig_listen: \"127.0.0.1:0\"\n\
                  vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n"
             ),
         )?;
-        let mut child = Command::new(FEDERATOR)
-            .arg("--config")
-            .arg(&config)
-            .env("KUBECONFIG", api.kubeconfig())
-            .env(
-                "RUST_LOG",
-                std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning causeway-federator")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (admin, dns) = tokio::time::timeout(Duration::from_secs(20), async {
-            let (mut admin, mut dns) = (None, None);
-            while let Some(line) = lines.next_line().await? {
-                if let Some(a) = line.strip_prefix("admin listening on ") {
-                    admin = Some(a.trim().to_string());
-                }
-                if let Some(a) = line.strip_prefix("dns listening on ") {
-                    dns = Some(a.trim().to_string());
-                }
-                if let (Some(a), Some(d)) = (&admin, &dns) {
-                    return Ok((a.clone(), d.clone()));
-                }
-            }
-            bail!("causeway-federator exited before it listened")
-        })
-        .await
-        .context("waiting for the federator's addresses")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let config = config.display().to_string();
+        let any = "127.0.0.1:0";
+        let args = [
+            "--config",
+            &config,
+            "--admin-listen",
+            any,
+            "--dns-listen",
+            any,
+            "--config-listen",
+            any,
+        ]
+        .map(String::from);
+        let kubeconfig = api.kubeconfig().display().to_string();
+        let (child, admin, _config, dns) =
+            spawn_federator(&args, &[("KUBECONFIG", &kubeconfig)]).await?;
+        let dns = dns.context("the federator printed no DNS address")?;
         Ok(KubeFed {
             admin,
             dns,
