@@ -30,6 +30,21 @@ fn assert_no_failures(who: &str, t: &Timeline) {
     );
 }
 
+/// Ends a fault whose clients must have seen nothing: asserts that no client failed and prints
+/// the `RESULT` line with `failed=0`, the requests of all clients, then `fields`.
+fn clients_saw_nothing(test: &str, clients: &[(&str, &Timeline)], fields: &[(&str, String)]) {
+    for (who, t) in clients {
+        assert_no_failures(who, t);
+    }
+    let requests: usize = clients.iter().map(|(_, t)| t.samples.len()).sum();
+    let mut all = vec![
+        ("failed", "0".to_string()),
+        ("requests", requests.to_string()),
+    ];
+    all.extend(fields.iter().cloned());
+    result(test, &all);
+}
+
 /// The first sample at or after `from` answered by `cluster`, as time after `from`.
 fn first_from(t: &Timeline, after: Duration, cluster: &str) -> Option<Duration> {
     t.samples
@@ -160,16 +175,10 @@ async fn etcd_three_members_one_killed_clients_see_nothing_and_writes_go_on() {
     lab.wait_etcd().await.unwrap();
     let settle = wait_imports_equal(&lab, &before, Duration::from_secs(30)).await;
     let (east, north) = (east.stop(), north.stop());
-    assert_no_failures("east", &east);
-    assert_no_failures("north", &north);
-    result(
+    clients_saw_nothing(
         "etcd_3_members_one_killed",
+        &[("east", &east), ("north", &north)],
         &[
-            ("failed", "0".into()),
-            (
-                "requests",
-                (east.samples.len() + north.samples.len()).to_string(),
-            ),
             ("export_reached_north_after", secs(Some(write_latency))),
             ("imports_equal_after", secs(Some(settle))),
         ],
@@ -264,16 +273,10 @@ async fn federator_leader_killed_a_replica_takes_over_within_the_ttl() {
     );
     let settle = wait_imports_equal(&lab, &before, Duration::from_secs(30)).await;
     let (east, north) = (east.stop(), north.stop());
-    assert_no_failures("east", &east);
-    assert_no_failures("north", &north);
-    result(
+    clients_saw_nothing(
         "federator_leader_killed",
+        &[("east", &east), ("north", &north)],
         &[
-            ("failed", "0".into()),
-            (
-                "requests",
-                (east.samples.len() + north.samples.len()).to_string(),
-            ),
             ("lease_ttl", secs(Some(TTL))),
             ("standby_leads_after", secs(Some(takeover))),
             ("restarted_replica_ready_after", secs(Some(ready_again))),
@@ -626,16 +629,10 @@ async fn bad_export_files_are_reported_and_the_others_keep_flowing() {
     .unwrap();
     let settle = wait_imports_equal(&lab, &before, Duration::from_secs(10)).await;
     let (north, east) = (north.stop(), east.stop());
-    assert_no_failures("north", &north);
-    assert_no_failures("east", &east);
-    result(
+    clients_saw_nothing(
         "bad_export",
+        &[("north", &north), ("east", &east)],
         &[
-            ("failed", "0".into()),
-            (
-                "requests",
-                (north.samples.len() + east.samples.len()).to_string(),
-            ),
             ("reported_after", secs(Some(report_time))),
             ("imports_equal_after", secs(Some(settle))),
         ],
