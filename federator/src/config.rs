@@ -226,50 +226,32 @@ impl ImportPolicySpec {
     fn parse(&self, key: &str) -> Result<crate::gwconfig::ImportOverride, String> {
         use crate::source::PolicyField as F;
         let name = |f: &str| format!("import_policies.{key}.{f}");
-        let n = |v: Option<u32>| v.map(|v| v.to_string());
-        let (rps, burst) = match &self.rate_limit {
-            Some(r) => (Some(r.requests_per_second.to_string()), n(r.burst)),
-            None => (None, None),
-        };
-        let names = [
-            name("timeout"),
-            name("retries"),
-            name("max_concurrent"),
-            name("max_pending"),
-            name("outlier_consecutive_errors"),
-            name("outlier_base_ejection"),
-            name("failover"),
-            name("rate_limit.requests_per_second"),
-            name("rate_limit.burst"),
-        ];
-        let fields = [
-            (F::Timeout, &names[0], self.timeout.clone()),
-            (F::Retries, &names[1], n(self.retries)),
-            (F::MaxConcurrent, &names[2], n(self.max_concurrent)),
-            (F::MaxPending, &names[3], n(self.max_pending)),
-            (
-                F::OutlierConsecutiveErrors,
-                &names[4],
-                n(self.outlier_consecutive_errors),
-            ),
-            (
-                F::OutlierBaseEjection,
-                &names[5],
-                self.outlier_base_ejection.clone(),
-            ),
-            (
-                F::Failover,
-                &names[6],
-                (!self.failover.is_empty()).then(|| self.failover.join(",")),
-            ),
-            (F::RateLimitRps, &names[7], rps),
-            (F::RateLimitBurst, &names[8], burst),
-        ];
-        let mut policy = crate::source::traffic_policy(
-            fields
-                .into_iter()
-                .filter_map(|(f, name, v)| v.map(|v| (f, name.as_str(), v))),
-        )?;
+        let mut policy = crate::source::PolicyValues {
+            timeout: self.timeout.as_deref(),
+            retries: self.retries,
+            max_concurrent: self.max_concurrent,
+            max_pending: self.max_pending,
+            outlier_consecutive_errors: self.outlier_consecutive_errors,
+            outlier_base_ejection: self.outlier_base_ejection.as_deref(),
+            failover: &self.failover,
+            rate_limit: self
+                .rate_limit
+                .as_ref()
+                .map(|r| (r.requests_per_second, r.burst)),
+        }
+        .parse(|f| {
+            name(match f {
+                F::Timeout => "timeout",
+                F::Retries => "retries",
+                F::MaxConcurrent => "max_concurrent",
+                F::MaxPending => "max_pending",
+                F::OutlierConsecutiveErrors => "outlier_consecutive_errors",
+                F::OutlierBaseEjection => "outlier_base_ejection",
+                F::Failover => "failover",
+                F::RateLimitRps => "rate_limit.requests_per_second",
+                F::RateLimitBurst => "rate_limit.burst",
+            })
+        })?;
         let egress_rate_limit = policy.rate_limit.take();
         let mut header_routes = Vec::with_capacity(self.header_routes.len());
         for (i, r) in self.header_routes.iter().enumerate() {

@@ -47,13 +47,14 @@ pub(crate) enum PolicyField {
 /// Builds a traffic policy from text values, each with the name its source knows it by (a
 /// YAML path or an annotation), so that both sources check the same things and name the field
 /// that is wrong.
-pub(crate) fn traffic_policy<'a>(
-    fields: impl IntoIterator<Item = (PolicyField, &'a str, String)>,
+pub(crate) fn traffic_policy<N: AsRef<str>>(
+    fields: impl IntoIterator<Item = (PolicyField, N, String)>,
 ) -> Result<TrafficPolicy, String> {
     let mut p = TrafficPolicy::default();
-    let mut rps: Option<(u32, &str)> = None;
-    let mut burst: Option<(u32, &str)> = None;
+    let mut rps: Option<(u32, String)> = None;
+    let mut burst: Option<(u32, String)> = None;
     for (field, name, text) in fields {
+        let name = name.as_ref();
         let text = text.trim();
         let count = || -> Result<u32, String> {
             text.parse::<u32>()
@@ -95,8 +96,8 @@ pub(crate) fn traffic_policy<'a>(
                     p.failover.push(id);
                 }
             }
-            PolicyField::RateLimitRps => rps = Some((count()?, name)),
-            PolicyField::RateLimitBurst => burst = Some((count()?, name)),
+            PolicyField::RateLimitRps => rps = Some((count()?, name.to_string())),
+            PolicyField::RateLimitBurst => burst = Some((count()?, name.to_string())),
         }
     }
     match (rps, burst) {
@@ -113,6 +114,54 @@ pub(crate) fn traffic_policy<'a>(
         }
     }
     Ok(p)
+}
+
+/// The traffic policy fields as YAML holds them (an export file's `spec.trafficPolicy`, an
+/// entry of the federator's `import_policies`): both go through [`traffic_policy`].
+pub(crate) struct PolicyValues<'a> {
+    pub(crate) timeout: Option<&'a str>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) max_concurrent: Option<u32>,
+    pub(crate) max_pending: Option<u32>,
+    pub(crate) outlier_consecutive_errors: Option<u32>,
+    pub(crate) outlier_base_ejection: Option<&'a str>,
+    pub(crate) failover: &'a [String],
+    /// (requests per second, burst)
+    pub(crate) rate_limit: Option<(u32, Option<u32>)>,
+}
+
+impl PolicyValues<'_> {
+    /// Checks the values; `name` gives each field's name for the errors.
+    pub(crate) fn parse(
+        self,
+        name: impl Fn(PolicyField) -> String,
+    ) -> Result<TrafficPolicy, String> {
+        use PolicyField as F;
+        let n = |v: Option<u32>| v.map(|v| v.to_string());
+        let text = |v: Option<&str>| v.map(str::to_string);
+        let fields = [
+            (F::Timeout, text(self.timeout)),
+            (F::Retries, n(self.retries)),
+            (F::MaxConcurrent, n(self.max_concurrent)),
+            (F::MaxPending, n(self.max_pending)),
+            (
+                F::OutlierConsecutiveErrors,
+                n(self.outlier_consecutive_errors),
+            ),
+            (F::OutlierBaseEjection, text(self.outlier_base_ejection)),
+            (
+                F::Failover,
+                (!self.failover.is_empty()).then(|| self.failover.join(",")),
+            ),
+            (F::RateLimitRps, n(self.rate_limit.map(|(r, _)| r))),
+            (F::RateLimitBurst, n(self.rate_limit.and_then(|(_, b)| b))),
+        ];
+        traffic_policy(
+            fields
+                .into_iter()
+                .filter_map(|(f, v)| v.map(|v| (f, name(f), v))),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +194,7 @@ mod tests {
                 burst: 50
             })
         );
-        assert!(traffic_policy([]).unwrap().is_empty());
+        assert!(traffic_policy::<&str>([]).unwrap().is_empty());
         let p = traffic_policy([(Failover, "f", "west, north".to_string())]).unwrap();
         assert_eq!(p.failover.len(), 2);
         assert_eq!(p.failover[1].as_str(), "north");

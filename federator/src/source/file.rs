@@ -99,55 +99,33 @@ struct RateLimitSpec {
 impl PolicySpec {
     fn parse(self) -> Result<causeway_api::TrafficPolicy, String> {
         use super::PolicyField as F;
-        let n = |v: Option<u32>| v.map(|v| v.to_string());
-        let (rps, burst) = match self.rate_limit {
-            Some(r) => (Some(r.requests_per_second.to_string()), n(r.burst)),
-            None => (None, None),
-        };
-        let fields = [
-            (F::Timeout, "spec.trafficPolicy.timeout", self.timeout),
-            (F::Retries, "spec.trafficPolicy.retries", n(self.retries)),
-            (
-                F::MaxConcurrent,
-                "spec.trafficPolicy.maxConcurrent",
-                n(self.max_concurrent),
-            ),
-            (
-                F::MaxPending,
-                "spec.trafficPolicy.maxPending",
-                n(self.max_pending),
-            ),
-            (
-                F::OutlierConsecutiveErrors,
-                "spec.trafficPolicy.outlierConsecutiveErrors",
-                n(self.outlier_consecutive_errors),
-            ),
-            (
-                F::OutlierBaseEjection,
-                "spec.trafficPolicy.outlierBaseEjection",
-                self.outlier_base_ejection,
-            ),
-            (
-                F::Failover,
-                "spec.trafficPolicy.failover",
-                (!self.failover.is_empty()).then(|| self.failover.join(",")),
-            ),
-            (
-                F::RateLimitRps,
-                "spec.trafficPolicy.rateLimit.requestsPerSecond",
-                rps,
-            ),
-            (
-                F::RateLimitBurst,
-                "spec.trafficPolicy.rateLimit.burst",
-                burst,
-            ),
-        ];
-        super::traffic_policy(
-            fields
-                .into_iter()
-                .filter_map(|(f, name, v)| v.map(|v| (f, name, v))),
-        )
+        super::PolicyValues {
+            timeout: self.timeout.as_deref(),
+            retries: self.retries,
+            max_concurrent: self.max_concurrent,
+            max_pending: self.max_pending,
+            outlier_consecutive_errors: self.outlier_consecutive_errors,
+            outlier_base_ejection: self.outlier_base_ejection.as_deref(),
+            failover: &self.failover,
+            rate_limit: self
+                .rate_limit
+                .as_ref()
+                .map(|r| (r.requests_per_second, r.burst)),
+        }
+        .parse(|f| {
+            let field = match f {
+                F::Timeout => "timeout",
+                F::Retries => "retries",
+                F::MaxConcurrent => "maxConcurrent",
+                F::MaxPending => "maxPending",
+                F::OutlierConsecutiveErrors => "outlierConsecutiveErrors",
+                F::OutlierBaseEjection => "outlierBaseEjection",
+                F::Failover => "failover",
+                F::RateLimitRps => "rateLimit.requestsPerSecond",
+                F::RateLimitBurst => "rateLimit.burst",
+            };
+            format!("spec.trafficPolicy.{field}")
+        })
     }
 }
 
