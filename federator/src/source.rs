@@ -29,6 +29,19 @@ pub struct LocalExports {
     pub loaded: bool,
 }
 
+/// The endpoints an export publishes mesh-wide: only headless services need theirs (per-endpoint
+/// DNS records); ClusterSetIP traffic goes through the gateways, which learn endpoints locally.
+pub(crate) fn published_endpoints(
+    service_type: causeway_api::ServiceType,
+    endpoints: &[Endpoint],
+) -> Vec<Endpoint> {
+    if service_type == causeway_api::ServiceType::Headless {
+        endpoints.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 /// A field of an export's traffic policy (docs/export-files.md, docs/kubernetes.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PolicyField {

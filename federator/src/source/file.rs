@@ -290,13 +290,7 @@ pub fn parse_export(
         created_unix_ms,
         ready_endpoints,
         backend_tls_mode,
-        // Only headless services need their endpoints mesh-wide (per-endpoint DNS records);
-        // ClusterSetIP traffic goes through the gateways, which learn endpoints locally.
-        endpoints: if service_type == ServiceType::Headless {
-            endpoints.clone()
-        } else {
-            Vec::new()
-        },
+        endpoints: super::published_endpoints(service_type, &endpoints),
         allowed_source_clusters,
         allowed_identities: spec.allowed_identities,
         weight: spec.weight,

@@ -312,12 +312,7 @@ pub fn export_of(
         created_unix_ms,
         ready_endpoints,
         backend_tls_mode,
-        // As in the file source: only headless services need their endpoints mesh-wide.
-        endpoints: if headless {
-            endpoints.clone()
-        } else {
-            Vec::new()
-        },
+        endpoints: super::published_endpoints(service_type, &endpoints),
         allowed_source_clusters,
         allowed_identities,
         weight,
