@@ -207,13 +207,17 @@ async fn spans_of_both_gateways_form_one_tree_with_the_backend() {
         collector.of_trace(quiet).is_empty(),
         "unsampled trace recorded"
     );
-    assert!(
-        metric_or_zero(
+    // The exporter counts a batch once the collector has answered, a moment after the
+    // collector has the spans.
+    wait_for("east to count its exported spans", 10, || async {
+        let ok = metric_or_zero(
             &mesh.east,
             "causeway_gateway_spans_total",
-            &[("result", "ok")]
-        ) >= 2.0
-    );
+            &[("result", "ok")],
+        );
+        (ok >= 2.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
