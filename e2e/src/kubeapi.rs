@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use patch::{merge_patch, Selector};
 pub use resources::{ResourceType, RESOURCES};
-pub use store::{ApiError, EventType, PatchKind};
+pub use store::{ApiError, EventType, PatchKind, ENDPOINTSLICE_CONTROLLER};
 use store::{Event, Store};
 
 /// How often watches that asked for bookmarks get one (a real API server: about a minute).
@@ -70,7 +70,35 @@ struct Shared {
     addr: SocketAddr,
     bookmark_interval: Duration,
     shutdown: CancellationToken,
+    /// Cancelled when the server "restarts": every open watch and connection ends.
+    connections: Mutex<CancellationToken>,
     requests: Mutex<Vec<String>>,
+    /// Before RBAC is ready a real API server answers 403 to every request it authorises.
+    forbidden: std::sync::atomic::AtomicBool,
+    /// Resources (plurals) whose storage is initialising: 429, as for a new CRD.
+    initializing: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Shared {
+    fn connections(&self) -> CancellationToken {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    let app = Router::new().fallback(handle).with_state(shared.clone());
+    let stop = shared.connections();
+    tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "kube API test server died");
+        }
+    })
 }
 
 impl Shared {
@@ -92,12 +120,14 @@ pub struct KubeApiServer {
 #[derive(Debug, Clone)]
 pub struct KubeApiServerBuilder {
     bookmark_interval: Duration,
+    forbidden: bool,
 }
 
 impl Default for KubeApiServerBuilder {
     fn default() -> Self {
         Self {
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
+            forbidden: false,
         }
     }
 }
@@ -109,26 +139,28 @@ impl KubeApiServerBuilder {
         self
     }
 
+    /// Starts as a real API server does before its RBAC is ready: every request but health and
+    /// version gets 403 Forbidden until [`KubeApiServer::set_forbidden`]`(false)`.
+    pub fn forbidden_until_ready(mut self) -> Self {
+        self.forbidden = true;
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<KubeApiServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             addr,
             bookmark_interval: self.bookmark_interval,
-            shutdown: CancellationToken::new(),
+            connections: Mutex::new(shutdown.child_token()),
+            shutdown,
             requests: Mutex::new(Vec::new()),
+            forbidden: std::sync::atomic::AtomicBool::new(self.forbidden),
+            initializing: Mutex::new(Default::default()),
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        let stop = shared.shutdown.clone();
-        let task = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "kube API test server died");
-            }
-        });
+        let task = serve(listener, shared.clone());
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(addr))?;
@@ -219,7 +251,10 @@ impl KubeApiServer {
             .and_then(Value::as_str)
             .unwrap_or("default")
             .to_string();
-        self.shared.store().create(rt, &ns, obj)
+        let mut store = self.shared.store();
+        let out = store.create(rt, &ns, obj);
+        store.run_endpointslice_controller();
+        out
     }
 
     /// Replaces an object's status directly, as a controller would.
@@ -233,14 +268,17 @@ impl KubeApiServer {
     ) -> Result<Value, ApiError> {
         let rt = resource(api_version, plural)
             .ok_or_else(|| ApiError::new(404, "NotFound", format!("no resource {plural}")))?;
-        self.shared.store().patch(
+        let mut store = self.shared.store();
+        let out = store.patch(
             rt,
             ns,
             name,
             json!({ "status": status }),
             &PatchKind::Merge,
             true,
-        )
+        );
+        store.run_endpointslice_controller();
+        out
     }
 
     /// Deletes an object directly.
@@ -253,7 +291,60 @@ impl KubeApiServer {
     ) -> Result<Value, ApiError> {
         let rt = resource(api_version, plural)
             .ok_or_else(|| ApiError::new(404, "NotFound", format!("no resource {plural}")))?;
-        self.shared.store().delete(rt, ns, name, false)
+        let mut store = self.shared.store();
+        let out = store.delete(rt, ns, name, false);
+        store.run_endpointslice_controller();
+        out
+    }
+
+    /// 403 Forbidden for every request but health and version (RBAC not ready yet), or not.
+    pub fn set_forbidden(&self, forbidden: bool) {
+        self.shared
+            .forbidden
+            .store(forbidden, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// 429 "storage is (re)initializing" with `Retry-After: 1` for every request to `plural`
+    /// (as for a CRD just created), or not.
+    pub fn set_initializing(&self, plural: &str, initializing: bool) {
+        let mut set = self
+            .shared
+            .initializing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if initializing {
+            set.insert(plural.to_string());
+        } else {
+            set.remove(plural);
+        }
+    }
+
+    /// Restarts the server as a real one restarts: every open watch and connection ends, the port
+    /// refuses connections for `down`, and then it serves again on the same port with its objects
+    /// kept but its watch history gone, so a watch resumed from an earlier resourceVersion gets
+    /// 410 Expired (a real server's new watch cache starts at the current revision).
+    pub async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+        let old = std::mem::replace(
+            &mut *self
+                .shared
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            self.shared.shutdown.child_token(),
+        );
+        old.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        // The outage itself: nothing listens on the port for this long.
+        tokio::time::sleep(down).await;
+        self.shared.store().compact();
+        let listener = tokio::net::TcpListener::bind(self.shared.addr).await?;
+        self.task = serve(listener, self.shared.clone());
+        Ok(())
     }
 
     /// The requests served so far, as `METHOD /path?query`.
@@ -447,9 +538,32 @@ async fn handle(
         }
         _ => {}
     }
+    if shared.forbidden.load(std::sync::atomic::Ordering::SeqCst) {
+        return error(ApiError::new(
+            403,
+            "Forbidden",
+            format!("forbidden: User \"system:serviceaccount\" cannot {method} path \"{path}\": RBAC: the authorizer is not ready yet"),
+        ));
+    }
     let Some(t) = parse_target(&segs) else {
         return not_found(&path);
     };
+    if shared
+        .initializing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(t.rt.plural)
+    {
+        let mut r = error(ApiError::new(
+            429,
+            "TooManyRequests",
+            "storage is (re)initializing",
+        ));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    }
+    let writes = method != Method::GET;
     // kubectl's typed generators (`kubectl create namespace`, `create secret`, ...) send protobuf,
     // which this fixture does not decode; `kubectl apply -f` and the kube crate send JSON.
     let content_type = headers
@@ -543,6 +657,9 @@ async fn handle(
             format!("the test server does not allow this method on {path}"),
         )),
     };
+    if writes && result.is_ok() {
+        shared.store().run_endpointslice_controller();
+    }
     match result {
         Ok((code, v)) => json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &v),
         Err(e) => error(e),
@@ -677,7 +794,7 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
 
     let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let interval = shared.bookmark_interval;
-    let shutdown = shared.shutdown.clone();
+    let shutdown = shared.connections();
     tokio::spawn(async move {
         for line in first {
             if tx.send(Ok(line)).await.is_err() {

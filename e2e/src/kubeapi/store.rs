@@ -53,6 +53,14 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 pub(super) type Result<T> = std::result::Result<T, ApiError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +107,15 @@ pub enum PatchKind {
     /// `application/apply-patch+yaml`: server-side apply, simplified to a merge patch that may
     /// create the object, with the field manager recorded in `metadata.managedFields`.
     Apply { manager: String },
+}
+
+/// The `endpointslice.kubernetes.io/managed-by` value of kube-controller-manager's slices.
+pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Key of a stored object: resource, namespace (`""` when cluster-scoped), name.
@@ -449,6 +466,140 @@ impl Store {
             return Ok(current);
         }
         Ok(self.remove(rt, &ns, name, orphan))
+    }
+
+    /// What kube-controller-manager's EndpointSlice controller does, run after every write: for
+    /// every Service with a selector, one EndpointSlice (label
+    /// `endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io`) of the pods **in
+    /// the Service's own namespace** that match it (ready by their `Ready` condition; an empty slice
+    /// when none match), carrying the Service's labels as the real controller copies them; a slice
+    /// of its own that someone deleted comes back, and its slices of Services without a selector go.
+    /// Slices without its label are left alone.
+    pub(super) fn run_endpointslice_controller(&mut self) {
+        let Some(slice_rt) = RESOURCES.iter().find(|r| r.plural == "endpointslices") else {
+            return;
+        };
+        let services: Vec<(String, Value)> = self
+            .objects
+            .iter()
+            .filter(|((p, _, _), _)| *p == "services")
+            .map(|((_, ns, _), v)| (ns.clone(), v.clone()))
+            .collect();
+        let mut wanted = std::collections::BTreeSet::new();
+        for (ns, svc) in services {
+            let Some(selector) = svc
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .filter(|m| !m.is_empty())
+            else {
+                continue;
+            };
+            let name = svc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let endpoints: Vec<Value> = self
+                .objects
+                .iter()
+                .filter(|((p, pns, _), pod)| {
+                    *p == "pods"
+                        && *pns == ns
+                        && pod.pointer("/metadata/deletionTimestamp").is_none()
+                        && selector.iter().all(|(k, v)| pod["metadata"]["labels"].get(k) == Some(v))
+                })
+                .filter_map(|(_, pod)| {
+                    let ip = pod.pointer("/status/podIP")?.as_str()?;
+                    let ready = pod
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        });
+                    Some(json!({
+                        "addresses": [ip],
+                        "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                        "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"]},
+                    }))
+                })
+                .collect();
+            let ports: Vec<Value> = svc
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let port = p["targetPort"].as_u64().or_else(|| p["port"].as_u64());
+                    json!({
+                        "name": p["name"].as_str().unwrap_or(""),
+                        "port": port,
+                        "protocol": p["protocol"].as_str().unwrap_or("TCP"),
+                    })
+                })
+                .collect();
+            let mut labels = svc["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            labels.insert("kubernetes.io/service-name".into(), json!(name));
+            labels.insert(
+                "endpointslice.kubernetes.io/managed-by".into(),
+                json!(ENDPOINTSLICE_CONTROLLER),
+            );
+            let slice_name = format!("{name}-{:05x}", fnv(&name) & 0xfffff);
+            wanted.insert((ns.clone(), slice_name.clone()));
+            let desired = json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": slice_name,
+                    "namespace": ns,
+                    "labels": labels,
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Service", "name": name,
+                        "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+                    }],
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports,
+            });
+            match self
+                .objects
+                .get(&("endpointslices", ns.clone(), slice_name.clone()))
+            {
+                None => {
+                    let _ = self.create(slice_rt, &ns, desired);
+                }
+                Some(current) => {
+                    let same = ["endpoints", "ports"]
+                        .iter()
+                        .all(|k| current[*k] == desired[*k])
+                        && current["metadata"]["labels"] == desired["metadata"]["labels"];
+                    if !same {
+                        let current = current.clone();
+                        let mut next = current.clone();
+                        next["metadata"]["labels"] = desired["metadata"]["labels"].clone();
+                        next["endpoints"] = desired["endpoints"].clone();
+                        next["ports"] = desired["ports"].clone();
+                        let _ = self.replace(slice_rt, &ns, &slice_name, current, next, false);
+                    }
+                }
+            }
+        }
+        let stale: Vec<(String, String)> = self
+            .objects
+            .iter()
+            .filter(|((p, ns, n), v)| {
+                *p == "endpointslices"
+                    && v.pointer("/metadata/labels/endpointslice.kubernetes.io~1managed-by")
+                        == Some(&json!(ENDPOINTSLICE_CONTROLLER))
+                    && !wanted.contains(&(ns.clone(), n.clone()))
+            })
+            .map(|((_, ns, n), _)| (ns.clone(), n.clone()))
+            .collect();
+        for (ns, n) in stale {
+            self.remove(slice_rt, &ns, &n, false);
+        }
     }
 
     // === internals ===
