@@ -155,6 +155,9 @@ impl Federator {
             )),
         ));
 
+        // What DNS answers from: the mesh snapshot, or in Kubernetes mode its view with the
+        // addresses the derived Services hold.
+        let mut dns_snapshots = snap_rx.clone();
         if kube_local_tx.is_some() || c.kube_sink {
             let client = kube::Client::try_default().await?;
             let kube_metrics = crate::sink::kube::KubeMetrics::new(&metrics.registry);
@@ -173,6 +176,7 @@ impl Federator {
                 ));
             }
             if c.kube_sink {
+                let (held_tx, held_rx) = watch::channel(Arc::new(Default::default()));
                 tasks.push((
                     "kube-sink",
                     tokio::spawn(crate::sink::kube::run(
@@ -182,16 +186,30 @@ impl Federator {
                         cfg.vip_range.is_some(),
                         snap_rx.clone(),
                         leader_rx.clone(),
+                        held_tx,
                         shutdown.clone(),
                     )),
                 ));
+                // DNS answers only the addresses the derived Services hold here.
+                let (tx, rx) = watch::channel(snap_rx.borrow().clone());
+                tasks.push((
+                    "kube-dns-view",
+                    tokio::spawn(dns_view_task(
+                        snap_rx.clone(),
+                        held_rx,
+                        cfg.vip_range.is_some(),
+                        tx,
+                        shutdown.clone(),
+                    )),
+                ));
+                dns_snapshots = rx;
             }
         }
 
         let mut dns_addr = None;
         if let Some(dns_cfg) = cfg.dns() {
             let server =
-                causeway_dns::DnsServer::bind(dns_cfg, snap_rx.clone(), &metrics.registry).await?;
+                causeway_dns::DnsServer::bind(dns_cfg, dns_snapshots, &metrics.registry).await?;
             dns_addr = Some(server.local_addr());
             let stop = shutdown.clone();
             tasks.push((
@@ -297,6 +315,26 @@ impl Federator {
                 Ok(Err(e)) => tracing::error!(task = name, error = %e, "task panicked"),
                 Err(_) => tracing::warn!(task = name, "task did not stop within 5s"),
             }
+        }
+    }
+}
+
+/// Keeps `tx` at [`crate::sink::kube::dns_view`] of the latest snapshot and held addresses.
+async fn dns_view_task(
+    mut snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    mut held: watch::Receiver<Arc<crate::sink::kube::HeldAddresses>>,
+    vips: bool,
+    tx: watch::Sender<Arc<MeshSnapshot>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let h = held.borrow_and_update().clone();
+        tx.send_replace(Arc::new(crate::sink::kube::dns_view(&snap, &h, vips)));
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { return },
+            r = held.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -152,12 +152,18 @@ pub struct ImportPort {
 }
 
 /// Status of a ServiceImport.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ServiceImportStatus {
     /// The clusters that export the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
     pub clusters: Vec<ClusterStatus>,
+    /// `Ready`: `True`/`Ready` once the derived Service holds the ClusterSetIP (or the import is
+    /// headless), `False`/`Pending` while it waits for one, `False`/`ClusterSetIPUnavailable` when
+    /// the cluster refused it (another Service holds that IP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

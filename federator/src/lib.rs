@@ -10,6 +10,7 @@ pub mod crds;
 pub mod drill;
 pub mod etcd;
 pub mod gwconfig;
+pub mod kubewatch;
 pub mod metrics;
 pub mod publisher;
 pub mod sink;

@@ -45,7 +45,11 @@ fn exit_config(e: causeway_federator::config::ConfigError) -> ! {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,hickory_server=warn,hickory_proto=warn")
+        tracing_subscriber::EnvFilter::new(
+            // kube_client logs every failed connection at ERROR (55 a minute in an API server
+            // outage); our watchers log the failure themselves, once per streak.
+            "info,hickory_server=warn,hickory_proto=warn,kube_client::client::builder=off",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -21,12 +21,11 @@ use std::time::Duration;
 
 use causeway_api::snapshot::ServiceView;
 use causeway_api::{MeshSnapshot, ServiceKey, ServiceType, SessionAffinity};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
@@ -44,15 +43,19 @@ const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
 const LABEL_SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// After a failed write, the next pass comes at the latest this much later.
-const RETRY: Duration = Duration::from_secs(2);
+/// After failed writes the next pass comes after a wait that doubles up to this.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The sink's config (`kube:` in the federator config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeOptions {
-    /// Labels of the local gateway pods; derived Services select them.
+    /// Labels of the local gateway pods. Derived Services have no selector (a selector matches
+    /// pods of its own namespace only, and the gateways run in `gateway_namespace`): the sink
+    /// writes their EndpointSlices from the gateway pods these labels select.
     pub gateway_selector: BTreeMap<String, String>,
+    /// The namespace the gateway pods run in (the chart's release namespace).
+    pub gateway_namespace: String,
     /// The gateway's egress port (HTTP routed by Host): the target of import ports that have no
     /// gateway port of their own (UDP, or past `gateway_port_count`).
     pub gateway_port: u16,
@@ -70,6 +73,7 @@ impl Default for KubeOptions {
                 "app.kubernetes.io/name".to_string(),
                 "causeway-gateway".to_string(),
             )]),
+            gateway_namespace: "causeway-system".to_string(),
             gateway_port: 15001,
             gateway_port_first: 20000,
             gateway_port_count: 10000,
@@ -95,6 +99,42 @@ fn labels(svc: &str) -> Value {
     json!({ LABEL_MANAGED_BY: MANAGER, LABEL_SERVICE_NAME: svc })
 }
 
+/// A local gateway pod, as the derived Services' EndpointSlices list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: IpAddr,
+    /// Its `Ready` condition.
+    pub ready: bool,
+}
+
+/// The gateway pods of a Pod store: those with an IP and not being deleted, in name order.
+fn gateway_pods(pods: &Store<Pod>) -> Vec<GatewayPod> {
+    let mut out: Vec<GatewayPod> = pods
+        .state()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ip = status.pod_ip.as_deref()?.parse().ok()?;
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Some(GatewayPod {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+                ip,
+                ready,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// Everything the sink wants to exist for one import in one namespace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredImport {
@@ -105,7 +145,8 @@ pub struct DesiredImport {
     pub status: Value,
     /// The derived Service (apply body; the owner reference is added once the import has a uid).
     pub service: Value,
-    /// EndpointSlices by name (headless imports only).
+    /// EndpointSlices by name: of the remote endpoints per cluster (headless imports), or of the
+    /// local gateway pods (ClusterSetIP imports, whose derived Service has no selector).
     pub slices: BTreeMap<String, Value>,
 }
 
@@ -132,6 +173,7 @@ pub fn desired_import(
     opts: &KubeOptions,
     cluster_ip: Option<&str>,
     gateway_ports: &GatewayPorts,
+    gateways: &[GatewayPod],
 ) -> DesiredImport {
     let key = &view.import.key;
     let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
@@ -178,14 +220,13 @@ pub fn desired_import(
         })
         .collect();
     let mut service_spec = json!({
-        "ports": service_ports,
+        "ports": service_ports.clone(),
         "sessionAffinity": affinity,
     });
     if headless {
         service_spec["clusterIP"] = json!("None");
     } else {
         service_spec["type"] = json!("ClusterIP");
-        service_spec["selector"] = json!(opts.gateway_selector);
         // With `vip_range` (a block of the Service CIDR kept for Causeway) the import has a VIP
         // in etcd; asking for it as the ClusterIP makes the DNS answer, the ServiceImport and the
         // Service agree. Without it, the Service gets any ClusterIP.
@@ -201,6 +242,64 @@ pub fn desired_import(
     });
 
     let mut slices = BTreeMap::new();
+    let slice_labels = |cluster: Option<&str>| {
+        let mut l = labels(svc);
+        l[LABEL_SLICE_SERVICE] = json!(derived);
+        l[LABEL_SLICE_MANAGED_BY] = json!(MANAGER);
+        if let Some(c) = cluster {
+            l[LABEL_SOURCE_CLUSTER] = json!(c);
+        }
+        l
+    };
+    if !headless {
+        // The gateway pods, on the ports the derived Service targets (named as its ports, which
+        // is how kube-proxy pairs them).
+        let slice_ports: Vec<Value> = service_ports
+            .iter()
+            .map(|p| {
+                let mut v = json!({"port": p["targetPort"], "protocol": p["protocol"]});
+                v["name"] = p.get("name").cloned().unwrap_or(json!(""));
+                if let Some(a) = p.get("appProtocol") {
+                    v["appProtocol"] = a.clone();
+                }
+                v
+            })
+            .collect();
+        let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        for g in gateways {
+            let family = match g.ip {
+                IpAddr::V4(_) => "IPv4",
+                IpAddr::V6(_) => "IPv6",
+            };
+            by_family.entry(family).or_default().push(json!({
+                "addresses": [g.ip.to_string()],
+                "conditions": {"ready": g.ready, "serving": g.ready, "terminating": false},
+                "targetRef": {"kind": "Pod", "namespace": g.namespace, "name": g.name},
+            }));
+        }
+        // An empty IPv4 slice when no gateway pod has an address yet (as Kubernetes' own
+        // controller keeps one per Service), so that the slice set does not flap.
+        by_family.entry("IPv4").or_default();
+        for (family, endpoints) in by_family {
+            let suffix = if family == "IPv6" {
+                "-gateways-v6"
+            } else {
+                "-gateways"
+            };
+            let name = fit(&format!("{derived}{suffix}"));
+            slices.insert(
+                name.clone(),
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"name": name, "namespace": ns, "labels": slice_labels(None)},
+                    "addressType": family,
+                    "ports": slice_ports,
+                    "endpoints": endpoints,
+                }),
+            );
+        }
+    }
     if headless {
         for (cluster, export) in &view.exports {
             let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
@@ -221,16 +320,12 @@ pub fn desired_import(
             for (family, endpoints) in by_family {
                 let suffix = if family == "IPv6" { "-v6" } else { "" };
                 let name = fit(&format!("{derived}-{cluster}{suffix}"));
-                let mut slice_labels = labels(svc);
-                slice_labels[LABEL_SLICE_SERVICE] = json!(derived);
-                slice_labels[LABEL_SOURCE_CLUSTER] = json!(cluster.as_str());
-                slice_labels[LABEL_SLICE_MANAGED_BY] = json!(MANAGER);
                 slices.insert(
                     name.clone(),
                     json!({
                         "apiVersion": "discovery.k8s.io/v1",
                         "kind": "EndpointSlice",
-                        "metadata": {"name": name, "namespace": ns, "labels": slice_labels},
+                        "metadata": {"name": name, "namespace": ns, "labels": slice_labels(Some(cluster.as_str()))},
                         "addressType": family,
                         "ports": ports(view),
                         "endpoints": endpoints,
@@ -270,6 +365,8 @@ struct Stores {
     imports: Store<ServiceImport>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// The local gateway pods (`gateway_namespace`, `gateway_selector`).
+    pods: Store<Pod>,
 }
 
 fn namespace_live(ns: &Namespace) -> bool {
@@ -313,6 +410,9 @@ pub struct KubeMetrics {
     pub writes: IntCounterVec,
     /// `causeway_federator_kube_watch_errors_total{resource}`: failed lists and watches.
     pub watch_errors: IntCounterVec,
+    /// `causeway_federator_kube_sink_passes_total`: passes of the sink over every import (each
+    /// compares and writes only what differs; at rest, passes come without writes).
+    pub sink_passes: prometheus::IntCounter,
 }
 
 impl KubeMetrics {
@@ -325,7 +425,16 @@ impl KubeMetrics {
             }
             v
         };
+        let sink_passes = prometheus::IntCounter::new(
+            "causeway_federator_kube_sink_passes_total",
+            "Passes of the Kubernetes sink over every import (writes only what differs).",
+        )
+        .expect("valid metric");
+        if let Err(e) = registry.register(Box::new(sink_passes.clone())) {
+            tracing::warn!(error = %e, "metric not registered");
+        }
         Self {
+            sink_passes,
             writes: vec(
                 "causeway_federator_kube_writes_total",
                 "Writes of the Kubernetes source and sink, by object kind and result (ok, error).",
@@ -363,270 +472,583 @@ impl Failures<'_> {
     }
 }
 
-/// One pass: makes the cluster's objects match the snapshot. Returns how many writes failed.
-/// With `vips`, ClusterSetIP imports wait for their VIP, so that their Service is made once, with
-/// it, instead of with any ClusterIP first and replaced when the VIP comes.
-async fn sync(
-    client: &Client,
-    opts: &KubeOptions,
-    metrics: &KubeMetrics,
+/// Why a derived Service could not get its ClusterSetIP, and when to try again.
+#[derive(Debug, Clone)]
+struct Refused {
+    message: String,
+    failures: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// Longest wait before a refused ClusterSetIP is asked for again.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What the sink last wrote to an object: the body, the resourceVersion it had before and the
+/// one the write returned. While the store still shows one of those two and the body wanted is the
+/// same, the write is not repeated: a watch that lags (or is relisting after an API server
+/// restart) must not make the sink write the same thing again and again.
+#[derive(Debug, Clone)]
+struct Written {
+    body: Value,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// The state the sink keeps between passes.
+struct Sink {
+    client: Client,
+    opts: KubeOptions,
+    metrics: KubeMetrics,
+    /// This cluster allocates VIPs (`vip_range`): ClusterSetIP imports wait for theirs.
     vips: bool,
-    stores: &Stores,
-    snap: &MeshSnapshot,
-) -> usize {
-    let apply = PatchParams::apply(MANAGER).force();
-    let mut failures = Failures { failed: 0, metrics };
-    let live: BTreeSet<String> = stores
-        .namespaces
-        .state()
-        .iter()
-        .filter(|n| namespace_live(n))
-        .map(|n| n.name_any())
-        .collect();
-    // Over the whole snapshot, as the gateway config does, so that both agree.
-    let gateway_ports =
-        crate::gwconfig::gateway_ports(snap, opts.gateway_port_first, opts.gateway_port_count);
-    let wanted: BTreeMap<&ServiceKey, &ServiceView> = snap
-        .services
-        .iter()
-        .filter(|(k, _)| live.contains(&k.namespace))
-        .map(|(k, v)| (k, &**v))
-        .collect();
+    written: BTreeMap<String, Written>,
+    /// Imports whose derived Service the cluster refused (e.g. the ClusterSetIP is another
+    /// Service's).
+    refused: BTreeMap<ServiceKey, Refused>,
+    /// The addresses derived Services hold (for DNS).
+    held: watch::Sender<Arc<HeldAddresses>>,
+}
 
-    for (key, view) in &wanted {
-        if vips && view.vip.is_none() && view.import.service_type == ServiceType::ClusterSetIP {
-            continue;
+/// ClusterIP each derived Service of a ClusterSetIP import holds in this cluster, by import.
+pub type HeldAddresses = BTreeMap<ServiceKey, IpAddr>;
+
+fn rv(v: &Value) -> Option<String> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn is_refused_ip(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422
+        && (s.message.contains("already allocated") || s.message.contains("clusterIP")
+            || s.message.contains("clusterIPs")))
+}
+
+impl Sink {
+    /// Whether `body` must be written over `current` (`None`: the object does not exist).
+    fn needs_write(&self, key: &str, current: Option<&Value>, body: &Value) -> bool {
+        let Some(current) = current else {
+            return true;
+        };
+        if contains(current, body) {
+            return false;
         }
-        let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
-        let derived = derived_name(svc);
-        let current_svc = stores.services.get(&ObjectRef::new(&derived).within(ns));
-        let cluster_ip = current_svc
-            .as_ref()
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.cluster_ip.clone())
-            .filter(|ip| !ip.is_empty() && ip != "None");
-        let want = desired_import(view, opts, cluster_ip.as_deref(), &gateway_ports);
-        let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
+        match self.written.get(key) {
+            Some(w) if &w.body == body => {
+                let now = rv(current);
+                // Our own write not seen yet: wait for the watch instead of writing again.
+                !(now == w.before || now == w.after)
+            }
+            _ => true,
+        }
+    }
 
-        // The ServiceImport first: the derived objects carry its uid.
-        let current = stores.imports.get(&ObjectRef::new(svc).within(ns));
-        let current_value = current.as_deref().map(to_value).unwrap_or(Value::Null);
-        let import = if current.is_none() || !contains(&current_value, &want.import) {
-            match imports
-                .patch(svc, &apply, &Patch::Apply(&want.import))
-                .await
-                .map_err(err("applying", format!("ServiceImport {key}")))
-            {
-                Ok(si) => {
-                    failures.metrics.wrote("ServiceImport", true);
-                    if current.is_none() {
-                        tracing::info!(import = %key, "ServiceImport created");
+    fn wrote(&mut self, key: String, body: &Value, before: Option<&Value>, after: Option<String>) {
+        self.written.insert(
+            key,
+            Written {
+                body: body.clone(),
+                before: before.and_then(rv),
+                after,
+            },
+        );
+    }
+
+    /// One pass: makes the cluster's objects match the snapshot. Returns how many writes failed.
+    /// With `vips`, ClusterSetIP imports wait for their VIP, so that their Service is made once,
+    /// with it, instead of with any ClusterIP first and replaced when the VIP comes.
+    async fn sync(&mut self, stores: &Stores, snap: &MeshSnapshot) -> usize {
+        let apply = PatchParams::apply(MANAGER).force();
+        let metrics = self.metrics.clone();
+        let mut failures = Failures {
+            failed: 0,
+            metrics: &metrics,
+        };
+        let client = self.client.clone();
+        let live: BTreeSet<String> = stores
+            .namespaces
+            .state()
+            .iter()
+            .filter(|n| namespace_live(n))
+            .map(|n| n.name_any())
+            .collect();
+        // Over the whole snapshot, as the gateway config does, so that both agree.
+        let gateway_ports = crate::gwconfig::gateway_ports(
+            snap,
+            self.opts.gateway_port_first,
+            self.opts.gateway_port_count,
+        );
+        let gateways = gateway_pods(&stores.pods);
+        let wanted: BTreeMap<&ServiceKey, &ServiceView> = snap
+            .services
+            .iter()
+            .filter(|(k, _)| live.contains(&k.namespace))
+            .map(|(k, v)| (k, &**v))
+            .collect();
+        self.refused.retain(|k, _| wanted.contains_key(k));
+        let now = tokio::time::Instant::now();
+
+        for (key, view) in &wanted {
+            let clusterset_ip = view.import.service_type == ServiceType::ClusterSetIP;
+            let waiting_for_vip = self.vips && view.vip.is_none() && clusterset_ip;
+            let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
+            let derived = derived_name(svc);
+            let current_svc = stores.services.get(&ObjectRef::new(&derived).within(ns));
+            let cluster_ip = current_svc
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.cluster_ip.clone())
+                .filter(|ip| !ip.is_empty() && ip != "None");
+            let want = desired_import(
+                view,
+                &self.opts,
+                cluster_ip.as_deref(),
+                &gateway_ports,
+                &gateways,
+            );
+            let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
+
+            // The ServiceImport first: the derived objects carry its uid.
+            let import_key = format!("ServiceImport/{key}");
+            let current = stores.imports.get(&ObjectRef::new(svc).within(ns));
+            let current_value = current.as_deref().map(to_value);
+            let import = if self.needs_write(&import_key, current_value.as_ref(), &want.import) {
+                match imports
+                    .patch(svc, &apply, &Patch::Apply(&want.import))
+                    .await
+                    .map_err(err("applying", format!("ServiceImport {key}")))
+                {
+                    Ok(si) => {
+                        failures.metrics.wrote("ServiceImport", true);
+                        if current.is_none() {
+                            tracing::info!(import = %key, "ServiceImport created");
+                        }
+                        self.wrote(
+                            import_key,
+                            &want.import,
+                            current_value.as_ref(),
+                            si.metadata.resource_version.clone(),
+                        );
+                        Arc::new(si)
                     }
-                    Arc::new(si)
+                    Err(e) => {
+                        failures.note("ServiceImport", Err(e));
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    failures.note("ServiceImport", Err(e));
+            } else if let Some(current) = current {
+                current
+            } else {
+                continue;
+            };
+
+            // Ready, as the MCS API (v0.5.0) defines it for ServiceImports.
+            let refused = self.refused.get(*key).cloned();
+            let (ready, reason, message) = if let Some(r) = &refused {
+                ("False", "ClusterSetIPUnavailable", r.message.clone())
+            } else if !clusterset_ip {
+                (
+                    "True",
+                    "Ready",
+                    "headless: DNS answers the endpoints".to_string(),
+                )
+            } else if waiting_for_vip || cluster_ip.is_none() {
+                (
+                    "False",
+                    "Pending",
+                    "waiting for the ClusterSetIP".to_string(),
+                )
+            } else {
+                (
+                    "True",
+                    "Ready",
+                    format!(
+                        "Service {ns}/{derived} holds the ClusterSetIP {}",
+                        cluster_ip.as_deref().unwrap_or_default()
+                    ),
+                )
+            };
+            let mut status = want.status.clone();
+            let have_status = to_value(&*import)["status"].clone();
+            let have_ready = have_status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .cloned();
+            let same_ready = have_ready.as_ref().is_some_and(|c| {
+                c["status"] == ready && c["reason"] == reason && c["message"] == message.as_str()
+            });
+            let transition = match &have_ready {
+                Some(c) if c["status"] == ready => c["lastTransitionTime"].clone(),
+                _ => json!(k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()),
+            };
+            status["conditions"] = json!([{
+                "type": "Ready",
+                "status": ready,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": transition,
+            }]);
+            if !same_ready || !contains(&have_status, &want.status) {
+                failures.note(
+                    "ServiceImport",
+                    imports
+                        .patch_status(
+                            svc,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({ "status": status })),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(err("writing the status of", format!("ServiceImport {key}"))),
+                );
+            }
+            if waiting_for_vip {
+                continue;
+            }
+            let Some(uid) = import.metadata.uid.clone() else {
+                continue;
+            };
+            let owner = json!([{
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+                "kind": "ServiceImport",
+                "name": svc,
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }]);
+
+            let mut service = want.service.clone();
+            service["metadata"]["ownerReferences"] = owner.clone();
+            let services: Api<Service> = Api::namespaced(client.clone(), ns);
+            if let (Some(want_ip), Some(have_ip)) =
+                (service["spec"]["clusterIP"].as_str(), cluster_ip.as_deref())
+            {
+                if want_ip != have_ip {
+                    // A ClusterIP cannot change: replace the Service (the next pass recreates it).
+                    failures.note(
+                        "Service",
+                        services
+                            .delete(&derived, &DeleteParams::background())
+                            .await
+                            .map(|_| ())
+                            .or_else(ignore_not_found)
+                            .map_err(err("replacing", format!("Service {ns}/{derived}"))),
+                    );
                     continue;
                 }
             }
-        } else if let Some(current) = current {
-            current
-        } else {
-            continue;
-        };
-        if !contains(&to_value(&*import)["status"], &want.status) {
-            failures.note(
-                "ServiceImport",
-                imports
-                    .patch_status(
-                        svc,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({ "status": want.status })),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(err("writing the status of", format!("ServiceImport {key}"))),
-            );
-        }
-        let Some(uid) = import.metadata.uid.clone() else {
-            continue;
-        };
-        let owner = json!([{
-            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
-            "kind": "ServiceImport",
-            "name": svc,
-            "uid": uid,
-            "controller": true,
-            "blockOwnerDeletion": true,
-        }]);
-
-        let mut service = want.service.clone();
-        service["metadata"]["ownerReferences"] = owner.clone();
-        let services: Api<Service> = Api::namespaced(client.clone(), ns);
-        if let (Some(want_ip), Some(have_ip)) =
-            (service["spec"]["clusterIP"].as_str(), cluster_ip.as_deref())
-        {
-            if want_ip != have_ip {
-                // A ClusterIP cannot change: replace the Service (the next pass recreates it).
-                failures.note(
-                    "Service",
-                    services
-                        .delete(&derived, &DeleteParams::background())
-                        .await
-                        .map(|_| ())
-                        .or_else(ignore_not_found)
-                        .map_err(err("replacing", format!("Service {ns}/{derived}"))),
-                );
-                continue;
-            }
-        }
-        let have = current_svc.as_deref().map(to_value).unwrap_or(Value::Null);
-        if current_svc.is_none() || !contains(&have, &service) {
-            failures.note(
-                "Service",
-                services
+            let service_key = format!("Service/{ns}/{derived}");
+            let have = current_svc.as_deref().map(to_value);
+            let refused_wait = refused.as_ref().is_some_and(|r| now < r.retry_at);
+            if !refused_wait && self.needs_write(&service_key, have.as_ref(), &service) {
+                match services
                     .patch(&derived, &apply, &Patch::Apply(&service))
                     .await
+                {
+                    Ok(s) => {
+                        failures.metrics.wrote("Service", true);
+                        if self.refused.remove(*key).is_some() {
+                            tracing::info!(import = %key, "derived Service got its ClusterSetIP");
+                        }
+                        self.wrote(
+                            service_key,
+                            &service,
+                            have.as_ref(),
+                            s.metadata.resource_version.clone(),
+                        );
+                    }
+                    Err(e) if is_refused_ip(&e) => {
+                        failures.metrics.wrote("Service", false);
+                        let message = match &e {
+                            kube::Error::Api(s) => s.message.clone(),
+                            e => e.to_string(),
+                        };
+                        let failures_so_far = refused.as_ref().map_or(0, |r| r.failures) + 1;
+                        let wait = Duration::from_secs(2u64.saturating_pow(failures_so_far))
+                            .min(REFUSED_RETRY_MAX);
+                        if refused.is_none() {
+                            tracing::warn!(
+                                import = %key,
+                                service = %format!("{ns}/{derived}"),
+                                clusterset_ip = service["spec"]["clusterIP"].as_str().unwrap_or(""),
+                                error = %message,
+                                "the cluster refused the derived Service's ClusterSetIP; DNS answers nothing for it until it holds it"
+                            );
+                            self.event(ns, svc, &uid, "ClusterSetIPUnavailable", &message)
+                                .await;
+                        }
+                        self.refused.insert(
+                            (*key).clone(),
+                            Refused {
+                                message,
+                                failures: failures_so_far,
+                                retry_at: now + wait,
+                            },
+                        );
+                    }
+                    Err(e) => failures.note(
+                        "Service",
+                        Err(err("applying", format!("Service {ns}/{derived}"))(e)),
+                    ),
+                }
+            }
+
+            let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+            for (name, slice) in &want.slices {
+                let mut slice = slice.clone();
+                slice["metadata"]["ownerReferences"] = owner.clone();
+                let slice_key = format!("EndpointSlice/{ns}/{name}");
+                let have = stores
+                    .slices
+                    .get(&ObjectRef::new(name).within(ns))
+                    .map(|s| to_value(&*s));
+                if self.needs_write(&slice_key, have.as_ref(), &slice) {
+                    match slices.patch(name, &apply, &Patch::Apply(&slice)).await {
+                        Ok(s) => {
+                            failures.metrics.wrote("EndpointSlice", true);
+                            self.wrote(
+                                slice_key,
+                                &slice,
+                                have.as_ref(),
+                                s.metadata.resource_version.clone(),
+                            );
+                        }
+                        Err(e) => failures.note(
+                            "EndpointSlice",
+                            Err(err("applying", format!("EndpointSlice {ns}/{name}"))(e)),
+                        ),
+                    }
+                }
+            }
+            for old in stores.slices.state() {
+                let mine = old.namespace().as_deref() == Some(ns)
+                    && is_ours(&old.metadata)
+                    && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
+                if mine && !want.slices.contains_key(&old.name_any()) {
+                    self.written
+                        .remove(&format!("EndpointSlice/{ns}/{}", old.name_any()));
+                    failures.note(
+                        "EndpointSlice",
+                        slices
+                            .delete(&old.name_any(), &DeleteParams::background())
+                            .await
+                            .map(|_| ())
+                            .or_else(ignore_not_found)
+                            .map_err(err(
+                                "deleting",
+                                format!("EndpointSlice {ns}/{}", old.name_any()),
+                            )),
+                    );
+                }
+            }
+        }
+
+        // What no import wants any more. Deleting the ServiceImport lets the garbage collector
+        // take its Service and slices; deleting those too keeps this right where no collector
+        // runs.
+        let wanted_keys: BTreeSet<(String, String)> = wanted
+            .keys()
+            .map(|k| (k.namespace.clone(), k.name.clone()))
+            .collect();
+        for si in stores.imports.state() {
+            let (ns, name) = (si.namespace().unwrap_or_default(), si.name_any());
+            if wanted_keys.contains(&(ns.clone(), name.clone())) {
+                continue;
+            }
+            let api: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
+            failures.note(
+                "ServiceImport",
+                api.delete(&name, &DeleteParams::background())
+                    .await
                     .map(|_| ())
-                    .map_err(err("applying", format!("Service {ns}/{derived}"))),
+                    .or_else(ignore_not_found)
+                    .map_err(err("deleting", format!("ServiceImport {ns}/{name}"))),
+            );
+            tracing::info!(import = %format!("{ns}/{name}"), "ServiceImport removed");
+        }
+        for svc in stores.services.state() {
+            let ns = svc.namespace().unwrap_or_default();
+            let Some(import) = svc.labels().get(LABEL_SERVICE_NAME) else {
+                continue;
+            };
+            // Only a derived Service by its name: a Service someone else labelled like ours
+            // is not ours to delete.
+            if wanted_keys.contains(&(ns.clone(), import.clone()))
+                || svc.name_any() != derived_name(import)
+            {
+                continue;
+            }
+            let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+            failures.note(
+                "Service",
+                api.delete(&svc.name_any(), &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(err("deleting", format!("Service {ns}/{}", svc.name_any()))),
             );
         }
-
-        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-        for (name, slice) in &want.slices {
-            let mut slice = slice.clone();
-            slice["metadata"]["ownerReferences"] = owner.clone();
-            let have = stores
-                .slices
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|s| to_value(&*s));
-            if !have.is_some_and(|h| contains(&h, &slice)) {
-                failures.note(
-                    "EndpointSlice",
-                    slices
-                        .patch(name, &apply, &Patch::Apply(&slice))
-                        .await
-                        .map(|_| ())
-                        .map_err(err("applying", format!("EndpointSlice {ns}/{name}"))),
-                );
+        for slice in stores.slices.state() {
+            let ns = slice.namespace().unwrap_or_default();
+            let Some(import) = slice.labels().get(LABEL_SERVICE_NAME) else {
+                continue;
+            };
+            if !is_ours(&slice.metadata) || wanted_keys.contains(&(ns.clone(), import.clone())) {
+                continue;
             }
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+            failures.note(
+                "EndpointSlice",
+                api.delete(&slice.name_any(), &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(err(
+                        "deleting",
+                        format!("EndpointSlice {ns}/{}", slice.name_any()),
+                    )),
+            );
         }
-        for old in stores.slices.state() {
-            let mine = old.namespace().as_deref() == Some(ns)
-                && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
-            if mine && !want.slices.contains_key(&old.name_any()) {
-                failures.note(
-                    "EndpointSlice",
-                    slices
-                        .delete(&old.name_any(), &DeleteParams::background())
-                        .await
-                        .map(|_| ())
-                        .or_else(ignore_not_found)
-                        .map_err(err(
-                            "deleting",
-                            format!("EndpointSlice {ns}/{}", old.name_any()),
-                        )),
-                );
-            }
-        }
+        let keep: BTreeSet<String> = wanted
+            .keys()
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect();
+        self.written.retain(|k, _| match k.split_once('/') {
+            Some(("ServiceImport", rest)) => keep.contains(rest),
+            _ => true,
+        });
+        failures.failed
     }
 
-    // What no import wants any more. Deleting the ServiceImport lets the garbage collector take
-    // its Service and slices; deleting those too keeps this right where no collector runs.
-    let wanted_keys: BTreeSet<(String, String)> = wanted
-        .keys()
-        .map(|k| (k.namespace.clone(), k.name.clone()))
-        .collect();
-    for si in stores.imports.state() {
-        let (ns, name) = (si.namespace().unwrap_or_default(), si.name_any());
-        if wanted_keys.contains(&(ns.clone(), name.clone())) {
-            continue;
-        }
-        let api: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
-        failures.note(
-            "ServiceImport",
-            api.delete(&name, &DeleteParams::background())
+    /// An Event on the ServiceImport (core/v1), for `kubectl describe` and `kubectl get events`.
+    async fn event(&self, ns: &str, name: &str, uid: &str, reason: &str, message: &str) {
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), ns);
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+                "kind": "ServiceImport",
+                "namespace": ns,
+                "name": name,
+                "uid": uid,
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": MANAGER},
+            "reportingComponent": MANAGER,
+            "reportingInstance": MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let result = match serde_json::from_value(body) {
+            Ok(ev) => api
+                .create(&kube::api::PostParams::default(), &ev)
                 .await
-                .map(|_| ())
-                .or_else(ignore_not_found)
-                .map_err(err("deleting", format!("ServiceImport {ns}/{name}"))),
-        );
-        tracing::info!(import = %format!("{ns}/{name}"), "ServiceImport removed");
-    }
-    for svc in stores.services.state() {
-        let ns = svc.namespace().unwrap_or_default();
-        let Some(import) = svc.labels().get(LABEL_SERVICE_NAME) else {
-            continue;
-        };
-        if wanted_keys.contains(&(ns.clone(), import.clone())) {
-            continue;
-        }
-        let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-        failures.note(
-            "Service",
-            api.delete(&svc.name_any(), &DeleteParams::background())
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)
-                .map_err(err("deleting", format!("Service {ns}/{}", svc.name_any()))),
-        );
-    }
-    for slice in stores.slices.state() {
-        let ns = slice.namespace().unwrap_or_default();
-        let Some(import) = slice.labels().get(LABEL_SERVICE_NAME) else {
-            continue;
-        };
-        if wanted_keys.contains(&(ns.clone(), import.clone())) {
-            continue;
-        }
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        failures.note(
-            "EndpointSlice",
-            api.delete(&slice.name_any(), &DeleteParams::background())
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)
-                .map_err(err(
-                    "deleting",
-                    format!("EndpointSlice {ns}/{}", slice.name_any()),
-                )),
-        );
-    }
-    failures.failed
-}
-
-/// Keeps a reflector store in sync, pokes `changed` on every event, counts watch errors.
-pub(crate) async fn reflect<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
-    metrics: KubeMetrics,
-    what: &'static str,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
-    let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(_) => changed.notify_one(),
+                .map(|_| ()),
             Err(e) => {
-                metrics.watch_errors.with_label_values(&[what]).inc();
-                tracing::warn!(resource = what, error = %e, "Kubernetes watch failed; retrying")
+                tracing::debug!(error = %e, "Event body");
+                return;
             }
+        };
+        self.metrics.wrote("Event", result.is_ok());
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "Event not written");
         }
     }
+
+    /// The earliest time a refused ClusterSetIP is to be asked for again.
+    fn next_refused_retry(&self) -> Option<tokio::time::Instant> {
+        self.refused.values().map(|r| r.retry_at).min()
+    }
+
+    /// Publishes the ClusterIPs the derived Services hold, for DNS.
+    fn publish_held(&self, stores: &Stores, snap: &MeshSnapshot) {
+        let mut held = HeldAddresses::new();
+        for (key, view) in &snap.services {
+            if view.import.service_type != ServiceType::ClusterSetIP {
+                continue;
+            }
+            let derived = derived_name(&key.name);
+            let Some(svc) = stores
+                .services
+                .get(&ObjectRef::new(&derived).within(&key.namespace))
+            else {
+                continue;
+            };
+            if !is_ours(&svc.metadata) {
+                continue;
+            }
+            let ip = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            if let Some(ip) = ip {
+                held.insert(key.clone(), ip);
+            }
+        }
+        self.held.send_if_modified(|cur| {
+            if **cur == held {
+                false
+            } else {
+                *cur = Arc::new(held);
+                true
+            }
+        });
+    }
 }
+
+/// Labelled as ours: `app.kubernetes.io/managed-by: causeway-federator`, and for EndpointSlices
+/// also `endpointslice.kubernetes.io/managed-by: causeway-federator` (kube-controller-manager
+/// copies a Service's labels onto the slices it makes, the first label among them; its own
+/// `endpointslice.kubernetes.io/managed-by` is what tells them apart).
+fn is_ours(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    let labels = meta.labels.as_ref();
+    let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    get(LABEL_MANAGED_BY) == Some(MANAGER)
+        && (get(LABEL_SLICE_SERVICE).is_none() || get(LABEL_SLICE_MANAGED_BY) == Some(MANAGER))
+}
+
+/// The snapshot DNS answers from in Kubernetes mode: a ClusterSetIP import's address is the one
+/// its derived Service holds here (with `vips`: only when that is the import's VIP), never an
+/// address the cluster gave to another Service.
+pub fn dns_view(snap: &MeshSnapshot, held: &HeldAddresses, vips: bool) -> MeshSnapshot {
+    let mut out = snap.clone();
+    for (key, view) in out.services.iter_mut() {
+        if view.import.service_type != ServiceType::ClusterSetIP {
+            continue;
+        }
+        let holds = held.get(key).copied();
+        let address = if vips {
+            view.vip.filter(|v| holds == Some(*v))
+        } else {
+            holds
+        };
+        if address != view.vip {
+            Arc::make_mut(view).vip = address;
+        }
+    }
+    out
+}
+
+/// Logs of the sink's reflectors, under this module.
+const WATCH_LOG: crate::kubewatch::WatchLog = crate::kubewatch::watch_log!();
 
 /// Runs the Kubernetes sink until `shutdown`. `vips`: this cluster allocates VIPs (`vip_range`),
-/// which become the derived Services' ClusterIPs.
+/// which become the derived Services' ClusterIPs. `held` gets the ClusterIPs the derived Services
+/// hold ([`dns_view`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     opts: KubeOptions,
@@ -634,20 +1056,34 @@ pub async fn run(
     vips: bool,
     mut snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     mut leader: watch::Receiver<bool>,
+    held: watch::Sender<Arc<HeldAddresses>>,
     shutdown: CancellationToken,
 ) {
+    use crate::kubewatch::reflect;
     let (namespaces, namespaces_w) = reflector::store();
     let (imports, imports_w) = reflector::store();
     let (services, services_w) = reflector::store();
     let (slices, slices_w) = reflector::store();
+    let (pods, pods_w) = reflector::store();
     let stores = Stores {
         namespaces,
         imports,
         services,
         slices,
+        pods,
     };
     let changed = Arc::new(Notify::new());
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    // Only our own slices: kube-controller-manager's copies of our labels are not ours.
+    let our_slices = watcher::Config::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_SLICE_MANAGED_BY}={MANAGER}"
+    ));
+    let gateway_labels = opts
+        .gateway_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reflect(
         Api::<Namespace>::all(client.clone()),
@@ -656,6 +1092,7 @@ pub async fn run(
         changed.clone(),
         metrics.clone(),
         "namespaces",
+        WATCH_LOG,
     ));
     tasks.spawn(reflect(
         Api::<ServiceImport>::all(client.clone()),
@@ -664,51 +1101,86 @@ pub async fn run(
         changed.clone(),
         metrics.clone(),
         "serviceimports",
+        WATCH_LOG,
     ));
     tasks.spawn(reflect(
         Api::<Service>::all(client.clone()),
-        managed.clone(),
+        managed,
         services_w,
         changed.clone(),
         metrics.clone(),
         "services",
+        WATCH_LOG,
     ));
     tasks.spawn(reflect(
         Api::<EndpointSlice>::all(client.clone()),
-        managed,
+        our_slices,
         slices_w,
         changed.clone(),
         metrics.clone(),
         "endpointslices",
+        WATCH_LOG,
+    ));
+    tasks.spawn(reflect(
+        Api::<Pod>::namespaced(client.clone(), &opts.gateway_namespace),
+        watcher::Config::default().labels(&gateway_labels),
+        pods_w,
+        changed.clone(),
+        metrics.clone(),
+        "pods",
+        WATCH_LOG,
     ));
 
+    let mut sink = Sink {
+        client,
+        opts,
+        metrics,
+        vips,
+        written: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        held,
+    };
     let work = async {
         let ready = stores.namespaces.wait_until_ready().await.is_ok()
             && stores.imports.wait_until_ready().await.is_ok()
             && stores.services.wait_until_ready().await.is_ok()
-            && stores.slices.wait_until_ready().await.is_ok();
+            && stores.slices.wait_until_ready().await.is_ok()
+            && stores.pods.wait_until_ready().await.is_ok();
         if !ready {
             return;
         }
-        let mut retry = false;
+        let mut backoff = crate::kubewatch::Backoff::new(RETRY_MAX);
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let snap = snapshots.borrow_and_update().clone();
             let is_leader = *leader.borrow_and_update();
             if is_leader && snap.synced {
-                retry = sync(&client, &opts, &metrics, vips, &stores, &snap).await > 0;
-            }
-            let backoff = async {
-                if retry {
-                    tokio::time::sleep(RETRY).await
+                let failed = sink.sync(&stores, &snap).await;
+                sink.metrics.sink_passes.inc();
+                // Failed writes are retried with a growing wait (reset by a pass without
+                // failures); a refused ClusterSetIP on its own schedule.
+                retry_at = if failed > 0 {
+                    Some(tokio::time::Instant::now() + backoff.next_wait())
                 } else {
-                    std::future::pending().await
+                    backoff.reset();
+                    None
+                };
+                if let Some(r) = sink.next_refused_retry() {
+                    retry_at = Some(retry_at.map_or(r, |t| t.min(r)));
+                }
+            }
+            sink.publish_held(&stores, &snap);
+            let wake = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = changed.notified() => {}
                 r = snapshots.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
-                _ = backoff => {}
+                _ = wake => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
         }

@@ -46,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LocalExport, LocalExports};
 use crate::crds::{condition, reason, ServiceExport};
-use crate::sink::kube::{reflect, KubeMetrics};
+use crate::kubewatch::{reflect, ControllerBackoff, WatchLog};
+use crate::sink::kube::KubeMetrics;
 
 /// Label Kubernetes puts on the EndpointSlices of a Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -420,11 +421,12 @@ pub fn desired_conditions(
                     reason::PENDING,
                     format!("not exported: {}", e.message),
                 ),
+                // Not in the mesh: nothing to conflict with yet (docs/kubernetes.md).
                 cond(
                     condition::CONFLICT,
-                    "False",
-                    reason::NO_CONFLICTS,
-                    "not exported".to_string(),
+                    "Unknown",
+                    reason::PENDING,
+                    format!("not exported: {}", e.message),
                 ),
             ];
         }
@@ -585,6 +587,9 @@ fn error_policy(se: Arc<ServiceExport>, err: &StatusError, _ctx: Arc<Ctx>) -> Ac
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Logs of the source's reflectors, under this module.
+const WATCH_LOG: WatchLog = crate::kubewatch::watch_log!();
+
 /// Runs the Kubernetes source until `shutdown`: publishes [`LocalExports`] on `tx` and, while
 /// `leader` is true, writes ServiceExport conditions.
 pub async fn run(
@@ -615,6 +620,7 @@ pub async fn run(
         changed.clone(),
         metrics.clone(),
         "serviceexports",
+        WATCH_LOG,
     ));
     tasks.spawn(reflect(
         Api::all(client.clone()),
@@ -623,6 +629,7 @@ pub async fn run(
         changed.clone(),
         metrics.clone(),
         "services",
+        WATCH_LOG,
     ));
     tasks.spawn(reflect(
         Api::all(client.clone()),
@@ -631,6 +638,7 @@ pub async fn run(
         changed.clone(),
         metrics.clone(),
         "endpointslices",
+        WATCH_LOG,
     ));
 
     // Rebuild LocalExports after every change (debounced), once all three stores are listed.
@@ -687,6 +695,8 @@ pub async fn run(
             watcher::Config::default(),
         )
         .with_config(controller::Config::default().debounce(Duration::from_millis(50)))
+        // Bounded, so that a relist after an API server restart comes within seconds.
+        .trigger_backoff(ControllerBackoff::default())
         .watches(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),

@@ -65,7 +65,27 @@ fn view(service_type: ServiceType) -> ServiceView {
 fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
     let opts = KubeOptions::default();
     let none = GatewayPorts::new();
-    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, None, &none);
+    let gateways = [
+        GatewayPod {
+            namespace: "causeway-system".into(),
+            name: "gw-a".into(),
+            ip: "10.244.1.7".parse().unwrap(),
+            ready: true,
+        },
+        GatewayPod {
+            namespace: "causeway-system".into(),
+            name: "gw-b".into(),
+            ip: "10.244.2.9".parse().unwrap(),
+            ready: false,
+        },
+    ];
+    let want = desired_import(
+        &view(ServiceType::ClusterSetIP),
+        &opts,
+        None,
+        &none,
+        &gateways,
+    );
     assert_eq!(want.import["spec"]["type"], "ClusterSetIP");
     assert!(want.import["spec"].get("ips").is_none(), "no ClusterIP yet");
     assert_eq!(
@@ -77,24 +97,124 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         want.service["metadata"]["labels"][LABEL_SERVICE_NAME],
         "echo"
     );
-    assert_eq!(
-        want.service["spec"]["selector"]["app.kubernetes.io/name"],
-        "causeway-gateway"
+    // No selector: it would match pods of the import's namespace only, and the gateways run in
+    // theirs. The sink writes the slice of the gateway pods itself.
+    assert!(
+        want.service["spec"].get("selector").is_none(),
+        "{}",
+        want.service
     );
     // No gateway port for it: the egress port, routed by Host.
     assert_eq!(want.service["spec"]["ports"][0]["targetPort"], 15001);
     assert_eq!(want.service["spec"]["ports"][0]["appProtocol"], "http");
-    assert!(want.slices.is_empty());
+    let names: Vec<&String> = want.slices.keys().collect();
+    assert_eq!(names, ["echo-clusterset-gateways"]);
+    let slice = &want.slices["echo-clusterset-gateways"];
+    let labels = &slice["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/service-name"], "echo-clusterset");
+    assert_eq!(
+        labels["endpointslice.kubernetes.io/managed-by"],
+        "causeway-federator"
+    );
+    assert_eq!(labels[LABEL_SERVICE_NAME], "echo");
+    assert_eq!(
+        slice["endpoints"],
+        json!([
+            {"addresses": ["10.244.1.7"], "conditions": {"ready": true, "serving": true, "terminating": false},
+             "targetRef": {"kind": "Pod", "namespace": "causeway-system", "name": "gw-a"}},
+            {"addresses": ["10.244.2.9"], "conditions": {"ready": false, "serving": false, "terminating": false},
+             "targetRef": {"kind": "Pod", "namespace": "causeway-system", "name": "gw-b"}},
+        ])
+    );
+    // The slice's port is the Service's target port, under the Service port's name.
+    assert_eq!(
+        slice["ports"],
+        json!([{"name": "http", "port": 15001, "protocol": "TCP", "appProtocol": "http"}])
+    );
     let ports = GatewayPorts::from([(("demo/echo".parse().unwrap(), 80), 20417)]);
     let want = desired_import(
         &view(ServiceType::ClusterSetIP),
         &opts,
         Some("10.96.0.42"),
         &ports,
+        &gateways,
     );
     assert_eq!(want.import["spec"]["ips"], json!(["10.96.0.42"]));
     assert_eq!(want.service["spec"]["ports"][0]["targetPort"], 20417);
     assert_eq!(want.service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(
+        want.slices["echo-clusterset-gateways"]["ports"][0]["port"],
+        20417
+    );
+    // No gateway pod with an address yet: one empty slice, so the set does not flap.
+    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, None, &none, &[]);
+    assert_eq!(
+        want.slices["echo-clusterset-gateways"]["endpoints"],
+        json!([])
+    );
+}
+
+#[test]
+fn only_our_own_slices_are_ours() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let meta = |labels: &[(&str, &str)]| ObjectMeta {
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    // kube-controller-manager's slice of a Service of ours carries our labels, copied.
+    let copied = meta(&[
+        (LABEL_MANAGED_BY, MANAGER),
+        (LABEL_SERVICE_NAME, "echo"),
+        ("kubernetes.io/service-name", "echo-clusterset"),
+        (
+            "endpointslice.kubernetes.io/managed-by",
+            "endpointslice-controller.k8s.io",
+        ),
+    ]);
+    assert!(!is_ours(&copied));
+    let ours = meta(&[
+        (LABEL_MANAGED_BY, MANAGER),
+        (LABEL_SERVICE_NAME, "echo"),
+        ("kubernetes.io/service-name", "echo-clusterset"),
+        ("endpointslice.kubernetes.io/managed-by", MANAGER),
+    ]);
+    assert!(is_ours(&ours));
+    // A Service (no slice labels) of ours.
+    assert!(is_ours(&meta(&[(LABEL_MANAGED_BY, MANAGER)])));
+    assert!(!is_ours(&meta(&[(LABEL_MANAGED_BY, "someone-else")])));
+}
+
+#[test]
+fn dns_answers_only_addresses_the_derived_service_holds() {
+    let key: ServiceKey = "demo/echo".parse().unwrap();
+    let mut v = view(ServiceType::ClusterSetIP);
+    v.vip = Some("10.96.200.5".parse().unwrap());
+    let snap = MeshSnapshot {
+        services: BTreeMap::from([(key.clone(), Arc::new(v))]),
+        ..Default::default()
+    };
+    // The cluster refused the VIP (another Service holds it): no derived Service, no address.
+    let none = HeldAddresses::new();
+    assert_eq!(dns_view(&snap, &none, true).services[&key].vip, None);
+    // Held: answered.
+    let held = HeldAddresses::from([(key.clone(), "10.96.200.5".parse().unwrap())]);
+    assert_eq!(
+        dns_view(&snap, &held, true).services[&key].vip,
+        Some("10.96.200.5".parse().unwrap())
+    );
+    // A derived Service with another ClusterIP (while it is being replaced): not the VIP.
+    let other = HeldAddresses::from([(key.clone(), "10.96.0.77".parse().unwrap())]);
+    assert_eq!(dns_view(&snap, &other, true).services[&key].vip, None);
+    // Without a VIP range, the derived Service's own ClusterIP is the address.
+    assert_eq!(
+        dns_view(&snap, &other, false).services[&key].vip,
+        Some("10.96.0.77".parse().unwrap())
+    );
 }
 
 #[test]
@@ -104,6 +224,7 @@ fn a_headless_import_gets_slices_per_cluster_and_family() {
         &KubeOptions::default(),
         Some("ignored"),
         &GatewayPorts::new(),
+        &[],
     );
     assert!(want.import["spec"].get("ips").is_none());
     assert_eq!(want.service["spec"]["clusterIP"], "None");

@@ -1,0 +1,213 @@
+//! Reflectors of the Kubernetes source and sink: a watcher feeding a reflector store, with the
+//! retry rules a real API server needs.
+//!
+//! - **410 Expired relists at once.** After an API server restart (or a compaction) a watch resumed
+//!   from an old resourceVersion gets 410; the watcher has already reset itself to relist, and
+//!   waiting first only delays the relist (kube-runtime's default backoff waited up to 30 s, and it
+//!   kept growing over an outage: a new export took 12-30 s to show up after a restart).
+//! - **Other errors back off**, exponentially from 200 ms to [`MAX_BACKOFF`] with jitter, and the
+//!   backoff resets on the first event that arrives. 403 (RBAC not ready yet) and 429 (a CRD's
+//!   storage initialising) are such errors: retried, never fatal.
+//! - **Logs say what happened once**: the first error of a streak is a warning naming the resource
+//!   and the error, repeats are debug (counted in `causeway_federator_kube_watch_errors_total`) with
+//!   a warning at most once a minute, and the end of a streak is logged with its length. Logs go
+//!   through the caller's [`WatchLog`], so they carry the caller's module (source or sink).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self};
+use kube::runtime::watcher;
+use kube::Api;
+use tokio::sync::Notify;
+
+use crate::sink::kube::KubeMetrics;
+
+/// The longest wait between two attempts of a failing watch.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// How often a long error streak is logged as a warning again.
+const REPEAT_WARNING: Duration = Duration::from_secs(60);
+
+/// What a reflector logs, under the caller's module.
+#[derive(Clone, Copy)]
+pub struct WatchLog {
+    /// A watch error: resource, error, how many in a row (1 = the first), whether to warn.
+    pub error: fn(&'static str, &watcher::Error, u64, bool),
+    /// A streak of errors ended: resource, how many.
+    pub recovered: fn(&'static str, u64),
+}
+
+/// A [`WatchLog`] that logs under the module where it is written (tracing's target is the
+/// module of the macro's call site).
+macro_rules! watch_log {
+    () => {
+        $crate::kubewatch::WatchLog {
+            error: |what, e, streak, warn| {
+                if warn {
+                    tracing::warn!(resource = what, error = %e, failures_in_a_row = streak, "Kubernetes watch failed; retrying");
+                } else {
+                    tracing::debug!(resource = what, error = %e, failures_in_a_row = streak, "Kubernetes watch failed; retrying");
+                }
+            },
+            recovered: |what, streak| {
+                tracing::info!(resource = what, failures = streak, "Kubernetes watch recovered");
+            },
+        }
+    };
+}
+pub(crate) use watch_log;
+
+/// Whether a watcher error is a 410 Gone / Expired (the watcher relists on its next poll).
+pub fn is_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 410,
+        _ => false,
+    }
+}
+
+/// Exponential backoff with jitter, reset by [`Backoff::reset`].
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Self {
+            next: FIRST_BACKOFF.min(max),
+            max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = FIRST_BACKOFF.min(self.max);
+    }
+
+    /// The next wait: the current step with up to 50 % jitter either side; the step doubles.
+    pub fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::random::<f64>() - 0.5; // -0.5 .. 0.5
+        base.mul_f64(1.0 + jitter).min(self.max)
+    }
+}
+
+/// For kube-runtime's `Controller` (its trigger streams): a bounded backoff. A `Backoff` cannot
+/// tell a 410 from other errors, so after a restart the controller waits once for the outage and
+/// once more for the 410; a bound of [`CONTROLLER_MAX_BACKOFF`] keeps both short.
+pub struct ControllerBackoff(Backoff);
+
+/// The longest wait of [`ControllerBackoff`].
+pub const CONTROLLER_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Default for ControllerBackoff {
+    fn default() -> Self {
+        Self(Backoff::new(CONTROLLER_MAX_BACKOFF))
+    }
+}
+
+impl Iterator for ControllerBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0.next_wait())
+    }
+}
+
+impl kube::runtime::utils::Backoff for ControllerBackoff {
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+}
+
+/// Keeps a reflector store in sync, pokes `changed` on every event, counts and logs errors.
+pub async fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    metrics: KubeMetrics,
+    what: &'static str,
+    log: WatchLog,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(writer, watcher(api, cfg));
+    let mut stream = std::pin::pin!(stream);
+    let mut backoff = Backoff::new(MAX_BACKOFF);
+    let mut streak = 0u64;
+    let mut last_warning: Option<Instant> = None;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => {
+                if streak > 0 {
+                    (log.recovered)(what, streak);
+                    streak = 0;
+                    last_warning = None;
+                }
+                backoff.reset();
+                changed.notify_one();
+            }
+            Err(e) => {
+                metrics.watch_errors.with_label_values(&[what]).inc();
+                streak += 1;
+                let warn = last_warning.is_none_or(|t| t.elapsed() >= REPEAT_WARNING);
+                if warn {
+                    last_warning = Some(Instant::now());
+                }
+                (log.error)(what, &e, streak, warn);
+                if is_gone(&e) {
+                    // The watcher lists again on the next poll: no wait.
+                    continue;
+                }
+                tokio::time::sleep(backoff.next_wait()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_bound_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(3));
+        let waits: Vec<Duration> = (0..8).map(|_| b.next_wait()).collect();
+        assert!(waits[0] <= Duration::from_millis(300), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(3)),
+            "{waits:?}"
+        );
+        assert!(waits[7] >= Duration::from_millis(1500), "{waits:?}");
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn gone_is_told_apart_from_other_errors() {
+        let status = |code| kube::core::Status {
+            code,
+            ..Default::default()
+        };
+        assert!(is_gone(&watcher::Error::WatchError(Box::new(status(410)))));
+        assert!(!is_gone(&watcher::Error::WatchError(Box::new(status(403)))));
+        assert!(is_gone(&watcher::Error::InitialListFailed(
+            kube::Error::Api(Box::new(status(410)))
+        )));
+        assert!(!is_gone(&watcher::Error::InitialListFailed(
+            kube::Error::Api(Box::new(status(429)))
+        )));
+    }
+}
