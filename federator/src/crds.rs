@@ -172,9 +172,34 @@ pub struct ClusterStatus {
     pub cluster: String,
 }
 
-/// Both CRDs.
+/// A property of this cluster (KEP-2149, the About API). `cluster.clusterset.k8s.io` holds the
+/// cluster's ID in its clusterset, which the federator reads at start.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "about.k8s.io",
+    version = "v1alpha1",
+    kind = "ClusterProperty",
+    doc = "ClusterProperty is a name/value pair about this cluster (KEP-2149); cluster.clusterset.k8s.io is the cluster's ID.",
+    plural = "clusterproperties",
+    printcolumn = r#"{"name":"Value","type":"string","jsonPath":".spec.value"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ClusterPropertySpec {
+    /// The property's value.
+    #[schemars(length(min = 1, max = 128000))]
+    pub value: String,
+}
+
+/// Name of the ClusterProperty that holds the cluster's ID (KEP-2149).
+pub const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
+
+/// The CRDs the chart installs: ServiceExport, ServiceImport, ClusterProperty.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![ServiceExport::crd(), ServiceImport::crd()]
+    vec![
+        ServiceExport::crd(),
+        ServiceImport::crd(),
+        ClusterProperty::crd(),
+    ]
 }
 
 /// Both CRDs as one YAML stream, as committed in `helm/causeway/crds/`.

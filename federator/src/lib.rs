@@ -1,4 +1,5 @@
 //! Causeway federator.
+pub mod about;
 pub mod admin;
 pub mod app;
 pub mod args;

@@ -14,7 +14,14 @@ async fn main() {
         },
         None => Config::default(),
     };
-    let cfg = match args.apply(base).validate() {
+    let mut raw = args.apply(base);
+    if raw.source == causeway_federator::config::SourceKind::Kube || raw.kube_sink {
+        if let Err(e) = causeway_federator::about::reconcile_cluster_id(&mut raw).await {
+            eprintln!("causeway-federator: {e}");
+            std::process::exit(64);
+        }
+    }
+    let cfg = match raw.validate() {
         Ok(c) => c,
         Err(e) => exit_config(e),
     };

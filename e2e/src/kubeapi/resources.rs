@@ -125,6 +125,16 @@ pub const RESOURCES: &[ResourceType] = &[
         short_names: &["svcim"],
     },
     ResourceType {
+        group: "about.k8s.io",
+        version: "v1alpha1",
+        plural: "clusterproperties",
+        singular: "clusterproperty",
+        kind: "ClusterProperty",
+        namespaced: false,
+        status: false,
+        short_names: &[],
+    },
+    ResourceType {
         group: "apiextensions.k8s.io",
         version: "v1",
         plural: "customresourcedefinitions",

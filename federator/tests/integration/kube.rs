@@ -994,3 +994,65 @@ async fn forbidden_before_rbac_is_ready_and_initialising_storage_are_retried() -
     until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_id_comes_from_the_cluster_property_and_a_mismatch_stops_the_start(
+) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let api = KubeApiServer::start().await?;
+    api.create(serde_json::json!({
+        "apiVersion": "about.k8s.io/v1alpha1", "kind": "ClusterProperty",
+        "metadata": {"name": "cluster.clusterset.k8s.io"},
+        "spec": {"value": "east"},
+    }))?;
+    // Configured as another cluster: refused at start, naming both IDs.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("federator.yaml");
+    let body = |cluster: &str| {
+        format!(
+            "{cluster}etcd:\n  endpoints: [\"{}\"]\nsource: kube\nkube_sink: true\n",
+            etcd.endpoint()
+        )
+    };
+    std::fs::write(&config, body("cluster: west\n"))?;
+    let out = tokio::time::timeout(
+        T,
+        Command::new(crate::harness::FEDERATOR)
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", api.kubeconfig())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started as west in east: {stderr}");
+    assert!(
+        stderr.contains("\"west\"")
+            && stderr.contains("\"east\"")
+            && stderr.contains("cluster.clusterset.k8s.io"),
+        "{stderr}"
+    );
+    // No cluster configured: the property's is used.
+    std::fs::write(&config, body(""))?;
+    let args = [
+        "--config",
+        &config.display().to_string(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from);
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let (_child, admin, _, _) = spawn_federator(&args, &[("KUBECONFIG", &kubeconfig)]).await?;
+    wait_for("the federator to call itself east", T, || async {
+        let v: Value =
+            serde_json::from_str(&http_get(&admin, "/debug/snapshot").await.ok()?).ok()?;
+        (v["snapshot"]["local_cluster"] == "east").then_some(())
+    })
+    .await?;
+    Ok(())
+}
