@@ -195,11 +195,15 @@ pub const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
 
 /// The CRDs the chart installs: ServiceExport, ServiceImport, ClusterProperty.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![
-        ServiceExport::crd(),
-        ServiceImport::crd(),
-        ClusterProperty::crd(),
-    ]
+    let mut about = ClusterProperty::crd();
+    // `*.k8s.io` groups are protected: a real API server refuses a CRD of one without this
+    // annotation (found against kube-apiserver v1.36; the test server does not check it).
+    about.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        "api-approved.kubernetes.io".to_string(),
+        "https://github.com/kubernetes/enhancements/tree/master/keps/sig-multicluster/2149-clusterid"
+            .to_string(),
+    )]));
+    vec![ServiceExport::crd(), ServiceImport::crd(), about]
 }
 
 /// Both CRDs as one YAML stream, as committed in `helm/causeway/crds/`.
@@ -217,6 +221,21 @@ pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real API server refuses a CRD of a `*.k8s.io` group without the approval annotation.
+    #[test]
+    fn crds_of_protected_groups_carry_the_approval_annotation() {
+        for crd in definitions() {
+            if crd.spec.group.ends_with(".k8s.io") || crd.spec.group == "k8s.io" {
+                let a = crd.metadata.annotations.unwrap_or_default();
+                assert!(
+                    a.get("api-approved.kubernetes.io").is_some_and(|v| v.starts_with("https://")),
+                    "{} lacks api-approved.kubernetes.io",
+                    crd.spec.group
+                );
+            }
+        }
+    }
 
     /// The chart ships what the code generates; regenerate with
     /// `cargo run -p causeway-federator --bin causeway -- crds > helm/causeway/crds/multicluster.x-k8s.io.yaml`.
