@@ -229,7 +229,8 @@ mod tests {
             if crd.spec.group.ends_with(".k8s.io") || crd.spec.group == "k8s.io" {
                 let a = crd.metadata.annotations.unwrap_or_default();
                 assert!(
-                    a.get("api-approved.kubernetes.io").is_some_and(|v| v.starts_with("https://")),
+                    a.get("api-approved.kubernetes.io")
+                        .is_some_and(|v| v.starts_with("https://")),
                     "{} lacks api-approved.kubernetes.io",
                     crd.spec.group
                 );

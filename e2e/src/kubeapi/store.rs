@@ -775,6 +775,28 @@ impl Store {
             "Namespace" => {
                 obj["status"] = json!({"phase": "Active"});
             }
+            "CustomResourceDefinition" => {
+                // Groups under k8s.io and kubernetes.io are protected (KEP-1111): a CRD of one
+                // needs the approval annotation, as a real API server insists.
+                let group = obj
+                    .pointer("/spec/group")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let protected = ["k8s.io", "kubernetes.io"]
+                    .iter()
+                    .any(|d| group == *d || group.ends_with(&format!(".{d}")));
+                let approved = obj
+                    .pointer("/metadata/annotations/api-approved.kubernetes.io")
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty());
+                if protected && !approved {
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("CustomResourceDefinition.apiextensions.k8s.io \"{}\" is invalid: metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\"", obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")),
+                    ));
+                }
+            }
             "Service" => {
                 // ClusterIPs of the other Services: an IP is given out once.
                 let me = (

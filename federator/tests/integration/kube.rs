@@ -532,6 +532,34 @@ async fn causeway_crds_prints_the_charts_crds() -> anyhow::Result<()> {
         String::from_utf8(out.stdout)? == committed,
         "helm/causeway/crds/multicluster.x-k8s.io.yaml differs from `causeway crds`"
     );
+    // The API server takes them (about.k8s.io is a protected group: its CRD needs the approval
+    // annotation, which a real kube-apiserver checks and so does the test server) ...
+    let api = KubeApiServer::start().await?;
+    apply(&api, &committed).await?;
+    assert!(api
+        .get(
+            "apiextensions.k8s.io/v1",
+            "customresourcedefinitions",
+            "",
+            "clusterproperties.about.k8s.io"
+        )
+        .is_some());
+    // ... and without the annotation it refuses them.
+    let other = KubeApiServer::start().await?;
+    let unapproved: String = committed
+        .lines()
+        .filter(|l| {
+            !l.contains("api-approved.kubernetes.io") && !l.trim_start().starts_with("https://")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let refused = apply(&other, &unapproved)
+        .await
+        .expect_err("unapproved CRD accepted");
+    assert!(
+        format!("{refused:#}").contains("api-approved.kubernetes.io"),
+        "{refused:#}"
+    );
     Ok(())
 }
 
