@@ -762,7 +762,7 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
                         let matches =
                             |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
                         if let Some(kind) = store::seen_as(&e, matches) {
-                            first.push(event_line(kind, &e.object));
+                            first.push(event_line(kind, &store::in_version(rt, e.object.clone())));
                         }
                     }
                     (now, Some(rx))
@@ -776,7 +776,7 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
             _ => {
                 // No resourceVersion (or sendInitialEvents): the current state as ADDED events.
                 for obj in store.list(rt, &ns, &labels, &fields) {
-                    first.push(event_line("ADDED", &obj));
+                    first.push(event_line("ADDED", &store::in_version(rt, obj.clone())));
                 }
                 if initial_events {
                     first.push(bookmark(rt, now, true));
@@ -818,7 +818,7 @@ fn watch<'a>(shared: &Arc<Shared>, t: &Target, q: &impl Fn(&str) -> Option<&'a s
                         }
                         let matches = |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
                         if let Some(kind) = store::seen_as(&e, matches) {
-                            if tx.send(Ok(event_line(kind, &e.object))).await.is_err() {
+                            if tx.send(Ok(event_line(kind, &store::in_version(rt, e.object.clone())))).await.is_err() {
                                 return;
                             }
                         }

@@ -203,8 +203,31 @@ pub fn definitions() -> Vec<CustomResourceDefinition> {
         "https://github.com/kubernetes/enhancements/tree/master/keps/sig-multicluster/2149-clusterid"
             .to_string(),
     )]));
-    vec![ServiceExport::crd(), ServiceImport::crd(), about]
+    vec![
+        with_v1beta1(ServiceExport::crd()),
+        with_v1beta1(ServiceImport::crd()),
+        about,
+    ]
 }
+
+/// The MCS API v0.5.0 serves `v1beta1` beside `v1alpha1` with the same schema, and stores
+/// `v1beta1`; with one schema no conversion webhook is needed (`strategy: None`). The federator
+/// itself reads and writes `v1alpha1` ([`VERSION`]), which clusters with older MCS CRDs serve too.
+fn with_v1beta1(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    if let Some(alpha) = crd.spec.versions.first().cloned() {
+        let mut beta = alpha.clone();
+        beta.name = STORAGE_VERSION.to_string();
+        beta.storage = true;
+        beta.served = true;
+        let mut alpha = alpha;
+        alpha.storage = false;
+        crd.spec.versions = vec![beta, alpha];
+    }
+    crd
+}
+
+/// The version the MCS CRDs store (mcs-api v0.5.0).
+pub const STORAGE_VERSION: &str = "v1beta1";
 
 /// Both CRDs as one YAML stream, as committed in `helm/causeway/crds/`.
 pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
@@ -221,6 +244,20 @@ pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcs_crds_serve_both_versions_and_store_v1beta1() {
+        for crd in &definitions()[..2] {
+            let v: Vec<(&str, bool, bool)> = crd
+                .spec
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.served, v.storage))
+                .collect();
+            assert_eq!(v, [("v1beta1", true, true), ("v1alpha1", true, false)]);
+            assert_eq!(crd.spec.versions[0].schema, crd.spec.versions[1].schema);
+        }
+    }
 
     /// A real API server refuses a CRD of a `*.k8s.io` group without the approval annotation.
     #[test]

@@ -104,6 +104,27 @@ pub const RESOURCES: &[ResourceType] = &[
         status: false,
         short_names: &[],
     },
+    // The MCS API v0.5.0: v1beta1 (stored) and v1alpha1, one schema, one storage.
+    ResourceType {
+        group: "multicluster.x-k8s.io",
+        version: "v1beta1",
+        plural: "serviceexports",
+        singular: "serviceexport",
+        kind: "ServiceExport",
+        namespaced: true,
+        status: true,
+        short_names: &["svcex"],
+    },
+    ResourceType {
+        group: "multicluster.x-k8s.io",
+        version: "v1beta1",
+        plural: "serviceimports",
+        singular: "serviceimport",
+        kind: "ServiceImport",
+        namespaced: true,
+        status: true,
+        short_names: &["svcim"],
+    },
     ResourceType {
         group: "multicluster.x-k8s.io",
         version: "v1alpha1",
@@ -179,25 +200,36 @@ fn groups() -> Vec<(&'static str, &'static str)> {
     out
 }
 
+/// One group's discovery entry: every version it serves, the first listed preferred (the MCS
+/// group lists `v1beta1` first, as the upstream CRDs prefer it).
+fn group_entry(group: &str) -> Option<Value> {
+    let versions: Vec<Value> = groups()
+        .into_iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first()?.clone();
+    Some(json!({"name": group, "versions": versions, "preferredVersion": preferred}))
+}
+
 /// `GET /apis`
 pub(super) fn group_list() -> Value {
-    let groups: Vec<Value> = groups()
-        .into_iter()
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
-        .collect();
+    let mut names: Vec<&str> = Vec::new();
+    for (g, _) in groups() {
+        if !names.contains(&g) {
+            names.push(g);
+        }
+    }
+    let groups: Vec<Value> = names.into_iter().filter_map(group_entry).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `GET /apis/<group>`
 pub(super) fn group(group: &str) -> Option<Value> {
-    let (g, v) = groups().into_iter().find(|(g, _)| *g == group)?;
-    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    Some(
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv}),
-    )
+    let mut g = group_entry(group)?;
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    Some(g)
 }
 
 /// `GET /api/v1` or `GET /apis/<group>/<version>`

@@ -177,7 +177,7 @@ impl Store {
     pub(super) fn get(&self, rt: &'static ResourceType, ns: &str, name: &str) -> Result<Value> {
         self.objects
             .get(&(rt.plural, scope(rt, ns), name.to_string()))
-            .cloned()
+            .map(|v| in_version(rt, v.clone()))
             .ok_or_else(|| ApiError::not_found(rt, name))
     }
 
@@ -196,7 +196,7 @@ impl Store {
             })
             .map(|(_, v)| v)
             .filter(|v| labels.matches_labels(v) && fields.matches_fields(v))
-            .cloned()
+            .map(|v| in_version(rt, v.clone()))
             .collect()
     }
 
@@ -883,6 +883,15 @@ fn scope(rt: &ResourceType, ns: &str) -> String {
     } else {
         String::new()
     }
+}
+
+/// An object as a version of its type serves it. Versions of one type share their storage (one
+/// schema, no conversion, as the MCS CRDs' `v1alpha1` and `v1beta1`): only `apiVersion` differs.
+pub(super) fn in_version(rt: &ResourceType, mut v: Value) -> Value {
+    if v.get("kind").and_then(Value::as_str) == Some(rt.kind) {
+        v["apiVersion"] = json!(rt.api_version());
+    }
+    v
 }
 
 fn event_matches(e: &Event, rt: &ResourceType, ns: &str) -> bool {
