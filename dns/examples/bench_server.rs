@@ -47,6 +47,7 @@ fn export(service_ip: IpAddr) -> ExportView {
             weight: None,
             service_ip: Some(service_ip),
             traffic_policy: Default::default(),
+            exported: Default::default(),
         },
         conditions: ExportConditions::default(),
         stale: false,
@@ -80,6 +81,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
             session_affinity: Default::default(),
             clusters: exports.keys().cloned().collect(),
             conflict: false,
+            exported: Default::default(),
         };
         services.insert(
             key,

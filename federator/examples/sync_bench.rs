@@ -195,6 +195,7 @@ fn export_record(created: i64) -> ExportRecord {
         weight: None,
         service_ip: Some("10.96.0.10".parse().expect("ip")),
         traffic_policy: Default::default(),
+        exported: Default::default(),
     }
 }
 

@@ -106,6 +106,16 @@ pub struct ServiceImportSpec {
     pub session_affinity: Option<SessionAffinity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// The IP families of `ips` (MCS API v0.5.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub ip_families: Vec<String>,
+    /// The exporting Services' `internalTrafficPolicy` (the oldest export's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// The exporting Services' `trafficDistribution` (the oldest export's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

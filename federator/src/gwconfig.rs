@@ -343,6 +343,7 @@ mod tests {
             weight: None,
             service_ip: None,
             traffic_policy: Default::default(),
+            exported: Default::default(),
         }
     }
 
@@ -397,6 +398,7 @@ mod tests {
                         session_affinity: SessionAffinity::None,
                         clusters: vec![c("east"), c("north"), c("west")],
                         conflict: false,
+                        exported: Default::default(),
                     },
                     vip: Some("10.255.0.7".parse().unwrap()),
                     exports,

@@ -713,6 +713,7 @@ mod tests {
             weight: None,
             service_ip: None,
             traffic_policy: Default::default(),
+            exported: Default::default(),
         };
         (
             keys::export_key(&svc(service), &c(cluster)),

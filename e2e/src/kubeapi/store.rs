@@ -829,6 +829,9 @@ impl Store {
                     .to_string();
                 spec.entry("sessionAffinity")
                     .or_insert_with(|| json!("None"));
+                // As the real server: every Service gets the default internal traffic policy.
+                spec.entry("internalTrafficPolicy")
+                    .or_insert_with(|| json!("Cluster"));
                 if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         if let Some(p) = p.as_object_mut() {

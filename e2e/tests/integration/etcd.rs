@@ -38,6 +38,7 @@ fn export_record() -> ExportRecord {
         weight: Some(100),
         service_ip: Some("10.96.0.10".parse().expect("valid IP")),
         traffic_policy: Default::default(),
+        exported: Default::default(),
     }
 }
 

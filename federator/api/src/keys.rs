@@ -641,6 +641,7 @@ mod tests {
             weight: Some(10),
             service_ip: Some("10.96.0.10".parse().unwrap()),
             traffic_policy: Default::default(),
+            exported: Default::default(),
         }
     }
 

@@ -100,6 +100,29 @@ fn merge_service(
             reasons[0].insert(ConflictReason::SessionAffinityConflict);
             reasons[i].insert(ConflictReason::SessionAffinityConflict);
         }
+        // What the import carries (MCS API v0.5.0): the oldest export's; a differing one is a
+        // conflict on both, as for session affinity.
+        let (e, w) = (&export.exported, &winner.exported);
+        for (differs, reason) in [
+            (e.labels != w.labels, ConflictReason::LabelsConflict),
+            (
+                e.annotations != w.annotations,
+                ConflictReason::AnnotationsConflict,
+            ),
+            (
+                e.internal_traffic_policy != w.internal_traffic_policy,
+                ConflictReason::InternalTrafficPolicyConflict,
+            ),
+            (
+                e.traffic_distribution != w.traffic_distribution,
+                ConflictReason::TrafficDistributionConflict,
+            ),
+        ] {
+            if differs {
+                reasons[0].insert(reason);
+                reasons[i].insert(reason);
+            }
+        }
         for port in &export.ports {
             match match_port(&ports, port) {
                 PortMatch::Same => {}
@@ -124,6 +147,7 @@ fn merge_service(
         session_affinity: winner.session_affinity,
         clusters,
         conflict,
+        exported: winner.exported.clone(),
     };
     let conditions = exports
         .iter()
@@ -207,6 +231,7 @@ mod tests {
             weight: None,
             service_ip: None,
             traffic_policy: Default::default(),
+            exported: Default::default(),
         }
     }
 
@@ -354,6 +379,31 @@ mod tests {
                 ("north", "NoConflicts"),
                 ("west", "NoConflicts"),
             ],
+        );
+    }
+
+    #[test]
+    fn exported_labels_and_policies_come_from_the_oldest_and_differences_conflict() {
+        let web = svc("prod", "web");
+        let mut east = export(1, vec![tcp("http", 80)]);
+        east.exported.labels.insert("team".into(), "a".into());
+        east.exported.internal_traffic_policy = Some("Local".into());
+        let mut west = export(2, vec![tcp("http", 80)]);
+        west.exported.labels.insert("team".into(), "b".into());
+        west.exported.internal_traffic_policy = Some("Local".into());
+        west.exported.annotations.insert("note".into(), "x".into());
+        let merged = merge_every_order(&rows(&web, vec![("east", east), ("west", west)]));
+        let import = &merged.imports[&web];
+        assert_eq!(import.exported.labels["team"], "a", "the oldest export's");
+        assert!(import.exported.annotations.is_empty());
+        assert!(import.conflict);
+        assert_eq!(
+            merged.conditions[&web][&c("west")].conflicts,
+            [LabelsConflict, AnnotationsConflict]
+        );
+        assert_eq!(
+            merged.conditions[&web][&c("east")].conflicts,
+            [LabelsConflict, AnnotationsConflict]
         );
     }
 

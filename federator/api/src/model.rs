@@ -315,6 +315,31 @@ pub struct ExportRecord {
     /// import ([`Import`] carries it).
     #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
     pub traffic_policy: TrafficPolicy,
+    /// What the export asks importing clusters to carry (MCS API v0.5.0); the oldest export's
+    /// applies, a differing one is a conflict.
+    #[serde(default, skip_serializing_if = "Exported::is_empty")]
+    pub exported: Exported,
+}
+
+/// What an export asks the importing clusters to carry onto their ServiceImport (MCS API
+/// v0.5.0): the ServiceExport's `exportedLabels` and `exportedAnnotations`, and the Service's
+/// `internalTrafficPolicy` and `trafficDistribution`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exported {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+}
+
+impl Exported {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What an exporter asks of the gateways that call its service. Absent fields keep the
@@ -407,6 +432,10 @@ pub enum ConflictReason {
     PortConflict,
     TypeConflict,
     SessionAffinityConflict,
+    LabelsConflict,
+    AnnotationsConflict,
+    InternalTrafficPolicyConflict,
+    TrafficDistributionConflict,
 }
 
 impl fmt::Display for ConflictReason {
@@ -415,6 +444,10 @@ impl fmt::Display for ConflictReason {
             ConflictReason::PortConflict => "PortConflict",
             ConflictReason::TypeConflict => "TypeConflict",
             ConflictReason::SessionAffinityConflict => "SessionAffinityConflict",
+            ConflictReason::LabelsConflict => "LabelsConflict",
+            ConflictReason::AnnotationsConflict => "AnnotationsConflict",
+            ConflictReason::InternalTrafficPolicyConflict => "InternalTrafficPolicyConflict",
+            ConflictReason::TrafficDistributionConflict => "TrafficDistributionConflict",
         })
     }
 }
@@ -456,4 +489,7 @@ pub struct Import {
     pub clusters: Vec<ClusterId>,
     /// Whether any export of the service is in conflict.
     pub conflict: bool,
+    /// The oldest export's [`Exported`].
+    #[serde(default, skip_serializing_if = "Exported::is_empty")]
+    pub exported: Exported,
 }

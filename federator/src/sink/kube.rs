@@ -189,11 +189,33 @@ pub fn desired_import(
     });
     if let (false, Some(ip)) = (headless, cluster_ip) {
         spec["ips"] = json!([ip]);
+        let family = match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => "IPv6",
+            _ => "IPv4",
+        };
+        spec["ipFamilies"] = json!([family]);
+    }
+    let exported = &view.import.exported;
+    if let Some(p) = &exported.internal_traffic_policy {
+        spec["internalTrafficPolicy"] = json!(p);
+    }
+    if let Some(d) = &exported.traffic_distribution {
+        spec["trafficDistribution"] = json!(d);
+    }
+    // The exporters' labels and annotations (the oldest export's), then ours, which win.
+    let mut import_labels = serde_json::Map::new();
+    for (k, v) in &exported.labels {
+        import_labels.insert(k.clone(), json!(v));
+    }
+    import_labels.insert(LABEL_MANAGED_BY.to_string(), json!(MANAGER));
+    let mut metadata = json!({"name": svc, "namespace": ns, "labels": import_labels});
+    if !exported.annotations.is_empty() {
+        metadata["annotations"] = json!(exported.annotations);
     }
     let import = json!({
         "apiVersion": "multicluster.x-k8s.io/v1alpha1",
         "kind": "ServiceImport",
-        "metadata": {"name": svc, "namespace": ns, "labels": {LABEL_MANAGED_BY: MANAGER}},
+        "metadata": metadata,
         "spec": spec,
     });
     let status = json!({

@@ -296,6 +296,7 @@ pub fn parse_export(
         weight: spec.weight,
         service_ip: spec.service_ip,
         traffic_policy,
+        exported: Default::default(),
     };
     Ok((
         key,

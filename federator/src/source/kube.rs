@@ -319,6 +319,17 @@ pub fn export_of(
         weight,
         service_ip,
         traffic_policy,
+        // Carried to the importing clusters' ServiceImports (MCS API v0.5.0).
+        exported: causeway_api::Exported {
+            // `Cluster` is Kubernetes' default (every Service has it set): the same as none, so
+            // that exports from Kubernetes and from files agree.
+            internal_traffic_policy: spec
+                .internal_traffic_policy
+                .clone()
+                .filter(|p| p != "Cluster"),
+            traffic_distribution: spec.traffic_distribution.clone(),
+            ..Default::default()
+        },
     };
     Ok((
         key,

@@ -1084,3 +1084,48 @@ async fn the_cluster_id_comes_from_the_cluster_property_and_a_mismatch_stops_the
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_traffic_policy_is_carried_and_a_differing_one_conflicts() -> anyhow::Result<()>
+{
+    let etcd = EtcdServer::start().await?;
+    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let local = exported_service("echo", "http", 80).replacen(
+        "spec:\n  ports:",
+        "spec:\n  internalTrafficPolicy: Local\n  trafficDistribution: PreferClose\n  ports:",
+        1,
+    );
+    apply(&east_api, &format!("{}{local}", namespace("demo"))).await?;
+    until_condition(&east_api, "east", "echo", "Ready", ("True", "Exported")).await?;
+    wait_for("east's ServiceImport to carry the policy", T, || async {
+        let si = east_api.get(MCS, "serviceimports", "demo", "echo")?;
+        (si["spec"]["internalTrafficPolicy"] == "Local"
+            && si["spec"]["trafficDistribution"] == "PreferClose")
+            .then_some(())
+    })
+    .await?;
+    // West exports it with the default policy (Cluster) and no traffic distribution: both
+    // conflict, and the oldest (east's) still applies.
+    apply(
+        &west_api,
+        &format!(
+            "{}{}",
+            namespace("demo"),
+            exported_service("echo", "http", 80)
+        ),
+    )
+    .await?;
+    let want = (
+        "True",
+        "InternalTrafficPolicyConflict,TrafficDistributionConflict",
+    );
+    until_condition(&west_api, "west", "echo", "Conflict", want).await?;
+    until_condition(&east_api, "east", "echo", "Conflict", want).await?;
+    let si = west_api
+        .get(MCS, "serviceimports", "demo", "echo")
+        .context("west's ServiceImport")?;
+    assert_eq!(si["spec"]["internalTrafficPolicy"], "Local", "{si}");
+    Ok(())
+}

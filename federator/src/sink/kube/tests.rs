@@ -40,6 +40,7 @@ fn view(service_type: ServiceType) -> ServiceView {
                     weight: None,
                     service_ip: None,
                     traffic_policy: Default::default(),
+                    exported: Default::default(),
                 },
                 conditions: ExportConditions::default(),
                 stale: false,
@@ -55,6 +56,7 @@ fn view(service_type: ServiceType) -> ServiceView {
             session_affinity: SessionAffinity::None,
             clusters: exports.keys().cloned().collect(),
             conflict: false,
+            exported: Default::default(),
         },
         vip: None,
         exports,
@@ -140,6 +142,7 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         &gateways,
     );
     assert_eq!(want.import["spec"]["ips"], json!(["10.96.0.42"]));
+    assert_eq!(want.import["spec"]["ipFamilies"], json!(["IPv4"]));
     assert_eq!(want.service["spec"]["ports"][0]["targetPort"], 20417);
     assert_eq!(want.service["spec"]["ports"][0]["port"], 80);
     assert_eq!(
@@ -152,6 +155,40 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         want.slices["echo-clusterset-gateways"]["endpoints"],
         json!([])
     );
+}
+
+#[test]
+fn the_import_carries_what_the_oldest_export_asks_for() {
+    let mut v = view(ServiceType::ClusterSetIP);
+    v.import
+        .exported
+        .labels
+        .insert("team".into(), "payments".into());
+    // Ours wins over an exporter's label of the same name.
+    v.import
+        .exported
+        .labels
+        .insert(LABEL_MANAGED_BY.into(), "someone".into());
+    v.import
+        .exported
+        .annotations
+        .insert("note".into(), "x".into());
+    v.import.exported.internal_traffic_policy = Some("Local".into());
+    v.import.exported.traffic_distribution = Some("PreferClose".into());
+    let want = desired_import(
+        &v,
+        &KubeOptions::default(),
+        Some("fd00::7"),
+        &GatewayPorts::new(),
+        &[],
+    );
+    let labels = &want.import["metadata"]["labels"];
+    assert_eq!(labels["team"], "payments");
+    assert_eq!(labels[LABEL_MANAGED_BY], MANAGER);
+    assert_eq!(want.import["metadata"]["annotations"]["note"], "x");
+    assert_eq!(want.import["spec"]["internalTrafficPolicy"], "Local");
+    assert_eq!(want.import["spec"]["trafficDistribution"], "PreferClose");
+    assert_eq!(want.import["spec"]["ipFamilies"], json!(["IPv6"]));
 }
 
 #[test]

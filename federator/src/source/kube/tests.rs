@@ -160,6 +160,7 @@ fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
                 session_affinity: SessionAffinity::None,
                 clusters: exports.keys().cloned().collect(),
                 conflict: !conflicts.is_empty(),
+                exported: Default::default(),
             },
             vip: None,
             exports,
