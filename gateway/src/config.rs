@@ -75,7 +75,18 @@ pub struct Config {
     /// How long a local client may take to send a request's headers (HTTP/1.1), or its first
     /// byte; then the connection is closed.
     pub client_header_timeout_ms: u64,
+    /// Largest request head a local client may send, in bytes, counted as HTTP/2 counts it (each
+    /// header's name and value plus 32). Larger ones get 431 at the egress and are never
+    /// forwarded: the peer connection they would cross is shared by every caller.
+    pub max_request_headers_bytes: u32,
+    /// Most request headers a local client may send (431 beyond).
+    pub max_request_headers: u32,
 }
+
+/// The header list size the gateways' HTTP/2 listeners accept (egress h2c and the peer
+/// ingress): far above [`Config::max_request_headers_bytes`] plus what the egress adds, so that a
+/// stream over the limit gets the egress's 431 and no stream ever trips a connection error.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 1 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -107,6 +118,9 @@ impl Default for Config {
             min_retry_concurrency: 3,
             drain_timeout_ms: 5_000,
             client_header_timeout_ms: 60_000,
+            // Envoy's default (60 KiB), with its 100-header count.
+            max_request_headers_bytes: 60 * 1024,
+            max_request_headers: 100,
         }
     }
 }
@@ -188,6 +202,11 @@ impl Config {
             ("path_check_timeout_ms", self.path_check_timeout_ms),
             ("client_header_timeout_ms", self.client_header_timeout_ms),
             ("federator_backoff_base_ms", self.federator_backoff_base_ms),
+            (
+                "max_request_headers_bytes",
+                u64::from(self.max_request_headers_bytes),
+            ),
+            ("max_request_headers", u64::from(self.max_request_headers)),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0"));

@@ -192,6 +192,9 @@ async fn serve_http<I>(
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        // Accept large heads at the HTTP/2 layer, so that the request check answers 431 (not
+        // REFUSED_STREAM, which clients retry).
+        .max_header_list_size(crate::config::H2_MAX_HEADER_LIST_SIZE)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -270,6 +273,22 @@ async fn handle_request(
         span: shared.tracer.start(traceparent.as_deref()),
     };
 
+    // The caller's own fault, answered here and never forwarded (nor counted against any
+    // cluster): a head over the limits would otherwise cross the peer connection all callers
+    // share.
+    if let Some(why) = proxy::oversized_head(
+        req.headers(),
+        shared.config.max_request_headers_bytes,
+        shared.config.max_request_headers,
+    ) {
+        let resp = proxy::reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_headers_too_large",
+            why,
+        );
+        record.finish(&shared, "431", 431, Some("request_headers_too_large"));
+        return resp;
+    }
     let Some(tables) = shared.tables.load_full() else {
         let resp = proxy::reply(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -109,6 +109,10 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         .initial_connection_window_size(8 << 20)
         .max_frame_size(64 << 10)
         .max_concurrent_streams(4096)
+        // A peer's heads are within the egress's limits (plus what it adds); with hyper's
+        // default (16 KiB) a larger one was a connection error that failed every stream of the
+        // shared connection.
+        .max_header_list_size(crate::config::H2_MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     // On shutdown: GOAWAY, then the streams in flight finish.

@@ -275,6 +275,7 @@ impl PeerConn {
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(8 << 20)
                 .max_frame_size(64 << 10)
+                .max_header_list_size(crate::config::H2_MAX_HEADER_LIST_SIZE)
                 .keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .handshake(TokioIo::new(stream))

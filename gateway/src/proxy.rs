@@ -23,6 +23,27 @@ pub(crate) fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// Why a request head is over the limits (`max_bytes` as HTTP/2 counts a header list: name,
+/// value and 32 per header; `max_count` headers), or `None`.
+pub(crate) fn oversized_head(
+    headers: &http::HeaderMap,
+    max_bytes: u32,
+    max_count: u32,
+) -> Option<String> {
+    let count = headers.len();
+    if count > max_count as usize {
+        return Some(format!(
+            "the request has {count} headers; at most {max_count} are allowed"
+        ));
+    }
+    let size: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    (size > max_bytes as usize)
+        .then(|| format!("the request headers are {size} bytes; at most {max_bytes} are allowed"))
+}
+
 /// A response the gateway makes itself; `error` goes in `x-causeway-error`.
 pub(crate) fn reply(status: StatusCode, error: &'static str, message: String) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("{message}\n")));
@@ -34,6 +55,30 @@ pub(crate) fn reply(status: StatusCode, error: &'static str, message: String) ->
     resp.headers_mut()
         .insert(xfcc::GATEWAY_ERROR, HeaderValue::from_static(error));
     resp
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn heads_over_either_limit_are_named() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        assert_eq!(oversized_head(&h, 100, 10), None);
+        h.insert("x-big", HeaderValue::from_str(&"a".repeat(200)).unwrap());
+        assert!(oversized_head(&h, 100, 10).unwrap().contains("at most 100"));
+        let mut many = http::HeaderMap::new();
+        for i in 0..11 {
+            many.append(
+                http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert!(oversized_head(&many, 10_000, 10)
+            .unwrap()
+            .contains("11 headers"));
+    }
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ mod caller_identity;
 mod config_protocol;
 mod failover;
 mod grpc;
+mod hostile;
 mod http_proxy;
 mod limits;
 mod peer_auth;

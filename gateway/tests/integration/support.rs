@@ -733,6 +733,24 @@ impl H2 {
             .unwrap();
         collect(self.sender.send_request(req).await.unwrap()).await
     }
+
+    /// A request with one extra header.
+    pub async fn send_with_header(
+        &mut self,
+        method: &str,
+        authority: &str,
+        path: &str,
+        header: (&str, &str),
+    ) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{authority}{path}"))
+            .version(http::Version::HTTP_2)
+            .header(header.0, header.1)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        collect(self.sender.send_request(req).await.unwrap()).await
+    }
 }
 
 /// GET over a fresh HTTP/1.1 connection.

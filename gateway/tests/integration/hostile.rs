@@ -1,0 +1,106 @@
+//! Attacks by local clients on what they share with everyone: the pooled peer connection.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use causeway_api::proto::AppProtocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const HOST: &str = "cart.shop.svc.clusterset.local";
+
+/// Sends a request with one header of `size` bytes over a fresh HTTP/1.1 connection and returns
+/// the status line's code (0 when the gateway closed the connection without one).
+async fn status_with_header_of(egress: std::net::SocketAddr, size: usize) -> u16 {
+    let mut s = TcpStream::connect(egress).await.unwrap();
+    let head = format!(
+        "GET /big HTTP/1.1\r\nhost: {HOST}\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(size)
+    );
+    // A gateway that refuses early may close before all of it is written.
+    let _ = s.write_all(head.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431_and_uploads_in_flight_complete() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        |_, _| {},
+    );
+    let egress = mesh.east.egress_addr;
+    wait_for("the import to be served", 10, || async {
+        (get(egress, HOST, "/warm").await.status == 200).then_some(())
+    })
+    .await;
+
+    // Five uploads in flight on the pooled connection to west.
+    let uploads: Vec<_> = (0..5)
+        .map(|i| {
+            tokio::spawn(async move {
+                H1::connect(egress)
+                    .await
+                    .send("POST", HOST, "/hold", &[], &format!("upload {i}"))
+                    .await
+            })
+        })
+        .collect();
+    wait_for("five uploads held at the backend", 10, || async {
+        (backend.held.load(Ordering::SeqCst) == 5).then_some(())
+    })
+    .await;
+
+    // Heads of 64 KB to 1 MB: 431 for the caller, nothing forwarded.
+    let hits = backend.hits.load(Ordering::SeqCst);
+    for size in [64 * 1024, 256 * 1024, 1024 * 1024] {
+        let code = status_with_header_of(egress, size).await;
+        assert_eq!(code, 431, "a {size}-byte header");
+    }
+    // Over HTTP/2 (h2c) too: 431, not REFUSED_STREAM.
+    let mut h2 = H2::connect(egress).await;
+    let big = "a".repeat(70 * 1024);
+    let a = h2
+        .send_with_header("GET", HOST, "/big", ("x-big", &big))
+        .await;
+    assert_eq!(a.status, 431, "{}", a.body);
+    assert_eq!(a.headers["x-causeway-error"], "request_headers_too_large");
+    assert!(!a.body.contains("10."), "no internal address in {}", a.body);
+    assert_eq!(
+        backend.hits.load(Ordering::SeqCst),
+        hits,
+        "nothing forwarded"
+    );
+
+    // A head just under the limit still crosses.
+    let ok = H1::connect(egress)
+        .await
+        .send(
+            "GET",
+            HOST,
+            "/fits",
+            &[("x-fits", &"a".repeat(40 * 1024))],
+            "",
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+
+    backend.release();
+    for u in uploads {
+        let a = u.await.unwrap();
+        assert_eq!(a.status, 200, "an upload in flight failed: {}", a.body);
+    }
+    // Not the clusters' fault: nobody was ejected, and the 431s are counted as such.
+    let a = get(egress, HOST, "/after").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
