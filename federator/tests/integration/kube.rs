@@ -85,6 +85,31 @@ impl KubeFed {
     }
 }
 
+/// Two clusters on one etcd, each with its own Kubernetes API and a leading federator.
+struct TwoClusters {
+    etcd: EtcdServer,
+    east_api: KubeApiServer,
+    west_api: KubeApiServer,
+    east: KubeFed,
+    west: KubeFed,
+}
+
+impl TwoClusters {
+    async fn start() -> anyhow::Result<Self> {
+        let etcd = EtcdServer::start().await?;
+        let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+        let east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+        let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+        Ok(Self {
+            etcd,
+            east_api,
+            west_api,
+            east,
+            west,
+        })
+    }
+}
+
 /// `kubectl apply --validate=false -f -` of `yaml`.
 async fn apply(api: &KubeApiServer, yaml: &str) -> anyhow::Result<()> {
     kubectl(api, &["apply", "--validate=false", "-f", "-"], yaml).await
@@ -166,10 +191,13 @@ async fn until_condition(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_west(
 ) -> anyhow::Result<()> {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east,
+        west,
+    } = TwoClusters::start().await?;
     apply(
         &east_api,
         &format!(
@@ -376,10 +404,13 @@ async fn an_external_name_service_or_none_at_all_makes_the_export_invalid() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west: _west,
+    } = TwoClusters::start().await?;
     // Same port name, different port numbers.
     apply(
         &east_api,
@@ -428,10 +459,13 @@ async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west: _west,
+    } = TwoClusters::start().await?;
     apply(&west_api, &namespace("demo")).await?;
     let headless = exported_service("db", "pg", 5432)
         .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:");
@@ -768,10 +802,13 @@ async fn at_rest(api: &KubeApiServer, admin: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_kube_controller_manager_makes_from_our_labels_are_left_alone() -> anyhow::Result<()>
 {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west,
+    } = TwoClusters::start().await?;
     gateway_pods(&west_api, &["10.244.1.7"])?;
     apply(&west_api, &namespace("demo")).await?;
     apply(
@@ -817,10 +854,13 @@ async fn slices_kube_controller_manager_makes_from_our_labels_are_left_alone() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clusterset_ip_held_by_another_service_is_a_condition_and_an_event_and_dns_stays_silent(
 ) -> anyhow::Result<()> {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west,
+    } = TwoClusters::start().await?;
     apply(
         &east_api,
         &format!(
@@ -922,11 +962,13 @@ async fn a_clusterset_ip_held_by_another_service_is_a_condition_and_an_event_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_api_server_restarts_new_exports_flow_within_seconds() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start().await?;
-    let (mut east_api, mut west_api) =
-        (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        mut east_api,
+        mut west_api,
+        east: _east,
+        west: _west,
+    } = TwoClusters::start().await?;
     gateway_pods(&west_api, &["10.244.1.7"])?;
     apply(&west_api, &namespace("demo")).await?;
     apply(
@@ -1088,10 +1130,13 @@ async fn the_cluster_id_comes_from_the_cluster_property_and_a_mismatch_stops_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_internal_traffic_policy_is_carried_and_a_differing_one_conflicts() -> anyhow::Result<()>
 {
-    let etcd = EtcdServer::start().await?;
-    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
-    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
-    let _west = KubeFed::start("west", &etcd.endpoint(), &west_api).await?;
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west: _west,
+    } = TwoClusters::start().await?;
     let local = exported_service("echo", "http", 80).replacen(
         "spec:\n  ports:",
         "spec:\n  internalTrafficPolicy: Local\n  trafficDistribution: PreferClose\n  ports:",
