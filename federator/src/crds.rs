@@ -65,7 +65,24 @@ pub mod reason {
     printcolumn = r#"{"name":"Conflict","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflict\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-pub struct ServiceExportSpec {}
+pub struct ServiceExportSpec {
+    /// `spec` (MCS API v0.5.0, optional; v1alpha1 objects have none). The derive flattens this
+    /// struct onto the object's root, so this field is the object's own `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ExportSpec>,
+}
+
+/// `spec` of a ServiceExport: what the importing clusters carry onto their ServiceImport and
+/// derived Service. The oldest export's apply; a differing one is a `LabelsConflict` /
+/// `AnnotationsConflict`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub exported_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub exported_annotations: std::collections::BTreeMap<String, String>,
+}
 
 /// Status of a ServiceExport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -256,10 +256,22 @@ pub fn desired_import(
             service_spec["clusterIP"] = json!(vip.to_string());
         }
     }
+    // The exporters' labels and annotations here too, ours winning.
+    let mut service_labels = serde_json::Map::new();
+    for (k, v) in &exported.labels {
+        service_labels.insert(k.clone(), json!(v));
+    }
+    if let Value::Object(ours) = labels(svc) {
+        service_labels.extend(ours);
+    }
+    let mut service_meta = json!({"name": derived, "namespace": ns, "labels": service_labels});
+    if !exported.annotations.is_empty() {
+        service_meta["annotations"] = json!(exported.annotations);
+    }
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": derived, "namespace": ns, "labels": labels(svc)},
+        "metadata": service_meta,
         "spec": service_spec,
     });
 

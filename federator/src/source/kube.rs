@@ -214,6 +214,36 @@ pub fn export_of(
     let endpoints: Vec<Endpoint> = endpoints.into_values().collect();
     let ready_endpoints = endpoints.iter().filter(|e| e.ready).count() as u32;
 
+    // MCS API v0.5.0: labels and annotations for the imports, checked here so that an export
+    // that Kubernetes would refuse on a ServiceImport is refused at its source, named.
+    let carried = se.spec.spec.clone().unwrap_or_default();
+    for (k, v) in &carried.exported_labels {
+        check_label(k, Some(v)).map_err(|e| {
+            invalid(
+                reason::INVALID_EXPORT,
+                format!("spec.exportedLabels[{k:?}]: {e}"),
+            )
+        })?;
+    }
+    for k in carried.exported_annotations.keys() {
+        check_label(k, None).map_err(|e| {
+            invalid(
+                reason::INVALID_EXPORT,
+                format!("spec.exportedAnnotations[{k:?}]: {e}"),
+            )
+        })?;
+    }
+    let annotation_bytes: usize = carried
+        .exported_annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotation_bytes > 256 * 1024 {
+        return Err(invalid(
+            reason::INVALID_EXPORT,
+            format!("spec.exportedAnnotations are {annotation_bytes} bytes; at most 262144"),
+        ));
+    }
     let annotations = se.annotations();
     let backend_tls_mode = match annotations.get(annotation::BACKEND_TLS).map(String::as_str) {
         None | Some("plaintext") => BackendTlsMode::Plaintext,
@@ -328,7 +358,8 @@ pub fn export_of(
                 .clone()
                 .filter(|p| p != "Cluster"),
             traffic_distribution: spec.traffic_distribution.clone(),
-            ..Default::default()
+            labels: carried.exported_labels,
+            annotations: carried.exported_annotations,
         },
     };
     Ok((
@@ -402,6 +433,42 @@ pub fn build(stores: &Stores) -> LocalExports {
         }
     }
     out
+}
+
+/// A label (or annotation) key as Kubernetes takes it: an optional DNS-subdomain prefix and `/`,
+/// then a name of at most 63 alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric; and,
+/// for labels, a value of that form or empty.
+fn check_label(key: &str, value: Option<&str>) -> Result<(), String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.as_bytes()[n.len() - 1].is_ascii_alphanumeric()
+    };
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.')
+                .all(|l| causeway_api::validate_dns_label("prefix", l).is_ok());
+        if !ok {
+            return Err(format!("prefix {p:?} is not a DNS subdomain"));
+        }
+    }
+    if !name_ok(name) {
+        return Err(format!("name {name:?} is not a valid label name"));
+    }
+    if let Some(v) = value {
+        if !v.is_empty() && !name_ok(v) {
+            return Err(format!("value {v:?} is not a valid label value"));
+        }
+    }
+    Ok(())
 }
 
 // === conditions ===

@@ -1174,3 +1174,69 @@ async fn an_internal_traffic_policy_is_carried_and_a_differing_one_conflicts() -
     assert_eq!(si["spec"]["internalTrafficPolicy"], "Local", "{si}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_labels_and_annotations_reach_the_import_and_bad_ones_are_named(
+) -> anyhow::Result<()> {
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west: _west,
+    } = TwoClusters::start().await?;
+    apply(&west_api, &namespace("demo")).await?;
+    let with_spec = |labels: &str| {
+        exported_service("echo", "http", 80).replace(
+            "kind: ServiceExport\nmetadata:\n  name: echo\n  namespace: demo\n",
+            &format!(
+                "kind: ServiceExport\nmetadata:\n  name: echo\n  namespace: demo\nspec:\n  exportedLabels: {labels}\n  exportedAnnotations: {{note: hello}}\n"
+            ),
+        )
+    };
+    apply(
+        &east_api,
+        &format!("{}{}", namespace("demo"), with_spec("{team: payments}")),
+    )
+    .await?;
+    let (si, svc) = wait_for(
+        "west's ServiceImport and Service with the exported labels",
+        T,
+        || async {
+            let si = west_api.get(MCS, "serviceimports", "demo", "echo")?;
+            let svc = west_api.get("v1", "services", "demo", "echo-clusterset")?;
+            (si["metadata"]["labels"]["team"] == "payments"
+                && svc["metadata"]["labels"]["team"] == "payments")
+                .then_some((si, svc))
+        },
+    )
+    .await?;
+    assert_eq!(si["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(svc["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(
+        si["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "causeway-federator"
+    );
+    // A label Kubernetes would refuse is refused at the source, named; nothing else changes.
+    apply(&east_api, &with_spec("{\"bad key!\": x}")).await?;
+    until_condition(
+        &east_api,
+        "east",
+        "echo",
+        "Valid",
+        ("False", "InvalidExport"),
+    )
+    .await?;
+    let se = east_api
+        .get(MCS, "serviceexports", "demo", "echo")
+        .context("export")?;
+    let valid = se["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Valid").cloned())
+        .context("Valid")?;
+    assert!(
+        valid["message"].as_str().unwrap_or("").contains("bad key!"),
+        "{valid}"
+    );
+    Ok(())
+}

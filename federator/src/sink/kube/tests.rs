@@ -189,6 +189,11 @@ fn the_import_carries_what_the_oldest_export_asks_for() {
     assert_eq!(want.import["spec"]["internalTrafficPolicy"], "Local");
     assert_eq!(want.import["spec"]["trafficDistribution"], "PreferClose");
     assert_eq!(want.import["spec"]["ipFamilies"], json!(["IPv6"]));
+    let svc_labels = &want.service["metadata"]["labels"];
+    assert_eq!(svc_labels["team"], "payments");
+    assert_eq!(svc_labels[LABEL_MANAGED_BY], MANAGER);
+    assert_eq!(svc_labels[LABEL_SERVICE_NAME], "echo");
+    assert_eq!(want.service["metadata"]["annotations"]["note"], "x");
 }
 
 #[test]
