@@ -195,6 +195,48 @@ mod tests {
         assert!(b.next_wait() <= Duration::from_millis(300));
     }
 
+    /// Logs go under the module that wrote `watch_log!()` (the source or the sink), not here.
+    #[test]
+    fn watch_logs_carry_the_callers_module() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        const LOG: WatchLog = watch_log!();
+        tracing::subscriber::with_default(subscriber, || {
+            let e = watcher::Error::NoResourceVersion;
+            (LOG.error)("pods", &e, 1, true);
+            (LOG.error)("pods", &e, 2, false);
+            (LOG.recovered)("pods", 2);
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("causeway_federator::kubewatch::tests"),
+            "{text}"
+        );
+        assert!(lines[1].contains("DEBUG"), "repeats are debug: {text}");
+        assert!(
+            lines[2].contains("INFO") && lines[2].contains("recovered"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn gone_is_told_apart_from_other_errors() {
         let status = |code| kube::core::Status {
