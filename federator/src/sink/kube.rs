@@ -167,6 +167,24 @@ fn ports(view: &ServiceView) -> Vec<Value> {
         .collect()
 }
 
+/// Metadata of an import's object: the exporters' labels and annotations (the oldest export's),
+/// then `ours` (an object of labels), which win over an exporter's label of the same name.
+fn carried_metadata(name: &str, ns: &str, exported: &causeway_api::Exported, ours: Value) -> Value {
+    let mut labels: serde_json::Map<String, Value> = exported
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if let Value::Object(ours) = ours {
+        labels.extend(ours);
+    }
+    let mut metadata = json!({"name": name, "namespace": ns, "labels": labels});
+    if !exported.annotations.is_empty() {
+        metadata["annotations"] = json!(exported.annotations);
+    }
+    metadata
+}
+
 /// The objects of one import. `cluster_ip` is the derived Service's ClusterIP once it has one.
 pub fn desired_import(
     view: &ServiceView,
@@ -202,20 +220,10 @@ pub fn desired_import(
     if let Some(d) = &exported.traffic_distribution {
         spec["trafficDistribution"] = json!(d);
     }
-    // The exporters' labels and annotations (the oldest export's), then ours, which win.
-    let mut import_labels = serde_json::Map::new();
-    for (k, v) in &exported.labels {
-        import_labels.insert(k.clone(), json!(v));
-    }
-    import_labels.insert(LABEL_MANAGED_BY.to_string(), json!(MANAGER));
-    let mut metadata = json!({"name": svc, "namespace": ns, "labels": import_labels});
-    if !exported.annotations.is_empty() {
-        metadata["annotations"] = json!(exported.annotations);
-    }
     let import = json!({
         "apiVersion": "multicluster.x-k8s.io/v1alpha1",
         "kind": "ServiceImport",
-        "metadata": metadata,
+        "metadata": carried_metadata(svc, ns, exported, json!({LABEL_MANAGED_BY: MANAGER})),
         "spec": spec,
     });
     let status = json!({
@@ -256,22 +264,10 @@ pub fn desired_import(
             service_spec["clusterIP"] = json!(vip.to_string());
         }
     }
-    // The exporters' labels and annotations here too, ours winning.
-    let mut service_labels = serde_json::Map::new();
-    for (k, v) in &exported.labels {
-        service_labels.insert(k.clone(), json!(v));
-    }
-    if let Value::Object(ours) = labels(svc) {
-        service_labels.extend(ours);
-    }
-    let mut service_meta = json!({"name": derived, "namespace": ns, "labels": service_labels});
-    if !exported.annotations.is_empty() {
-        service_meta["annotations"] = json!(exported.annotations);
-    }
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": service_meta,
+        "metadata": carried_metadata(&derived, ns, exported, labels(svc)),
         "spec": service_spec,
     });
 
@@ -528,6 +524,8 @@ struct Written {
     after: Option<String>,
 }
 
+type WrittenKey = (ServiceKey, String);
+
 /// The state the sink keeps between passes.
 struct Sink {
     client: Client,
@@ -535,7 +533,9 @@ struct Sink {
     metrics: KubeMetrics,
     /// This cluster allocates VIPs (`vip_range`): ClusterSetIP imports wait for theirs.
     vips: bool,
-    written: BTreeMap<String, Written>,
+    /// By import and object (`ServiceImport`, `Service/<name>`, `EndpointSlice/<name>`), so that
+    /// an import's entries go with it.
+    written: BTreeMap<WrittenKey, Written>,
     /// Imports whose derived Service the cluster refused (e.g. the ClusterSetIP is another
     /// Service's).
     refused: BTreeMap<ServiceKey, Refused>,
@@ -552,6 +552,14 @@ fn rv(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Now, in whole seconds (RFC 3339), as Kubernetes writes condition and event times.
+fn now_seconds() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
 fn is_refused_ip(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 422
         && (s.message.contains("already allocated") || s.message.contains("clusterIP")
@@ -560,7 +568,7 @@ fn is_refused_ip(e: &kube::Error) -> bool {
 
 impl Sink {
     /// Whether `body` must be written over `current` (`None`: the object does not exist).
-    fn needs_write(&self, key: &str, current: Option<&Value>, body: &Value) -> bool {
+    fn needs_write(&self, key: &WrittenKey, current: Option<&Value>, body: &Value) -> bool {
         let Some(current) = current else {
             return true;
         };
@@ -577,7 +585,13 @@ impl Sink {
         }
     }
 
-    fn wrote(&mut self, key: String, body: &Value, before: Option<&Value>, after: Option<String>) {
+    fn wrote(
+        &mut self,
+        key: WrittenKey,
+        body: &Value,
+        before: Option<&Value>,
+        after: Option<String>,
+    ) {
         self.written.insert(
             key,
             Written {
@@ -643,7 +657,7 @@ impl Sink {
             let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
 
             // The ServiceImport first: the derived objects carry its uid.
-            let import_key = format!("ServiceImport/{key}");
+            let import_key = ((*key).clone(), "ServiceImport".to_string());
             let current = stores.imports.get(&ObjectRef::new(svc).within(ns));
             let current_value = current.as_deref().map(to_value);
             let import = if self.needs_write(&import_key, current_value.as_ref(), &want.import) {
@@ -713,10 +727,7 @@ impl Sink {
             });
             let transition = match &have_ready {
                 Some(c) if c["status"] == ready => c["lastTransitionTime"].clone(),
-                _ => json!(k8s_openapi::jiff::Timestamp::now()
-                    .round(k8s_openapi::jiff::Unit::Second)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()),
+                _ => json!(now_seconds()),
             };
             status["conditions"] = json!([{
                 "type": "Ready",
@@ -774,7 +785,7 @@ impl Sink {
                     continue;
                 }
             }
-            let service_key = format!("Service/{ns}/{derived}");
+            let service_key = ((*key).clone(), format!("Service/{derived}"));
             let have = current_svc.as_deref().map(to_value);
             let refused_wait = refused.as_ref().is_some_and(|r| now < r.retry_at);
             if !refused_wait && self.needs_write(&service_key, have.as_ref(), &service) {
@@ -834,7 +845,7 @@ impl Sink {
             for (name, slice) in &want.slices {
                 let mut slice = slice.clone();
                 slice["metadata"]["ownerReferences"] = owner.clone();
-                let slice_key = format!("EndpointSlice/{ns}/{name}");
+                let slice_key = ((*key).clone(), format!("EndpointSlice/{name}"));
                 let have = stores
                     .slices
                     .get(&ObjectRef::new(name).within(ns))
@@ -863,7 +874,7 @@ impl Sink {
                     && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
                 if mine && !want.slices.contains_key(&old.name_any()) {
                     self.written
-                        .remove(&format!("EndpointSlice/{ns}/{}", old.name_any()));
+                        .remove(&((*key).clone(), format!("EndpointSlice/{}", old.name_any())));
                     failures.note(
                         "EndpointSlice",
                         slices
@@ -946,24 +957,15 @@ impl Sink {
                     )),
             );
         }
-        let keep: BTreeSet<String> = wanted
-            .keys()
-            .map(|k| format!("{}/{}", k.namespace, k.name))
-            .collect();
-        self.written.retain(|k, _| match k.split_once('/') {
-            Some(("ServiceImport", rest)) => keep.contains(rest),
-            _ => true,
-        });
+        self.written
+            .retain(|(import, _), _| wanted.contains_key(import));
         failures.failed
     }
 
     /// An Event on the ServiceImport (core/v1), for `kubectl describe` and `kubectl get events`.
     async fn event(&self, ns: &str, name: &str, uid: &str, reason: &str, message: &str) {
         let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), ns);
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .round(k8s_openapi::jiff::Unit::Second)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let now = now_seconds();
         let body = json!({
             "apiVersion": "v1",
             "kind": "Event",
