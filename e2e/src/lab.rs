@@ -13,7 +13,8 @@
 //!      .1  gateway node address        federator k: admin 10.96.i.(2+k):19090, config :15010,
 //!      .10 echo  .11 grpc  .12 tcp                 DNS 10.96.i.(53+k):53
 //!    lo: AnyIP 10.255.0.0/16 (ClusterSetIPs → the local gateway)
-//!    nftables: service IP:port → backend (kube-proxy's job)
+//!    nftables: service IP:port → backend (kube-proxy's job); from wan0 only :15443 gets in
+//!    gateway egress and admin on the node address, federators on theirs: none on the WAN
 //! ```
 //!
 //! A cluster namespace has routes to the WAN only; other clusters' service addresses are
@@ -687,6 +688,15 @@ impl Lab {
                     "table ip causeway_lab {{\n  chain services {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n}}\n"
                 ),
             )?;
+            // What a cloud security group does for a gateway host: from the WAN only the peer
+            // port (and replies to connections the cluster opened) get in, whatever route a
+            // WAN host adds towards the cluster's own addresses.
+            net::nft_in(
+                ns,
+                &format!(
+                    "table inet causeway_lab_wan {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"wan0\" ct state established,related accept\n    iifname \"wan0\" tcp dport {GATEWAY_PEER_PORT} accept\n    iifname \"wan0\" counter drop\n  }}\n}}\n"
+                ),
+            )?;
             let dns: Vec<IpAddr> = plan.federators.iter().map(|f| f.dns.ip()).collect();
             net::write_resolv_conf(ns, &dns)?;
         }
@@ -882,11 +892,8 @@ impl Lab {
         let info = self.state.cluster(&plan.name)?.clone();
         let g = &plan.gateway;
         std::fs::create_dir_all(&g.state_dir)?;
-        let listen = |a: SocketAddr| match spec.mode {
-            // Wildcard: reachable on every address of the namespace.
-            Mode::Netns => SocketAddr::from(([0, 0, 0, 0], a.port())).to_string(),
-            Mode::Loopback => a.to_string(),
-        };
+        // Cluster-side addresses only (the node address): only the peer listener is on the WAN.
+        let listen = |a: SocketAddr| a.to_string();
         let mut args: Vec<String> = vec![
             "--cluster".into(),
             plan.name.clone(),

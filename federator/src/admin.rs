@@ -1,11 +1,18 @@
 //! Admin HTTP: `/metrics`, `/ready`, `/live`, `/debug/snapshot`.
+//!
+//! `/debug/snapshot` holds every import, endpoint and gateway address of the mesh: it answers
+//! callers on this host only (loopback or the host's own address; `kubectl port-forward` arrives
+//! on loopback) and `403` anyone else, counted in `causeway_federator_admin_refused_total`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use axum::Router;
 use causeway_api::MeshSnapshot;
 use tokio::sync::watch;
@@ -19,6 +26,23 @@ pub struct AdminState {
     pub local: watch::Receiver<LocalExports>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Both ends of an admin connection; serve the router with
+/// `into_make_service_with_connect_info::<Caller>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller {
+            remote: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -55,7 +79,22 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn snapshot(State(s): State<AdminState>) -> Response {
+async fn snapshot(
+    State(s): State<AdminState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+) -> Response {
+    let local = caller
+        .local
+        .is_some_and(|l| causeway_api::net::is_local_caller(caller.remote.ip(), l.ip()));
+    if !local {
+        s.metrics.admin_refused.inc();
+        tracing::info!(caller = %caller.remote, "/debug/snapshot refused: answers callers on this host only");
+        return (
+            StatusCode::FORBIDDEN,
+            "/debug/snapshot answers callers on this host only (e.g. kubectl port-forward)\n",
+        )
+            .into_response();
+    }
     let snap = s.snapshots.borrow().clone();
     let leader = *s.leader.borrow();
     let body = serde_json::json!({ "leader": leader, "snapshot": &*snap });

@@ -274,6 +274,16 @@ impl Federator {
             addr: c.admin_listen,
             source,
         })?;
+        let binds = [
+            ("admin", Some(admin_addr)),
+            ("config", config_addr),
+            ("dns", dns_addr),
+        ];
+        for (what, addr) in binds {
+            if let Some(addr) = addr.filter(|a| a.ip().is_unspecified()) {
+                tracing::warn!(listener = what, %addr, "listening on every interface: only gateway peer listeners may face the WAN; bind a cluster-side address unless a firewall keeps the WAN out (docs/security.md)");
+            }
+        }
         let app = admin::router(AdminState {
             snapshots: snap_rx.clone(),
             local: local_rx,
@@ -284,6 +294,7 @@ impl Federator {
         tasks.push((
             "admin",
             tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<admin::Caller>();
                 let res = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;

@@ -150,7 +150,7 @@ impl Default for Config {
             kube: crate::sink::kube::KubeOptions::default(),
             exports_dir: None,
             exports_poll_interval: Duration::from_millis(250),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             dns_listen: None,
             dns_ttl: Duration::from_secs(5),
             dns_policy: causeway_dns::AnswerPolicy::LocalFirst,
@@ -165,7 +165,7 @@ impl Default for Config {
             trust_bundle_file: None,
             locality: BTreeMap::new(),
             vip_range: None,
-            config_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9091))),
+            config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             cert_file: None,
             key_file: None,
         }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub local_exports: IntGauge,
     pub leader: IntGauge,
     pub leader_elections: IntCounter,
+    pub admin_refused: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +96,10 @@ impl Metrics {
             leader_elections: counter(
                 "leader_elections_total",
                 "Times this replica became leader.",
+            ),
+            admin_refused: counter(
+                "admin_refused_total",
+                "Requests for /debug/snapshot from callers not on this host, refused with 403.",
             ),
             registry,
         }

@@ -182,6 +182,11 @@ impl Gateway {
         let egress_addr = local(&egress_listener, "egress", config.egress_listen)?;
         let peer_addr = local(&peer_listener, "peer", config.peer_listen)?;
         let admin_addr = local(&admin_listener, "admin", config.admin_listen)?;
+        for (what, addr) in [("egress", egress_addr), ("admin", admin_addr)] {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(listener = what, %addr, "listening on every interface: only the peer listener may face the WAN; bind a cluster-side address unless a firewall keeps the WAN out (docs/security.md)");
+            }
+        }
 
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();

@@ -82,6 +82,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             .or_else(|| tables.port_routes.get(&local.port()))
             .cloned();
         let Some((svc, port)) = route else {
+            shared.metrics.refuse("import", "no_service_at_address");
             tracing::debug!(%local, %remote, "no service at this address; closing");
             return;
         };

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     pub circuit_open: IntCounter,
     pub cert_reloads: IntCounterVec,
+    pub refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -132,6 +133,13 @@ impl Metrics {
             ),
             &["result"]
         ));
+        let refused = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_refused_total",
+                "Connections, requests and header elements refused or stripped before any cluster was tried, by listener and reason"
+            ),
+            &["listener", "reason"]
+        ));
         Self {
             registry,
             requests,
@@ -149,7 +157,13 @@ impl Metrics {
             rate_limited,
             circuit_open,
             cert_reloads,
+            refused,
         }
+    }
+
+    /// Counts one refusal (`causeway_gateway_refused_total`).
+    pub fn refuse(&self, listener: &str, reason: &str) {
+        self.refused.with_label_values(&[listener, reason]).inc();
     }
 
     /// The text exposition format.

@@ -4,6 +4,7 @@
 
 mod etcd;
 mod failures;
+mod hostile;
 mod kubeapi;
 mod lab;
 mod lab_support;

@@ -6,6 +6,7 @@
 pub mod keys;
 pub mod merge;
 pub mod model;
+pub mod net;
 pub mod pem;
 pub mod snapshot;
 pub mod spiffe;
