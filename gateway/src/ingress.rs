@@ -131,7 +131,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
 async fn handle_request(
     shared: Arc<Shared>,
     peer: Arc<PeerIdentity>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let authority = req
@@ -224,6 +224,29 @@ async fn handle_request(
             StatusCode::FORBIDDEN,
             "forbidden_cluster",
             format!("cluster {} may not call {name}", peer.cluster),
+        );
+    }
+    // A peer vouches for callers of its own trust domain only.
+    let stripped = xfcc::keep_trust_domain(req.headers_mut(), peer.id.trust_domain());
+    if stripped != xfcc::Stripped::default() {
+        for (n, reason) in [
+            (stripped.foreign, "xfcc_foreign_trust_domain"),
+            (stripped.malformed, "xfcc_malformed"),
+        ] {
+            if n > 0 {
+                shared
+                    .metrics
+                    .refused
+                    .with_label_values(&["ingress", reason])
+                    .inc_by(n as u64);
+            }
+        }
+        tracing::warn!(
+            peer = %peer.cluster,
+            service = %name,
+            foreign = stripped.foreign,
+            malformed = stripped.malformed,
+            "XFCC elements a peer may not vouch for stripped (identities outside its trust domain or malformed)"
         );
     }
     let caller = xfcc::first_uri(req.headers()).unwrap_or_else(|| peer.id.to_string());

@@ -32,13 +32,102 @@ pub(crate) fn append(headers: &mut HeaderMap, element: &str) {
 /// The `URI` of the first (original caller's) element.
 pub(crate) fn first_uri(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(&XFCC)?.to_str().ok()?;
-    let first = value.split(',').next()?;
-    first.split(';').find_map(|kv| {
+    let first = split_outside_quotes(value, ',').next()?;
+    field(first, "URI")
+}
+
+/// The value of `key` in one element (`Key=value;Key="quoted, value"`), unquoted.
+fn field(element: &str, key: &str) -> Option<String> {
+    split_outside_quotes(element, ';').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         k.trim()
-            .eq_ignore_ascii_case("URI")
+            .eq_ignore_ascii_case(key)
             .then(|| v.trim().trim_matches('"').to_string())
     })
+}
+
+/// Splits at `sep` except inside double quotes (Envoy quotes values holding `,`, `;`, `=`).
+fn split_outside_quotes(s: &str, sep: char) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    let mut cuts = Vec::new();
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                cuts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    cuts.push(&s[start..]);
+    cuts.into_iter()
+}
+
+/// What [`keep_trust_domain`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stripped {
+    /// Elements whose `URI` or `By` is a SPIFFE ID of another trust domain.
+    pub foreign: usize,
+    /// Elements without a `URI` that is a SPIFFE ID, or not valid UTF-8 at all.
+    pub malformed: usize,
+}
+
+/// Most elements kept from one peer; a real chain has one per gateway hop.
+const MAX_ELEMENTS: usize = 8;
+
+/// Keeps, of the XFCC a peer gateway of trust domain `td` sent, only the elements in which
+/// that peer vouches for identities of its own trust domain (DESIGN.md "Gateway transport"):
+/// `URI` (and `By`, when present) must be SPIFFE IDs of `td`. Everything else is removed.
+pub(crate) fn keep_trust_domain(headers: &mut HeaderMap, td: &str) -> Stripped {
+    let mut stripped = Stripped::default();
+    let values: Vec<HeaderValue> = headers.get_all(&XFCC).iter().cloned().collect();
+    if values.is_empty() {
+        return stripped;
+    }
+    headers.remove(&XFCC);
+    let of_td = |v: &str| {
+        v.parse::<causeway_api::spiffe::SpiffeId>()
+            .is_ok_and(|id| id.trust_domain() == td)
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let texts: Vec<Option<&str>> = values.iter().map(|v| v.to_str().ok()).collect();
+    for text in texts {
+        let Some(text) = text else {
+            stripped.malformed += 1;
+            continue;
+        };
+        for element in split_outside_quotes(text, ',').map(str::trim) {
+            if element.is_empty() {
+                continue;
+            }
+            let uri = field(element, "URI");
+            let by = field(element, "By");
+            let spiffe = |v: &Option<String>| {
+                v.as_deref()
+                    .is_some_and(|v| v.parse::<causeway_api::spiffe::SpiffeId>().is_ok())
+            };
+            if !spiffe(&uri) || (by.is_some() && !spiffe(&by)) {
+                stripped.malformed += 1;
+            } else if !uri.as_deref().is_some_and(of_td) || !by.as_deref().is_none_or(of_td) {
+                stripped.foreign += 1;
+            } else if kept.len() >= MAX_ELEMENTS {
+                stripped.malformed += 1;
+            } else {
+                kept.push(element);
+            }
+        }
+    }
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(",")) {
+            headers.insert(XFCC, v);
+        }
+    }
+    stripped
 }
 
 /// Removes the headers that only a gateway may set.
@@ -110,5 +199,55 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn from_a_peer_only_its_own_trust_domain_survives() {
+        let mut h = HeaderMap::new();
+        let own = "By=spiffe://west.mesh/ns/causeway-system/sa/causeway-gateway;URI=spiffe://west.mesh/ns/shop/sa/cart";
+        let forged = "By=spiffe://west.mesh/ns/causeway-system/sa/causeway-gateway;URI=spiffe://east.mesh/ns/shop/sa/admin";
+        let forged_by = "By=spiffe://east.mesh/gw;URI=spiffe://west.mesh/ns/a/sa/b";
+        let quoted = r#"Subject="CN=x,O=y";URI=spiffe://west.mesh/ns/q/sa/q"#;
+        h.append(XFCC, format!("{forged},{own}").parse().unwrap());
+        h.append(
+            XFCC,
+            format!("{forged_by}, URI=not-a-spiffe-id ,{quoted}")
+                .parse()
+                .unwrap(),
+        );
+        let s = keep_trust_domain(&mut h, "west.mesh");
+        assert_eq!(
+            s,
+            Stripped {
+                foreign: 2,
+                malformed: 1
+            }
+        );
+        assert_eq!(h.get_all(&XFCC).iter().count(), 1);
+        assert_eq!(h[&XFCC], format!("{own},{quoted}").as_str());
+        // The caller is now the first element the peer may vouch for.
+        assert_eq!(
+            first_uri(&h).as_deref(),
+            Some("spiffe://west.mesh/ns/shop/sa/cart")
+        );
+
+        let mut only_forged = HeaderMap::new();
+        only_forged.insert(XFCC, forged.parse().unwrap());
+        assert_eq!(keep_trust_domain(&mut only_forged, "west.mesh").foreign, 1);
+        assert!(only_forged.get(&XFCC).is_none());
+        assert_eq!(
+            keep_trust_domain(&mut HeaderMap::new(), "west.mesh"),
+            Stripped::default()
+        );
+    }
+
+    #[test]
+    fn a_long_chain_keeps_at_most_eight() {
+        let e = "URI=spiffe://west.mesh/ns/a/sa/b";
+        let mut h = HeaderMap::new();
+        h.insert(XFCC, vec![e; 20].join(",").parse().unwrap());
+        let s = keep_trust_domain(&mut h, "west.mesh");
+        assert_eq!(s.malformed, 12);
+        assert_eq!(h[&XFCC].to_str().unwrap().split(',').count(), MAX_ELEMENTS);
     }
 }

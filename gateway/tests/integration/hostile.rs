@@ -104,3 +104,85 @@ async fn oversized_request_heads_get_431_and_uploads_in_flight_complete() {
     let a = get(egress, HOST, "/after").await;
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// Sends one GET for `cart` to `ingress` as the peer holding `files`, with `xfcc`; the answer's
+/// status and body.
+async fn as_peer(ingress: std::net::SocketAddr, files: &IdFiles, xfcc: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let identity = (
+        std::fs::read_to_string(&files.cert).unwrap(),
+        std::fs::read_to_string(&files.key).unwrap(),
+    );
+    let config = crate::peer_auth::client_config(Some(identity));
+    let tcp = TcpStream::connect(ingress).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("peer").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the peer handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}:80/"))
+        .header("x-forwarded-client-cert", xfcc)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_peer_vouches_only_for_callers_of_its_own_trust_domain() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    let west_admin = format!("spiffe://{}/ns/shop/sa/admin", td("west"));
+    let east_frontend = format!("spiffe://{}/ns/shop/sa/frontend", td("east"));
+    let allowed = vec![west_admin.clone(), east_frontend.clone()];
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        move |_, i| i.allowed_identities = allowed.clone(),
+    );
+    let east_gw = mesh.pki.gateway_files("east");
+    let stripped = |reason: &str| {
+        metric_or_zero(
+            &mesh.west,
+            "causeway_gateway_refused_total",
+            &[("listener", "ingress"), ("reason", reason)],
+        )
+    };
+
+    // east's gateway claims a caller of west's trust domain: the element is stripped, the
+    // caller is east's gateway itself, which the export does not allow.
+    let forged = format!("By={};URI={west_admin}", gateway_id("east"));
+    let (status, body) = as_peer(mesh.west.peer_addr, &east_gw, &forged).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(&gateway_id("east")), "{body}");
+    assert!(!body.contains(&west_admin), "{body}");
+    assert_eq!(stripped("xfcc_foreign_trust_domain"), 1.0);
+    assert_eq!(backend.hits.load(Ordering::SeqCst), 0);
+
+    // A legitimate element (east vouching for east's workload) beside a forged one and junk:
+    // the backend sees only the legitimate one, then the hop's own.
+    let own = format!("By={};URI={east_frontend}", gateway_id("east"));
+    let mixed = format!("{forged},{own},URI=junk");
+    let (status, body) = as_peer(mesh.west.peer_addr, &east_gw, &mixed).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-client-cert"],
+        format!("{own},By={};URI={}", gateway_id("west"), gateway_id("east")),
+        "{seen}"
+    );
+    assert_eq!(stripped("xfcc_foreign_trust_domain"), 2.0);
+    assert_eq!(stripped("xfcc_malformed"), 1.0);
+    assert_eq!(backend.hits.load(Ordering::SeqCst), 1);
+}

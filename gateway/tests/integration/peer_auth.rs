@@ -54,7 +54,7 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-fn client_config(identity: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(identity: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
