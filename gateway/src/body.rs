@@ -23,6 +23,49 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// A failure of the body a client sent (malformed chunked encoding, a reset stream, a body
+/// shorter than its `content-length`): the client's fault, never the destination's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
+
+/// Whether a client's request body has failed ([`from_client`]). HTTP/2 turns a body error
+/// into a reset stream whose error no longer says why, so the body says so itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientFault(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientFault {
+    pub(crate) fn failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A request body from a client (a local caller at the egress, a peer at the ingress) whose
+/// errors say so: they are [`ClientBodyError`]s, and they set the returned [`ClientFault`].
+pub(crate) fn from_client(body: Incoming) -> (Body, ClientFault) {
+    let fault = ClientFault::default();
+    let flag = fault.0.clone();
+    let body = body
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+            BoxError::from(ClientBodyError(e))
+        })
+        .boxed_unsync();
+    (body, fault)
+}
+
+/// Whether `e`, or anything it was caused by, is a [`ClientBodyError`].
+pub(crate) fn caused_by_client(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 pub(crate) fn incoming(body: Incoming) -> Body {
     body.map_err(BoxError::from).boxed_unsync()
 }

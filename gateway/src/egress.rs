@@ -290,6 +290,11 @@ async fn handle_request(
         record.finish(&shared, "431", 431, Some("request_headers_too_large"));
         return resp;
     }
+    if let Some(why) = proxy::malformed_host(&req) {
+        shared.metrics.refuse("egress", "malformed_host");
+        record.finish(&shared, "400", 400, Some("malformed_host"));
+        return proxy::reply(StatusCode::BAD_REQUEST, "malformed_host", why.to_string());
+    }
     let Some(tables) = shared.tables.load_full() else {
         let resp = proxy::reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -324,6 +329,20 @@ async fn handle_request(
     }
     if is_upgrade(&req) {
         return upgrade(&shared, &tables, &svc, port, req, caller, record).await;
+    }
+    if !port.is_http() {
+        // HTTP to an opaque TCP port would reach a backend that does not speak it, and its
+        // garbled answer would count against that cluster.
+        shared.metrics.refuse("egress", "http_to_tcp_port");
+        record.finish(&shared, "400", 400, Some("http_to_tcp_port"));
+        return proxy::reply(
+            StatusCode::BAD_REQUEST,
+            "http_to_tcp_port",
+            format!(
+                "port {} of {} is opaque TCP: connect to its ClusterSetIP, or use CONNECT",
+                port.port, svc.name
+            ),
+        );
     }
 
     let (rps, burst) = svc.policy.rate_limit;
@@ -365,7 +384,8 @@ async fn handle_request(
         return resp;
     }
     let idempotent = proxy::is_idempotent(&parts.method);
-    let mut body = match ReplayBody::new(body::incoming(incoming), idempotent).await {
+    let (client_body, fault) = body::from_client(incoming);
+    let mut body = match ReplayBody::new(client_body, idempotent).await {
         Ok(b) => b,
         Err(e) => {
             record.finish(&shared, "400", 400, Some("request_body"));
@@ -483,14 +503,15 @@ async fn handle_request(
             }
             Attempt::Done(Ok(resp), permit) => {
                 let status = resp.status();
-                if status.is_server_error() {
+                if status.is_server_error() && !fault.failed() {
                     outlier_failure(&shared, &svc, cand);
                     if idempotent && body.is_buffered() && n + 1 < max_attempts {
                         // Keep the failed response: it is the answer if no retry does better.
                         last = Some((resp.map(body::incoming), cand.cluster.clone()));
                         continue;
                     }
-                } else {
+                } else if !fault.failed() {
+                    // (A response to a broken body says nothing about the cluster either way.)
                     cand.stats.record_success();
                 }
                 let (mut head, incoming) = resp.into_parts();
@@ -503,6 +524,18 @@ async fn handle_request(
                 record.destination_cluster = &cand.cluster;
                 record.finish(&shared, status.as_str(), status.as_u16(), None);
                 return Response::from_parts(head, body);
+            }
+            Attempt::Done(Err(e), _permit) if fault.failed() || e.caused_by_client() => {
+                // The caller's body broke the attempt: its error, not the cluster's.
+                tracing::debug!(service = %svc.name, cluster = %cand.cluster, error = %e, "the caller's request body failed");
+                shared.metrics.refuse("egress", "request_body");
+                record.destination_cluster = &cand.cluster;
+                record.finish(&shared, "400", 400, Some("request_body"));
+                return proxy::reply(
+                    StatusCode::BAD_REQUEST,
+                    "request_body",
+                    "the request body is malformed or ended early".to_string(),
+                );
             }
             Attempt::Done(Err(e), _permit) => {
                 outlier_failure(&shared, &svc, cand);
@@ -526,7 +559,15 @@ async fn handle_request(
         return resp;
     }
     let (status, message, cluster) = match &last_err {
-        Some((e, c)) => (e.status(), e.to_string(), c.clone()),
+        Some((e, c)) => {
+            // The detail (addresses included) is logged; the caller is told the kind.
+            tracing::info!(service = %svc.name, cluster = %c, error = %e, "request failed");
+            (
+                e.status(),
+                format!("{}: {} (cluster {c})", svc.name, e.summary()),
+                c.clone(),
+            )
+        }
         None => (
             StatusCode::BAD_GATEWAY,
             "no attempt could be made".to_string(),
@@ -863,7 +904,9 @@ async fn connect_tunnel(
         Err((e, cluster)) => {
             record.destination_cluster = &cluster;
             record.finish(shared, "tcp_error", e.status().as_u16(), Some("upstream"));
-            proxy::reply(e.status(), "upstream", e.to_string())
+            tracing::info!(service = %svc.name, %cluster, error = %e, "tunnel failed");
+            let message = format!("{}: {} (cluster {cluster})", svc.name, e.summary());
+            proxy::reply(e.status(), "upstream", message)
         }
     }
 }
@@ -904,7 +947,9 @@ async fn upgrade(
             Err((e, cluster)) => {
                 record.destination_cluster = &cluster;
                 record.finish(shared, "502", e.status().as_u16(), Some("upstream"));
-                return proxy::reply(e.status(), "upstream", e.to_string());
+                tracing::info!(service = %svc.name, %cluster, error = %e, "upgrade tunnel failed");
+                let message = format!("{}: {} (cluster {cluster})", svc.name, e.summary());
+                return proxy::reply(e.status(), "upstream", message);
             }
         };
     record.destination_cluster = &cluster;

@@ -56,6 +56,28 @@ impl ProxyError {
         matches!(self, Self::Connect { .. } | Self::NoEndpoint(_))
     }
 
+    /// Whether the client's own request body failed the attempt (then it is the client's
+    /// error, a 400, and no destination's).
+    pub fn caused_by_client(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Request { source, .. } => {
+                crate::body::caused_by_client(source.as_ref())
+            }
+            _ => false,
+        }
+    }
+
+    /// What a caller may be told: the kind of failure, without the addresses in `target`
+    /// (those go to the log).
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Connect { .. } => "cannot connect".to_string(),
+            Self::Request { .. } => "the request failed on the way".to_string(),
+            Self::TunnelRefused { status, .. } => format!("the tunnel was refused ({status})"),
+            Self::NoEndpoint(_) => "no ready endpoint".to_string(),
+        }
+    }
+
     /// The status a client sees when this is the last error.
     pub fn status(&self) -> http::StatusCode {
         match self {

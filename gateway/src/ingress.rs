@@ -169,6 +169,15 @@ async fn handle_request(
         proxy::reply(status, error, msg)
     };
 
+    if let Some(why) = proxy::malformed_host(&req) {
+        shared.metrics.refuse("ingress", "malformed_host");
+        return refuse(
+            &record,
+            StatusCode::BAD_REQUEST,
+            "malformed_host",
+            why.into(),
+        );
+    }
     let Some(tables) = shared.tables.load_full() else {
         return refuse(
             &record,
@@ -291,6 +300,15 @@ async fn handle_request(
     if method == Method::CONNECT {
         return tunnel(&shared, &inbound, port, req, record).await;
     }
+    if !port.is_http() {
+        shared.metrics.refuse("ingress", "http_to_tcp_port");
+        return refuse(
+            &record,
+            StatusCode::BAD_REQUEST,
+            "http_to_tcp_port",
+            format!("port {} of {name} is opaque TCP: use CONNECT", port.port),
+        );
+    }
 
     let (mut parts, incoming) = req.into_parts();
     xfcc::strip_hop_by_hop(&mut parts.headers);
@@ -319,7 +337,8 @@ async fn handle_request(
         }
     }
     let idempotent = proxy::is_idempotent(&parts.method);
-    let mut body = match ReplayBody::new(body::incoming(incoming), idempotent).await {
+    let (client_body, fault) = body::from_client(incoming);
+    let mut body = match ReplayBody::new(client_body, idempotent).await {
         Ok(b) => b,
         Err(e) => {
             return refuse(
@@ -358,10 +377,20 @@ async fn handle_request(
                 xfcc::strip_hop_by_hop(&mut head.headers);
                 return Response::from_parts(head, body::incoming(incoming));
             }
+            Err(e) if fault.failed() || e.caused_by_client() => {
+                tracing::debug!(service = %name, peer = %record.source_cluster, error = %e, "the caller's request body failed");
+                shared.metrics.refuse("ingress", "request_body");
+                return refuse(
+                    &record,
+                    StatusCode::BAD_REQUEST,
+                    "request_body",
+                    "the request body is malformed or ended early".to_string(),
+                );
+            }
             Err(e) => {
-                tracing::debug!(service = %name, error = %e, "endpoint failed");
+                tracing::info!(service = %name, error = %e, "endpoint failed");
                 let retry = e.is_connect() && body.replayable();
-                last_error = Some(e.to_string());
+                last_error = Some(e.summary());
                 if !retry {
                     break;
                 }
@@ -372,7 +401,11 @@ async fn handle_request(
         &record,
         StatusCode::BAD_GATEWAY,
         "upstream",
-        last_error.unwrap_or_else(|| format!("no endpoint of {name} reachable")),
+        // The endpoints' addresses stay in the log.
+        match last_error {
+            Some(kind) => format!("{name} in cluster {own}: {kind}"),
+            None => format!("no endpoint of {name} reachable in cluster {own}"),
+        },
     )
 }
 
@@ -397,13 +430,20 @@ async fn tunnel(
                 });
                 return Response::new(body::empty());
             }
-            Err(e) => last = Some(e.to_string()),
+            Err(e) => {
+                tracing::info!(service = %inbound.name, error = %e, "endpoint refused the tunnel");
+                last = Some(e.summary());
+            }
         }
     }
     record.finish(shared, "tcp_error", 502, Some("upstream"));
     proxy::reply(
         StatusCode::BAD_GATEWAY,
         "upstream",
-        last.unwrap_or_else(|| "no endpoint".into()),
+        format!(
+            "{}: {}",
+            inbound.name,
+            last.unwrap_or_else(|| "no endpoint".into())
+        ),
     )
 }

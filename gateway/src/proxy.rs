@@ -44,6 +44,26 @@ pub(crate) fn oversized_head(
         .then(|| format!("the request headers are {size} bytes; at most {max_bytes} are allowed"))
 }
 
+/// Why a request's Host is malformed (RFC 9112 3.2: an HTTP/1.1 request has exactly one Host;
+/// RFC 9113 8.3.1: a Host beside `:authority` must agree with it), or `None`.
+pub(crate) fn malformed_host<B>(req: &http::Request<B>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        return Some("the request has more than one Host header");
+    }
+    let host = req.headers().get(http::header::HOST);
+    match req.version() {
+        http::Version::HTTP_11 if hosts == 0 => Some("an HTTP/1.1 request needs a Host header"),
+        http::Version::HTTP_2 => match (host, req.uri().authority()) {
+            (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
+                Some("the Host header and :authority differ")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A response the gateway makes itself; `error` goes in `x-causeway-error`.
 pub(crate) fn reply(status: StatusCode, error: &'static str, message: String) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("{message}\n")));
@@ -60,6 +80,28 @@ pub(crate) fn reply(status: StatusCode, error: &'static str, message: String) ->
 #[cfg(test)]
 mod head_tests {
     use super::*;
+
+    #[test]
+    fn hosts_missing_twice_or_disagreeing_are_named() {
+        let req = |v: http::Version, uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().version(v).uri(uri);
+            for h in hosts {
+                b = b.header(http::header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version as V;
+        assert_eq!(malformed_host(&req(V::HTTP_11, "/", &["a"])), None);
+        assert!(malformed_host(&req(V::HTTP_11, "/", &[])).is_some());
+        assert!(malformed_host(&req(V::HTTP_11, "/", &["a", "b"])).is_some());
+        assert_eq!(malformed_host(&req(V::HTTP_10, "/", &[])), None);
+        assert_eq!(malformed_host(&req(V::HTTP_2, "http://a:80/", &[])), None);
+        assert_eq!(
+            malformed_host(&req(V::HTTP_2, "http://a:80/", &["A:80"])),
+            None
+        );
+        assert!(malformed_host(&req(V::HTTP_2, "http://a:80/", &["b:80"])).is_some());
+    }
 
     #[test]
     fn heads_over_either_limit_are_named() {

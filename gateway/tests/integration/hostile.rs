@@ -186,3 +186,98 @@ async fn a_peer_vouches_only_for_callers_of_its_own_trust_domain() {
     assert_eq!(stripped("xfcc_malformed"), 1.0);
     assert_eq!(backend.hits.load(Ordering::SeqCst), 1);
 }
+
+/// Writes `raw` on a fresh connection to `addr` and returns what came back.
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(raw).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn client_errors_are_4xx_and_eject_no_cluster() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    let echo = TcpEcho::start("db-west").await;
+    let dead = dead_addr().await;
+    mesh.configure(
+        1,
+        &[
+            ("cart", 80, AppProtocol::Http, vec![backend.addr]),
+            ("db", 5432, AppProtocol::Opaque, vec![echo.addr]),
+            ("gone", 80, AppProtocol::Http, vec![dead]),
+        ],
+        |_, _| {},
+    );
+    let egress = mesh.east.egress_addr;
+    let ejections = || {
+        metric_or_zero(&mesh.east, "causeway_gateway_ejections_total", &[])
+            + metric_or_zero(&mesh.west, "causeway_gateway_ejections_total", &[])
+    };
+
+    // Each attack seven times, one more than outlier detection's default of five errors.
+    for i in 0..7 {
+        // A chunked body that breaks off with a malformed chunk size.
+        let bad_chunk = format!(
+            "POST /upload/{i} HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+        );
+        let a = raw_exchange(egress, bad_chunk.as_bytes()).await;
+        assert_eq!(status_of(&a) / 100, 4, "malformed chunked body: {a}");
+
+        // Plain HTTP to an opaque TCP port.
+        let to_tcp =
+            "GET / HTTP/1.1\r\nhost: db.shop.svc.clusterset.local:5432\r\nconnection: close\r\n\r\n";
+        let a = raw_exchange(egress, to_tcp.as_bytes()).await;
+        assert_eq!(status_of(&a), 400, "HTTP to a TCP port: {a}");
+
+        // No Host, and two of them.
+        let a = raw_exchange(egress, b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+        assert_eq!(status_of(&a), 400, "no Host: {a}");
+        let two = format!(
+            "GET / HTTP/1.1\r\nhost: {HOST}\r\nhost: db.shop.svc.clusterset.local:5432\r\nconnection: close\r\n\r\n"
+        );
+        let a = raw_exchange(egress, two.as_bytes()).await;
+        assert_eq!(status_of(&a), 400, "two Hosts: {a}");
+    }
+    assert_eq!(ejections(), 0.0, "client errors ejected a cluster");
+    assert_eq!(
+        metric_or_zero(
+            &mesh.east,
+            "causeway_gateway_refused_total",
+            &[("listener", "egress"), ("reason", "http_to_tcp_port")]
+        ),
+        7.0
+    );
+
+    // Traffic beside the attacks: HTTP and TCP still reach west.
+    let a = get(egress, HOST, "/after").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.headers["x-backend"], "cart-west");
+
+    // An endpoint that is down: the caller learns the service, the cluster and the kind of
+    // failure, never the endpoint's address.
+    let a = get(egress, "gone.shop.svc.clusterset.local", "/").await;
+    assert!(a.status.is_server_error(), "{}", a.body);
+    assert!(a.body.contains("shop/gone"), "{}", a.body);
+    for addr in [
+        dead.to_string(),
+        dead.ip().to_string(),
+        mesh.west.peer_addr.to_string(),
+    ] {
+        assert!(
+            !a.body.contains(&addr),
+            "the error names {addr}: {}",
+            a.body
+        );
+    }
+}
