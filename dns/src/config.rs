@@ -17,6 +17,8 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// Default TTL of every record we answer, negative answers included (SOA minimum).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 /// Default time a TCP client may stay idle between queries before we close its connection.
+/// TCP connections served at once by default (Knot's `tcp-max-clients` scale).
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
 pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the A/AAAA answer of a ClusterSetIP service is chosen (DESIGN.md "Addressing and failover").
@@ -73,6 +75,8 @@ pub struct DnsConfig {
     /// Idle time after which a TCP connection is closed.
     #[serde(with = "duration")]
     pub tcp_timeout: Duration,
+    /// TCP connections served at once; one more is closed at accept (and counted).
+    pub max_tcp_connections: usize,
 }
 
 impl Default for DnsConfig {
@@ -83,6 +87,7 @@ impl Default for DnsConfig {
             policy_overrides: BTreeMap::new(),
             default_policy: AnswerPolicy::LocalFirst,
             tcp_timeout: DEFAULT_TCP_TIMEOUT,
+            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
         }
     }
 }
@@ -102,6 +107,12 @@ impl DnsConfig {
             return Err(DnsError::InvalidConfig {
                 field: "ttl",
                 reason: format!("{:?} exceeds the DNS maximum of 2^31-1 seconds", self.ttl),
+            });
+        }
+        if self.max_tcp_connections == 0 {
+            return Err(DnsError::InvalidConfig {
+                field: "max_tcp_connections",
+                reason: "must be at least 1".to_string(),
             });
         }
         if self.tcp_timeout.is_zero() {

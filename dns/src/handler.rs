@@ -111,6 +111,11 @@ impl DnsHandler {
         }
     }
 
+    /// Counts a TCP connection refused at the connection limit.
+    pub(crate) fn tcp_refused(&self) {
+        self.metrics.tcp_refused();
+    }
+
     /// Decides the response: the header, EDNS, and the records.
     fn prepare(&self, request: &Request) -> Prepared {
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -122,6 +127,8 @@ impl DnsHandler {
                     .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
             );
             edns.set_version(0);
+            // RFC 3225 3: the DO bit of the query is copied into the response.
+            edns.set_dnssec_ok(req.flags().dnssec_ok);
             edns
         });
         let queries = request.queries.queries();

@@ -22,10 +22,14 @@ mod error;
 mod handler;
 mod metrics;
 mod server;
+mod tcp;
 mod udp;
 mod zone;
 
-pub use config::{AnswerPolicy, DnsConfig, DEFAULT_LISTEN, DEFAULT_TCP_TIMEOUT, DEFAULT_TTL};
+pub use config::{
+    AnswerPolicy, DnsConfig, DEFAULT_LISTEN, DEFAULT_MAX_TCP_CONNECTIONS, DEFAULT_TCP_TIMEOUT,
+    DEFAULT_TTL,
+};
 pub use error::DnsError;
 pub use handler::{DnsHandler, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD};
 pub use server::DnsServer;

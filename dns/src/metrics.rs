@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     /// `queries` children, resolved once per (qtype, rcode) so the hot path skips the label hash.
     children: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
+    tcp_refused: IntCounter,
 }
 
 impl Metrics {
@@ -70,10 +71,19 @@ impl Metrics {
             )
             .buckets(DURATION_BUCKETS.to_vec()),
         )?;
+        let tcp_refused = IntCounter::new(
+            "causeway_dns_tcp_refused_total",
+            "TCP connections closed at accept because max_tcp_connections were open",
+        )?;
         registry.register(Box::new(queries.clone()))?;
         if let Err(e) = registry.register(Box::new(duration.clone())) {
             // Leave the registry as we found it.
             let _ = registry.unregister(Box::new(queries.clone()));
+            return Err(e);
+        }
+        if let Err(e) = registry.register(Box::new(tcp_refused.clone())) {
+            let _ = registry.unregister(Box::new(queries.clone()));
+            let _ = registry.unregister(Box::new(duration.clone()));
             return Err(e);
         }
         Ok(Self {
@@ -82,7 +92,12 @@ impl Metrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             duration,
+            tcp_refused,
         })
+    }
+
+    pub(crate) fn tcp_refused(&self) {
+        self.tcp_refused.inc();
     }
 
     /// Counts one answered request; `qtype` is `None` when it had no single question.

@@ -1,8 +1,7 @@
 //! Sockets: UDP and TCP on one port.
 //!
-//! TCP is served by hickory's `Server` with our `RequestHandler` (framing, idle timeouts and
-//! connection handling come with it); UDP by our own batching loop around the same handler
-//! (`udp.rs` says why).
+//! Both through [`DnsHandler::handle_bytes`]: UDP in a batching loop (`udp.rs` says why), TCP
+//! in a loop with a bound on connections (`tcp.rs`).
 
 use std::future::Future;
 use std::io;
@@ -10,8 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use causeway_api::MeshSnapshot;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::info;
@@ -20,8 +17,6 @@ use crate::{DnsConfig, DnsError, DnsHandler};
 
 /// Attempts at finding a port free for both TCP and UDP when asked for port 0.
 const PORT_ZERO_ATTEMPTS: usize = 32;
-/// Responses queued per TCP connection before the writer pushes back.
-const TCP_RESPONSE_BUFFER: usize = 64;
 
 /// The `clusterset.local` server with its sockets bound; [`DnsServer::run`] serves them.
 pub struct DnsServer {
@@ -67,17 +62,22 @@ impl DnsServer {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DnsError> {
         let addr = self.local_addr;
         let handler = Arc::new(self.handler);
-        let mut tcp = hickory_server::Server::new(SharedHandler(Arc::clone(&handler)));
-        tcp.register_listener(self.tcp, self.config.tcp_timeout, TCP_RESPONSE_BUFFER);
+        let mut tcp = tokio::spawn(crate::tcp::serve(
+            self.tcp,
+            Arc::clone(&handler),
+            self.config.tcp_timeout,
+            self.config.max_tcp_connections,
+        ));
         let mut udp = tokio::spawn(crate::udp::serve(self.udp, handler));
         info!(%addr, zone = crate::ZONE, "DNS server listening (UDP, TCP)");
 
         tokio::pin!(shutdown);
         let ended: Option<String> = tokio::select! {
             () = &mut shutdown => None,
-            ended = tcp.block_until_done() => Some(match ended {
-                Ok(()) => "TCP listener ended".to_string(),
-                Err(e) => format!("TCP: {e}"),
+            ended = &mut tcp => Some(match ended {
+                Ok(Ok(())) => "TCP listener ended".to_string(),
+                Ok(Err(e)) => format!("TCP: {e}"),
+                Err(e) => format!("TCP task: {e}"),
             }),
             ended = &mut udp => Some(match ended {
                 Ok(Ok(())) => "UDP loop ended".to_string(),
@@ -85,34 +85,15 @@ impl DnsServer {
                 Err(e) => format!("UDP task: {e}"),
             }),
         };
-        // The UDP loop holds no state worth finishing: stop it where it is.
+        // Neither loop holds state worth finishing: stop them where they are (open TCP
+        // connections end with the runtime's tasks).
         udp.abort();
-        let stopped = tcp.shutdown_gracefully().await;
+        tcp.abort();
         info!(%addr, "DNS server stopped");
-        match (ended, stopped) {
-            (None, Ok(())) => Ok(()),
-            (Some(reason), _) => Err(DnsError::Serve { addr, reason }),
-            (None, Err(e)) => Err(DnsError::Serve {
-                addr,
-                reason: format!("TCP: {e}"),
-            }),
+        match ended {
+            None => Ok(()),
+            Some(reason) => Err(DnsError::Serve { addr, reason }),
         }
-    }
-}
-
-/// hickory's `Server` wants to own its handler; UDP shares it.
-struct SharedHandler(Arc<DnsHandler>);
-
-#[async_trait::async_trait]
-impl RequestHandler for SharedHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
     }
 }
 

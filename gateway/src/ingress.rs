@@ -82,6 +82,15 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             return refuse(&shared, remote, &classify_handshake_error(&e));
         }
     };
+    // Peers speak HTTP/2 and say so (ALPN `h2`); rustls lets a client that offers no ALPN at
+    // all through, so the absence is refused here.
+    if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+        let r = Refusal {
+            reason: "no_alpn",
+            detail: "the peer did not negotiate ALPN h2".into(),
+        };
+        return refuse(&shared, remote, &r);
+    }
     let peer = {
         let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
         let Some(tables) = shared.tables.load_full() else {

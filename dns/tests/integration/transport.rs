@@ -1,5 +1,7 @@
 //! TCP, EDNS0 buffer sizes, truncation and the TCP fallback.
 
+use causeway_dns::DnsConfig;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -67,5 +69,63 @@ async fn truncated_over_udp_complete_over_tcp() {
 
     let d = server.dig(&["+tcp", BIG, "A"]).await;
     assert_eq!(d.answer.len(), BIG_ENDPOINTS, "{}", d.raw);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_do_bit_is_copied_into_the_response() {
+    let server = TestServer::start(mesh()).await;
+    let d = server.dig(&["+dnssec", WEB, "A"]).await;
+    assert!(d.raw.contains("flags: do;"), "{}", d.raw);
+    let d = server.dig(&[WEB, "A"]).await;
+    assert!(!d.raw.contains("flags: do;"), "{}", d.raw);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_connections_are_bounded_and_udp_is_unaffected() {
+    use tokio::io::AsyncReadExt;
+    let config = DnsConfig {
+        max_tcp_connections: 8,
+        tcp_timeout: std::time::Duration::from_secs(60),
+        ..DnsConfig::default()
+    };
+    let server = TestServer::start_with(config, mesh()).await;
+    // Eight clients connect and say nothing; each holds a slot.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // A query over TCP still works once one of them is gone, and not before: the ninth
+    // connection is closed at accept.
+    let mut ninth = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), ninth.read(&mut byte))
+        .await
+        .expect("the ninth connection is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let refused = || {
+        server.metrics_text().lines().find_map(|l| {
+            l.strip_prefix("causeway_dns_tcp_refused_total ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+    };
+    assert_eq!(refused(), Some(1.0), "{}", server.metrics_text());
+    // UDP is served meanwhile.
+    let d = server.dig(&[WEB, "A"]).await;
+    assert_eq!(d.data("A"), [WEB_LOCAL_IP], "{}", d.raw);
+    // One idle client leaves: TCP answers again (the server notices the close first).
+    drop(idle.pop());
+    let mut answered = None;
+    for _ in 0..50 {
+        let d = server.dig(&["+tcp", "+tries=1", WEB, "A"]).await;
+        if d.transport == "TCP" && d.data("A") == [WEB_LOCAL_IP] {
+            answered = Some(d);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(answered.is_some(), "no TCP answer after a slot was freed");
+    drop(idle);
     server.stop().await;
 }

@@ -141,7 +141,14 @@ async fn bad_peers_are_refused_and_counted() {
         std::fs::read_to_string(&east_files.cert).unwrap(),
         std::fs::read_to_string(&east_files.key).unwrap(),
     );
-    assert!(try_peer(west.peer_addr, client_config(Some(good))).await);
+    assert!(try_peer(west.peer_addr, client_config(Some(good.clone()))).await);
+
+    // The right identity, offering no ALPN at all (rustls would let it through).
+    let before = count("no_alpn");
+    let mut no_alpn = (*client_config(Some(good))).clone();
+    no_alpn.alpn_protocols.clear();
+    assert!(!try_peer(west.peer_addr, Arc::new(no_alpn)).await);
+    refused_with(west, "no_alpn", before).await;
 
     // No client certificate.
     let before = count("no_certificate");
