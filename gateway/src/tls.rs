@@ -179,6 +179,17 @@ pub(crate) fn classify_handshake_error(e: &io::Error) -> Refusal {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "not_yet_valid"
             }
+            CertificateError::Other(o)
+                if o.0.downcast_ref::<api_tls::TlsError>().is_some_and(|e| {
+                    matches!(
+                        e,
+                        api_tls::TlsError::ForeignIssuer { .. }
+                            | api_tls::TlsError::UnboundTrustDomain { .. }
+                    )
+                }) =>
+            {
+                "foreign_issuer"
+            }
             _ => "bad_certificate",
         },
         Some(rustls::Error::NoApplicationProtocol) => "no_alpn",

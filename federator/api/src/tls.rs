@@ -7,6 +7,13 @@
 //! the bundle and leaves authorisation of the client's SPIFFE ID ([`peer_spiffe_id`]) to the
 //! caller, which knows the export's allowed sources.
 //!
+//! Both directions also bind a trust domain to its issuer (DESIGN.md "Gateway transport"): a
+//! leaf whose SPIFFE ID is in trust domain T is accepted only when a CA of its verified chain
+//! (an intermediate, or the root itself) names `spiffe://T` in a URI SAN, and no CA of the chain
+//! names another trust domain. A federation root without a SPIFFE ID is neutral; so a cluster's
+//! CA can mint identities of its own trust domain alone, and a leaf signed straight by the
+//! shared root is refused. [`verify_spiffe_chain`] is the one place this is checked.
+//!
 //! One crypto provider, ring, passed explicitly so that a process-wide default is never needed.
 //! TLS 1.3 and 1.2.
 
@@ -16,8 +23,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
+use rustls::server::VerifierBuilderError;
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 
@@ -56,6 +63,14 @@ pub enum TlsError {
     InvalidSpiffeId(#[from] InvalidSpiffeId),
     #[error("peer {actual} is not {expected}")]
     UnexpectedPeer { actual: SpiffeId, expected: String },
+    #[error("{id} is issued by {issuer}, a CA of trust domain {issuer_td}: a trust domain's identities verify only through its own CA")]
+    ForeignIssuer {
+        id: SpiffeId,
+        issuer: String,
+        issuer_td: String,
+    },
+    #[error("{id}: no CA in its chain is trust domain {td}'s own (a CA certificate with URI SAN spiffe://{td}): a trust domain's identities verify only through its own CA")]
+    UnboundTrustDomain { id: SpiffeId, td: String },
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -148,6 +163,13 @@ impl TrustBundle {
         Ok(bundle)
     }
 
+    /// The anchors, with the trust domain each root names (`spiffe://T` in a URI SAN), if any.
+    fn anchors(&self, origin: &str) -> Result<Anchors, TlsError> {
+        let list = self.trust_anchors(origin)?;
+        let domains = self.roots.iter().map(|c| ca_trust_domain(c)).collect();
+        Ok(Anchors { list, domains })
+    }
+
     fn trust_anchors(&self, origin: &str) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
         if self.roots.is_empty() {
             return Err(TlsError::EmptyTrustBundle {
@@ -232,16 +254,21 @@ pub fn server_config(
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
-    let roots = RootCertStore {
-        roots: trust.trust_anchors("trust bundle")?,
+    let anchors = trust.anchors("trust bundle")?;
+    let hints = anchors
+        .list
+        .iter()
+        .map(|a| rustls::DistinguishedName::from(a.subject.as_ref().to_vec()))
+        .collect();
+    let verifier = SpiffeClientVerifier {
+        anchors,
+        hints,
+        algs: provider.signature_verification_algorithms,
     };
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(TlsError::ClientVerifier)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(TlsError::Config)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .map_err(TlsError::Identity)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -261,7 +288,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = SpiffeServerVerifier {
-        anchors: trust.trust_anchors("trust bundle")?,
+        anchors: trust.anchors("trust bundle")?,
         expected,
         algs: provider.signature_verification_algorithms,
     };
@@ -307,12 +334,118 @@ pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, TlsError
     }
 }
 
+// === chain verification ===
+
+/// Trust anchors, and for each (same index) the trust domain its root certificate names.
+#[derive(Debug)]
+struct Anchors {
+    list: Vec<TrustAnchor<'static>>,
+    domains: Vec<Option<String>>,
+}
+
+impl Anchors {
+    fn domain_of(&self, anchor: &TrustAnchor<'_>) -> Option<&str> {
+        self.list
+            .iter()
+            .position(|a| {
+                a.subject.as_ref() == anchor.subject.as_ref()
+                    && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            })
+            .and_then(|i| self.domains[i].as_deref())
+    }
+}
+
+/// The trust domain a CA certificate names: `T` of its URI SAN `spiffe://T` (the SPIFFE ID of
+/// a trust domain itself, path empty). None for a CA without one, or that is not parseable.
+fn ca_trust_domain(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => uri
+            .parse::<SpiffeId>()
+            .ok()
+            .filter(|id| id.path().is_empty())
+            .map(|id| id.trust_domain().to_string()),
+        _ => None,
+    })
+}
+
+/// Verifies `end_entity`'s chain with webpki against `anchors` for `usage`, reads its SPIFFE
+/// ID, and checks that the chain binds the ID's trust domain: some CA of the verified path
+/// names it, and none names another.
+fn verify_spiffe_chain(
+    anchors: &Anchors,
+    algs: &WebPkiSupportedAlgorithms,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<SpiffeId, rustls::Error> {
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+    let path = cert
+        .verify_for_usage(
+            algs.all,
+            &anchors.list,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+    let id = peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(other_error)?;
+    let td = id.trust_domain();
+    let mut cas: Vec<(String, Option<String>)> = path
+        .intermediate_certificates()
+        .map(|c| {
+            let der = c.der();
+            (describe_ca(&der), ca_trust_domain(&der))
+        })
+        .collect();
+    cas.push((
+        "the root".to_string(),
+        anchors.domain_of(path.anchor()).map(str::to_string),
+    ));
+    let mut bound = false;
+    for (issuer, ca_td) in cas {
+        match ca_td {
+            Some(ca_td) if ca_td == td => bound = true,
+            Some(issuer_td) => {
+                return Err(other_error(TlsError::ForeignIssuer {
+                    id,
+                    issuer,
+                    issuer_td,
+                }))
+            }
+            None => {}
+        }
+    }
+    if !bound {
+        let td = td.to_string();
+        return Err(other_error(TlsError::UnboundTrustDomain { id, td }));
+    }
+    Ok(id)
+}
+
+/// A CA for error messages: its subject's common name, else "an intermediate".
+fn describe_ca(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, c)| {
+            c.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok().map(|s| format!("CA {s:?}")))
+        })
+        .unwrap_or_else(|| "an intermediate".to_string())
+}
+
 // === impl SpiffeServerVerifier ===
 
 /// Verifies a server's chain with webpki against our anchors, then its SPIFFE ID.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    anchors: Vec<TrustAnchor<'static>>,
+    anchors: Anchors,
     expected: ExpectedPeer,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -326,18 +459,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        cert.verify_for_usage(
-            self.algs.all,
+        let id = verify_spiffe_chain(
             &self.anchors,
+            &self.algs,
+            end_entity,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(pki_error)?;
-        let id = peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(other_error)?;
+        )?;
         if !self.expected.matches(&id) {
             return Err(other_error(TlsError::UnexpectedPeer {
                 actual: id,
@@ -345,6 +474,62 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             }));
         }
         Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+// === impl SpiffeClientVerifier ===
+
+/// Requires a client certificate whose chain verifies against our anchors (client-auth EKU)
+/// and binds its trust domain; which SPIFFE IDs may do what is the caller's to decide.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    anchors: Anchors,
+    hints: Vec<rustls::DistinguishedName>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        verify_spiffe_chain(
+            &self.anchors,
+            &self.algs,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -432,6 +617,9 @@ mod tests {
             params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             params.use_authority_key_identifier_extension = true;
+            // The cluster CA of trust domain `<name>.causeway.mesh` says so.
+            let td = format!("spiffe://{name}.causeway.mesh");
+            params.subject_alt_names = vec![SanType::URI(td.try_into().unwrap())];
             let issuer =
                 CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.issuer)
                     .unwrap();
@@ -630,7 +818,7 @@ mod tests {
         // Built by hand to offer only TLS 1.2, with our verifier and identity.
         let id = pki.gateway_west();
         let verifier = SpiffeServerVerifier {
-            anchors: bundle.trust_anchors("test").unwrap(),
+            anchors: bundle.anchors("test").unwrap(),
             expected: ExpectedPeer::AnyGateway,
             algs: provider().signature_verification_algorithms,
         };
@@ -644,6 +832,71 @@ mod tests {
         let out = handshake(server, Arc::new(client)).await;
         assert_eq!(out.server.unwrap(), Some(gateway("west.causeway.mesh")));
         out.client.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trust_domain_verifies_only_through_its_own_ca() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        // west's gateway ID, issued by east's CA (chained), and by the root itself.
+        let by_east = Leaf {
+            chain: Some(&pki.east),
+            ..Leaf::spiffe(&gateway("west.causeway.mesh"))
+        }
+        .issue(&pki.east);
+        let by_root = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&pki.root);
+        for (forged, want) in [
+            (&by_east, "ForeignIssuer"),
+            (&by_root, "UnboundTrustDomain"),
+        ] {
+            // As a client: east's server refuses it.
+            let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
+            let client = client_config(forged, &bundle, ExpectedPeer::AnyGateway, &[H2]).unwrap();
+            let err = handshake(server, client).await.server.unwrap_err();
+            assert!(err.contains(want), "{err}");
+            // As a server: a client expecting west refuses it.
+            let server = server_config(forged, &bundle, &[H2]).unwrap();
+            let client = client_config(
+                &pki.gateway_east(),
+                &bundle,
+                ExpectedPeer::Exact(gateway("west.causeway.mesh")),
+                &[H2],
+            )
+            .unwrap();
+            let err = handshake(server, client).await.client.unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        // A root that is a trust domain's own binds it: west's leaf straight under west's root.
+        let mut with_td = CertificateParams::default();
+        with_td
+            .distinguished_name
+            .push(DnType::CommonName, "west root");
+        with_td.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        with_td.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        with_td.subject_alt_names = vec![SanType::URI(
+            "spiffe://west.causeway.mesh"
+                .to_string()
+                .try_into()
+                .unwrap(),
+        )];
+        let west_root = Ca {
+            issuer: CertifiedIssuer::self_signed(with_td, KeyPair::generate().unwrap()).unwrap(),
+        };
+        let own = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&west_root);
+        let both = TrustBundle::new(vec![
+            pki.root.issuer.der().clone(),
+            west_root.issuer.der().clone(),
+        ]);
+        let server = server_config(&pki.gateway_east(), &both, &[H2]).unwrap();
+        let client = client_config(&own, &both, ExpectedPeer::AnyGateway, &[H2]).unwrap();
+        let out = handshake(server, client).await;
+        assert_eq!(out.server.unwrap(), Some(gateway("west.causeway.mesh")));
+        // ... and it cannot mint east's.
+        let east_by_west = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&west_root);
+        let server = server_config(&pki.gateway_west(), &both, &[H2]).unwrap();
+        let client = client_config(&east_by_west, &both, ExpectedPeer::AnyGateway, &[H2]).unwrap();
+        let err = handshake(server, client).await.server.unwrap_err();
+        assert!(err.contains("ForeignIssuer"), "{err}");
     }
 
     #[tokio::test]
@@ -765,7 +1018,7 @@ mod tests {
         let bundle = pki.root.bundle();
         let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
         let verifier = SpiffeServerVerifier {
-            anchors: bundle.trust_anchors("test").unwrap(),
+            anchors: bundle.anchors("test").unwrap(),
             expected: ExpectedPeer::AnyGateway,
             algs: provider().signature_verification_algorithms,
         };

@@ -162,6 +162,17 @@ async fn bad_peers_are_refused_and_counted() {
     assert!(!try_peer(west.peer_addr, client_config(Some(wrong_ca))).await);
     refused_with(west, "unknown_ca", before).await;
 
+    // east's gateway ID, issued by north's CA (of the same federation root), and straight by
+    // the root: no cluster's CA may mint another's identity.
+    for forged in [
+        mesh.pki.ca("north").svid(&gateway_id("east"), false, true),
+        mesh.pki.root.svid(&gateway_id("east"), false, false),
+    ] {
+        let before = count("foreign_issuer");
+        assert!(!try_peer(west.peer_addr, client_config(Some(forged))).await);
+        refused_with(west, "foreign_issuer", before).await;
+    }
+
     // A valid gateway certificate of a cluster west does not know.
     let before = count("unknown_cluster");
     let north = mesh.pki.ca("north").svid(&gateway_id("north"), false, true);

@@ -98,8 +98,16 @@ impl Ca {
     }
 
     pub fn intermediate(&self, cn: &str) -> Self {
+        self.intermediate_of(cn, None)
+    }
+
+    /// A CA of trust domain `td` (URI SAN `spiffe://<td>`), as `causeway certs` makes them.
+    pub fn intermediate_of(&self, cn: &str, td: Option<&str>) -> Self {
         let mut p = ca_params(cn, 0);
         p.use_authority_key_identifier_extension = true;
+        if let Some(td) = td {
+            p.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
+        }
         let issuer =
             CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), &self.issuer).unwrap();
         Self { issuer }
@@ -176,7 +184,10 @@ impl Pki {
             .lock()
             .unwrap()
             .entry(cluster.to_string())
-            .or_insert_with(|| Arc::new(self.root.intermediate(&format!("{cluster} CA"))))
+            .or_insert_with(|| {
+                let cn = format!("{cluster} CA");
+                Arc::new(self.root.intermediate_of(&cn, Some(&td(cluster))))
+            })
             .clone()
     }
 
