@@ -34,7 +34,7 @@ fn vip(i: u32) -> IpAddr {
 fn export(service_ip: IpAddr) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             ports: vec![],
             service_type: ServiceType::ClusterSetIP,
             session_affinity: Default::default(),

@@ -38,6 +38,100 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// The member name; the cluster has only this one member.
 const MEMBER_NAME: &str = "causeway-e2e";
 
+// === impl EtcdPki ===
+
+/// etcd's own PKI, as PEM files in one directory: a CA, a server certificate for the given
+/// addresses (and 127.0.0.1), and per etcd user a client certificate whose common name is the
+/// user, which is how etcd's `--client-cert-auth` names its clients.
+#[derive(Debug, Clone)]
+pub struct EtcdPki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// Writes `ca.pem`, `server.pem|key` and `<user>.pem|key` for each of `users` (and `root`).
+    pub fn write(
+        dir: &Path,
+        server_ips: &[std::net::IpAddr],
+        users: &[&str],
+    ) -> anyhow::Result<EtcdPki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            Ok(p)
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name.push(DnType::CommonName, "etcd CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = |cn: &str, server: bool| -> anyhow::Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(if server {
+                vec!["localhost".to_string()]
+            } else {
+                Vec::new()
+            })?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            if server {
+                p.subject_alt_names
+                    .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+                for ip in server_ips {
+                    p.subject_alt_names.push(SanType::IpAddress(*ip));
+                }
+            }
+            p.extended_key_usages = vec![if server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+        };
+        let (server_pem, server_key) = leaf("etcd", true)?;
+        let pki = EtcdPki {
+            dir: dir.to_path_buf(),
+            ca: write("ca.pem", &ca_cert.pem())?,
+            server_cert: write("server.pem", &server_pem)?,
+            server_key: write("server.key", &server_key)?,
+        };
+        for user in std::iter::once("root").chain(users.iter().copied()) {
+            let (pem, key) = leaf(user, false)?;
+            write(&format!("{user}.pem"), &pem)?;
+            write(&format!("{user}.key"), &key)?;
+        }
+        Ok(pki)
+    }
+
+    /// The client certificate and key of `user`.
+    pub fn client(&self, user: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{user}.pem")),
+            self.dir.join(format!("{user}.key")),
+        )
+    }
+
+    /// The fixture's TLS, as `user` (`root` sets up auth).
+    pub fn tls_as(&self, user: &str) -> EtcdTls {
+        let (client_cert, client_key) = self.client(user);
+        EtcdTls {
+            ca: self.ca.clone(),
+            server_cert: self.server_cert.clone(),
+            server_key: self.server_key.clone(),
+            client_cert,
+            client_key,
+        }
+    }
+}
+
 // === impl EtcdServerBuilder ===
 
 /// Options of an [`EtcdServer`]; `EtcdServer::start()` is `EtcdServer::builder().start()`.

@@ -14,7 +14,7 @@ pub mod etcd;
 pub mod kubeapi;
 pub mod lab;
 
-pub use etcd::{EtcdServer, EtcdServerBuilder, EtcdTls};
+pub use etcd::{EtcdPki, EtcdServer, EtcdServerBuilder, EtcdTls};
 
 /// How often [`wait_for`] asks again.
 const WAIT_FOR_INTERVAL: Duration = Duration::from_millis(25);

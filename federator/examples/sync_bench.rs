@@ -169,7 +169,7 @@ async fn propagation(bin: &Path, changes: usize) -> anyhow::Result<()> {
 
 fn export_record(created: i64) -> ExportRecord {
     ExportRecord {
-        schema: 1,
+        schema: causeway_api::SCHEMA_VERSION,
         ports: vec![
             ServicePort {
                 name: "http".into(),
@@ -208,7 +208,7 @@ async fn scale(bin: &Path, clusters: usize, exports: usize, probes: usize) -> an
         let lease = client.lease_grant(600, None).await?.id();
         let opts = || Some(PutOptions::new().with_lease(lease));
         let rec = ClusterRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             gateway_addresses: vec![format!("10.100.{}.{}:15443", c / 250, c % 250)],
             trust_domain: format!("{cluster}.causeway.mesh"),
             trust_bundle_pem: String::new(),
@@ -245,7 +245,7 @@ async fn scale(bin: &Path, clusters: usize, exports: usize, probes: usize) -> an
             .put(
                 keys::synced_key(&cluster),
                 keys::encode(&SyncedRecord {
-                    schema: 1,
+                    schema: causeway_api::SCHEMA_VERSION,
                     revision: rev,
                 }),
                 opts(),

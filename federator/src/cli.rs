@@ -22,6 +22,9 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Drain a service in one cluster for a while and report how DNS and traffic moved.
     Drill(Box<crate::drill::DrillArgs>),
+    /// Turn on etcd's auth for a federation: per-cluster roles that write only their own
+    /// prefix, an operator role for drills (run as etcd's root, with its client certificate).
+    EtcdAuth(crate::etcd::EtcdAuthArgs),
     /// Print the ServiceExport and ServiceImport CRDs (multicluster.x-k8s.io/v1alpha1) as YAML.
     Crds,
 }
@@ -40,6 +43,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Drill(args) => {
             print!("{}", crate::drill::run(*args).await?);
+            Ok(())
+        }
+        Command::EtcdAuth(args) => {
+            print!("{}", crate::etcd::run_auth(&args).await?);
             Ok(())
         }
         Command::Crds => {

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _};
 use causeway_api::keys::drill_key;
 use causeway_api::model::{ClusterId, DrillRecord, ServiceKey, SCHEMA_VERSION};
-use etcd_client::{Client, ConnectOptions, PutOptions};
+use etcd_client::{Client, PutOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
@@ -51,9 +51,9 @@ pub struct DrillArgs {
     /// How long the drain lasts (the TTL of its lease, whole seconds, at least 2 s).
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
     pub duration: Duration,
-    /// etcd endpoints, comma-separated (default: the lab's, else http://127.0.0.1:2379).
-    #[arg(long, env = "CAUSEWAY_ETCD_ENDPOINTS", value_delimiter = ',')]
-    pub etcd_endpoints: Vec<String>,
+    /// etcd, as the `operator` user (the lab's, with --lab).
+    #[command(flatten)]
+    pub etcd: crate::etcd::EtcdArgs,
     /// lab.json of a running causeway-lab: etcd, and the client cluster's DNS, gateway and
     /// network namespace.
     #[arg(long, value_name = "FILE")]
@@ -112,16 +112,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<String> {
     );
     let ttl = args.duration.as_secs_f64().ceil() as i64;
 
-    let mut etcd = Client::connect(
-        &target.etcd,
-        Some(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(3))
-                .with_timeout(Duration::from_secs(5)),
-        ),
-    )
-    .await
-    .with_context(|| format!("connecting to etcd at {}", target.etcd.join(",")))?;
+    let mut etcd = crate::etcd::connect(&target.etcd).await?;
 
     let client = if args.no_client {
         None
@@ -277,7 +268,7 @@ async fn wait_key_gone(etcd: &mut Client, key: &str, wait: Duration) {
 /// Everything the client needs, from flags and lab.json.
 #[derive(Debug, Clone)]
 struct Target {
-    etcd: Vec<String>,
+    etcd: crate::config::EtcdConfig,
     dns: Option<SocketAddr>,
     /// The name to resolve and the Host header.
     name: String,
@@ -297,7 +288,7 @@ impl Target {
             args.service.name, args.service.namespace
         );
         let mut t = Target {
-            etcd: args.etcd_endpoints.clone(),
+            etcd: args.etcd.config(),
             dns: args.dns,
             name,
             port: args.port.unwrap_or(80),
@@ -321,9 +312,6 @@ impl Target {
             t.apply_lab(&lab, args)
                 .with_context(|| format!("using {}", path.display()))?;
         }
-        if t.etcd.is_empty() {
-            t.etcd = vec!["http://127.0.0.1:2379".to_string()];
-        }
         anyhow::ensure!(
             t.dns.is_some() || t.proxy.is_some() || args.no_client,
             "the client needs --dns (or --proxy, or --lab)"
@@ -333,8 +321,8 @@ impl Target {
 
     fn apply_lab(&mut self, lab: &serde_json::Value, args: &DrillArgs) -> anyhow::Result<()> {
         let addr = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-        if self.etcd.is_empty() {
-            self.etcd = lab["etcd"]["endpoints"]
+        if args.etcd.etcd_endpoints.is_empty() {
+            let endpoints: Vec<String> = lab["etcd"]["endpoints"]
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -342,6 +330,19 @@ impl Target {
                         .collect()
                 })
                 .unwrap_or_default();
+            if !endpoints.is_empty() {
+                self.etcd.endpoints = endpoints;
+            }
+            // The lab's etcd wants the operator's client certificate.
+            let path = |v: &serde_json::Value| v.as_str().map(PathBuf::from);
+            let tls = &lab["etcd"]["tls"];
+            if args.etcd.etcd_ca.is_none() {
+                self.etcd.ca_file = path(&tls["ca"]);
+            }
+            if args.etcd.etcd_cert.is_none() {
+                self.etcd.cert_file = path(&tls["operator_cert"]);
+                self.etcd.key_file = path(&tls["operator_key"]);
+            }
         }
         let clusters = lab["clusters"].as_array().context("no clusters")?;
         let from = clusters
@@ -1068,7 +1069,7 @@ mod tests {
             service: "demo/echo".parse().unwrap(),
             cluster: ClusterId::new("east").unwrap(),
             duration: Duration::from_secs(1),
-            etcd_endpoints: vec![],
+            etcd: Default::default(),
             lab: None,
             from: None,
             dns: None,
@@ -1083,7 +1084,7 @@ mod tests {
             json: false,
         };
         let target = Target {
-            etcd: vec![],
+            etcd: Default::default(),
             dns: None,
             name: "echo.demo.svc.clusterset.local".into(),
             port: 80,

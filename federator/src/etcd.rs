@@ -50,6 +50,144 @@ pub fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions, EtcdError> {
     Ok(opts)
 }
 
+// === the operator CLI's connection ===
+
+/// How an operator command reaches etcd (`causeway drill`, `causeway etcd-auth`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated (default: the lab's, else http://127.0.0.1:2379).
+    #[arg(long, env = "CAUSEWAY_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle of etcd's server certificate (turns on TLS).
+    #[arg(long, env = "CAUSEWAY_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate for etcd; its common name is the etcd user (`operator` for drills,
+    /// `root` for `etcd-auth`).
+    #[arg(
+        long,
+        env = "CAUSEWAY_ETCD_CERT",
+        value_name = "FILE",
+        requires = "etcd_key"
+    )]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    #[arg(
+        long,
+        env = "CAUSEWAY_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<std::path::PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The connection config; endpoints default to `http://127.0.0.1:2379`.
+    pub fn config(&self) -> EtcdConfig {
+        let mut c = EtcdConfig::default();
+        if !self.etcd_endpoints.is_empty() {
+            c.endpoints = self.etcd_endpoints.clone();
+        }
+        c.ca_file = self.etcd_ca.clone();
+        c.cert_file = self.etcd_cert.clone();
+        c.key_file = self.etcd_key.clone();
+        c
+    }
+}
+
+/// Arguments of `causeway etcd-auth`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdAuthArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Comma-separated cluster IDs of the federation (run again with more to add clusters).
+    #[arg(
+        long,
+        value_name = "CLUSTER,...",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub clusters: Vec<causeway_api::ClusterId>,
+}
+
+/// `causeway etcd-auth`: [`setup_auth`] as `root`.
+pub async fn run_auth(args: &EtcdAuthArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let cfg = args.etcd.config();
+    let mut client = connect(&cfg).await?;
+    let created = setup_auth(&mut client, &args.clusters)
+        .await
+        .with_context(|| format!("setting up auth on etcd at {}", cfg.endpoints.join(",")))?;
+    let mut out = String::new();
+    for c in &created {
+        out.push_str(&format!("created {c}\n"));
+    }
+    out.push_str(&format!(
+        "etcd auth on; roles: operator, {}\n",
+        args.clusters
+            .iter()
+            .map(|c| format!("cluster-{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(out)
+}
+
+// === auth ===
+
+/// Sets up etcd's own auth for a federation of `clusters` (docs/security.md "etcd"), as its
+/// `root` user, and turns auth on: the roles and users `cluster-<c>` (write `clusters/<c>/`
+/// alone, read the rest) and `operator` (write `drills/`), and `root`. Users have no password:
+/// they authenticate with client certificates whose common name is the user (etcd's
+/// `--client-cert-auth`). Safe to run again, e.g. to add a cluster. Returns what it created.
+pub async fn setup_auth(
+    client: &mut Client,
+    clusters: &[causeway_api::ClusterId],
+) -> Result<Vec<String>, etcd_client::Error> {
+    use causeway_api::keys;
+    use etcd_client::{Permission, UserAddOptions};
+
+    let existing_roles: Vec<String> = client.role_list().await?.roles().to_vec();
+    let existing_users: Vec<String> = client.user_list().await?.users().to_vec();
+    let mut created = Vec::new();
+    let mut roles = vec![keys::operator_role()];
+    roles.extend(clusters.iter().map(keys::cluster_role));
+    let no_password = || Some(UserAddOptions::new().with_no_pwd());
+    for role in &roles {
+        if !existing_roles.contains(&role.name) {
+            client.role_add(role.name.as_str()).await?;
+            created.push(format!("role {}", role.name));
+        }
+        for prefix in &role.readwrite {
+            let perm = Permission::read_write(prefix.as_str()).with_prefix();
+            client
+                .role_grant_permission(role.name.as_str(), perm)
+                .await?;
+        }
+        for prefix in &role.read {
+            let perm = Permission::read(prefix.as_str()).with_prefix();
+            client
+                .role_grant_permission(role.name.as_str(), perm)
+                .await?;
+        }
+        if !existing_users.contains(&role.name) {
+            client
+                .user_add(role.name.as_str(), "", no_password())
+                .await?;
+            created.push(format!("user {}", role.name));
+        }
+        client
+            .user_grant_role(role.name.as_str(), role.name.as_str())
+            .await?;
+    }
+    if !existing_users.iter().any(|u| u == "root") {
+        client.user_add("root", "", no_password()).await?;
+        created.push("user root".to_string());
+    }
+    // The `root` role is etcd's own; granting it to `root` is what auth_enable requires.
+    client.user_grant_role("root", "root").await?;
+    client.auth_enable().await?;
+    Ok(created)
+}
+
 /// Connects once.
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client, EtcdError> {
     let opts = connect_options(cfg)?;

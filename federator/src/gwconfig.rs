@@ -325,7 +325,7 @@ mod tests {
 
     fn record(ready: u32) -> ExportRecord {
         ExportRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -350,7 +350,7 @@ mod tests {
     fn cluster(region: &str) -> ClusterView {
         ClusterView {
             record: ClusterRecord {
-                schema: 1,
+                schema: causeway_api::SCHEMA_VERSION,
                 gateway_addresses: vec![format!("{region}-gw:15443")],
                 trust_domain: "td".into(),
                 trust_bundle_pem: String::new(),
@@ -407,7 +407,7 @@ mod tests {
             drills: BTreeMap::from([(
                 "d1".to_string(),
                 DrillRecord {
-                    schema: 1,
+                    schema: causeway_api::SCHEMA_VERSION,
                     service: key,
                     cluster: c("north"),
                     start_unix_ms: 0,
@@ -419,7 +419,7 @@ mod tests {
                 BTreeMap::from([(
                     c("west"),
                     HealthRecord {
-                        schema: 1,
+                        schema: causeway_api::SCHEMA_VERSION,
                         up: false,
                         rtt_micros: 0,
                         observed_unix_ms: 0,

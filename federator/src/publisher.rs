@@ -177,7 +177,7 @@ async fn lead(
             }
         };
         if let (Some(range), Some(snap)) = (&cfg.vip_range, &snapshot) {
-            if let Err(e) = allocate_vips(&mut client, range, snap).await {
+            if let Err(e) = allocate_vips(&mut client, &cfg.cluster, range, snap).await {
                 tracing::debug!(error = %e, "VIP allocation failed; will retry on the next snapshot");
             }
             if !dirty {
@@ -321,7 +321,12 @@ impl Writer {
         )];
         self.guarded(ops).await?;
         // Exports of this cluster left by a previous leader (same lease gone or not).
-        let (kvs, _) = etcd::list_prefix(&mut self.client, &keys::exports_prefix(), false).await?;
+        let (kvs, _) = etcd::list_prefix(
+            &mut self.client,
+            &keys::cluster_exports_prefix(&cfg.cluster),
+            false,
+        )
+        .await?;
         self.published.clear();
         for (key, value, lease) in kvs {
             if let Ok(keys::Key::Export { service, cluster }) = keys::parse_bytes(&key) {
@@ -407,10 +412,22 @@ impl Writer {
 
 // === VIPs ===
 
-/// Gives every import without a ClusterSetIP one from the range. Leaders of all clusters may race;
-/// the create-if-absent transaction makes one of them win, and everyone reads the winner's value.
+/// The address schema v1 gave `key`, if its key is there and readable (a role without read on
+/// `/causeway/v1/` simply finds none).
+async fn v1_vip(client: &mut Client, key: &ServiceKey) -> Option<std::net::IpAddr> {
+    let resp = client.get(keys::v1_vip_key(key), None).await.ok()?;
+    let kv = resp.kvs().first()?;
+    let json: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+    json.get("ip")?.as_str()?.parse().ok()
+}
+
+/// Gives every import without a ClusterSetIP one from this cluster's range, under this
+/// cluster's own `clusters/<c>/vips/` (no other cluster reads or writes it). An import that
+/// had an address under schema v1 (`/causeway/v1/vips/<ns>/<svc>`, shared by the federation)
+/// keeps it when it is in the range and free, so an upgrade does not move ClusterSetIPs.
 async fn allocate_vips(
     client: &mut Client,
+    cluster: &ClusterId,
     range: &VipRange,
     snap: &MeshSnapshot,
 ) -> Result<(), etcd_client::Error> {
@@ -420,17 +437,21 @@ async fn allocate_vips(
         if svc.vip.is_some() {
             continue;
         }
+        let adopted = v1_vip(client, key)
+            .await
+            .filter(|ip| range.contains(*ip) && !used.contains(ip));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let start = h.finish() as u32;
-        let Some(ip) = (0..range.size().min(4096))
-            .map(|i| range.nth(start.wrapping_add(i)))
-            .find(|ip| !used.contains(ip))
-        else {
+        let Some(ip) = adopted.or_else(|| {
+            (0..range.size().min(4096))
+                .map(|i| range.nth(start.wrapping_add(i)))
+                .find(|ip| !used.contains(ip))
+        }) else {
             tracing::warn!(service = %key, "VIP range exhausted");
             continue;
         };
-        let k = keys::vip_key(key);
+        let k = keys::vip_key(cluster, key);
         let rec = VipRecord {
             schema: causeway_api::SCHEMA_VERSION,
             ip,
@@ -439,7 +460,12 @@ async fn allocate_vips(
             .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k, keys::encode(&rec), None)]);
         if client.txn(txn).await?.succeeded() {
-            tracing::info!(service = %key, %ip, "ClusterSetIP allocated");
+            let from = if adopted.is_some() {
+                "kept from schema v1"
+            } else {
+                "allocated"
+            };
+            tracing::info!(service = %key, %ip, from, "ClusterSetIP");
         }
         used.insert(ip);
     }

@@ -1,4 +1,4 @@
-//! Mesh view: lists, then watches `/causeway/v1/` and folds every cluster's keys into one
+//! Mesh view: lists, then watches `/causeway/v2/` and folds every cluster's keys into one
 //! immutable [`MeshSnapshot`], published through a `watch` channel.
 //!
 //! [`MeshState`] is the pure part (events in, snapshot out), tested without etcd; [`run`] is the
@@ -48,7 +48,7 @@ struct ExportEntry {
     stale_since_ms: Option<i64>,
 }
 
-/// The folded content of `/causeway/v1/`, with the stale-grace rules applied.
+/// The folded content of `/causeway/v2/`, with the stale-grace rules applied.
 #[derive(Debug, Clone)]
 pub struct MeshState {
     local: ClusterId,
@@ -327,15 +327,17 @@ impl MeshState {
                     self.dirty.insert(old.service);
                 }
             }
-            (Key::Vip(svc), Some(v)) => {
+            // A cluster's ClusterSetIPs are its own: the others' are not read.
+            (Key::Vip { cluster, .. }, _) if cluster != self.local => {}
+            (Key::Vip { service, .. }, Some(v)) => {
                 if let Some(rec) = self.decode::<VipRecord>(key_str, v) {
-                    self.dirty.insert(svc.clone());
-                    self.vips.insert(svc, rec.ip);
+                    self.dirty.insert(service.clone());
+                    self.vips.insert(service, rec.ip);
                 }
             }
-            (Key::Vip(svc), None) => {
-                self.dirty.insert(svc.clone());
-                self.vips.remove(&svc);
+            (Key::Vip { service, .. }, None) => {
+                self.dirty.insert(service.clone());
+                self.vips.remove(&service);
             }
             (Key::Election { .. }, _) => {}
         }
@@ -683,7 +685,7 @@ mod tests {
 
     fn cluster_kv(name: &str) -> (String, Vec<u8>) {
         let rec = ClusterRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             gateway_addresses: vec![],
             trust_domain: format!("{name}.causeway.mesh"),
             trust_bundle_pem: String::new(),
@@ -695,7 +697,7 @@ mod tests {
 
     fn export_kv(service: &str, cluster: &str) -> (String, Vec<u8>) {
         let rec = ExportRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -795,7 +797,7 @@ mod tests {
         let synced = (
             keys::synced_key(&c("east")),
             keys::encode(&SyncedRecord {
-                schema: 1,
+                schema: causeway_api::SCHEMA_VERSION,
                 revision: 9,
             }),
         );
@@ -856,7 +858,7 @@ mod tests {
         s.apply_events(
             &[
                 Change::Put {
-                    key: "/causeway/v1/exports/Bad_NS/x/east".into(),
+                    key: "/causeway/v2/clusters/east/exports/Bad_NS/x".into(),
                     value: b"{}".to_vec(),
                 },
                 Change::Put {
@@ -877,7 +879,7 @@ mod tests {
     fn drills_drain_and_local_health_can_end_the_grace() {
         let mut s = state();
         let drill = DrillRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             service: svc("a"),
             cluster: c("east"),
             start_unix_ms: 0,
@@ -896,7 +898,7 @@ mod tests {
         assert!(!snap.services[&svc("b")].exports[&c("east")].drained);
         s.apply_events(&[del(cluster_kv("east"))], 7, 100);
         let down = HealthRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             up: false,
             rtt_micros: 0,
             observed_unix_ms: 200,

@@ -29,7 +29,7 @@ fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
 fn export(ready: u32, service_ip: Option<&str>, endpoints: Vec<Endpoint>) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             ports: Vec::new(),
             service_type: ServiceType::ClusterSetIP,
             session_affinity: Default::default(),
@@ -95,7 +95,7 @@ fn snapshot() -> MeshSnapshot {
             cid(c),
             ClusterView {
                 record: ClusterRecord {
-                    schema: 1,
+                    schema: causeway_api::SCHEMA_VERSION,
                     gateway_addresses: Vec::new(),
                     trust_domain: format!("{c}.example"),
                     trust_bundle_pem: String::new(),
@@ -219,7 +219,7 @@ fn local_first_answers_the_local_address_while_it_serves() {
     s.drills.insert(
         "d1".into(),
         DrillRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             service: web.clone(),
             cluster: east.clone(),
             start_unix_ms: 0,
@@ -479,7 +479,7 @@ fn headless_answers_ready_endpoints_of_serving_clusters() {
     s.health.entry(cid("east")).or_default().insert(
         cid("west"),
         HealthRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             up: false,
             rtt_micros: 0,
             observed_unix_ms: 0,

@@ -73,7 +73,7 @@ async fn a_drill_moves_the_answer_and_its_end_moves_it_back() {
     s.drills.insert(
         "drill-1".into(),
         DrillRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             service: key("prod", "web"),
             cluster: cid("east"),
             start_unix_ms: 0,

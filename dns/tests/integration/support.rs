@@ -81,7 +81,7 @@ fn export(
 ) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: 1,
+            schema: causeway_api::SCHEMA_VERSION,
             ports: ports.to_vec(),
             service_type: ty,
             session_affinity: Default::default(),
@@ -140,7 +140,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
             cid(c),
             ClusterView {
                 record: ClusterRecord {
-                    schema: 1,
+                    schema: causeway_api::SCHEMA_VERSION,
                     gateway_addresses: vec![format!("{c}.gw:15443")],
                     trust_domain: format!("{c}.causeway"),
                     trust_bundle_pem: String::new(),

@@ -46,7 +46,7 @@ fn export_record() -> ExportRecord {
 async fn list_exports(client: &mut Client) -> anyhow::Result<Vec<(Key, ExportRecord)>> {
     let resp = client
         .get(
-            keys::exports_prefix(),
+            keys::clusters_prefix(),
             Some(GetOptions::new().with_prefix()),
         )
         .await?;
@@ -54,6 +54,9 @@ async fn list_exports(client: &mut Client) -> anyhow::Result<Vec<(Key, ExportRec
     for kv in resp.kvs() {
         let key = kv.key_str()?;
         let parsed = Key::parse(key)?;
+        if !matches!(parsed, Key::Export { .. }) {
+            continue;
+        }
         let value: ExportRecord = keys::decode(key, kv.value())?;
         out.push((parsed, value));
     }

@@ -1,5 +1,10 @@
-//! The etcd key schema (DESIGN.md "etcd key schema (v1)"): builders and parsers for every key
-//! under [`PREFIX`], and the JSON value helpers.
+//! The etcd key schema v2 (DESIGN.md "etcd key schema (v2)"): builders and parsers for every
+//! key under [`PREFIX`], and the JSON value helpers.
+//!
+//! Everything a cluster writes lives under `clusters/<c>/`, so that etcd's own auth can give
+//! each cluster a role that writes its prefix alone ([`cluster_prefix`]); drills, which
+//! operators write, live under `drills/`. [`Key::owner`] names the cluster whose prefix a key is
+//! under.
 //!
 //! Keys come from etcd, i.e. from outside the process, so parsing never panics and every
 //! rejection names the key and says what is wrong with it.
@@ -13,17 +18,22 @@ use serde::Serialize;
 use crate::model::{validate_dns_label, ClusterId, ServiceKey, SCHEMA_VERSION};
 
 /// Every Causeway key lives under this prefix.
-pub const PREFIX: &str = "/causeway/v1/";
+pub const PREFIX: &str = "/causeway/v2/";
+/// The prefix of schema v1 (before the cluster came first); read only to adopt its VIPs.
+pub const V1_PREFIX: &str = "/causeway/v1/";
 
 const CLUSTERS: &str = "clusters";
+const DRILLS: &str = "drills";
+
+const INFO: &str = "info";
 const EXPORTS: &str = "exports";
 const SYNCED: &str = "synced";
 const HEALTH: &str = "health";
-const DRILLS: &str = "drills";
 const VIPS: &str = "vips";
 const ELECTION: &str = "election";
 
-const KINDS: [&str; 7] = [CLUSTERS, EXPORTS, SYNCED, HEALTH, DRILLS, VIPS, ELECTION];
+const TOP: [&str; 2] = [CLUSTERS, DRILLS];
+const KINDS: [&str; 6] = [INFO, EXPORTS, SYNCED, HEALTH, VIPS, ELECTION];
 
 // === impl Key ===
 
@@ -34,28 +44,31 @@ const KINDS: [&str; 7] = [CLUSTERS, EXPORTS, SYNCED, HEALTH, DRILLS, VIPS, ELECT
 /// [`Key::Drill`] are not checked on construction) displays as a key that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
-    /// `clusters/<cluster>`
+    /// `clusters/<cluster>/info`
     Cluster(ClusterId),
-    /// `exports/<ns>/<svc>/<cluster>`
+    /// `clusters/<cluster>/exports/<ns>/<svc>`
     Export {
         service: ServiceKey,
         cluster: ClusterId,
     },
-    /// `synced/<cluster>`
+    /// `clusters/<cluster>/synced`
     Synced(ClusterId),
-    /// `health/<observer>/<cluster>`
+    /// `clusters/<observer>/health/<cluster>`
     Health {
         observer: ClusterId,
         cluster: ClusterId,
     },
     /// `drills/<id>`, the ID an RFC 1123 label.
     Drill(String),
-    /// `vips/<ns>/<svc>`
-    Vip(ServiceKey),
-    /// `election/<cluster>/<suffix>`: the keys etcd's election API creates under
+    /// `clusters/<cluster>/vips/<ns>/<svc>`: the address `cluster` gives an import.
+    Vip {
+        cluster: ClusterId,
+        service: ServiceKey,
+    },
+    /// `clusters/<cluster>/election/<suffix>`: the keys etcd's election API creates under
     /// [`election_prefix`] (it appends `/<lease ID>`). The suffix is anything, `/` included, and
-    /// may be empty (`election/<cluster>/`); `election/<cluster>` without the `/` is rejected so
-    /// that parsing and displaying stay lossless.
+    /// may be empty (`.../election/`); `.../election` without the `/` is rejected so that
+    /// parsing and displaying stay lossless.
     Election { cluster: ClusterId, suffix: String },
 }
 
@@ -69,85 +82,122 @@ impl Key {
         let rest = key
             .strip_prefix(PREFIX)
             .ok_or_else(|| err(format!("does not start with {PREFIX:?}")))?;
-        let (kind, tail) = match rest.split_once('/') {
-            Some((kind, tail)) => (kind, Some(tail)),
+        let (top, tail) = match rest.split_once('/') {
+            Some((top, tail)) => (top, Some(tail)),
             None => (rest, None),
         };
-        if kind.is_empty() {
-            return Err(err(format!("no kind after {PREFIX:?}")));
-        }
         let cluster =
             |what: &str, id: &str| ClusterId::new(id).map_err(|e| err(format!("{what}: {e}")));
         let service =
             |ns: &str, name: &str| ServiceKey::new(ns, name).map_err(|e| err(e.to_string()));
-        match kind {
-            CLUSTERS => {
-                let [c] = segments(kind, tail, ["<cluster>"]).map_err(err)?;
-                Ok(Key::Cluster(cluster("cluster", c)?))
-            }
-            EXPORTS => {
-                let [ns, svc, c] =
-                    segments(kind, tail, ["<ns>", "<svc>", "<cluster>"]).map_err(err)?;
-                Ok(Key::Export {
-                    service: service(ns, svc)?,
-                    cluster: cluster("cluster", c)?,
-                })
-            }
-            SYNCED => {
-                let [c] = segments(kind, tail, ["<cluster>"]).map_err(err)?;
-                Ok(Key::Synced(cluster("cluster", c)?))
-            }
-            HEALTH => {
-                let [observer, c] =
-                    segments(kind, tail, ["<observer>", "<cluster>"]).map_err(err)?;
-                Ok(Key::Health {
-                    observer: cluster("observer", observer)?,
-                    cluster: cluster("cluster", c)?,
-                })
-            }
+        match top {
+            "" => Err(err(format!("nothing after {PREFIX:?}"))),
             DRILLS => {
-                let [id] = segments(kind, tail, ["<id>"]).map_err(err)?;
+                let [id] = segments(DRILLS, tail, ["<id>"]).map_err(err)?;
                 validate_dns_label("drill ID", id).map_err(|e| err(e.to_string()))?;
                 Ok(Key::Drill(id.to_string()))
             }
-            VIPS => {
-                let [ns, svc] = segments(kind, tail, ["<ns>", "<svc>"]).map_err(err)?;
-                Ok(Key::Vip(service(ns, svc)?))
-            }
-            ELECTION => {
-                let layout = "election keys are election/<cluster>/<suffix>";
-                let (c, suffix) = match tail {
+            CLUSTERS => {
+                let layout = "cluster keys are clusters/<cluster>/<kind>/...";
+                let (c, after) = match tail {
                     None => return Err(err(format!("missing <cluster>: {layout}"))),
-                    Some(tail) => tail
-                        .split_once('/')
-                        .ok_or_else(|| err(format!("missing '/' after the cluster: {layout}")))?,
+                    Some(t) => match t.split_once('/') {
+                        Some((c, after)) => (c, Some(after)),
+                        None => (t, None),
+                    },
                 };
                 if c.is_empty() {
                     return Err(err(format!("empty <cluster> segment: {layout}")));
                 }
-                Ok(Key::Election {
-                    cluster: cluster("cluster", c)?,
-                    suffix: suffix.to_string(),
-                })
+                let owner = cluster("cluster", c)?;
+                let (kind, tail) = match after {
+                    None => return Err(err(format!("missing <kind> after the cluster: {layout}"))),
+                    Some(a) => match a.split_once('/') {
+                        Some((k, t)) => (k, Some(t)),
+                        None => (a, None),
+                    },
+                };
+                match kind {
+                    INFO | SYNCED => {
+                        if tail.is_some() {
+                            return Err(err(format!("nothing may follow {kind:?}")));
+                        }
+                        Ok(if kind == INFO {
+                            Key::Cluster(owner)
+                        } else {
+                            Key::Synced(owner)
+                        })
+                    }
+                    EXPORTS => {
+                        let [ns, svc] = segments(EXPORTS, tail, ["<ns>", "<svc>"]).map_err(err)?;
+                        Ok(Key::Export {
+                            service: service(ns, svc)?,
+                            cluster: owner,
+                        })
+                    }
+                    VIPS => {
+                        let [ns, svc] = segments(VIPS, tail, ["<ns>", "<svc>"]).map_err(err)?;
+                        Ok(Key::Vip {
+                            cluster: owner,
+                            service: service(ns, svc)?,
+                        })
+                    }
+                    HEALTH => {
+                        let [peer] = segments(HEALTH, tail, ["<cluster>"]).map_err(err)?;
+                        Ok(Key::Health {
+                            observer: owner,
+                            cluster: cluster("cluster", peer)?,
+                        })
+                    }
+                    ELECTION => match tail {
+                        Some(suffix) => Ok(Key::Election {
+                            cluster: owner,
+                            suffix: suffix.to_string(),
+                        }),
+                        None => Err(err(
+                            "missing '/' after \"election\": election keys are clusters/<cluster>/election/<suffix>"
+                                .to_string(),
+                        )),
+                    },
+                    "" => Err(err(format!("empty <kind> segment: {layout}"))),
+                    other => Err(err(format!(
+                        "unknown kind {other:?}, expected one of {}",
+                        KINDS.join(", ")
+                    ))),
+                }
             }
             other => Err(err(format!(
-                "unknown kind {other:?}, expected one of {}",
-                KINDS.join(", ")
+                "unknown {other:?}, expected one of {}",
+                TOP.join(", ")
             ))),
         }
     }
 
-    /// The kind segment of the key: `clusters`, `exports`, `synced`, `health`, `drills`, `vips`
-    /// or `election`.
+    /// The kind of the key: `info`, `exports`, `synced`, `health`, `vips`, `election` (under a
+    /// cluster) or `drills`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Key::Cluster(_) => CLUSTERS,
+            Key::Cluster(_) => INFO,
             Key::Export { .. } => EXPORTS,
             Key::Synced(_) => SYNCED,
             Key::Health { .. } => HEALTH,
             Key::Drill(_) => DRILLS,
-            Key::Vip(_) => VIPS,
+            Key::Vip { .. } => VIPS,
             Key::Election { .. } => ELECTION,
+        }
+    }
+
+    /// The cluster under whose prefix the key lives (the only one etcd lets write it, with the
+    /// roles of docs/security.md); `None` for drills.
+    pub fn owner(&self) -> Option<&ClusterId> {
+        match self {
+            Key::Cluster(c)
+            | Key::Synced(c)
+            | Key::Export { cluster: c, .. }
+            | Key::Vip { cluster: c, .. }
+            | Key::Election { cluster: c, .. } => Some(c),
+            Key::Health { observer, .. } => Some(observer),
+            Key::Drill(_) => None,
         }
     }
 }
@@ -158,7 +208,7 @@ fn segments<'k, const N: usize>(
     tail: Option<&'k str>,
     names: [&str; N],
 ) -> Result<[&'k str; N], String> {
-    let layout = format!("{kind} keys are {kind}/{}", names.join("/"));
+    let layout = format!("{kind} keys are .../{kind}/{}", names.join("/"));
     let found: Vec<&str> = tail.map(|t| t.split('/').collect()).unwrap_or_default();
     if found.len() != N {
         return Err(format!(
@@ -195,20 +245,14 @@ impl FromStr for Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Key::Cluster(c) => write!(f, "{PREFIX}{CLUSTERS}/{c}"),
-            Key::Export { service, cluster } => write!(
-                f,
-                "{PREFIX}{EXPORTS}/{}/{}/{cluster}",
-                service.namespace, service.name
-            ),
-            Key::Synced(c) => write!(f, "{PREFIX}{SYNCED}/{c}"),
-            Key::Health { observer, cluster } => {
-                write!(f, "{PREFIX}{HEALTH}/{observer}/{cluster}")
-            }
-            Key::Drill(id) => write!(f, "{PREFIX}{DRILLS}/{id}"),
-            Key::Vip(s) => write!(f, "{PREFIX}{VIPS}/{}/{}", s.namespace, s.name),
+            Key::Cluster(c) => f.write_str(&cluster_key(c)),
+            Key::Export { service, cluster } => f.write_str(&export_key(service, cluster)),
+            Key::Synced(c) => f.write_str(&synced_key(c)),
+            Key::Health { observer, cluster } => f.write_str(&health_key(observer, cluster)),
+            Key::Drill(id) => f.write_str(&drill_key(id)),
+            Key::Vip { cluster, service } => f.write_str(&vip_key(cluster, service)),
             Key::Election { cluster, suffix } => {
-                write!(f, "{PREFIX}{ELECTION}/{cluster}/{suffix}")
+                write!(f, "{}/{suffix}", election_prefix(cluster))
             }
         }
     }
@@ -226,66 +270,103 @@ pub struct KeyError {
 // === Builders ===
 
 pub fn cluster_key(c: &ClusterId) -> String {
-    format!("{PREFIX}{CLUSTERS}/{c}")
+    format!("{PREFIX}{CLUSTERS}/{c}/{INFO}")
 }
 
 pub fn export_key(s: &ServiceKey, c: &ClusterId) -> String {
-    format!("{PREFIX}{EXPORTS}/{}/{}/{c}", s.namespace, s.name)
+    format!(
+        "{PREFIX}{CLUSTERS}/{c}/{EXPORTS}/{}/{}",
+        s.namespace, s.name
+    )
 }
 
 pub fn synced_key(c: &ClusterId) -> String {
-    format!("{PREFIX}{SYNCED}/{c}")
+    format!("{PREFIX}{CLUSTERS}/{c}/{SYNCED}")
 }
 
 pub fn health_key(observer: &ClusterId, c: &ClusterId) -> String {
-    format!("{PREFIX}{HEALTH}/{observer}/{c}")
+    format!("{PREFIX}{CLUSTERS}/{observer}/{HEALTH}/{c}")
 }
 
 pub fn drill_key(id: &str) -> String {
     format!("{PREFIX}{DRILLS}/{id}")
 }
 
-pub fn vip_key(s: &ServiceKey) -> String {
-    format!("{PREFIX}{VIPS}/{}/{}", s.namespace, s.name)
+pub fn vip_key(c: &ClusterId, s: &ServiceKey) -> String {
+    format!("{PREFIX}{CLUSTERS}/{c}/{VIPS}/{}/{}", s.namespace, s.name)
 }
 
-/// The election name of a cluster's federators, `/causeway/v1/election/<c>`, without a trailing
-/// `/`: etcd's election API appends `/<lease ID>` itself.
+/// The election name of a cluster's federators, `/causeway/v2/clusters/<c>/election`, without
+/// a trailing `/`: etcd's election API appends `/<lease ID>` itself.
 pub fn election_prefix(c: &ClusterId) -> String {
-    format!("{PREFIX}{ELECTION}/{c}")
+    format!("{PREFIX}{CLUSTERS}/{c}/{ELECTION}")
 }
 
-// === Prefixes for range reads and watches ===
+// === Prefixes for range reads, watches and etcd roles ===
 //
-// All end with `/`, so that e.g. the exports of `ns/web` do not include those of `ns/web2`.
+// All end with `/`, so that e.g. the keys of `east` do not include those of `east2`.
 
 pub fn clusters_prefix() -> String {
     format!("{PREFIX}{CLUSTERS}/")
 }
 
-pub fn exports_prefix() -> String {
-    format!("{PREFIX}{EXPORTS}/")
+/// Everything cluster `c` writes: the prefix its etcd role may write.
+pub fn cluster_prefix(c: &ClusterId) -> String {
+    format!("{PREFIX}{CLUSTERS}/{c}/")
 }
 
-/// The exports of one service by every cluster.
-pub fn service_exports_prefix(s: &ServiceKey) -> String {
-    format!("{PREFIX}{EXPORTS}/{}/{}/", s.namespace, s.name)
-}
-
-pub fn health_prefix() -> String {
-    format!("{PREFIX}{HEALTH}/")
+/// The exports of cluster `c`.
+pub fn cluster_exports_prefix(c: &ClusterId) -> String {
+    format!("{PREFIX}{CLUSTERS}/{c}/{EXPORTS}/")
 }
 
 pub fn drills_prefix() -> String {
     format!("{PREFIX}{DRILLS}/")
 }
 
-pub fn vips_prefix() -> String {
-    format!("{PREFIX}{VIPS}/")
+/// Schema v1's ClusterSetIPs, `/causeway/v1/vips/`, which one federation shared.
+pub fn v1_vips_prefix() -> String {
+    format!("{V1_PREFIX}{VIPS}/")
 }
 
-pub fn synced_prefix() -> String {
-    format!("{PREFIX}{SYNCED}/")
+/// Schema v1's key of `s`'s ClusterSetIP, `/causeway/v1/vips/<ns>/<svc>`.
+pub fn v1_vip_key(s: &ServiceKey) -> String {
+    format!("{}{}/{}", v1_vips_prefix(), s.namespace, s.name)
+}
+
+// === etcd roles ===
+
+/// The etcd user (and role) an operator's tools use: drills.
+pub const OPERATOR_ROLE: &str = "operator";
+
+/// One etcd role of the schema, granted to the user of the same name; with etcd's
+/// `--client-cert-auth` a client certificate's common name is its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdRole {
+    pub name: String,
+    /// Key prefixes the role may read and write.
+    pub readwrite: Vec<String>,
+    /// Key prefixes the role may only read.
+    pub read: Vec<String>,
+}
+
+/// `cluster-<c>`: writes `clusters/<c>/` alone, reads the whole schema (and v1's VIPs, which an
+/// upgraded federator adopts).
+pub fn cluster_role(c: &ClusterId) -> EtcdRole {
+    EtcdRole {
+        name: format!("cluster-{c}"),
+        readwrite: vec![cluster_prefix(c)],
+        read: vec![PREFIX.to_string(), v1_vips_prefix()],
+    }
+}
+
+/// `operator`: writes `drills/` alone, reads the whole schema.
+pub fn operator_role() -> EtcdRole {
+    EtcdRole {
+        name: OPERATOR_ROLE.to_string(),
+        readwrite: vec![drills_prefix()],
+        read: vec![PREFIX.to_string()],
+    }
 }
 
 // === Values ===
@@ -298,8 +379,8 @@ pub struct ValueError {
     pub reason: String,
 }
 
-/// Encodes a value as JSON, adding `"schema": 1` to JSON objects that do not carry a `schema`
-/// field themselves (the model's records do, defaulting to 1).
+/// Encodes a value as JSON, adding `"schema": 2` to JSON objects that do not carry a `schema`
+/// field themselves (the model's records do, defaulting to 2).
 ///
 /// # Panics
 ///
@@ -313,7 +394,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(&json).expect("a JSON value serializes")
 }
 
-/// Decodes the JSON value of `key`. Unknown fields are ignored; a `schema` other than 1 is
+/// Decodes the JSON value of `key`. Unknown fields are ignored; a `schema` other than 2 is
 /// rejected (a missing one is left to `T`'s default).
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ValueError> {
     let err = |reason: String| ValueError {
@@ -363,7 +444,10 @@ mod tests {
                 cluster: c("west"),
             },
             Key::Drill("drill-0a1b".to_string()),
-            Key::Vip(svc("shop", "cart")),
+            Key::Vip {
+                cluster: c("east"),
+                service: svc("shop", "cart"),
+            },
             Key::Election {
                 cluster: c("east"),
                 suffix: "694d7a1b2c3d4e5f".to_string(),
@@ -387,83 +471,63 @@ mod tests {
             assert_eq!(Key::parse(&text), Ok(key.clone()), "{text}");
             assert_eq!(parse_bytes(text.as_bytes()), Ok(key.clone()), "{text}");
             assert_eq!(text.parse::<Key>(), Ok(key.clone()), "{text}");
-            // Parsing then displaying gives the same text back.
             assert_eq!(Key::parse(&text).unwrap().to_string(), text);
-        }
-    }
-
-    #[test]
-    fn builders_match_display() {
-        let (east, west, cart) = (c("east"), c("west"), svc("shop", "cart"));
-        let cases = [
-            (cluster_key(&east), Key::Cluster(east.clone())),
-            (
-                export_key(&cart, &west),
-                Key::Export {
-                    service: cart.clone(),
-                    cluster: west.clone(),
-                },
-            ),
-            (synced_key(&east), Key::Synced(east.clone())),
-            (
-                health_key(&east, &west),
-                Key::Health {
-                    observer: east.clone(),
-                    cluster: west.clone(),
-                },
-            ),
-            (drill_key("d1"), Key::Drill("d1".to_string())),
-            (vip_key(&cart), Key::Vip(cart.clone())),
-        ];
-        for (built, key) in cases {
-            assert_eq!(built, key.to_string());
         }
     }
 
     #[test]
     fn literal_keys() {
         let (east, west, cart) = (c("east"), c("west"), svc("shop", "cart"));
-        assert_eq!(cluster_key(&east), "/causeway/v1/clusters/east");
+        assert_eq!(cluster_key(&east), "/causeway/v2/clusters/east/info");
         assert_eq!(
             export_key(&cart, &west),
-            "/causeway/v1/exports/shop/cart/west"
+            "/causeway/v2/clusters/west/exports/shop/cart"
         );
-        assert_eq!(synced_key(&east), "/causeway/v1/synced/east");
-        assert_eq!(health_key(&east, &west), "/causeway/v1/health/east/west");
-        assert_eq!(drill_key("d1"), "/causeway/v1/drills/d1");
-        assert_eq!(vip_key(&cart), "/causeway/v1/vips/shop/cart");
-        assert_eq!(election_prefix(&east), "/causeway/v1/election/east");
-        assert_eq!(clusters_prefix(), "/causeway/v1/clusters/");
-        assert_eq!(exports_prefix(), "/causeway/v1/exports/");
+        assert_eq!(synced_key(&east), "/causeway/v2/clusters/east/synced");
         assert_eq!(
-            service_exports_prefix(&cart),
-            "/causeway/v1/exports/shop/cart/"
+            health_key(&east, &west),
+            "/causeway/v2/clusters/east/health/west"
         );
-        assert_eq!(health_prefix(), "/causeway/v1/health/");
-        assert_eq!(drills_prefix(), "/causeway/v1/drills/");
-        assert_eq!(vips_prefix(), "/causeway/v1/vips/");
-        assert_eq!(synced_prefix(), "/causeway/v1/synced/");
+        assert_eq!(drill_key("d1"), "/causeway/v2/drills/d1");
+        assert_eq!(
+            vip_key(&east, &cart),
+            "/causeway/v2/clusters/east/vips/shop/cart"
+        );
+        assert_eq!(
+            election_prefix(&east),
+            "/causeway/v2/clusters/east/election"
+        );
+        assert_eq!(clusters_prefix(), "/causeway/v2/clusters/");
+        assert_eq!(cluster_prefix(&east), "/causeway/v2/clusters/east/");
+        assert_eq!(
+            cluster_exports_prefix(&east),
+            "/causeway/v2/clusters/east/exports/"
+        );
+        assert_eq!(drills_prefix(), "/causeway/v2/drills/");
     }
 
     #[test]
-    fn keys_fall_under_their_prefixes() {
-        let (east, west, cart) = (c("east"), c("west"), svc("shop", "cart"));
-        assert!(cluster_key(&east).starts_with(&clusters_prefix()));
-        assert!(export_key(&cart, &west).starts_with(&exports_prefix()));
-        assert!(export_key(&cart, &west).starts_with(&service_exports_prefix(&cart)));
-        assert!(synced_key(&east).starts_with(&synced_prefix()));
-        assert!(health_key(&east, &west).starts_with(&health_prefix()));
-        assert!(drill_key("d1").starts_with(&drills_prefix()));
-        assert!(vip_key(&cart).starts_with(&vips_prefix()));
-        // A service whose name extends another's is not under the other's prefix.
-        let cart2 = svc("shop", "cart2");
-        assert!(!export_key(&cart2, &west).starts_with(&service_exports_prefix(&cart)));
+    fn every_cluster_key_is_under_its_owners_prefix_and_no_one_elses() {
+        let east2 = c("east2");
+        for key in every_variant() {
+            let text = key.to_string();
+            match key.owner() {
+                Some(owner) => {
+                    assert!(text.starts_with(&cluster_prefix(owner)), "{text}");
+                    assert!(!text.starts_with(&cluster_prefix(&east2)), "{text}");
+                    assert!(!text.starts_with(&drills_prefix()), "{text}");
+                }
+                None => assert!(text.starts_with(&drills_prefix()), "{text}"),
+            }
+        }
+        // `east`'s prefix does not hold `east2`'s keys.
+        assert!(!cluster_key(&east2).starts_with(&cluster_prefix(&c("east"))));
         // What the election API creates parses as an election key of that cluster.
-        let campaign = format!("{}/694d7a1b2c3d4e5f", election_prefix(&east));
+        let campaign = format!("{}/694d7a1b2c3d4e5f", election_prefix(&c("east")));
         assert_eq!(
             Key::parse(&campaign),
             Ok(Key::Election {
-                cluster: east,
+                cluster: c("east"),
                 suffix: "694d7a1b2c3d4e5f".to_string()
             })
         );
@@ -475,110 +539,131 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "clusters", "exports", "synced", "health", "drills", "vips", "election",
-                "election", "election"
+                "info", "exports", "synced", "health", "drills", "vips", "election", "election",
+                "election"
             ]
         );
-        for key in every_variant() {
-            assert!(key
-                .to_string()
-                .starts_with(&format!("{PREFIX}{}/", key.kind())));
-        }
+    }
+
+    #[test]
+    fn v1_vip_keys_are_where_v1_put_them() {
+        assert_eq!(
+            v1_vip_key(&svc("shop", "cart")),
+            "/causeway/v1/vips/shop/cart"
+        );
     }
 
     #[test]
     fn malformed_keys_are_rejected_naming_the_key() {
         let long = "a".repeat(64);
-        let too_long_cluster = format!("/causeway/v1/clusters/{long}");
-        let too_long_drill = format!("/causeway/v1/drills/{long}");
+        let too_long_cluster = format!("/causeway/v2/clusters/{long}/info");
+        let too_long_drill = format!("/causeway/v2/drills/{long}");
         let cases: &[(&str, &str)] = &[
             // prefix
             ("", "does not start with"),
-            ("clusters/east", "does not start with"),
-            ("/causeway/v2/clusters/east", "does not start with"),
-            ("/causeway/v1", "does not start with"),
-            ("/Causeway/v1/clusters/east", "does not start with"),
-            // kind
-            ("/causeway/v1/", "no kind"),
-            ("/causeway/v1//east", "no kind"),
-            ("/causeway/v1/widgets/east", "unknown kind \"widgets\""),
-            ("/causeway/v1/cluster/east", "unknown kind \"cluster\""),
-            ("/causeway/v1/Clusters/east", "unknown kind"),
+            ("clusters/east/info", "does not start with"),
+            ("/causeway/v1/clusters/east", "does not start with"),
+            ("/causeway/v2", "does not start with"),
+            ("/Causeway/v2/clusters/east/info", "does not start with"),
+            // top level
+            ("/causeway/v2/", "nothing after"),
+            ("/causeway/v2/widgets/east", "unknown \"widgets\""),
+            ("/causeway/v2/exports/shop/cart/east", "unknown \"exports\""),
+            // cluster part
+            ("/causeway/v2/clusters", "missing <cluster>"),
+            ("/causeway/v2/clusters/", "empty <cluster> segment"),
+            ("/causeway/v2/clusters//info", "empty <cluster> segment"),
+            ("/causeway/v2/clusters/east", "missing <kind>"),
+            ("/causeway/v2/clusters/east/", "empty <kind> segment"),
+            (
+                "/causeway/v2/clusters/east/widgets",
+                "unknown kind \"widgets\"",
+            ),
+            (
+                "/causeway/v2/clusters/east/info/x",
+                "nothing may follow \"info\"",
+            ),
+            (
+                "/causeway/v2/clusters/east/synced/",
+                "nothing may follow \"synced\"",
+            ),
             // segment counts
             (
-                "/causeway/v1/clusters",
-                "expected 1 segment(s) after \"clusters/\", found 0",
+                "/causeway/v2/clusters/east/exports/shop",
+                "expected 2 segment(s)",
             ),
-            ("/causeway/v1/clusters/east/x", "found 2"),
-            ("/causeway/v1/clusters/east/", "found 2"),
-            ("/causeway/v1/exports/shop/cart", "expected 3 segment(s)"),
-            ("/causeway/v1/exports/shop/cart/east/x", "found 4"),
-            ("/causeway/v1/synced", "found 0"),
-            ("/causeway/v1/synced/east/west", "found 2"),
-            ("/causeway/v1/health/east", "expected 2 segment(s)"),
-            ("/causeway/v1/health/east/west/x", "found 3"),
-            ("/causeway/v1/drills", "found 0"),
-            ("/causeway/v1/drills/a/b", "found 2"),
-            ("/causeway/v1/vips/shop", "expected 2 segment(s)"),
-            ("/causeway/v1/vips/shop/cart/x", "found 3"),
-            ("/causeway/v1/election", "missing <cluster>"),
+            ("/causeway/v2/clusters/east/exports", "found 0"),
+            ("/causeway/v2/clusters/east/exports/shop/cart/x", "found 3"),
+            ("/causeway/v2/clusters/east/health", "found 0"),
+            ("/causeway/v2/clusters/east/health/west/x", "found 2"),
+            ("/causeway/v2/drills", "found 0"),
+            ("/causeway/v2/drills/a/b", "found 2"),
             (
-                "/causeway/v1/election/east",
-                "missing '/' after the cluster",
+                "/causeway/v2/clusters/east/vips/shop",
+                "expected 2 segment(s)",
+            ),
+            (
+                "/causeway/v2/clusters/east/election",
+                "missing '/' after \"election\"",
             ),
             // empty segments
-            ("/causeway/v1/clusters/", "empty <cluster> segment"),
-            ("/causeway/v1/exports//cart/east", "empty <ns> segment"),
-            ("/causeway/v1/exports/shop//east", "empty <svc> segment"),
-            ("/causeway/v1/exports/shop/cart/", "empty <cluster> segment"),
-            ("/causeway/v1/health//west", "empty <observer> segment"),
-            ("/causeway/v1/health/east/", "empty <cluster> segment"),
-            ("/causeway/v1/drills/", "empty <id> segment"),
-            ("/causeway/v1/vips/shop/", "empty <svc> segment"),
-            ("/causeway/v1/election//x", "empty <cluster> segment"),
+            (
+                "/causeway/v2/clusters/east/exports//cart",
+                "empty <ns> segment",
+            ),
+            (
+                "/causeway/v2/clusters/east/exports/shop/",
+                "empty <svc> segment",
+            ),
+            (
+                "/causeway/v2/clusters/east/health/",
+                "empty <cluster> segment",
+            ),
+            ("/causeway/v2/drills/", "empty <id> segment"),
+            (
+                "/causeway/v2/clusters/east/vips/shop/",
+                "empty <svc> segment",
+            ),
             // invalid labels
-            ("/causeway/v1/clusters/East", "invalid cluster ID \"East\""),
             (
-                "/causeway/v1/clusters/-east",
+                "/causeway/v2/clusters/East/info",
+                "invalid cluster ID \"East\"",
+            ),
+            (
+                "/causeway/v2/clusters/-east/info",
                 "start and end with an alphanumeric",
             ),
             (
-                "/causeway/v1/clusters/east-",
-                "start and end with an alphanumeric",
+                "/causeway/v2/clusters/ea_st/info",
+                "lower case alphanumeric",
             ),
-            ("/causeway/v1/clusters/ea_st", "lower case alphanumeric"),
-            ("/causeway/v1/clusters/ea.st", "lower case alphanumeric"),
+            (
+                "/causeway/v2/clusters/ea.st/info",
+                "lower case alphanumeric",
+            ),
             (&too_long_cluster, "at most 63 characters"),
             (
-                "/causeway/v1/exports/Shop/cart/east",
+                "/causeway/v2/clusters/east/exports/Shop/cart",
                 "invalid namespace \"Shop\"",
             ),
             (
-                "/causeway/v1/exports/shop/cart!/east",
+                "/causeway/v2/clusters/east/exports/shop/cart!",
                 "invalid service name \"cart!\"",
             ),
+            ("/causeway/v2/clusters/e ast/synced", "invalid cluster ID"),
             (
-                "/causeway/v1/exports/shop/cart/EAST",
-                "invalid cluster ID \"EAST\"",
-            ),
-            ("/causeway/v1/synced/e ast", "invalid cluster ID"),
-            (
-                "/causeway/v1/health/East/west",
-                "observer: invalid cluster ID \"East\"",
-            ),
-            (
-                "/causeway/v1/health/east/West",
+                "/causeway/v2/clusters/east/health/West",
                 "cluster: invalid cluster ID \"West\"",
             ),
-            ("/causeway/v1/drills/Drill", "invalid drill ID \"Drill\""),
-            ("/causeway/v1/drills/-d", "invalid drill ID"),
+            ("/causeway/v2/drills/Drill", "invalid drill ID \"Drill\""),
+            ("/causeway/v2/drills/-d", "invalid drill ID"),
             (&too_long_drill, "invalid drill ID"),
             (
-                "/causeway/v1/vips/shop/Cart",
+                "/causeway/v2/clusters/east/vips/shop/Cart",
                 "invalid service name \"Cart\"",
             ),
             (
-                "/causeway/v1/election/East/x",
+                "/causeway/v2/clusters/East/election/x",
                 "invalid cluster ID \"East\"",
             ),
         ];
@@ -591,26 +676,21 @@ mod tests {
                 "{msg}"
             );
             assert!(err.reason.contains(reason), "{key}: {msg}");
-            // The same through the bytes entry point.
             assert_eq!(parse_bytes(key.as_bytes()), Err(err));
         }
     }
 
     #[test]
     fn non_utf8_keys_are_rejected() {
-        let key = b"/causeway/v1/clusters/ea\xffst";
+        let key = b"/causeway/v2/clusters/ea\xffst/info";
         let err = parse_bytes(key).unwrap_err();
-        assert_eq!(err.key, "/causeway/v1/clusters/ea\u{fffd}st");
+        assert_eq!(err.key, "/causeway/v2/clusters/ea\u{fffd}st/info");
         assert!(err.reason.contains("not valid UTF-8"), "{err}");
-        assert!(
-            err.to_string().contains("/causeway/v1/clusters/ea"),
-            "{err}"
-        );
     }
 
     fn export_record() -> ExportRecord {
         ExportRecord {
-            schema: 1,
+            schema: 2,
             ports: vec![
                 ServicePort {
                     name: "http".to_string(),
@@ -651,7 +731,7 @@ mod tests {
         let record = export_record();
         let bytes = encode(&record);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(json["schema"], 1);
+        assert_eq!(json["schema"], 2);
         assert_eq!(json["type"], "Headless");
         assert_eq!(decode::<ExportRecord>(&key, &bytes), Ok(record));
     }
@@ -663,29 +743,29 @@ mod tests {
             x: u8,
         }
         let json: serde_json::Value = serde_json::from_slice(&encode(&Bare { x: 1 })).unwrap();
-        assert_eq!(json, serde_json::json!({ "schema": 1, "x": 1 }));
+        assert_eq!(json, serde_json::json!({ "schema": 2, "x": 1 }));
     }
 
     #[test]
     fn decode_ignores_unknown_fields() {
-        let bytes = br#"{"schema":1,"ip":"10.9.0.1","color":"blue","nested":{"a":[1,2]}}"#;
-        let vip: VipRecord = decode("/causeway/v1/vips/shop/cart", bytes).unwrap();
+        let bytes = br#"{"schema":2,"ip":"10.9.0.1","color":"blue","nested":{"a":[1,2]}}"#;
+        let vip: VipRecord = decode("/causeway/v2/clusters/east/vips/shop/cart", bytes).unwrap();
         assert_eq!(vip.ip, "10.9.0.1".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]
-    fn decode_defaults_a_missing_schema_to_1() {
+    fn decode_defaults_a_missing_schema_to_2() {
         let bytes = br#"{"created_unix_ms":5}"#;
-        let record: ExportRecord = decode("/causeway/v1/exports/a/b/c", bytes).unwrap();
-        assert_eq!(record.schema, 1);
+        let record: ExportRecord = decode("/causeway/v2/clusters/c/exports/a/b", bytes).unwrap();
+        assert_eq!(record.schema, 2);
         assert_eq!(record.created_unix_ms, 5);
         assert!(record.ports.is_empty());
     }
 
     #[test]
     fn decode_rejects_other_schemas_naming_the_key() {
-        let key = "/causeway/v1/clusters/east";
-        for schema in ["2", "0", "\"1\"", "1.5", "null"] {
+        let key = "/causeway/v2/clusters/east/info";
+        for schema in ["1", "3", "0", "\"2\"", "2.5", "null"] {
             let bytes = format!(r#"{{"schema":{schema},"trust_domain":"east.example"}}"#);
             let err = decode::<ClusterRecord>(key, bytes.as_bytes()).unwrap_err();
             assert_eq!(err.key, key);
@@ -696,11 +776,11 @@ mod tests {
 
     #[test]
     fn decode_reports_serde_errors_naming_the_key() {
-        let key = "/causeway/v1/exports/shop/cart/east";
+        let key = "/causeway/v2/clusters/east/exports/shop/cart";
         let cases: &[(&[u8], &str)] = &[
             (b"", "invalid JSON"),
             (b"{not json", "invalid JSON"),
-            (br#"{"schema":1}"#, "missing field `created_unix_ms`"),
+            (br#"{"schema":2}"#, "missing field `created_unix_ms`"),
             (br#"{"created_unix_ms":"soon"}"#, "invalid type"),
             (
                 br#"{"created_unix_ms":1,"type":"LoadBalancer"}"#,

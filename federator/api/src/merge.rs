@@ -218,7 +218,7 @@ mod tests {
 
     fn export(created_unix_ms: i64, ports: Vec<ServicePort>) -> ExportRecord {
         ExportRecord {
-            schema: 1,
+            schema: crate::SCHEMA_VERSION,
             ports,
             service_type: ServiceType::ClusterSetIP,
             session_affinity: SessionAffinity::None,

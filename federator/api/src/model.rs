@@ -1,7 +1,7 @@
 //! The federation model: clusters, service keys, exports, imports, health.
 //!
-//! These are also the JSON values stored under `/causeway/v1/` (DESIGN.md "etcd key schema");
-//! every stored value carries `"schema": 1` and unknown fields are ignored.
+//! These are also the JSON values stored under `/causeway/v2/` (DESIGN.md "etcd key schema (v2)");
+//! every stored value carries `"schema": 2` and unknown fields are ignored.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,10 +10,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the JSON values under `/causeway/v1/`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the JSON values under `/causeway/v2/`.
+pub const SCHEMA_VERSION: u32 = 2;
 
-fn schema_v1() -> u32 {
+fn schema_v2() -> u32 {
     SCHEMA_VERSION
 }
 
@@ -262,7 +262,7 @@ fn default_true() -> bool {
 /// Value of `clusters/<cluster>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     /// `host:port` of the cluster's gateway mTLS (peer) listener(s).
     #[serde(default)]
@@ -281,7 +281,7 @@ pub struct ClusterRecord {
 /// Value of `exports/<ns>/<svc>/<cluster>`: one cluster's export of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
@@ -388,7 +388,7 @@ pub struct RateLimit {
 /// Value of `synced/<cluster>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncedRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     pub revision: i64,
 }
@@ -396,7 +396,7 @@ pub struct SyncedRecord {
 /// Value of `health/<observer>/<cluster>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     pub up: bool,
     #[serde(default)]
@@ -408,7 +408,7 @@ pub struct HealthRecord {
 /// Value of `drills/<id>`: drain `service` in `cluster` while the key lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     pub service: ServiceKey,
     pub cluster: ClusterId,
@@ -419,7 +419,7 @@ pub struct DrillRecord {
 /// Value of `vips/<ns>/<svc>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipRecord {
-    #[serde(default = "schema_v1")]
+    #[serde(default = "schema_v2")]
     pub schema: u32,
     pub ip: IpAddr,
 }

@@ -566,65 +566,119 @@ async fn mesh_dns_answers_follow_the_exports() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A CA, an etcd server certificate for 127.0.0.1 and a client certificate, as PEM files.
-fn etcd_pki(dir: &std::path::Path) -> anyhow::Result<causeway_e2e::EtcdTls> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-    };
+/// An etcd client as `user` of `pki`.
+async fn etcd_as(
+    etcd: &EtcdServer,
+    pki: &causeway_e2e::EtcdPki,
+    user: &str,
+) -> anyhow::Result<etcd_client::Client> {
+    let (cert, key) = pki.client(user);
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca)?))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    let opts = etcd_client::ConnectOptions::new()
+        .with_tls(tls)
+        .with_timeout(Duration::from_secs(5));
+    Ok(etcd_client::Client::connect(etcd.endpoints(), Some(opts)).await?)
+}
 
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![name.to_string()])?;
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse()?));
-        p.extended_key_usages = vec![usage];
-        Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
-    };
-    let (server_pem, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
-    let (client_pem, client_key) = leaf("causeway-federator", ExtendedKeyUsagePurpose::ClientAuth)?;
-    let write = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
-        let p = dir.join(name);
-        std::fs::write(&p, text)?;
-        Ok(p)
-    };
-    Ok(causeway_e2e::EtcdTls {
-        ca: write("ca.pem", &ca_cert.pem())?,
-        server_cert: write("server.pem", &server_pem)?,
-        server_key: write("server.key", &server_key)?,
-        client_cert: write("client.pem", &client_pem)?,
-        client_key: write("client.key", &client_key)?,
-    })
+/// Whether `client` may put `key` (etcd answers "permission denied" otherwise).
+async fn may_put(client: &mut etcd_client::Client, key: &str) -> anyhow::Result<bool> {
+    match client.put(key, "{}", None).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("permission denied") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn federators_talk_to_etcd_over_mtls() -> anyhow::Result<()> {
+async fn with_etcd_auth_each_cluster_writes_only_its_own_prefix() -> anyhow::Result<()> {
+    use causeway_api::{keys, ClusterId, ServiceKey};
     let pki_dir = tempfile::tempdir()?;
-    let pki = etcd_pki(pki_dir.path())?;
-    let etcd = EtcdServer::builder().tls(pki.clone()).start().await?;
+    let pki = causeway_e2e::EtcdPki::write(
+        pki_dir.path(),
+        &[],
+        &["cluster-east", "cluster-west", "operator"],
+    )?;
+    let etcd = EtcdServer::builder()
+        .tls(pki.tls_as("root"))
+        .start()
+        .await?;
     assert!(etcd.endpoint().starts_with("https://"));
-    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let (ca, cert, key) = (
-        pki.ca.display().to_string(),
-        pki.client_cert.display().to_string(),
-        pki.client_key.display().to_string(),
+    let (east_id, west_id) = (ClusterId::new("east")?, ClusterId::new("west")?);
+    let created = causeway_federator::etcd::setup_auth(
+        &mut etcd.client().await?,
+        &[east_id.clone(), west_id.clone()],
+    )
+    .await?;
+    assert!(
+        created.contains(&"user cluster-east".to_string()),
+        "{created:?}"
     );
-    let tls = [
-        FAST,
-        &["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key],
-    ]
-    .concat();
-    let _east = Fed::start("east", &etcd.endpoint(), de.path(), &tls).await?;
-    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &tls).await?;
+    // Run again (adding a cluster later does): nothing fails, nothing is created twice.
+    let again =
+        causeway_federator::etcd::setup_auth(&mut etcd.client().await?, &[east_id.clone()]).await?;
+    assert!(again.is_empty(), "{again:?}");
+
+    let ca = pki.ca.display().to_string();
+    let tls_of = |user: &str| {
+        let (cert, key) = pki.client(user);
+        vec![
+            "--etcd-ca".to_string(),
+            ca.clone(),
+            "--etcd-cert".to_string(),
+            cert.display().to_string(),
+            "--etcd-key".to_string(),
+            key.display().to_string(),
+        ]
+    };
+    let args = |user: &str| -> Vec<String> {
+        FAST.iter()
+            .map(|s| s.to_string())
+            .chain(tls_of(user))
+            .collect()
+    };
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let east_args = args("cluster-east");
+    let west_args = args("cluster-west");
+    let east_args: Vec<&str> = east_args.iter().map(String::as_str).collect();
+    let west_args: Vec<&str> = west_args.iter().map(String::as_str).collect();
+    let _east = Fed::start("east", &etcd.endpoint(), de.path(), &east_args).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &west_args).await?;
     write_file(
         &de.path().join("echo.yaml"),
         &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
     );
+    // Leases, the election, the watch and the publisher all work under the roles.
     until_exported(&west, "demo/echo", &[("east", false)]).await?;
+
+    // west's credentials cannot write east's keys or drills; its own prefix, yes.
+    let echo = ServiceKey::new("demo", "echo")?;
+    let mut as_west = etcd_as(&etcd, &pki, "cluster-west").await?;
+    for key in [
+        keys::export_key(&echo, &east_id),
+        keys::cluster_key(&east_id),
+        keys::vip_key(&east_id, &echo),
+        keys::drill_key("d1"),
+        "/causeway/v2/clusters/eastx/info".to_string(),
+    ] {
+        assert!(!may_put(&mut as_west, &key).await?, "west wrote {key}");
+    }
+    assert!(may_put(&mut as_west, &keys::health_key(&west_id, &east_id)).await?);
+    // The operator writes drills and nothing of a cluster's.
+    let mut operator = etcd_as(&etcd, &pki, "operator").await?;
+    assert!(!may_put(&mut operator, &keys::export_key(&echo, &east_id)).await?);
+    let drill = keys::drill_key("probe");
+    assert!(may_put(&mut operator, &drill).await?);
+    operator.delete(drill, None).await?;
+    // The forged writes changed nothing for anyone: west still sees east's echo, unchanged.
+    assert_eq!(
+        exporters(&west.snapshot().await?, "demo/echo"),
+        vec![("east".to_string(), false)]
+    );
 
     // Without a client certificate etcd refuses the federator: it never becomes ready.
     let dn = tempfile::tempdir()?;
