@@ -619,8 +619,11 @@ async fn with_etcd_auth_each_cluster_writes_only_its_own_prefix() -> anyhow::Res
         "{created:?}"
     );
     // Run again (adding a cluster later does): nothing fails, nothing is created twice.
-    let again =
-        causeway_federator::etcd::setup_auth(&mut etcd.client().await?, &[east_id.clone()]).await?;
+    let again = causeway_federator::etcd::setup_auth(
+        &mut etcd.client().await?,
+        std::slice::from_ref(&east_id),
+    )
+    .await?;
     assert!(again.is_empty(), "{again:?}");
 
     let ca = pki.ca.display().to_string();
