@@ -52,7 +52,8 @@ pub struct EtcdPki {
 }
 
 impl EtcdPki {
-    /// Writes `ca.pem`, `server.pem|key` and `<user>.pem|key` for each of `users` (and `root`).
+    /// Writes `ca.pem`, `server.pem|key` and `<user>.pem|key` for each of `users` (and `root`);
+    /// no user may be called `server`.
     pub fn write(
         dir: &Path,
         server_ips: &[std::net::IpAddr],
@@ -89,11 +90,15 @@ impl EtcdPki {
                     p.subject_alt_names.push(SanType::IpAddress(*ip));
                 }
             }
-            p.extended_key_usages = vec![if server {
-                ExtendedKeyUsagePurpose::ServerAuth
+            // A member's certificate also dials its peers (--peer-client-cert-auth).
+            p.extended_key_usages = if server {
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
             } else {
-                ExtendedKeyUsagePurpose::ClientAuth
-            }];
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
+            };
             Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
         };
         let (server_pem, server_key) = leaf("etcd", true)?;
@@ -103,6 +108,10 @@ impl EtcdPki {
             server_cert: write("server.pem", &server_pem)?,
             server_key: write("server.key", &server_key)?,
         };
+        anyhow::ensure!(
+            !users.contains(&"server"),
+            "no etcd user may be called server"
+        );
         for user in std::iter::once("root").chain(users.iter().copied()) {
             let (pem, key) = leaf(user, false)?;
             write(&format!("{user}.pem"), &pem)?;

@@ -40,8 +40,8 @@ use causeway_api::{ClusterId, ServiceKey};
 use tokio::time::Instant;
 
 pub use state::{
-    CertPaths, ClusterInfo, DemoKind, DemoService, EtcdInfo, EtcdMember, FederatorInfo,
-    GatewayInfo, LabState, Mode, LAB_STATE_SCHEMA,
+    CertPaths, ClusterInfo, DemoKind, DemoService, EtcdInfo, EtcdMember, EtcdTlsInfo,
+    FederatorInfo, GatewayInfo, LabState, Mode, LAB_STATE_SCHEMA,
 };
 
 use process::ProcessRecord;
@@ -564,9 +564,11 @@ impl Lab {
         if spec.mode == Mode::Netns {
             self.network(plans)?;
         }
+        self.etcd_pki()?;
         self.start_etcd(spec, etcd_bin)?;
         self.wait_etcd().await?;
-        tracing::info!(took = ?started.elapsed(), "etcd is up");
+        self.etcd_auth()?;
+        tracing::info!(took = ?started.elapsed(), "etcd is up, with auth");
         for plan in plans {
             self.start_demo(plan)?;
         }
@@ -622,6 +624,92 @@ impl Lab {
         if !out.status.success() {
             bail!(
                 "causeway certs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// etcd's PKI: a server certificate for every member (also its peer identity) and a
+    /// client certificate per etcd user.
+    fn etcd_pki(&self) -> anyhow::Result<()> {
+        let Some(tls) = &self.state.etcd.tls else {
+            return Ok(());
+        };
+        let ips: Vec<IpAddr> = self
+            .state
+            .etcd
+            .members
+            .iter()
+            .filter_map(|m| {
+                let host = m.client_url.split("://").nth(1)?.rsplit_once(':')?.0;
+                host.parse().ok()
+            })
+            .collect();
+        let mut users: Vec<String> = self
+            .state
+            .clusters
+            .iter()
+            .map(|c| etcd_user(&c.name))
+            .collect();
+        users.push(causeway_api::keys::OPERATOR_ROLE.to_string());
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        crate::etcd::EtcdPki::write(&tls.dir, &ips, &users)?;
+        Ok(())
+    }
+
+    /// TLS options of an etcd client as `user`, when the lab's etcd has TLS.
+    pub fn etcd_tls_as(&self, user: &str) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+        let Some(tls) = &self.state.etcd.tls else {
+            return Ok(None);
+        };
+        let (cert, key) = tls.client(user);
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(Some(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+                .identity(etcd_client::Identity::from_pem(read(&cert)?, read(&key)?)),
+        ))
+    }
+
+    /// `causeway etcd-auth` as etcd's root, from where etcd is: roles per cluster, auth on.
+    fn etcd_auth(&self) -> anyhow::Result<()> {
+        let Some(tls) = &self.state.etcd.tls else {
+            return Ok(());
+        };
+        let (cert, key) = tls.client("root");
+        let clusters: Vec<&str> = self
+            .state
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let mut cmd = match &self.state.wan_netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(self.bin("causeway"));
+                c
+            }
+            None => std::process::Command::new(self.bin("causeway")),
+        };
+        let out = cmd
+            .arg("etcd-auth")
+            .arg("--etcd-endpoints")
+            .arg(self.state.etcd.endpoints.join(","))
+            .arg("--etcd-ca")
+            .arg(&tls.ca)
+            .arg("--etcd-cert")
+            .arg(&cert)
+            .arg("--etcd-key")
+            .arg(&key)
+            .arg("--clusters")
+            .arg(clusters.join(","))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running causeway etcd-auth")?;
+        if !out.status.success() {
+            bail!(
+                "causeway etcd-auth failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -761,6 +849,30 @@ impl Lab {
             // but a member restart must not take long to be noticed either.
             args.extend(["--heartbeat-interval".into(), "100".into()]);
             args.extend(["--election-timeout".into(), "1000".into()]);
+            if let Some(tls) = &self.state.etcd.tls {
+                // Clients and peers alike need a certificate of the lab's etcd CA; the
+                // members' own (server.pem) serves clients and dials peers.
+                let (cert, key) = (tls.dir.join("server.pem"), tls.dir.join("server.key"));
+                let (cert, key, ca) = (
+                    cert.display().to_string(),
+                    key.display().to_string(),
+                    tls.ca.display().to_string(),
+                );
+                for (flag, value) in [
+                    ("--cert-file", &cert),
+                    ("--key-file", &key),
+                    ("--trusted-ca-file", &ca),
+                    ("--peer-cert-file", &cert),
+                    ("--peer-key-file", &key),
+                    ("--peer-trusted-ca-file", &ca),
+                ] {
+                    args.extend([flag.to_string(), value.clone()]);
+                }
+                args.extend([
+                    "--client-cert-auth".into(),
+                    "--peer-client-cert-auth".into(),
+                ]);
+            }
             let mut env = Vec::new();
             if cfg!(target_arch = "aarch64") {
                 env.push(("ETCD_UNSUPPORTED_ARCH".to_string(), "arm64".to_string()));
@@ -780,6 +892,7 @@ impl Lab {
 
     /// Waits until every etcd member answers a status request.
     pub async fn wait_etcd(&self) -> anyhow::Result<()> {
+        let root_tls = self.etcd_tls_as("root")?;
         for m in &self.state.etcd.members {
             let url = m.client_url.clone();
             let what = format!("etcd member {} at {url}", m.name);
@@ -788,11 +901,15 @@ impl Lab {
             self.wait_or_explain(&what, &proc_name, STEP_TIMEOUT, || {
                 let url = url.clone();
                 let ns = ns.clone();
+                let tls = root_tls.clone();
                 async move {
                     net::run_in(ns.as_deref(), move || async move {
-                        let opts = etcd_client::ConnectOptions::new()
+                        let mut opts = etcd_client::ConnectOptions::new()
                             .with_connect_timeout(Duration::from_secs(1))
                             .with_timeout(Duration::from_secs(2));
+                        if let Some(tls) = tls {
+                            opts = opts.with_tls(tls);
+                        }
                         let mut c = etcd_client::Client::connect([url], Some(opts)).await.ok()?;
                         c.status().await.ok().map(|_| ())
                     })
@@ -869,6 +986,17 @@ impl Lab {
                 "--locality".into(),
                 format!("region={}", plan.region),
             ];
+            if let Some(tls) = &self.state.etcd.tls {
+                let (cert, key) = tls.client(&etcd_user(&plan.name));
+                args.extend([
+                    "--etcd-ca".into(),
+                    tls.ca.display().to_string(),
+                    "--etcd-cert".into(),
+                    cert.display().to_string(),
+                    "--etcd-key".into(),
+                    key.display().to_string(),
+                ]);
+            }
             if let Some(ttl) = spec.lease_ttl {
                 args.extend(["--lease-ttl".into(), format!("{}ms", ttl.as_millis())]);
             }
@@ -1501,17 +1629,29 @@ fn etcd_info(spec: &LabSpec) -> EtcdInfo {
             };
             EtcdMember {
                 name: format!("etcd-{k}"),
-                client_url: format!("http://{ip}:{ETCD_CLIENT_PORT}"),
-                peer_url: format!("http://{ip}:{ETCD_PEER_PORT}"),
+                client_url: format!("https://{ip}:{ETCD_CLIENT_PORT}"),
+                peer_url: format!("https://{ip}:{ETCD_PEER_PORT}"),
                 data_dir: spec.state_dir.join("etcd").join(format!("etcd-{k}")),
                 process: format!("etcd-{k}"),
             }
         })
         .collect();
+    let dir = spec.state_dir.join("pki").join("etcd");
     EtcdInfo {
         endpoints: members.iter().map(|m| m.client_url.clone()).collect(),
         members,
+        tls: Some(EtcdTlsInfo {
+            ca: dir.join("ca.pem"),
+            operator_cert: dir.join(format!("{}.pem", causeway_api::keys::OPERATOR_ROLE)),
+            operator_key: dir.join(format!("{}.key", causeway_api::keys::OPERATOR_ROLE)),
+            dir,
+        }),
     }
+}
+
+/// The etcd user of cluster `c`'s federators (its role writes only `clusters/<c>/`).
+fn etcd_user(c: &str) -> String {
+    format!("cluster-{c}")
 }
 
 /// The last `lines` lines of a log file.

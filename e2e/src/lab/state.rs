@@ -52,6 +52,31 @@ pub struct EtcdInfo {
     /// Client URLs of every member (reachable from every cluster namespace).
     pub endpoints: Vec<String>,
     pub members: Vec<EtcdMember>,
+    /// etcd's PKI: every client needs a certificate, and etcd's auth gives each the role of
+    /// its common name (docs/security.md "etcd").
+    #[serde(default)]
+    pub tls: Option<EtcdTlsInfo>,
+}
+
+/// Where the lab's etcd PKI is: `<dir>/ca.pem`, `<dir>/<user>.pem|key` per etcd user (`root`,
+/// `operator`, `cluster-<c>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdTlsInfo {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    /// The drill CLI's identity (`causeway drill --lab` uses it).
+    pub operator_cert: PathBuf,
+    pub operator_key: PathBuf,
+}
+
+impl EtcdTlsInfo {
+    /// The client certificate and key of etcd user `user`.
+    pub fn client(&self, user: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{user}.pem")),
+            self.dir.join(format!("{user}.key")),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,7 +109,25 @@ async fn from_a_pod_and_the_wan_only_peer_ports_answer() {
     assert_eq!(answering(&wan, vec![peer.clone()]).await.len(), 1);
     assert_eq!(answering(&north_ns, vec![peer]).await.len(), 1);
 
+    // etcd: no answer without a client certificate (plain HTTP, or TLS without one), and
+    // north's own credentials cannot write west's keys or a drill.
+    let etcd_refusals = etcd_attempts(&lab, &north_ns).await;
+    let etcd_from_wan = etcd_attempts(&lab, &wan).await;
+
     let timeline = north.stop();
+    for (from, attempts) in [("north", &etcd_refusals), ("the WAN", &etcd_from_wan)] {
+        for (what, outcome) in attempts.iter() {
+            if what.starts_with("control") {
+                // The check can see an allowed write: north's own key goes through.
+                assert!(outcome.is_ok(), "from {from}, {what} failed: {outcome:?}");
+            } else {
+                assert!(
+                    outcome.is_err(),
+                    "from {from}, etcd allowed {what}: {outcome:?}"
+                );
+            }
+        }
+    }
     assert!(
         from_pod.is_empty(),
         "from north's pod namespace, west answers on: {from_pod:?}"
@@ -128,9 +146,74 @@ async fn from_a_pod_and_the_wan_only_peer_ports_answer() {
         "hostile_listeners_unreachable",
         &[
             ("targets", targets.len().to_string()),
+            (
+                "etcd_attempts_refused",
+                (etcd_refusals.len() + etcd_from_wan.len() - 2).to_string(),
+            ),
             ("answering", "0".into()),
             ("requests", timeline.samples.len().to_string()),
             ("failed", "0".into()),
         ],
     );
+}
+
+/// What an attacker in `ns` tries against the lab's etcd, each with its outcome (`Ok` when
+/// etcd let it through).
+async fn etcd_attempts(lab: &Lab, ns: &str) -> Vec<(String, Result<(), String>)> {
+    let endpoints = lab.state().etcd.endpoints.clone();
+    let plain: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.replace("https://", "http://"))
+        .collect();
+    let tls = lab
+        .state()
+        .etcd
+        .tls
+        .clone()
+        .expect("the lab's etcd has TLS");
+    let north = lab.etcd_tls_as("cluster-north").unwrap().expect("TLS");
+    let ca_only = etcd_client::TlsOptions::new().ca_certificate(
+        etcd_client::Certificate::from_pem(std::fs::read(&tls.ca).unwrap()),
+    );
+    let west_info = causeway_api::keys::cluster_key(&"west".parse().unwrap());
+    let drill = causeway_api::keys::drill_key("forged");
+    let (n, w) = ("north".parse().unwrap(), "west".parse().unwrap());
+    let own = causeway_api::keys::health_key(&n, &w);
+    net::run_in(Some(ns), move || async move {
+        let opts = || {
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(2))
+        };
+        let put = |endpoints: Vec<String>, opts: etcd_client::ConnectOptions, key: String| async move {
+            let mut c = etcd_client::Client::connect(endpoints, Some(opts))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.put(key, "{}", None).await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        vec![
+            (
+                "a plaintext client".to_string(),
+                put(plain.clone(), opts(), west_info.clone()).await,
+            ),
+            (
+                "a TLS client without a certificate".to_string(),
+                put(endpoints.clone(), opts().with_tls(ca_only), west_info.clone()).await,
+            ),
+            (
+                "north's federator writing west's info".to_string(),
+                put(endpoints.clone(), opts().with_tls(north.clone()), west_info).await,
+            ),
+            (
+                "north's federator writing a drill".to_string(),
+                put(endpoints.clone(), opts().with_tls(north.clone()), drill).await,
+            ),
+            (
+                "control: north's federator writing its own key".to_string(),
+                put(endpoints, opts().with_tls(north), own).await,
+            ),
+        ]
+    })
+    .await
+    .expect("a thread in the namespace")
 }
