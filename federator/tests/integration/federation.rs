@@ -741,3 +741,62 @@ async fn without_a_config_endpoint_the_leader_keeps_leading() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_from_v1_keeps_clustersetips_and_ignores_v1_keys() -> anyhow::Result<()> {
+    use causeway_api::{keys, ClusterId, ServiceKey};
+    let etcd = EtcdServer::start().await?;
+    // What a v1 federation left: a shared ClusterSetIP, an export and a cluster of v1's layout.
+    let mut client = etcd.client().await?;
+    client
+        .put(
+            "/causeway/v1/vips/demo/echo",
+            r#"{"schema":1,"ip":"10.255.77.7"}"#,
+            None,
+        )
+        .await?;
+    client
+        .put(
+            "/causeway/v1/exports/demo/ghost/north",
+            r#"{"schema":1,"created_unix_ms":1}"#,
+            None,
+        )
+        .await?;
+    client
+        .put(
+            "/causeway/v1/clusters/north",
+            r#"{"schema":1,"trust_domain":"north.causeway.mesh"}"#,
+            None,
+        )
+        .await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let extra = [FAST, &["--vip-range", "10.255.0.0/16"]].concat();
+    let _east = Fed::start("east", &etcd.endpoint(), de.path(), &extra).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &extra).await?;
+    write_file(
+        &de.path().join("echo.yaml"),
+        &export_yaml("echo", "http", "TCP", 80, "2026-01-01T00:00:00Z"),
+    );
+    until_exported(&west, "demo/echo", &[("east", false)]).await?;
+    // west gives echo the address v1 gave it, under its own v2 key.
+    let echo = ServiceKey::new("demo", "echo")?;
+    let vip = wait_for("west's ClusterSetIP for echo", T, || async {
+        let snap = west.snapshot().await.ok()?;
+        snap["services"]["demo/echo"]["vip"]
+            .as_str()
+            .map(String::from)
+    })
+    .await?;
+    assert_eq!(vip, "10.255.77.7");
+    let v2 = client
+        .get(keys::vip_key(&ClusterId::new("west")?, &echo), None)
+        .await?;
+    let value: serde_json::Value = serde_json::from_slice(v2.kvs()[0].value())?;
+    assert_eq!(value["ip"], "10.255.77.7", "{value}");
+    assert_eq!(value["schema"], 2, "{value}");
+    // v1's other keys are not v2's: no cluster north, no import ghost.
+    let snap = west.snapshot().await?;
+    assert_eq!(services(&snap), vec!["demo/echo".to_string()], "{snap}");
+    assert!(snap["clusters"].get("north").is_none(), "{snap}");
+    Ok(())
+}
