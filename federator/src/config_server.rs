@@ -56,6 +56,8 @@ pub enum ServeError {
     },
     #[error("TLS setup of the config server: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("the config server's trust bundle: {0}")]
+    Bundle(#[from] causeway_api::tls::TlsError),
 }
 
 struct ServerMetrics {
@@ -67,6 +69,8 @@ struct ServerMetrics {
 struct Svc {
     cluster: ClusterId,
     expected_client: Option<SpiffeId>,
+    /// The bundle gateways' chains verify against (empty without TLS).
+    trust: Arc<causeway_api::tls::TrustBundle>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,
     health: watch::Sender<PeerHealthMap>,
     metrics: Arc<ServerMetrics>,
@@ -80,8 +84,12 @@ impl Svc {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let id = causeway_api::tls::peer_spiffe_id(&certs)
-            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        // tonic verified the chain with plain webpki; ours also binds the trust domain to its
+        // CA (a gateway ID of this cluster minted by another cluster's CA is refused).
+        let id = causeway_api::tls::verify_client_chain(&self.trust, &certs).map_err(|e| {
+            tracing::warn!(error = %e, "gateway refused on the config stream");
+            Status::unauthenticated(format!("client certificate: {e}"))
+        })?;
         if &id != expected {
             return Err(Status::permission_denied(format!("{id} is not {expected}")));
         }
@@ -277,8 +285,10 @@ pub async fn serve(
     };
     let mut builder =
         tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
+    let mut trust = causeway_api::tls::TrustBundle::new(Vec::new());
     let expected_client = match &tls {
         Some(files) => {
+            trust = causeway_api::tls::TrustBundle::load(&files.bundle)?;
             let identity =
                 tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
             let tls_cfg = tonic::transport::ServerTlsConfig::new()
@@ -297,6 +307,7 @@ pub async fn serve(
     let svc = Svc {
         cluster,
         expected_client,
+        trust: Arc::new(trust),
         configs,
         health,
         metrics: Arc::new(ServerMetrics { gateways, acks }),

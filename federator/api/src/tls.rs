@@ -63,6 +63,8 @@ pub enum TlsError {
     InvalidSpiffeId(#[from] InvalidSpiffeId),
     #[error("peer {actual} is not {expected}")]
     UnexpectedPeer { actual: SpiffeId, expected: String },
+    #[error("certificate chain rejected: {0}")]
+    ChainRejected(rustls::Error),
     #[error("{id} is issued by {issuer}, a CA of trust domain {issuer_td}: a trust domain's identities verify only through its own CA")]
     ForeignIssuer {
         id: SpiffeId,
@@ -438,6 +440,50 @@ fn describe_ca(der: &[u8]) -> String {
                 .and_then(|cn| cn.as_str().ok().map(|s| format!("CA {s:?}")))
         })
         .unwrap_or_else(|| "an intermediate".to_string())
+}
+
+/// Verifies a client's chain as presented (leaf first, as `peer_certificates()` returns it)
+/// against `trust`, the way [`server_config`]'s verifier does, trust-domain binding included.
+/// For servers whose TLS stack verifies with plain webpki (tonic's): call it on every
+/// connection's certificates before trusting the SPIFFE ID.
+pub fn verify_client_chain(
+    trust: &TrustBundle,
+    chain: &[CertificateDer<'_>],
+) -> Result<SpiffeId, TlsError> {
+    let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoPeerCertificate)?;
+    let anchors = trust.anchors("trust bundle")?;
+    let algs = provider().signature_verification_algorithms;
+    verify_spiffe_chain(
+        &anchors,
+        &algs,
+        leaf,
+        intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+    )
+    .map_err(|e| match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => {
+            match o.0.downcast_ref::<TlsError>() {
+                Some(TlsError::ForeignIssuer {
+                    id,
+                    issuer,
+                    issuer_td,
+                }) => TlsError::ForeignIssuer {
+                    id: id.clone(),
+                    issuer: issuer.clone(),
+                    issuer_td: issuer_td.clone(),
+                },
+                Some(TlsError::UnboundTrustDomain { id, td }) => TlsError::UnboundTrustDomain {
+                    id: id.clone(),
+                    td: td.clone(),
+                },
+                _ => TlsError::ChainRejected(rustls::Error::InvalidCertificate(
+                    CertificateError::Other(o),
+                )),
+            }
+        }
+        e => TlsError::ChainRejected(e),
+    })
 }
 
 // === impl SpiffeServerVerifier ===
@@ -897,6 +943,33 @@ mod tests {
         let client = client_config(&east_by_west, &both, ExpectedPeer::AnyGateway, &[H2]).unwrap();
         let err = handshake(server, client).await.server.unwrap_err();
         assert!(err.contains("ForeignIssuer"), "{err}");
+    }
+
+    #[test]
+    fn verify_client_chain_binds_the_trust_domain_like_the_handshake() {
+        let pki = Pki::new();
+        let bundle = pki.root.bundle();
+        let ok = pki.gateway_east();
+        assert_eq!(
+            verify_client_chain(&bundle, &ok.cert_chain).unwrap(),
+            gateway("east.causeway.mesh")
+        );
+        // west's CA minting east's gateway ID (what the config stream of east must refuse).
+        let forged = Leaf {
+            chain: Some(&pki.west),
+            ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+        }
+        .issue(&pki.west);
+        let err = verify_client_chain(&bundle, &forged.cert_chain).unwrap_err();
+        assert!(matches!(err, TlsError::ForeignIssuer { .. }), "{err}");
+        assert!(err.to_string().contains("west.causeway.mesh"), "{err}");
+        let rogue = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&Ca::root("rogue"));
+        let err = verify_client_chain(&bundle, &rogue.cert_chain).unwrap_err();
+        assert!(matches!(err, TlsError::ChainRejected(_)), "{err}");
+        assert!(matches!(
+            verify_client_chain(&bundle, &[]),
+            Err(TlsError::NoPeerCertificate)
+        ));
     }
 
     #[tokio::test]
