@@ -281,3 +281,111 @@ async fn client_errors_are_4xx_and_eject_no_cluster() {
         );
     }
 }
+
+/// A network namespace joined to this one by a veth pair: `outside` here, `inside` there.
+/// Removed (with the pair) on drop.
+struct Neighbour {
+    ns: String,
+    outside: std::net::Ipv4Addr,
+}
+
+impl Neighbour {
+    /// None when this process cannot make namespaces (not root, or no `ip`).
+    fn create() -> Option<Neighbour> {
+        let id = std::process::id() % 60000;
+        let ns = format!("cwg{id}");
+        let (a, b) = (format!("cwg{id}a"), format!("cwg{id}b"));
+        let (hi, lo) = ((id / 250 % 250) as u8, (id % 250) as u8);
+        let outside = std::net::Ipv4Addr::new(169, 254, hi, lo & 0xfc | 1);
+        let inside = std::net::Ipv4Addr::new(169, 254, hi, lo & 0xfc | 2);
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !ip(&["netns", "add", &ns]) {
+            return None;
+        }
+        let me = Neighbour { ns, outside };
+        let ok = ip(&[
+            "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &me.ns,
+        ]) && ip(&["addr", "add", &format!("{outside}/30"), "dev", &a])
+            && ip(&["link", "set", &a, "up"])
+            && ip(&[
+                "-n",
+                &me.ns,
+                "addr",
+                "add",
+                &format!("{inside}/30"),
+                "dev",
+                &b,
+            ])
+            && ip(&["-n", &me.ns, "link", "set", &b, "up"]);
+        ok.then_some(me)
+    }
+
+    /// The HTTP status of GET `url` from inside the namespace (0: no answer).
+    fn curl(&self, url: &str) -> u16 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-s", "-o", "/dev/null"])
+            .args(["-m", "5", "-w", "%{http_code}", url])
+            .output()
+            .expect("ip netns exec curl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_on_the_admin_port_answers_this_host_only() {
+    let Some(neighbour) = Neighbour::create() else {
+        eprintln!("SKIPPED: needs root and `ip` to make a network namespace");
+        return;
+    };
+    let pki = Pki::new();
+    let mut config = gateway_config(&pki, "east");
+    config.admin_listen = "0.0.0.0:0".parse().unwrap();
+    let gw = causeway_gateway::Gateway::start(config).await.unwrap();
+    gw.apply_config(snapshot(1, "east", vec![], vec![], vec![]))
+        .unwrap();
+    let port = gw.admin_addr.port();
+    let from_neighbour = |path: &str| {
+        let url = format!("http://{}:{port}{path}", neighbour.outside);
+        let n = &neighbour;
+        move || n.curl(&url)
+    };
+    // From another host: metrics and readiness yes, configuration no.
+    let (metrics, ready, dump, peers) = (
+        tokio::task::block_in_place(from_neighbour("/metrics")),
+        tokio::task::block_in_place(from_neighbour("/ready")),
+        tokio::task::block_in_place(from_neighbour("/config_dump")),
+        tokio::task::block_in_place(from_neighbour("/peers")),
+    );
+    assert_eq!((metrics, ready), (200, 200));
+    assert_eq!((dump, peers), (403, 403));
+    assert_eq!(
+        metric_or_zero(
+            &gw,
+            "causeway_gateway_refused_total",
+            &[("listener", "admin"), ("reason", "not_local")]
+        ),
+        2.0
+    );
+    // From this host, on loopback and on the address the neighbour used: configuration yes.
+    let local = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(local, "x", "/config_dump").await.status, 200);
+    let same_host = std::net::SocketAddr::new(neighbour.outside.into(), port);
+    assert_eq!(get(same_host, "x", "/peers").await.status, 200);
+}
