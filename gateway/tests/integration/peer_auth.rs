@@ -194,7 +194,15 @@ async fn bad_peers_are_refused_and_counted() {
     assert!(!try_peer(west.peer_addr, client_config(Some(workload))).await);
     refused_with(west, "not_gateway", before).await;
 
-    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Beside all of it, east's gateway still serves its callers through the pooled connection.
+    let a = get(
+        mesh.east.egress_addr,
+        "cart.shop.svc.clusterset.local",
+        "/after",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
