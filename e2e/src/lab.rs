@@ -605,29 +605,26 @@ impl Lab {
     }
 
     fn certs(&self) -> anyhow::Result<()> {
-        let clusters: Vec<&str> = self
+        let clusters = self.cluster_list();
+        let mut cmd = std::process::Command::new(self.bin("causeway"));
+        cmd.arg("certs")
+            .arg("--out")
+            .arg(&self.state.pki_dir)
+            .arg("--clusters")
+            .arg(clusters)
+            .arg("--force");
+        run_tool(cmd, "causeway certs")
+    }
+
+    /// The lab's cluster IDs, comma-separated.
+    fn cluster_list(&self) -> String {
+        let names: Vec<&str> = self
             .state
             .clusters
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        let out = std::process::Command::new(self.bin("causeway"))
-            .arg("certs")
-            .arg("--out")
-            .arg(&self.state.pki_dir)
-            .arg("--clusters")
-            .arg(clusters.join(","))
-            .arg("--force")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running causeway certs")?;
-        if !out.status.success() {
-            bail!(
-                "causeway certs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        names.join(",")
     }
 
     /// etcd's PKI: a server certificate for every member (also its peer identity) and a
@@ -678,12 +675,6 @@ impl Lab {
             return Ok(());
         };
         let (cert, key) = tls.client("root");
-        let clusters: Vec<&str> = self
-            .state
-            .clusters
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
         let mut cmd = match &self.state.wan_netns {
             Some(ns) => {
                 let mut c = std::process::Command::new("ip");
@@ -692,8 +683,7 @@ impl Lab {
             }
             None => std::process::Command::new(self.bin("causeway")),
         };
-        let out = cmd
-            .arg("etcd-auth")
+        cmd.arg("etcd-auth")
             .arg("--etcd-endpoints")
             .arg(self.state.etcd.endpoints.join(","))
             .arg("--etcd-ca")
@@ -703,17 +693,8 @@ impl Lab {
             .arg("--etcd-key")
             .arg(&key)
             .arg("--clusters")
-            .arg(clusters.join(","))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running causeway etcd-auth")?;
-        if !out.status.success() {
-            bail!(
-                "causeway etcd-auth failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+            .arg(self.cluster_list());
+        run_tool(cmd, "causeway etcd-auth")
     }
 
     fn network(&self, plans: &[Plan]) -> anyhow::Result<()> {
@@ -1647,6 +1628,21 @@ fn etcd_info(spec: &LabSpec) -> EtcdInfo {
             dir,
         }),
     }
+}
+
+/// Runs one of our tools to completion; its stderr is the error when it fails.
+fn run_tool(mut cmd: std::process::Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The etcd user of cluster `c`'s federators (its role writes only `clusters/<c>/`).

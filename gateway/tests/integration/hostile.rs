@@ -14,20 +14,11 @@ const HOST: &str = "cart.shop.svc.clusterset.local";
 /// Sends a request with one header of `size` bytes over a fresh HTTP/1.1 connection and returns
 /// the status line's code (0 when the gateway closed the connection without one).
 async fn status_with_header_of(egress: std::net::SocketAddr, size: usize) -> u16 {
-    let mut s = TcpStream::connect(egress).await.unwrap();
     let head = format!(
         "GET /big HTTP/1.1\r\nhost: {HOST}\r\nx-big: {}\r\nconnection: close\r\n\r\n",
         "a".repeat(size)
     );
-    // A gateway that refuses early may close before all of it is written.
-    let _ = s.write_all(head.as_bytes()).await;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf);
-    text.strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    status_of(&raw_exchange(egress, head.as_bytes()).await)
 }
 
 #[tokio::test]
