@@ -243,6 +243,19 @@ impl Federator {
                     shutdown.clone(),
                 )),
             ));
+            if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {
+                match causeway_api::tls::Identity::load(cert, key).and_then(|i| i.validity()) {
+                    Ok(v) => {
+                        metrics
+                            .cert_expiry
+                            .with_label_values(&["federator", cfg.cluster.as_str()])
+                            .set(v.not_after);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the federator certificate's validity")
+                    }
+                }
+            }
             let tls = match (&c.cert_file, &c.key_file, &c.trust_bundle_file) {
                 (Some(cert), Some(key), Some(bundle)) => Some(TlsFiles {
                     cert: cert.clone(),

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub leader_elections: IntCounter,
     pub admin_refused: IntCounter,
+    pub cert_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -51,7 +52,19 @@ impl Metrics {
         registry
             .register(Box::new(exports.clone()))
             .expect("unique metric");
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "causeway_certificate_expiry_timestamp_seconds",
+                "When the federator's own certificate (the config stream's) expires, Unix seconds.",
+            ),
+            &["component", "cluster"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cert_expiry.clone()))
+            .expect("unique metric");
         Self {
+            cert_expiry,
             etcd_up: gauge(
                 "etcd_up",
                 "1 while the mesh view's watch on etcd is established.",

@@ -46,6 +46,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    // Peers refuse an expired certificate: out of service until it is renewed.
+    if let Ok(v) = shared.tls.load().identity.validity() {
+        if v.left(crate::reload::unix_now()) <= 0 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "certificate expired (not after {} Unix seconds)\n",
+                    v.not_after
+                ),
+            );
+        }
+    }
     match shared.version() {
         0 if shared.tables.load().is_none() => (
             StatusCode::SERVICE_UNAVAILABLE,

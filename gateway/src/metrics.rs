@@ -26,6 +26,7 @@ pub struct Metrics {
     pub circuit_open: IntCounter,
     pub cert_reloads: IntCounterVec,
     pub refused: IntCounterVec,
+    pub cert_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -140,6 +141,13 @@ impl Metrics {
             ),
             &["listener", "reason"]
         ));
+        let cert_expiry = reg!(IntGaugeVec::new(
+            Opts::new(
+                "causeway_certificate_expiry_timestamp_seconds",
+                "When a certificate expires (Unix seconds): this gateway's own (component gateway), and each peer gateway's as last seen in a handshake (component peer_gateway)"
+            ),
+            &["component", "cluster"]
+        ));
         Self {
             registry,
             requests,
@@ -158,6 +166,7 @@ impl Metrics {
             circuit_open,
             cert_reloads,
             refused,
+            cert_expiry,
         }
     }
 

@@ -57,6 +57,8 @@ pub(crate) struct PeerStatus {
     pub(crate) rtt_micros: Option<u64>,
     pub(crate) consecutive_misses: u32,
     pub(crate) last_error: Option<String>,
+    /// When the peer's certificate expires (Unix seconds), as last seen when dialling it.
+    pub(crate) certificate_not_after: Option<i64>,
 }
 
 // === impl PeerConn ===
@@ -78,6 +80,8 @@ pub(crate) struct PeerConn {
     misses: AtomicU64,
     rtt_micros: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The peer leaf's notAfter from the last handshake (0: not dialled yet).
+    cert_not_after: std::sync::atomic::AtomicI64,
     cancel: CancellationToken,
     /// Kills the current connection's socket when the peer is marked down.
     conn_kill: Mutex<Option<CancellationToken>>,
@@ -98,6 +102,7 @@ impl PeerConn {
             misses: AtomicU64::new(0),
             rtt_micros: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            cert_not_after: std::sync::atomic::AtomicI64::new(0),
             cancel,
             conn_kill: Mutex::new(None),
         }
@@ -191,7 +196,13 @@ impl PeerConn {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            certificate_not_after: self.certificate_not_after(),
         }
+    }
+
+    /// When the peer's certificate expires, as last seen in a handshake.
+    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
+        Some(self.cert_not_after.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
     /// A sender on the pooled connection, dialling it first if there is none.
@@ -249,6 +260,10 @@ impl PeerConn {
                     .await?;
                 if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
                     return Err(std::io::Error::other("peer did not negotiate h2"));
+                }
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                if let Some(v) = leaf.and_then(|c| causeway_api::tls::Validity::of(c).ok()) {
+                    self.cert_not_after.store(v.not_after, Ordering::Relaxed);
                 }
                 Ok(tls)
             };

@@ -27,7 +27,9 @@ pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
 
 pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
     let interval = Duration::from_millis(shared.config.reload_interval_ms);
+    let mut health = CertHealth::Fine;
     loop {
+        health = observe_certificates(&shared, health);
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -51,5 +53,87 @@ pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
                 tracing::warn!(error = %e, "certificate reload failed; keeping the old ones");
             }
         }
+    }
+}
+
+/// How this gateway's own certificate stands, for logging each change once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CertHealth {
+    Fine,
+    /// Less than a third of its life left: it should have been renewed.
+    RenewalOverdue,
+    Expired,
+}
+
+/// The certificate's state at `now` (Unix seconds).
+pub(crate) fn cert_health(v: &causeway_api::tls::Validity, now: i64) -> CertHealth {
+    if v.left(now) <= 0 {
+        CertHealth::Expired
+    } else if v.renewal_overdue(now) {
+        CertHealth::RenewalOverdue
+    } else {
+        CertHealth::Fine
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Sets `causeway_certificate_expiry_timestamp_seconds` for this gateway and every peer seen,
+/// and logs when the own certificate's state changes from `before`. Returns the new state.
+fn observe_certificates(shared: &Shared, before: CertHealth) -> CertHealth {
+    let gauge = &shared.metrics.cert_expiry;
+    for p in shared.peers.statuses() {
+        if let Some(t) = p.certificate_not_after {
+            gauge
+                .with_label_values(&["peer_gateway", &p.cluster])
+                .set(t);
+        }
+    }
+    let Ok(v) = shared.tls.load().identity.validity() else {
+        return before;
+    };
+    gauge
+        .with_label_values(&["gateway", &shared.config.cluster])
+        .set(v.not_after);
+    let now = unix_now();
+    let health = cert_health(&v, now);
+    if health != before {
+        let left = std::time::Duration::from_secs(v.left(now).max(0) as u64);
+        match health {
+            CertHealth::Fine => tracing::info!(?left, "gateway certificate fine"),
+            CertHealth::RenewalOverdue => tracing::warn!(
+                ?left,
+                not_after = v.not_after,
+                "gateway certificate has less than a third of its life left and was not renewed"
+            ),
+            CertHealth::Expired => tracing::error!(
+                not_after = v.not_after,
+                "gateway certificate expired: peers refuse this gateway until it is renewed"
+            ),
+        }
+    }
+    health
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_api::tls::Validity;
+
+    #[test]
+    fn a_certificate_is_overdue_in_its_last_third_and_expired_after() {
+        let v = Validity {
+            not_before: 0,
+            not_after: 300,
+        };
+        assert_eq!(cert_health(&v, 10), CertHealth::Fine);
+        assert_eq!(cert_health(&v, 199), CertHealth::Fine);
+        assert_eq!(cert_health(&v, 201), CertHealth::RenewalOverdue);
+        assert_eq!(cert_health(&v, 300), CertHealth::Expired);
+        assert_eq!(v.left(250), 50);
     }
 }

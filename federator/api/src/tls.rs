@@ -307,6 +307,46 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+// === validity ===
+
+/// A certificate's validity period, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// The validity of `cert` (a leaf, or any certificate).
+    pub fn of(cert: &CertificateDer<'_>) -> Result<Validity, TlsError> {
+        let (_, c) = x509_parser::parse_x509_certificate(cert)
+            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        Ok(Validity {
+            not_before: c.validity().not_before.timestamp(),
+            not_after: c.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Seconds of life left at `now` (negative once expired).
+    pub fn left(&self, now: i64) -> i64 {
+        self.not_after - now
+    }
+
+    /// Whether less than a third of the lifetime is left at `now`: a renewal at two thirds of
+    /// the life (DESIGN.md "Gateway transport") should have happened by then.
+    pub fn renewal_overdue(&self, now: i64) -> bool {
+        let life = (self.not_after - self.not_before).max(1);
+        self.left(now) * 3 < life
+    }
+}
+
+impl Identity {
+    /// The validity of the leaf (first) certificate.
+    pub fn validity(&self) -> Result<Validity, TlsError> {
+        Validity::of(self.cert_chain.first().ok_or(TlsError::NoPeerCertificate)?)
+    }
+}
+
 // === peer identity ===
 
 /// The SPIFFE ID of the end-entity (first) certificate: its one URI SAN.

@@ -10,6 +10,7 @@ mod backend_tls;
 mod binary;
 mod caller_identity;
 mod config_protocol;
+mod expiry;
 mod failover;
 mod grpc;
 mod hostile;
