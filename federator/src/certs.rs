@@ -15,7 +15,7 @@ use causeway_api::spiffe::{self, InvalidSpiffeId, SpiffeId};
 use causeway_api::ClusterId;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Clock skew we tolerate between the machine that issues and the peers that verify.
@@ -50,6 +50,12 @@ pub struct CertsArgs {
     /// Overwrite files that already exist.
     #[arg(long)]
     pub force: bool,
+
+    /// Add the clusters to the federation already in `--out`: their CAs are signed by its
+    /// `root-ca.pem` / `root-ca.key`, and only their own files are written (the root, the
+    /// bundle and every other cluster's files stay as they are).
+    #[arg(long)]
+    pub add: bool,
 }
 
 /// Why `causeway certs` wrote nothing, or stopped.
@@ -67,6 +73,8 @@ pub enum CertsError {
     },
     #[error("{} already exists; pass --force to overwrite it", path.display())]
     Exists { path: PathBuf },
+    #[error("cannot read the federation's root CA {}: {reason} (--add needs the root-ca.pem and root-ca.key of an earlier run)", path.display())]
+    Root { path: PathBuf, reason: String },
     #[error("cannot generate {what}: {source}")]
     Generate {
         what: String,
@@ -148,17 +156,20 @@ impl Layout {
     /// Every file written for `clusters`, in writing order.
     pub fn files(&self, clusters: &[ClusterId]) -> Vec<PathBuf> {
         let mut files = vec![self.root_ca_cert(), self.root_ca_key(), self.bundle()];
-        for c in clusters {
-            files.extend([
-                self.ca_cert(c),
-                self.ca_key(c),
-                self.gateway_cert(c),
-                self.gateway_key(c),
-                self.federator_cert(c),
-                self.federator_key(c),
-            ]);
-        }
+        files.extend(clusters.iter().flat_map(|c| self.cluster_files(c)));
         files
+    }
+
+    /// The files of one cluster: what `--add` writes.
+    pub fn cluster_files(&self, c: &ClusterId) -> [PathBuf; 6] {
+        [
+            self.ca_cert(c),
+            self.ca_key(c),
+            self.gateway_cert(c),
+            self.gateway_key(c),
+            self.federator_cert(c),
+            self.federator_key(c),
+        ]
     }
 }
 
@@ -211,8 +222,13 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
     let layout = Layout::new(&args.out);
     let ids: Vec<ClusterId> = clusters.iter().map(|c| c.cluster.clone()).collect();
 
+    let targets: Vec<PathBuf> = if args.add {
+        ids.iter().flat_map(|c| layout.cluster_files(c)).collect()
+    } else {
+        layout.files(&ids)
+    };
     if !args.force {
-        for path in layout.files(&ids) {
+        for path in targets {
             // symlink_metadata: a dangling link is still something we would overwrite.
             if path.symlink_metadata().is_ok() {
                 return Err(CertsError::Exists { path });
@@ -228,21 +244,29 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
 
     // Everything is generated in memory first, so a failure leaves nothing half-written.
     let mut files: Vec<(PathBuf, String, Secrecy)> = Vec::new();
-    let root = root_ca(&validity)?;
-    files.push((
-        layout.root_ca_cert(),
-        root.cert_pem.clone(),
-        Secrecy::Public,
-    ));
-    files.push((
-        layout.root_ca_key(),
-        root.issuer.key().serialize_pem(),
-        Secrecy::Secret,
-    ));
-    files.push((layout.bundle(), root.cert_pem.clone(), Secrecy::Public));
+    let loaded;
+    let generated;
+    let root: &Issuer<'static, KeyPair> = if args.add {
+        loaded = load_root(&layout)?;
+        &loaded
+    } else {
+        generated = root_ca(&validity)?;
+        files.push((
+            layout.root_ca_cert(),
+            generated.cert_pem.clone(),
+            Secrecy::Public,
+        ));
+        files.push((
+            layout.root_ca_key(),
+            generated.issuer.key().serialize_pem(),
+            Secrecy::Secret,
+        ));
+        files.push((layout.bundle(), generated.cert_pem.clone(), Secrecy::Public));
+        &generated.issuer
+    };
 
     for c in &clusters {
-        let ca = cluster_ca(c, &root.issuer, &validity)?;
+        let ca = cluster_ca(c, root, &validity)?;
         files.push((
             layout.ca_cert(&c.cluster),
             ca.cert_pem.clone(),
@@ -349,9 +373,29 @@ fn root_ca(validity: &Validity) -> Result<Ca, CertsError> {
     })
 }
 
+/// The root of an earlier run, to sign new clusters' CAs with (`--add`).
+fn load_root(layout: &Layout) -> Result<Issuer<'static, KeyPair>, CertsError> {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|e| CertsError::Root {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let cert = read(layout.root_ca_cert())?;
+    let key = read(layout.root_ca_key())?;
+    let key = KeyPair::from_pem(&key).map_err(|e| CertsError::Root {
+        path: layout.root_ca_key(),
+        reason: e.to_string(),
+    })?;
+    Issuer::from_ca_cert_pem(&cert, key).map_err(|e| CertsError::Root {
+        path: layout.root_ca_cert(),
+        reason: e.to_string(),
+    })
+}
+
 fn cluster_ca(
     c: &ClusterIdentities,
-    root: &CertifiedIssuer<'static, KeyPair>,
+    root: &Issuer<'static, KeyPair>,
     validity: &Validity,
 ) -> Result<Ca, CertsError> {
     let what = format!("CA of cluster {}", c.cluster);
@@ -381,7 +425,7 @@ fn cluster_ca(
 fn svid(
     id: &SpiffeId,
     cluster: &ClusterId,
-    ca: &CertifiedIssuer<'static, KeyPair>,
+    ca: &Issuer<'static, KeyPair>,
     validity: &Validity,
 ) -> Result<(String, String), CertsError> {
     let what = format!("certificate for {id}");
@@ -402,6 +446,135 @@ fn svid(
     let key = KeyPair::generate().map_err(generate_error(format!("key for {id}")))?;
     let cert = p.signed_by(&key, ca).map_err(generate_error(what))?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+// === issue ===
+
+/// Arguments of `causeway issue`: one certificate from an existing CA.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueArgs {
+    /// The issuing CA's certificate (a cluster's `ca.pem`, or a root).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: PathBuf,
+    /// Its private key.
+    #[arg(long, value_name = "FILE")]
+    pub ca_key: PathBuf,
+    /// The SPIFFE ID to issue: a workload's (`spiffe://<td>/ns/<ns>/sa/<sa>`), or with `--ca` a
+    /// trust domain's own (`spiffe://<td>`).
+    #[arg(long, value_name = "SPIFFE-ID")]
+    pub spiffe_id: SpiffeId,
+    /// Issue an intermediate CA (path length 0) for the trust domain instead of a leaf.
+    #[arg(long)]
+    pub ca: bool,
+    /// Where the certificate goes (for a leaf: the leaf, then the issuing CA).
+    #[arg(long, value_name = "FILE")]
+    pub cert_out: PathBuf,
+    /// Where its private key goes.
+    #[arg(long, value_name = "FILE")]
+    pub key_out: PathBuf,
+    /// Validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub validity_days: u32,
+    /// Overwrite the output files if they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `causeway issue`: refuses existing outputs (unless `force`) and a CA whose own SPIFFE ID
+/// names another trust domain (its certificates would be refused everywhere); writes the
+/// certificate and its key.
+pub fn issue(args: &IssueArgs) -> Result<String, CertsError> {
+    if !args.force {
+        for path in [&args.cert_out, &args.key_out] {
+            if path.symlink_metadata().is_ok() {
+                return Err(CertsError::Exists { path: path.clone() });
+            }
+        }
+    }
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| CertsError::Root {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let ca_pem = read(&args.ca_cert)?;
+    let key = KeyPair::from_pem(&read(&args.ca_key)?).map_err(|e| CertsError::Root {
+        path: args.ca_key.clone(),
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| CertsError::Root {
+        path: args.ca_cert.clone(),
+        reason: e.to_string(),
+    })?;
+    let td = args.spiffe_id.trust_domain().to_string();
+    if let Some(ca_td) = ca_pem_trust_domain(&ca_pem) {
+        if ca_td != td {
+            return Err(CertsError::Root {
+                path: args.ca_cert.clone(),
+                reason: format!(
+                    "this CA is trust domain {ca_td}'s; it cannot issue {} (peers would refuse it)",
+                    args.spiffe_id
+                ),
+            });
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - BACKDATE,
+        not_after: now + time::Duration::days(i64::from(args.validity_days)),
+    };
+    let cluster = ClusterId::new(td.split('.').next().unwrap_or("cluster"))
+        .unwrap_or_else(|_| ClusterId::new("cluster").expect("a valid label"));
+    let (cert_pem, key_pem) = if args.ca {
+        if !args.spiffe_id.path().is_empty() {
+            return Err(CertsError::TrustDomain {
+                cluster,
+                source: InvalidSpiffeId {
+                    input: args.spiffe_id.to_string(),
+                    reason:
+                        "a CA's SPIFFE ID is its trust domain's own, spiffe://<td> with no path",
+                },
+            });
+        }
+        let ids = ClusterIdentities {
+            gateway: SpiffeId::gateway(&td).map_err(|source| CertsError::TrustDomain {
+                cluster: cluster.clone(),
+                source,
+            })?,
+            federator: SpiffeId::federator(&td).map_err(|source| CertsError::TrustDomain {
+                cluster: cluster.clone(),
+                source,
+            })?,
+            cluster,
+            trust_domain: td,
+        };
+        let ca = cluster_ca(&ids, &issuer, &validity)?;
+        (ca.cert_pem.clone(), ca.issuer.key().serialize_pem())
+    } else {
+        let (leaf, key) = svid(&args.spiffe_id, &cluster, &issuer, &validity)?;
+        (format!("{leaf}{ca_pem}"), key)
+    };
+    write_file(&args.cert_out, cert_pem.as_bytes(), Secrecy::Public)?;
+    write_file(&args.key_out, key_pem.as_bytes(), Secrecy::Secret)?;
+    let what = if args.ca { "CA" } else { "certificate" };
+    Ok(format!(
+        "{what} for {} written to {} (key {}), valid until {} (UTC)",
+        args.spiffe_id,
+        args.cert_out.display(),
+        args.key_out.display(),
+        validity.not_after.date()
+    ))
+}
+
+/// The trust domain a PEM CA certificate names (`spiffe://<td>` URI SAN), if any.
+fn ca_pem_trust_domain(pem_text: &str) -> Option<String> {
+    let der = causeway_api::pem::trust_bundle_from_pem(pem_text.as_bytes(), "CA")
+        .ok()?
+        .into_iter()
+        .next()?;
+    let bundle = causeway_api::tls::TrustBundle::new(vec![der]);
+    bundle.trust_domains().into_iter().next().flatten()
 }
 
 // === writing ===
@@ -466,7 +639,65 @@ mod tests {
             trust_domain_suffix: spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX.to_string(),
             validity_days: 30,
             force: false,
+            add: false,
         }
+    }
+
+    #[test]
+    fn add_joins_a_cluster_under_the_existing_root_touching_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&args(dir.path(), &["east", "west"])).unwrap();
+        let layout = Layout::new(dir.path());
+        let east = ClusterId::new("east").unwrap();
+        let north = ClusterId::new("north").unwrap();
+        let before: Vec<(PathBuf, Vec<u8>)> = layout
+            .files(std::slice::from_ref(&east))
+            .into_iter()
+            .map(|p| {
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        let add = CertsArgs {
+            add: true,
+            ..args(dir.path(), &["north"])
+        };
+        let generated = generate(&add).unwrap();
+        assert_eq!(generated.clusters[0].cluster, north);
+        for (path, bytes) in &before {
+            assert_eq!(
+                &std::fs::read(path).unwrap(),
+                bytes,
+                "{} changed",
+                path.display()
+            );
+        }
+        // north's gateway verifies through the federation's bundle, bound to north's CA.
+        let bundle = causeway_api::tls::TrustBundle::load(layout.bundle()).unwrap();
+        let id = causeway_api::tls::Identity::load(
+            layout.gateway_cert(&north),
+            layout.gateway_key(&north),
+        )
+        .unwrap();
+        assert_eq!(
+            causeway_api::tls::verify_client_chain(&bundle, &id.cert_chain).unwrap(),
+            generated.clusters[0].gateway
+        );
+        // Again: north's files exist, nothing is written.
+        let err = generate(&add).unwrap_err();
+        assert!(
+            matches!(&err, CertsError::Exists { path } if path.starts_with(layout.cluster_dir(&north))),
+            "{err}"
+        );
+        // Without a root to add to, it says what is missing.
+        let empty = tempfile::tempdir().unwrap();
+        let err = generate(&CertsArgs {
+            add: true,
+            ..args(empty.path(), &["north"])
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("root-ca.pem"), "{err}");
+        assert!(!empty.path().join("north").exists());
     }
 
     #[test]
@@ -521,6 +752,92 @@ mod tests {
         .unwrap();
         assert_eq!(id.cert_chain.len(), 2);
         assert_eq!(id.spiffe_id().unwrap(), generated.clusters[0].federator);
+    }
+
+    #[test]
+    fn issue_makes_leaves_and_intermediates_of_the_cas_own_trust_domain_only() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&args(dir.path(), &["east"])).unwrap();
+        let layout = Layout::new(dir.path());
+        let east = ClusterId::new("east").unwrap();
+        let bundle = causeway_api::tls::TrustBundle::load(layout.bundle()).unwrap();
+        let out = dir.path().join("out");
+        let issue_args =
+            |ca: PathBuf, ca_key: PathBuf, id: &str, is_ca: bool, name: &str| IssueArgs {
+                ca_cert: ca,
+                ca_key,
+                spiffe_id: id.parse().unwrap(),
+                ca: is_ca,
+                cert_out: out.join(format!("{name}.pem")),
+                key_out: out.join(format!("{name}.key")),
+                validity_days: 1,
+                force: false,
+            };
+        std::fs::create_dir_all(&out).unwrap();
+        // A workload leaf from east's CA verifies, bound to east.
+        let cart = "spiffe://east.causeway.mesh/ns/shop/sa/cart";
+        let a = issue_args(
+            layout.ca_cert(&east),
+            layout.ca_key(&east),
+            cart,
+            false,
+            "cart",
+        );
+        issue(&a).unwrap();
+        let id = causeway_api::tls::Identity::load(&a.cert_out, &a.key_out).unwrap();
+        assert_eq!(
+            causeway_api::tls::verify_client_chain(&bundle, &id.cert_chain)
+                .unwrap()
+                .to_string(),
+            cart
+        );
+        // Again: refused, the files are there.
+        assert!(matches!(issue(&a), Err(CertsError::Exists { .. })));
+        // east's CA cannot issue west's identities.
+        let west = "spiffe://west.causeway.mesh/ns/shop/sa/cart";
+        let err = issue(&issue_args(
+            layout.ca_cert(&east),
+            layout.ca_key(&east),
+            west,
+            false,
+            "w",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("trust domain east.causeway.mesh's"),
+            "{err}"
+        );
+        // An intermediate for a new trust domain, from the root, then a leaf from it.
+        let td = "spiffe://south.causeway.mesh";
+        let c = issue_args(
+            layout.root_ca_cert(),
+            layout.root_ca_key(),
+            td,
+            true,
+            "south-ca",
+        );
+        issue(&c).unwrap();
+        let gw = "spiffe://south.causeway.mesh/ns/causeway-system/sa/causeway-gateway";
+        let l = issue_args(c.cert_out.clone(), c.key_out.clone(), gw, false, "south-gw");
+        issue(&l).unwrap();
+        let id = causeway_api::tls::Identity::load(&l.cert_out, &l.key_out).unwrap();
+        assert_eq!(
+            causeway_api::tls::verify_client_chain(&bundle, &id.cert_chain)
+                .unwrap()
+                .to_string(),
+            gw
+        );
+        // A CA's ID has no path.
+        let err = issue(&issue_args(
+            layout.root_ca_cert(),
+            layout.root_ca_key(),
+            gw,
+            true,
+            "x",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("no path"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Drain a service in one cluster for a while and report how DNS and traffic moved.
     Drill(Box<crate::drill::DrillArgs>),
+    /// Issue one certificate (a leaf, or with --ca an intermediate) from an existing CA.
+    Issue(certs::IssueArgs),
     /// Turn on etcd's auth for a federation: per-cluster roles that write only their own
     /// prefix, an operator role for drills (run as etcd's root, with its client certificate).
     EtcdAuth(crate::etcd::EtcdAuthArgs),
@@ -43,6 +45,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Drill(args) => {
             print!("{}", crate::drill::run(*args).await?);
+            Ok(())
+        }
+        Command::Issue(args) => {
+            println!("{}", certs::issue(&args)?);
             Ok(())
         }
         Command::EtcdAuth(args) => {

@@ -165,6 +165,12 @@ impl TrustBundle {
         Ok(bundle)
     }
 
+    /// The trust domain each root names (`spiffe://T` as a URI SAN), in order; `None` for a
+    /// root that names none (a federation root).
+    pub fn trust_domains(&self) -> Vec<Option<String>> {
+        self.roots.iter().map(|c| ca_trust_domain(c)).collect()
+    }
+
     /// The anchors, with the trust domain each root names (`spiffe://T` in a URI SAN), if any.
     fn anchors(&self, origin: &str) -> Result<Anchors, TlsError> {
         let list = self.trust_anchors(origin)?;
