@@ -56,6 +56,12 @@ pub struct CertsArgs {
     /// bundle and every other cluster's files stay as they are).
     #[arg(long)]
     pub add: bool,
+
+    /// Give each cluster a root CA of its own (`<cluster>/root-ca.pem`, naming its trust
+    /// domain) instead of one federation root: its bundle, `<cluster>/bundle.pem`, travels to
+    /// the peers through etcd, and no other cluster's key can vouch for it (docs/certificates.md).
+    #[arg(long)]
+    pub own_roots: bool,
 }
 
 /// Why `causeway certs` wrote nothing, or stopped.
@@ -160,6 +166,20 @@ impl Layout {
         files
     }
 
+    /// `DIR/<cluster>/root-ca.pem`, with `--own-roots`: the cluster's own root.
+    pub fn cluster_root_cert(&self, c: &ClusterId) -> PathBuf {
+        self.cluster_dir(c).join("root-ca.pem")
+    }
+
+    pub fn cluster_root_key(&self, c: &ClusterId) -> PathBuf {
+        self.cluster_dir(c).join("root-ca.key")
+    }
+
+    /// `DIR/<cluster>/bundle.pem`, with `--own-roots`: the cluster's trust bundle (its root).
+    pub fn cluster_bundle(&self, c: &ClusterId) -> PathBuf {
+        self.cluster_dir(c).join("bundle.pem")
+    }
+
     /// The files of one cluster: what `--add` writes.
     pub fn cluster_files(&self, c: &ClusterId) -> [PathBuf; 6] {
         [
@@ -222,11 +242,22 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
     let layout = Layout::new(&args.out);
     let ids: Vec<ClusterId> = clusters.iter().map(|c| c.cluster.clone()).collect();
 
-    let targets: Vec<PathBuf> = if args.add {
+    let mut targets: Vec<PathBuf> = if args.add {
         ids.iter().flat_map(|c| layout.cluster_files(c)).collect()
     } else {
         layout.files(&ids)
     };
+    if args.own_roots {
+        // No federation root: each cluster's own, and its bundle.
+        targets.retain(|p| *p != layout.root_ca_cert() && *p != layout.root_ca_key());
+        for c in &ids {
+            targets.extend([
+                layout.cluster_root_cert(c),
+                layout.cluster_root_key(c),
+                layout.cluster_bundle(c),
+            ]);
+        }
+    }
     if !args.force {
         for path in targets {
             // symlink_metadata: a dangling link is still something we would overwrite.
@@ -244,6 +275,42 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
 
     // Everything is generated in memory first, so a failure leaves nothing half-written.
     let mut files: Vec<(PathBuf, String, Secrecy)> = Vec::new();
+    if args.own_roots {
+        let mut roots = String::new();
+        for c in &clusters {
+            let root = own_root_ca(c, &validity)?;
+            files.push((
+                layout.cluster_root_cert(&c.cluster),
+                root.cert_pem.clone(),
+                Secrecy::Public,
+            ));
+            files.push((
+                layout.cluster_root_key(&c.cluster),
+                root.issuer.key().serialize_pem(),
+                Secrecy::Secret,
+            ));
+            files.push((
+                layout.cluster_bundle(&c.cluster),
+                root.cert_pem.clone(),
+                Secrecy::Public,
+            ));
+            roots.push_str(&root.cert_pem);
+            push_cluster(&mut files, &layout, c, &root.issuer, &validity)?;
+        }
+        if !args.add {
+            // Every root, for tools that look at the whole federation; components use their
+            // cluster's bundle and learn the others' through etcd.
+            files.push((layout.bundle(), roots, Secrecy::Public));
+        }
+        for (path, contents, secrecy) in &files {
+            write_file(path, contents.as_bytes(), *secrecy)?;
+        }
+        return Ok(Generated {
+            layout,
+            clusters,
+            not_after: validity.not_after,
+        });
+    }
     let loaded;
     let generated;
     let root: &Issuer<'static, KeyPair> = if args.add {
@@ -266,38 +333,7 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
     };
 
     for c in &clusters {
-        let ca = cluster_ca(c, root, &validity)?;
-        files.push((
-            layout.ca_cert(&c.cluster),
-            ca.cert_pem.clone(),
-            Secrecy::Public,
-        ));
-        files.push((
-            layout.ca_key(&c.cluster),
-            ca.issuer.key().serialize_pem(),
-            Secrecy::Secret,
-        ));
-        for (id, cert_path, key_path) in [
-            (
-                &c.gateway,
-                layout.gateway_cert(&c.cluster),
-                layout.gateway_key(&c.cluster),
-            ),
-            (
-                &c.federator,
-                layout.federator_cert(&c.cluster),
-                layout.federator_key(&c.cluster),
-            ),
-        ] {
-            let (leaf_pem, key_pem) = svid(id, &c.cluster, &ca.issuer, &validity)?;
-            // Leaf first, then the intermediate: the chain a TLS peer needs to reach the root.
-            files.push((
-                cert_path,
-                format!("{leaf_pem}{}", ca.cert_pem),
-                Secrecy::Public,
-            ));
-            files.push((key_path, key_pem, Secrecy::Secret));
-        }
+        push_cluster(&mut files, &layout, c, root, &validity)?;
     }
 
     for (path, contents, secrecy) in &files {
@@ -307,6 +343,68 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
         layout,
         clusters,
         not_after: validity.not_after,
+    })
+}
+
+/// A cluster's CA (signed by `root`) and its gateway and federator SVIDs, as files to write.
+fn push_cluster(
+    files: &mut Vec<(PathBuf, String, Secrecy)>,
+    layout: &Layout,
+    c: &ClusterIdentities,
+    root: &Issuer<'static, KeyPair>,
+    validity: &Validity,
+) -> Result<(), CertsError> {
+    let ca = cluster_ca(c, root, validity)?;
+    files.push((
+        layout.ca_cert(&c.cluster),
+        ca.cert_pem.clone(),
+        Secrecy::Public,
+    ));
+    files.push((
+        layout.ca_key(&c.cluster),
+        ca.issuer.key().serialize_pem(),
+        Secrecy::Secret,
+    ));
+    for (id, cert_path, key_path) in [
+        (
+            &c.gateway,
+            layout.gateway_cert(&c.cluster),
+            layout.gateway_key(&c.cluster),
+        ),
+        (
+            &c.federator,
+            layout.federator_cert(&c.cluster),
+            layout.federator_key(&c.cluster),
+        ),
+    ] {
+        let (leaf_pem, key_pem) = svid(id, &c.cluster, &ca.issuer, validity)?;
+        // Leaf first, then the intermediate: the chain a TLS peer needs to reach the root.
+        files.push((
+            cert_path,
+            format!("{leaf_pem}{}", ca.cert_pem),
+            Secrecy::Public,
+        ));
+        files.push((key_path, key_pem, Secrecy::Secret));
+    }
+    Ok(())
+}
+
+/// A root of one trust domain alone: it names `spiffe://<td>`, so verifiers accept through it
+/// identities of that trust domain only.
+fn own_root_ca(c: &ClusterIdentities, validity: &Validity) -> Result<Ca, CertsError> {
+    let what = format!("root CA of cluster {}", c.cluster);
+    let mut p = params(&format!("Causeway cluster {} root CA", c.cluster), validity);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let td_id = format!("spiffe://{}", c.trust_domain);
+    p.subject_alt_names = vec![SanType::URI(
+        td_id.try_into().map_err(generate_error(what.as_str()))?,
+    )];
+    let key = KeyPair::generate().map_err(generate_error(format!("{what} key")))?;
+    let issuer = CertifiedIssuer::self_signed(p, key).map_err(generate_error(what))?;
+    Ok(Ca {
+        cert_pem: issuer.pem(),
+        issuer,
     })
 }
 
@@ -640,6 +738,7 @@ mod tests {
             validity_days: 30,
             force: false,
             add: false,
+            own_roots: false,
         }
     }
 
@@ -838,6 +937,53 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("no path"), "{err}");
+    }
+
+    #[test]
+    fn own_roots_give_each_cluster_a_trust_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = |clusters: &[&str], add: bool| CertsArgs {
+            own_roots: true,
+            add,
+            ..args(dir.path(), clusters)
+        };
+        generate(&own(&["east", "west"], false)).unwrap();
+        let layout = Layout::new(dir.path());
+        assert!(!layout.root_ca_key().exists(), "no federation root");
+        let [east, west, north] = ["east", "west", "north"].map(|c| ClusterId::new(c).unwrap());
+        let load = |c: &ClusterId| {
+            causeway_api::tls::Identity::load(layout.gateway_cert(c), layout.gateway_key(c))
+                .unwrap()
+        };
+        let bundle_of =
+            |c: &ClusterId| causeway_api::tls::TrustBundle::load(layout.cluster_bundle(c)).unwrap();
+        // east's gateway verifies through east's bundle, not through west's.
+        assert!(
+            causeway_api::tls::verify_client_chain(&bundle_of(&east), &load(&east).cert_chain)
+                .is_ok()
+        );
+        assert!(
+            causeway_api::tls::verify_client_chain(&bundle_of(&west), &load(&east).cert_chain)
+                .is_err()
+        );
+        // The federation's bundle holds every root, each naming its trust domain.
+        let all = causeway_api::tls::TrustBundle::load(layout.bundle()).unwrap();
+        assert_eq!(
+            all.trust_domains(),
+            vec![
+                Some("east.causeway.mesh".to_string()),
+                Some("west.causeway.mesh".to_string())
+            ]
+        );
+        // A cluster joins with a root of its own; nothing else is written.
+        let before = std::fs::read(layout.bundle()).unwrap();
+        generate(&own(&["north"], true)).unwrap();
+        assert_eq!(std::fs::read(layout.bundle()).unwrap(), before);
+        assert!(causeway_api::tls::verify_client_chain(
+            &bundle_of(&north),
+            &load(&north).cert_chain
+        )
+        .is_ok());
     }
 
     #[test]
