@@ -518,7 +518,8 @@ impl Lab {
                 federator_admin: p.federators[0].admin,
                 federators: p.federators.clone(),
                 certs: CertPaths {
-                    trust_bundle: pki_dir.join("bundle.pem"),
+                    // Each cluster trusts its own root; the peers' come through etcd.
+                    trust_bundle: pki_dir.join(&p.name).join("bundle.pem"),
                     gateway_cert: pki_dir.join(&p.name).join("gateway.pem"),
                     gateway_key: pki_dir.join(&p.name).join("gateway.key"),
                     federator_cert: pki_dir.join(&p.name).join("federator.pem"),
@@ -612,6 +613,7 @@ impl Lab {
             .arg(&self.state.pki_dir)
             .arg("--clusters")
             .arg(clusters)
+            .arg("--own-roots")
             .arg("--force");
         run_tool(cmd, "causeway certs")
     }
