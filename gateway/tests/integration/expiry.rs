@@ -73,3 +73,54 @@ async fn an_expired_certificate_makes_the_gateway_unready_and_says_why() {
     .await;
     assert!(own < now(), "{own} is not in the past");
 }
+
+#[tokio::test]
+async fn an_expired_gateway_is_refused_by_its_peers_and_recovers_when_renewed() {
+    let pki = Pki::new();
+    // east starts with an expired certificate, in files of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("gw.pem"), dir.path().join("gw.key"));
+    let east_ca = pki.ca("east");
+    let write = |expired: bool| {
+        let (cert, key) = east_ca.svid(&gateway_id("east"), expired, true);
+        // The key first: a reload between the two writes sees a mismatch and keeps the old.
+        std::fs::write(&key_path, key).unwrap();
+        std::fs::write(&cert_path, cert).unwrap();
+    };
+    write(true);
+    let mut config = gateway_config(&pki, "east");
+    config.cert = cert_path.clone();
+    config.key = key_path.clone();
+    let east = causeway_gateway::Gateway::start(config).await.unwrap();
+    let west = start_gateway(&pki, "west").await;
+    let mesh = Pair { pki, east, west };
+    let backend = HttpBackend::start("cart-west").await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        |_, _| {},
+    );
+    let host = "cart.shop.svc.clusterset.local";
+    let a = get(mesh.east.egress_addr, host, "/").await;
+    assert!(a.status.is_server_error(), "{} {}", a.status, a.body);
+    wait_for("west to count the expired peer", 10, || async {
+        let n = metric_or_zero(
+            &mesh.west,
+            "causeway_gateway_peer_handshake_failures_total",
+            &[("reason", "expired")],
+        );
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    let ready = admin_get(&mesh.east, "/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Renewed (new files, no restart): east is ready again and its calls go through.
+    write(false);
+    wait_for("east to serve again", 20, || async {
+        (get(mesh.east.egress_addr, host, "/").await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(admin_get(&mesh.east, "/ready").await.status, 200);
+}
