@@ -188,15 +188,59 @@ pub async fn setup_auth(
     Ok(created)
 }
 
-/// Connects once.
+/// Connects once, to the endpoints that accept a TCP connection now (all of them when none
+/// does, so that the error names them).
+///
+/// The client balances requests over its endpoints with power-of-two-choices on pending
+/// requests, and a dead member fails every request at once: it always looks the least loaded,
+/// so a client that includes it sends nearly everything there (seen with one of three members
+/// killed: the mesh watch retried against it for 20 s). Leaving it out at connect time, and
+/// connecting anew after errors (the view and the publisher do), routes around it.
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client, EtcdError> {
     let opts = connect_options(cfg)?;
-    Client::connect(&cfg.endpoints, Some(opts))
+    let mut endpoints = reachable(&cfg.endpoints, Duration::from_millis(500)).await;
+    if endpoints.is_empty() {
+        endpoints = cfg.endpoints.clone();
+    }
+    Client::connect(&endpoints, Some(opts))
         .await
         .map_err(|source| EtcdError::Connect {
-            endpoints: cfg.endpoints.join(","),
+            endpoints: endpoints.join(","),
             source,
         })
+}
+
+/// The endpoints (`scheme://host:port`) that accept a TCP connection within `wait`, in order.
+async fn reachable(endpoints: &[String], wait: Duration) -> Vec<String> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let authority = e
+            .split_once("://")
+            .map_or(e.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        probes.spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(wait, tokio::net::TcpStream::connect(authority)).await,
+                Ok(Ok(_))
+            );
+            (i, ok)
+        });
+    }
+    let mut up = vec![false; endpoints.len()];
+    while let Some(r) = probes.join_next().await {
+        if let Ok((i, ok)) = r {
+            up[i] = ok;
+        }
+    }
+    endpoints
+        .iter()
+        .zip(up)
+        .filter(|(_, ok)| *ok)
+        .map(|(e, _)| e.clone())
+        .collect()
 }
 
 // === paginated reads ===
@@ -297,6 +341,22 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_endpoints_that_accept_connections_are_kept() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let eps = vec![
+            format!("https://{dead_addr}"),
+            format!("http://{}", live.local_addr().unwrap()),
+        ];
+        assert_eq!(
+            reachable(&eps, Duration::from_millis(500)).await,
+            vec![eps[1].clone()]
+        );
+    }
 
     #[test]
     fn prefix_ends() {
