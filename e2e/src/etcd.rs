@@ -74,6 +74,7 @@ impl EtcdPki {
         ca.distinguished_name.push(DnType::CommonName, "etcd CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key)?;
+        write("ca.key", &ca_key.serialize_pem())?;
         let issuer = rcgen::Issuer::new(ca, ca_key);
         let leaf = |cn: &str, server: bool| -> anyhow::Result<(String, String)> {
             let key = KeyPair::generate()?;
@@ -118,6 +119,29 @@ impl EtcdPki {
             write(&format!("{user}.key"), &key)?;
         }
         Ok(pki)
+    }
+
+    /// Adds a client certificate for `user`, signed by the CA of an earlier [`write`](Self::write)
+    /// in `dir` (e.g. for a cluster that joins a running lab).
+    pub fn add_user(dir: &Path, user: &str) -> anyhow::Result<()> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        anyhow::ensure!(user != "server", "no etcd user may be called server");
+        let read = |name: &str| {
+            let p = dir.join(name);
+            fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &read("ca.pem")?,
+            KeyPair::from_pem(&read("ca.key")?)?,
+        )?;
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, user);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let pem = p.signed_by(&key, &issuer)?.pem();
+        fs::write(dir.join(format!("{user}.pem")), pem)?;
+        fs::write(dir.join(format!("{user}.key")), key.serialize_pem())?;
+        Ok(())
     }
 
     /// The client certificate and key of `user`.

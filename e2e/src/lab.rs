@@ -394,6 +394,32 @@ impl Plan {
     }
 }
 
+/// What lab.json says of the cluster of `p`.
+fn cluster_info(p: &Plan, spec: &LabSpec, pki_dir: &Path) -> ClusterInfo {
+    ClusterInfo {
+        name: p.name.clone(),
+        netns: p.netns.clone(),
+        region: p.region.clone(),
+        dns: p.federators[0].dns,
+        dns_servers: p.federators.iter().map(|f| f.dns).collect(),
+        wan_ip: p.wan_ip,
+        wan_link: p.netns.as_ref().map(|_| "wan0".to_string()),
+        gateway: p.gateway.clone(),
+        federator_admin: p.federators[0].admin,
+        federators: p.federators.clone(),
+        certs: CertPaths {
+            // Each cluster trusts its own root; the peers' come through etcd.
+            trust_bundle: pki_dir.join(&p.name).join("bundle.pem"),
+            gateway_cert: pki_dir.join(&p.name).join("gateway.pem"),
+            gateway_key: pki_dir.join(&p.name).join("gateway.key"),
+            federator_cert: pki_dir.join(&p.name).join("federator.pem"),
+            federator_key: pki_dir.join(&p.name).join("federator.key"),
+        },
+        exports_dir: cluster_dir(&spec.state_dir, &p.name).join("exports"),
+        demo: p.demo(spec),
+    }
+}
+
 fn cluster_dir(state_dir: &Path, cluster: &str) -> PathBuf {
     state_dir.join("clusters").join(cluster)
 }
@@ -433,6 +459,8 @@ pub fn export_yaml(d: &DemoService) -> String {
 /// [`Lab::detach`] was called (what `causeway-lab up` does).
 pub struct Lab {
     state: LabState,
+    /// What the lab was built from (clusters added later are planned from it).
+    spec: LabSpec,
     procs: Mutex<Procs>,
     keep: bool,
     /// The temporary state directory of a test lab.
@@ -506,28 +534,7 @@ impl Lab {
         let etcd = etcd_info(&spec);
         let clusters = plans
             .iter()
-            .map(|p| ClusterInfo {
-                name: p.name.clone(),
-                netns: p.netns.clone(),
-                region: p.region.clone(),
-                dns: p.federators[0].dns,
-                dns_servers: p.federators.iter().map(|f| f.dns).collect(),
-                wan_ip: p.wan_ip,
-                wan_link: p.netns.as_ref().map(|_| "wan0".to_string()),
-                gateway: p.gateway.clone(),
-                federator_admin: p.federators[0].admin,
-                federators: p.federators.clone(),
-                certs: CertPaths {
-                    // Each cluster trusts its own root; the peers' come through etcd.
-                    trust_bundle: pki_dir.join(&p.name).join("bundle.pem"),
-                    gateway_cert: pki_dir.join(&p.name).join("gateway.pem"),
-                    gateway_key: pki_dir.join(&p.name).join("gateway.key"),
-                    federator_cert: pki_dir.join(&p.name).join("federator.pem"),
-                    federator_key: pki_dir.join(&p.name).join("federator.key"),
-                },
-                exports_dir: cluster_dir(&state_dir, &p.name).join("exports"),
-                demo: p.demo(&spec),
-            })
+            .map(|p| cluster_info(p, &spec, &pki_dir))
             .collect();
         let state = LabState {
             schema: LAB_STATE_SCHEMA,
@@ -544,6 +551,7 @@ impl Lab {
         };
         let mut lab = Lab {
             state,
+            spec: spec.clone(),
             procs: Mutex::new(Procs::default()),
             keep: false,
             _tempdir: tempdir,
@@ -713,6 +721,19 @@ impl Lab {
             net::ip_in(wan, &["addr", "add", &addr, "dev", "br0"])?;
         }
         for plan in plans {
+            self.cluster_network(plan)?;
+        }
+        Ok(())
+    }
+
+    /// One cluster's namespace, its link to the WAN, its addresses and nftables rules.
+    fn cluster_network(&self, plan: &Plan) -> anyhow::Result<()> {
+        let wan = self
+            .state
+            .wan_netns
+            .as_deref()
+            .context("no WAN namespace")?;
+        {
             let ns = plan.netns.as_deref().context("no cluster namespace")?;
             net::add_netns(ns)?;
             // Created inside the cluster namespace with its peer in the WAN namespace, so the
@@ -1171,6 +1192,55 @@ impl Lab {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Adds a cluster `name` to the running lab, as an operator joins one to a running
+    /// federation: its network namespace, a root of its own and certificates (`causeway certs
+    /// --own-roots --add`, touching no other cluster's files), its etcd user and role
+    /// (`causeway etcd-auth`, idempotent), its federator and gateway. Returns once both are
+    /// ready; it exports nothing. The other clusters learn of it through etcd.
+    pub async fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.state.clusters.iter().all(|c| c.name != name),
+            "cluster {name} is in the lab already"
+        );
+        let mut spec = self.spec.clone();
+        spec.clusters.push(name.to_string());
+        let plan = Plan::new(&spec, spec.clusters.len(), name)?;
+        let info = cluster_info(&plan, &spec, &self.state.pki_dir);
+        self.state.clusters.push(info);
+        self.spec = spec.clone();
+        self.state.save()?;
+        if spec.mode == Mode::Netns {
+            self.cluster_network(&plan)?;
+        }
+        let mut cmd = std::process::Command::new(self.bin("causeway"));
+        cmd.arg("certs")
+            .arg("--out")
+            .arg(&self.state.pki_dir)
+            .arg("--clusters")
+            .arg(name)
+            .arg("--own-roots")
+            .arg("--add");
+        run_tool(cmd, "causeway certs --add")?;
+        if let Some(tls) = &self.state.etcd.tls {
+            crate::etcd::EtcdPki::add_user(&tls.dir, &etcd_user(name))?;
+        }
+        self.etcd_auth()?;
+        self.start_federators(&spec, &plan)?;
+        for f in &plan.federators {
+            self.wait_http_ok(plan.netns.as_deref(), f.admin, "/ready", &f.process)
+                .await?;
+        }
+        self.start_gateway(&spec, &plan)?;
+        self.wait_http_ok(
+            plan.netns.as_deref(),
+            plan.gateway.admin,
+            "/ready",
+            &plan.gateway.process,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Leaves the lab running when this handle is dropped (causeway-lab up).

@@ -251,3 +251,104 @@ async fn causeway_lab_up_drill_status_exec_down() {
     assert!(again.status.success(), "down is idempotent");
     drop(down);
 }
+
+/// A cluster with a root of its own joins a running federation (issue "Trust that grows"):
+/// certificates from `causeway certs --own-roots --add`, which touches no other cluster's
+/// files, its etcd role from `causeway etcd-auth`; within 10 s it calls the demo services and
+/// its peers accept its gateway, while the clients of the others see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_root_of_its_own_joins_a_running_lab() {
+    let Some(mut lab) = lab_support::start(3, |_| {}).await else {
+        return;
+    };
+    let north = lab.echo_prober("north").unwrap();
+    let east = lab.echo_prober("east").unwrap();
+    lab_support::warm_up(&north, 5).await;
+    lab_support::warm_up(&east, 5).await;
+    let pki = lab.state().pki_dir.clone();
+    let others: Vec<(std::path::PathBuf, Vec<u8>)> = ["east", "west", "north"]
+        .iter()
+        .flat_map(|c| std::fs::read_dir(pki.join(c)).unwrap())
+        .map(|e| e.unwrap().path())
+        .chain([pki.join("bundle.pem")])
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+
+    let started = std::time::Instant::now();
+    lab.add_cluster("south").await.expect("south joins");
+    let answer = causeway_e2e::wait_for("south to call echo", Duration::from_secs(10), || async {
+        lab.call_echo("south")
+            .await
+            .ok()
+            .filter(|a| a.status == 200)
+    })
+    .await
+    .expect("south calls echo");
+    let calls_after = started.elapsed();
+    causeway_e2e::wait_for(
+        "west's gateway to see south up",
+        Duration::from_secs(10),
+        || async {
+            lab.peers_answering("west")
+                .await
+                .ok()?
+                .contains("south")
+                .then_some(())
+        },
+    )
+    .await
+    .expect("west accepts south's gateway");
+    let served_after = started.elapsed();
+    assert!(
+        matches!(answer.cluster.as_deref(), Some("east" | "west")),
+        "{answer:?}"
+    );
+    // south's trust is its own: a root naming its trust domain, no other file touched.
+    let south_root =
+        causeway_api::tls::TrustBundle::load(pki.join("south").join("bundle.pem")).unwrap();
+    assert_eq!(
+        south_root.trust_domains(),
+        vec![Some("south.causeway.mesh".to_string())]
+    );
+    for (path, bytes) in &others {
+        assert_eq!(
+            &std::fs::read(path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
+    }
+
+    let (north, east) = (north.stop(), east.stop());
+    for (who, t) in [("north", &north), ("east", &east)] {
+        let failed = t.failures(Duration::ZERO, Duration::MAX);
+        assert!(
+            failed.is_empty(),
+            "{who}: {}",
+            t.describe_failures(Duration::ZERO, Duration::MAX)
+        );
+    }
+    assert!(
+        calls_after < Duration::from_secs(10),
+        "south called after {calls_after:?}"
+    );
+    assert!(
+        served_after < Duration::from_secs(10),
+        "south served after {served_after:?}"
+    );
+    lab_support::result(
+        "cluster_joins_with_its_own_root",
+        &[
+            ("calls_after", lab_support::secs(Some(calls_after))),
+            ("served_after", lab_support::secs(Some(served_after))),
+            (
+                "requests",
+                (north.samples.len() + east.samples.len()).to_string(),
+            ),
+            ("failed", "0".to_string()),
+        ],
+    );
+}
