@@ -214,6 +214,7 @@ async fn scale(bin: &Path, clusters: usize, exports: usize, probes: usize) -> an
             trust_bundle_pem: String::new(),
             locality: Default::default(),
             federator_version: "bench".into(),
+            certificate_not_after: None,
         };
         client
             .put(keys::cluster_key(&cluster), keys::encode(&rec), opts())

@@ -70,6 +70,13 @@ impl Federator {
             trust_bundle_pem,
             locality: c.locality.clone(),
             federator_version: env!("CARGO_PKG_VERSION").to_string(),
+            certificate_not_after: match (&c.cert_file, &c.key_file) {
+                (Some(cert), Some(key)) => causeway_api::tls::Identity::load(cert, key)
+                    .and_then(|i| i.validity())
+                    .ok()
+                    .map(|v| v.not_after),
+                _ => None,
+            },
         };
 
         let mut tasks = Vec::new();

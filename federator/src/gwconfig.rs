@@ -356,6 +356,7 @@ mod tests {
                 trust_bundle_pem: String::new(),
                 locality: BTreeMap::from([("region".to_string(), region.to_string())]),
                 federator_version: String::new(),
+                certificate_not_after: None,
             },
             state: ClusterState::Up,
             last_change_unix_ms: 0,

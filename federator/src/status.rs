@@ -133,12 +133,22 @@ pub fn render(s: &MeshSnapshot, leader: bool) -> String {
                 when(v.last_change_unix_ms),
                 by_cluster.get(c).copied().unwrap_or(0).to_string(),
                 v.record.gateway_addresses.join(","),
+                v.record
+                    .certificate_not_after
+                    .map_or("-".to_string(), |t| when(t.saturating_mul(1000))),
             ]
         })
         .collect();
     table(
         &mut out,
-        &["CLUSTER", "STATE", "LAST CHANGE", "EXPORTS", "GATEWAYS"],
+        &[
+            "CLUSTER",
+            "STATE",
+            "LAST CHANGE",
+            "EXPORTS",
+            "GATEWAYS",
+            "CERT EXPIRES",
+        ],
         &rows,
     );
     let _ = writeln!(out);
@@ -234,4 +244,44 @@ pub fn render(s: &MeshSnapshot, leader: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_api::snapshot::{ClusterState, ClusterView};
+    use causeway_api::{ClusterId, ClusterRecord};
+
+    #[test]
+    fn each_clusters_certificate_expiry_is_shown() {
+        let view = |not_after: Option<i64>| ClusterView {
+            record: ClusterRecord {
+                schema: causeway_api::SCHEMA_VERSION,
+                gateway_addresses: vec!["10.100.0.11:15443".into()],
+                trust_domain: "east.causeway.mesh".into(),
+                trust_bundle_pem: String::new(),
+                locality: Default::default(),
+                federator_version: String::new(),
+                certificate_not_after: not_after,
+            },
+            state: ClusterState::Up,
+            last_change_unix_ms: 0,
+            stale_since_unix_ms: None,
+            synced_revision: None,
+        };
+        let snap = MeshSnapshot {
+            clusters: [
+                (ClusterId::new("east").unwrap(), view(Some(1_800_000_000))),
+                (ClusterId::new("west").unwrap(), view(None)),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let text = render(&snap, true);
+        assert!(text.contains("CERT EXPIRES"), "{text}");
+        let east = text.lines().find(|l| l.starts_with("east")).unwrap();
+        assert!(east.contains("2027-01-15T08:00:00Z"), "{text}");
+        let west = text.lines().find(|l| l.starts_with("west")).unwrap();
+        assert!(west.trim_end().ends_with('-'), "{text}");
+    }
 }

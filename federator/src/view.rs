@@ -691,6 +691,7 @@ mod tests {
             trust_bundle_pem: String::new(),
             locality: Default::default(),
             federator_version: String::new(),
+            certificate_not_after: None,
         };
         (keys::cluster_key(&c(name)), keys::encode(&rec))
     }

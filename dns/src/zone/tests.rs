@@ -101,6 +101,7 @@ fn snapshot() -> MeshSnapshot {
                     trust_bundle_pem: String::new(),
                     locality: Default::default(),
                     federator_version: String::new(),
+                    certificate_not_after: None,
                 },
                 state: ClusterState::Up,
                 last_change_unix_ms: 0,

@@ -146,6 +146,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
                     trust_bundle_pem: String::new(),
                     locality: Default::default(),
                     federator_version: "test".into(),
+                    certificate_not_after: None,
                 },
                 state: ClusterState::Up,
                 last_change_unix_ms: 0,

@@ -259,7 +259,7 @@ fn default_true() -> bool {
 
 // === Stored values ===
 
-/// Value of `clusters/<cluster>`.
+/// Value of `clusters/<cluster>/info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     #[serde(default = "schema_v2")]
@@ -276,6 +276,9 @@ pub struct ClusterRecord {
     pub locality: BTreeMap<String, String>,
     #[serde(default)]
     pub federator_version: String,
+    /// When the cluster's federator certificate expires (Unix seconds), for `causeway status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<i64>,
 }
 
 /// Value of `exports/<ns>/<svc>/<cluster>`: one cluster's export of one service.
