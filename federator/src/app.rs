@@ -63,6 +63,19 @@ impl Federator {
             })?,
             None => String::new(),
         };
+        // Read once: published in `clusters/<c>/info` and set as the expiry metric below.
+        let cert_not_after = match (&c.cert_file, &c.key_file) {
+            (Some(cert), Some(key)) => {
+                match causeway_api::tls::Identity::load(cert, key).and_then(|i| i.validity()) {
+                    Ok(v) => Some(v.not_after),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the federator certificate's validity");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let cluster_record = ClusterRecord {
             schema: SCHEMA_VERSION,
             gateway_addresses: c.gateway_addresses.clone(),
@@ -70,13 +83,7 @@ impl Federator {
             trust_bundle_pem,
             locality: c.locality.clone(),
             federator_version: env!("CARGO_PKG_VERSION").to_string(),
-            certificate_not_after: match (&c.cert_file, &c.key_file) {
-                (Some(cert), Some(key)) => causeway_api::tls::Identity::load(cert, key)
-                    .and_then(|i| i.validity())
-                    .ok()
-                    .map(|v| v.not_after),
-                _ => None,
-            },
+            certificate_not_after: cert_not_after,
         };
 
         let mut tasks = Vec::new();
@@ -250,18 +257,11 @@ impl Federator {
                     shutdown.clone(),
                 )),
             ));
-            if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {
-                match causeway_api::tls::Identity::load(cert, key).and_then(|i| i.validity()) {
-                    Ok(v) => {
-                        metrics
-                            .cert_expiry
-                            .with_label_values(&["federator", cfg.cluster.as_str()])
-                            .set(v.not_after);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the federator certificate's validity")
-                    }
-                }
+            if let Some(t) = cert_not_after {
+                metrics
+                    .cert_expiry
+                    .with_label_values(&["federator", cfg.cluster.as_str()])
+                    .set(t);
             }
             let tls = match (&c.cert_file, &c.key_file, &c.trust_bundle_file) {
                 (Some(cert), Some(key), Some(bundle)) => Some(TlsFiles {

@@ -47,7 +47,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // Peers refuse an expired certificate: out of service until it is renewed.
-    if let Ok(v) = shared.tls.load().identity.validity() {
+    if let Some(v) = shared.tls.load().validity {
         if v.left(crate::reload::unix_now()) <= 0 {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -93,7 +93,7 @@ fn observe_certificates(shared: &Shared, before: CertHealth) -> CertHealth {
                 .set(t);
         }
     }
-    let Ok(v) = shared.tls.load().identity.validity() else {
+    let Some(v) = shared.tls.load().validity else {
         return before;
     };
     gauge

@@ -45,6 +45,8 @@ impl TlsFiles {
 /// Everything TLS, for one identity and one set of peers.
 pub(crate) struct TlsState {
     pub(crate) identity: Identity,
+    /// The validity of `identity`'s leaf, read once per build (expiry metric, `/ready`).
+    pub(crate) validity: Option<causeway_api::tls::Validity>,
     pub(crate) own_id: SpiffeId,
     pub(crate) local_bundle: TrustBundle,
     pub(crate) server: Arc<rustls::ServerConfig>,
@@ -143,6 +145,7 @@ impl TlsState {
         Ok(Self {
             backend_h1: backend(ALPN_H1)?,
             backend_h2: backend(ALPN_H2)?,
+            validity: identity.validity().ok(),
             identity,
             own_id,
             local_bundle,
