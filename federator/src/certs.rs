@@ -354,7 +354,7 @@ fn push_cluster(
     root: &Issuer<'static, KeyPair>,
     validity: &Validity,
 ) -> Result<(), CertsError> {
-    let ca = cluster_ca(c, root, validity)?;
+    let ca = cluster_ca(&c.cluster, &c.trust_domain, root, validity)?;
     files.push((
         layout.ca_cert(&c.cluster),
         ca.cert_pem.clone(),
@@ -491,20 +491,22 @@ fn load_root(layout: &Layout) -> Result<Issuer<'static, KeyPair>, CertsError> {
     })
 }
 
+/// The CA of trust domain `trust_domain` (cluster `cluster`), signed by `root`.
 fn cluster_ca(
-    c: &ClusterIdentities,
+    cluster: &ClusterId,
+    trust_domain: &str,
     root: &Issuer<'static, KeyPair>,
     validity: &Validity,
 ) -> Result<Ca, CertsError> {
-    let what = format!("CA of cluster {}", c.cluster);
-    let mut p = params(&format!("Causeway cluster {} CA", c.cluster), validity);
+    let what = format!("CA of cluster {cluster}");
+    let mut p = params(&format!("Causeway cluster {cluster} CA"), validity);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.use_authority_key_identifier_extension = true;
     // X.509-SVID: a signing certificate may carry the SPIFFE ID of its trust domain.
-    let td_id = SpiffeId::new(&c.trust_domain, "")
+    let td_id = SpiffeId::new(trust_domain, "")
         .map_err(|source| CertsError::TrustDomain {
-            cluster: c.cluster.clone(),
+            cluster: cluster.clone(),
             source,
         })?
         .to_string();
@@ -635,19 +637,7 @@ pub fn issue(args: &IssueArgs) -> Result<String, CertsError> {
                 },
             });
         }
-        let ids = ClusterIdentities {
-            gateway: SpiffeId::gateway(&td).map_err(|source| CertsError::TrustDomain {
-                cluster: cluster.clone(),
-                source,
-            })?,
-            federator: SpiffeId::federator(&td).map_err(|source| CertsError::TrustDomain {
-                cluster: cluster.clone(),
-                source,
-            })?,
-            cluster,
-            trust_domain: td,
-        };
-        let ca = cluster_ca(&ids, &issuer, &validity)?;
+        let ca = cluster_ca(&cluster, &td, &issuer, &validity)?;
         (ca.cert_pem.clone(), ca.issuer.key().serialize_pem())
     } else {
         let (leaf, key) = svid(&args.spiffe_id, &cluster, &issuer, &validity)?;
@@ -671,8 +661,7 @@ fn ca_pem_trust_domain(pem_text: &str) -> Option<String> {
         .ok()?
         .into_iter()
         .next()?;
-    let bundle = causeway_api::tls::TrustBundle::new(vec![der]);
-    bundle.trust_domains().into_iter().next().flatten()
+    causeway_api::tls::ca_trust_domain(&der)
 }
 
 // === writing ===

@@ -405,7 +405,7 @@ impl Anchors {
 
 /// The trust domain a CA certificate names: `T` of its URI SAN `spiffe://T` (the SPIFFE ID of
 /// a trust domain itself, path empty). None for a CA without one, or that is not parseable.
-fn ca_trust_domain(der: &[u8]) -> Option<String> {
+pub fn ca_trust_domain(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|name| match name {
