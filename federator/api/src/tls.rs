@@ -421,6 +421,22 @@ pub fn ca_trust_domain(der: &[u8]) -> Option<String> {
 /// Verifies `end_entity`'s chain with webpki against `anchors` for `usage`, reads its SPIFFE
 /// ID, and checks that the chain binds the ID's trust domain: some CA of the verified path
 /// names it, and none names another.
+/// Why [`verify_spiffe_chain`] refused a chain: webpki's verdict on the chain itself, or ours on
+/// the identity it carries.
+enum ChainError {
+    Pki(webpki::Error),
+    Identity(TlsError),
+}
+
+impl From<ChainError> for rustls::Error {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Pki(e) => pki_error(e),
+            ChainError::Identity(e) => other_error(e),
+        }
+    }
+}
+
 fn verify_spiffe_chain(
     anchors: &Anchors,
     algs: &WebPkiSupportedAlgorithms,
@@ -428,8 +444,8 @@ fn verify_spiffe_chain(
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     usage: webpki::KeyUsage,
-) -> Result<SpiffeId, rustls::Error> {
-    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+) -> Result<SpiffeId, ChainError> {
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(ChainError::Pki)?;
     let path = cert
         .verify_for_usage(
             algs.all,
@@ -440,8 +456,8 @@ fn verify_spiffe_chain(
             None,
             None,
         )
-        .map_err(pki_error)?;
-    let id = peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(other_error)?;
+        .map_err(ChainError::Pki)?;
+    let id = peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(ChainError::Identity)?;
     let td = id.trust_domain();
     let mut cas: Vec<(String, Option<String>)> = path
         .intermediate_certificates()
@@ -459,7 +475,7 @@ fn verify_spiffe_chain(
         match ca_td {
             Some(ca_td) if ca_td == td => bound = true,
             Some(issuer_td) => {
-                return Err(other_error(TlsError::ForeignIssuer {
+                return Err(ChainError::Identity(TlsError::ForeignIssuer {
                     id,
                     issuer,
                     issuer_td,
@@ -470,7 +486,10 @@ fn verify_spiffe_chain(
     }
     if !bound {
         let td = td.to_string();
-        return Err(other_error(TlsError::UnboundTrustDomain { id, td }));
+        return Err(ChainError::Identity(TlsError::UnboundTrustDomain {
+            id,
+            td,
+        }));
     }
     Ok(id)
 }
@@ -508,27 +527,8 @@ pub fn verify_client_chain(
         webpki::KeyUsage::client_auth(),
     )
     .map_err(|e| match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => {
-            match o.0.downcast_ref::<TlsError>() {
-                Some(TlsError::ForeignIssuer {
-                    id,
-                    issuer,
-                    issuer_td,
-                }) => TlsError::ForeignIssuer {
-                    id: id.clone(),
-                    issuer: issuer.clone(),
-                    issuer_td: issuer_td.clone(),
-                },
-                Some(TlsError::UnboundTrustDomain { id, td }) => TlsError::UnboundTrustDomain {
-                    id: id.clone(),
-                    td: td.clone(),
-                },
-                _ => TlsError::ChainRejected(rustls::Error::InvalidCertificate(
-                    CertificateError::Other(o),
-                )),
-            }
-        }
-        e => TlsError::ChainRejected(e),
+        ChainError::Pki(e) => TlsError::ChainRejected(pki_error(e)),
+        ChainError::Identity(e) => e,
     })
 }
 
