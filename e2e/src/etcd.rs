@@ -38,6 +38,15 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// The member name; the cluster has only this one member.
 const MEMBER_NAME: &str = "causeway-e2e";
 
+/// TLS options of an etcd client: the CA that verifies etcd, and the client certificate
+/// (whose common name is the etcd user) with its key, all PEM files.
+pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<etcd_client::TlsOptions> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?))
+        .identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?)))
+}
+
 // === impl EtcdPki ===
 
 /// etcd's own PKI, as PEM files in one directory: a CA, a server certificate for the given
@@ -295,14 +304,7 @@ impl EtcdServer {
         let Some(tls) = &self.tls else {
             return Ok(opts);
         };
-        let read = |p: &PathBuf| fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let tls_opts = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
-            .identity(etcd_client::Identity::from_pem(
-                read(&tls.client_cert)?,
-                read(&tls.client_key)?,
-            ));
-        Ok(opts.with_tls(tls_opts))
+        Ok(opts.with_tls(client_tls(&tls.ca, &tls.client_cert, &tls.client_key)?))
     }
 
     pub fn endpoints(&self) -> Vec<String> {

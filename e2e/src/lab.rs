@@ -671,12 +671,7 @@ impl Lab {
             return Ok(None);
         };
         let (cert, key) = tls.client(user);
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        Ok(Some(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
-                .identity(etcd_client::Identity::from_pem(read(&cert)?, read(&key)?)),
-        ))
+        Ok(Some(crate::etcd::client_tls(&tls.ca, &cert, &key)?))
     }
 
     /// `causeway etcd-auth` as etcd's root, from where etcd is: roles per cluster, auth on.

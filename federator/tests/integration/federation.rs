@@ -573,12 +573,7 @@ async fn etcd_as(
     user: &str,
 ) -> anyhow::Result<etcd_client::Client> {
     let (cert, key) = pki.client(user);
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&pki.ca)?))
-        .identity(etcd_client::Identity::from_pem(
-            std::fs::read(cert)?,
-            std::fs::read(key)?,
-        ));
+    let tls = causeway_e2e::etcd::client_tls(&pki.ca, &cert, &key)?;
     let opts = etcd_client::ConnectOptions::new()
         .with_tls(tls)
         .with_timeout(Duration::from_secs(5));
