@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Validated;
-use crate::config_server::{self, PeerHealthMap, ServeConfig, TlsFiles};
+use crate::config_server::{self, PeerHealthMap, ServeConfig};
 use crate::metrics::Metrics;
 use crate::publisher::{self, PublisherConfig};
 use crate::source::file::FileSource;
@@ -19,11 +19,8 @@ use crate::view::{self, ViewConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("reading trust bundle {path}: {source}")]
-    TrustBundle {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] crate::issuer::LoadError),
     #[error("mesh DNS: {0}")]
     Dns(#[from] causeway_dns::DnsError),
     #[error(transparent)]
@@ -56,37 +53,65 @@ impl Federator {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let c = &cfg.config;
-        let trust_bundle_pem = match &c.trust_bundle_file {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| StartError::TrustBundle {
-                path: p.display().to_string(),
-                source,
-            })?,
-            None => String::new(),
-        };
-        // Read once: published in `clusters/<c>/info` and set as the expiry metric below.
-        let cert_not_after = match (&c.cert_file, &c.key_file) {
-            (Some(cert), Some(key)) => {
-                match causeway_api::tls::Identity::load(cert, key).and_then(|i| i.validity()) {
-                    Ok(v) => Some(v.not_after),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the federator certificate's validity");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        // The trust bundle, issuer and own certificate, reloaded on change (issuer.rs).
+        let (tls_watcher, tls_now) = crate::issuer::TlsWatcher::start(
+            crate::issuer::TlsSources {
+                cluster: cfg.cluster.clone(),
+                trust_domain: cfg.trust_domain.clone(),
+                bundle: c.trust_bundle_file.clone(),
+                cert: c.cert_file.clone().zip(c.key_file.clone()),
+                issuer: c.issuer.clone(),
+                interval: c.tls_reload_interval,
+            },
+            &metrics.registry,
+        )?;
         let cluster_record = ClusterRecord {
             schema: SCHEMA_VERSION,
             gateway_addresses: c.gateway_addresses.clone(),
             trust_domain: cfg.trust_domain.clone(),
-            trust_bundle_pem,
+            trust_bundle_pem: tls_now.bundle_pem.clone(),
             locality: c.locality.clone(),
             federator_version: env!("CARGO_PKG_VERSION").to_string(),
-            certificate_not_after: cert_not_after,
+            certificate_not_after: tls_now.own.map(|v| v.not_after),
         };
+        let (tls_tx, tls_rx) = watch::channel(Arc::new(tls_now));
+        let (record_tx, record_rx) = watch::channel(cluster_record);
 
-        let mut tasks = Vec::new();
+        let mut tasks = vec![(
+            "tls-reload",
+            tokio::spawn(tls_watcher.run(tls_tx, shutdown.clone())),
+        )];
+        {
+            // What a TLS change alters in `clusters/<c>/info` and the expiry metric.
+            let mut tls = tls_rx.clone();
+            let metrics = metrics.clone();
+            let cluster = cfg.cluster.clone();
+            tasks.push((
+                "tls-record",
+                tokio::spawn(async move {
+                    loop {
+                        let now = tls.borrow_and_update().clone();
+                        if let Some(v) = now.own {
+                            metrics
+                                .cert_expiry
+                                .with_label_values(&["federator", cluster.as_str()])
+                                .set(v.not_after);
+                        }
+                        record_tx.send_if_modified(|r| {
+                            let not_after = now.own.map(|v| v.not_after);
+                            let changed = r.trust_bundle_pem != now.bundle_pem
+                                || r.certificate_not_after != not_after;
+                            r.trust_bundle_pem.clone_from(&now.bundle_pem);
+                            r.certificate_not_after = not_after;
+                            changed
+                        });
+                        if tls.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }),
+            ));
+        }
         let (local_tx, local_rx) = watch::channel(LocalExports::default());
         // The Kubernetes source starts below, once the snapshots and the leader flag exist.
         let mut kube_local_tx = None;
@@ -153,7 +178,7 @@ impl Federator {
             etcd: c.etcd.clone(),
             lease_ttl: c.lease_ttl,
             keepalive_interval: c.keepalive_interval,
-            cluster_record,
+            cluster_record: record_rx,
             vip_range: cfg.vip_range,
         };
         tasks.push((
@@ -246,6 +271,7 @@ impl Federator {
                     cfg.cluster.clone(),
                     snap_rx.clone(),
                     local_rx.clone(),
+                    tls_rx.clone(),
                     cfg_tx,
                     c.debounce,
                     config_server::BuilderOptions {
@@ -257,29 +283,20 @@ impl Federator {
                     shutdown.clone(),
                 )),
             ));
-            if let Some(t) = cert_not_after {
-                metrics
-                    .cert_expiry
-                    .with_label_values(&["federator", cfg.cluster.as_str()])
-                    .set(t);
-            }
-            let tls = match (&c.cert_file, &c.key_file, &c.trust_bundle_file) {
-                (Some(cert), Some(key), Some(bundle)) => Some(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    bundle: bundle.clone(),
-                }),
-                _ => None,
-            };
             let serve_cfg = ServeConfig {
                 listen,
-                tls,
                 cluster: cfg.cluster.clone(),
                 trust_domain: cfg.trust_domain.clone(),
             };
-            let (addr, task) =
-                config_server::serve(serve_cfg, cfg_rx, health_tx, &metrics, shutdown.clone())
-                    .await?;
+            let (addr, task) = config_server::serve(
+                serve_cfg,
+                tls_rx.clone(),
+                cfg_rx,
+                health_tx,
+                &metrics,
+                shutdown.clone(),
+            )
+            .await?;
             config_addr = Some(addr);
             tasks.push(("gateway-config-server", task));
         }

@@ -84,6 +84,19 @@ pub struct Args {
     /// Federator private key (PEM).
     #[arg(long, env = "CAUSEWAY_KEY")]
     pub key: Option<PathBuf>,
+    /// This cluster's issuing CA certificate (e.g. `<cluster>/ca.pem`): the federator signs its
+    /// gateways' certificates and its own with it (docs/certificates.md).
+    #[arg(long, env = "CAUSEWAY_ISSUER_CERT", requires = "issuer_key")]
+    pub issuer_cert: Option<PathBuf>,
+    /// The issuing CA's private key.
+    #[arg(long, env = "CAUSEWAY_ISSUER_KEY", requires = "issuer_cert")]
+    pub issuer_key: Option<PathBuf>,
+    /// Lifetime of the certificates the issuer signs (default 24h).
+    #[arg(long, env = "CAUSEWAY_CERTIFICATE_LIFETIME", value_parser = parse_duration, requires = "issuer_cert")]
+    pub certificate_lifetime: Option<Duration>,
+    /// How often the trust bundle, issuer and certificate files are looked at (default 5s).
+    #[arg(long, env = "CAUSEWAY_TLS_RELOAD_INTERVAL", value_parser = parse_duration)]
+    pub tls_reload_interval: Option<Duration>,
     /// Log as JSON lines.
     #[arg(long, env = "CAUSEWAY_LOG_JSON")]
     pub log_json: bool,
@@ -126,6 +139,17 @@ impl Args {
             dns_ttl => cfg.dns_ttl,
             cert => cfg.cert_file,
             key => cfg.key_file,
+            tls_reload_interval => cfg.tls_reload_interval,
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.issuer_cert, self.issuer_key) {
+            cfg.issuer = Some(crate::issuer::IssuerConfig {
+                cert_file,
+                key_file,
+                lifetime: crate::issuer::DEFAULT_LIFETIME,
+            });
+        }
+        if let (Some(issuer), Some(lifetime)) = (cfg.issuer.as_mut(), self.certificate_lifetime) {
+            issuer.lifetime = lifetime;
         }
         if !self.etcd_endpoints.is_empty() {
             cfg.etcd.endpoints = self.etcd_endpoints;

@@ -432,9 +432,9 @@ fn identities(args: &CertsArgs) -> Result<Vec<ClusterIdentities>, CertsError> {
     Ok(out)
 }
 
-struct Validity {
-    not_before: time::OffsetDateTime,
-    not_after: time::OffsetDateTime,
+pub(crate) struct Validity {
+    pub(crate) not_before: time::OffsetDateTime,
+    pub(crate) not_after: time::OffsetDateTime,
 }
 
 struct Ca {
@@ -453,7 +453,7 @@ fn params(common_name: &str, validity: &Validity) -> CertificateParams {
     params
 }
 
-fn generate_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CertsError {
+pub(crate) fn generate_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CertsError {
     let what = what.into();
     move |source| CertsError::Generate { what, source }
 }
@@ -529,6 +529,21 @@ fn svid(
     validity: &Validity,
 ) -> Result<(String, String), CertsError> {
     let what = format!("certificate for {id}");
+    let p = svid_params(id, cluster, validity)?;
+    let key = KeyPair::generate().map_err(generate_error(format!("key for {id}")))?;
+    let cert = p.signed_by(&key, ca).map_err(generate_error(what))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What every X.509-SVID we issue says: one SPIFFE URI SAN, no CA, digital signature, both
+/// serverAuth and clientAuth (a gateway dials its peers and accepts them). The federator's
+/// issuer signs these for its gateways' public keys.
+pub(crate) fn svid_params(
+    id: &SpiffeId,
+    cluster: &ClusterId,
+    validity: &Validity,
+) -> Result<CertificateParams, CertsError> {
+    let what = format!("certificate for {id}");
     let sa = id.sa().unwrap_or("workload");
     let mut p = params(&format!("{sa}.{cluster}"), validity);
     p.is_ca = IsCa::ExplicitNoCa;
@@ -539,13 +554,9 @@ fn svid(
     ];
     p.use_authority_key_identifier_extension = true;
     p.subject_alt_names = vec![SanType::URI(
-        id.to_string()
-            .try_into()
-            .map_err(generate_error(what.as_str()))?,
+        id.to_string().try_into().map_err(generate_error(what))?,
     )];
-    let key = KeyPair::generate().map_err(generate_error(format!("key for {id}")))?;
-    let cert = p.signed_by(&key, ca).map_err(generate_error(what))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(p)
 }
 
 // === issue ===

@@ -137,6 +137,12 @@ pub struct Config {
     /// config endpoint is plaintext (lab/dev only).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// This cluster's issuer: the federator signs its gateways' certificates (`Config/Certify`)
+    /// and its own with it, and `cert_file`/`key_file` are not needed (docs/certificates.md).
+    pub issuer: Option<crate::issuer::IssuerConfig>,
+    /// How often the trust bundle, issuer and certificate files are looked at for changes.
+    #[serde(with = "duration_str")]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for Config {
@@ -168,6 +174,8 @@ impl Default for Config {
             config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             cert_file: None,
             key_file: None,
+            issuer: None,
+            tls_reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -359,6 +367,29 @@ impl Config {
                 "is required with cert_file: it verifies the gateways' client certificates",
             ));
         }
+        if let Some(issuer) = &self.issuer {
+            if self.trust_bundle_file.is_none() {
+                return Err(invalid(
+                    "trust_bundle_file",
+                    "is required with issuer: it is what the issued certificates chain to",
+                ));
+            }
+            use crate::issuer::{MAX_LIFETIME, MIN_LIFETIME};
+            if issuer.lifetime < MIN_LIFETIME || issuer.lifetime > MAX_LIFETIME {
+                return Err(invalid(
+                    "issuer.lifetime",
+                    format!(
+                        "{} is outside {}..{}",
+                        format_duration(issuer.lifetime),
+                        format_duration(MIN_LIFETIME),
+                        format_duration(MAX_LIFETIME)
+                    ),
+                ));
+            }
+        }
+        if self.tls_reload_interval < Duration::from_millis(100) {
+            return Err(invalid("tls_reload_interval", "must be at least 100ms"));
+        }
         if self.lease_ttl < Duration::from_secs(2) {
             return Err(invalid("lease_ttl", "must be at least 2s"));
         }
@@ -520,16 +551,16 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-mod duration_str {
+pub(crate) mod duration_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
     }

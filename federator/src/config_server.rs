@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,8 @@ use std::time::Duration;
 use causeway_api::proto::config_server::{Config as ConfigRpc, ConfigServer};
 use causeway_api::proto::health_server::{Health as HealthRpc, HealthServer};
 use causeway_api::proto::{
-    AckRequest, AckResponse, ConfigSnapshot, GatewayHello, PeerHealth, ReportResponse,
+    AckRequest, AckResponse, CertifyRequest, CertifyResponse, ConfigSnapshot, GatewayHello,
+    PeerHealth, ReportResponse,
 };
 use causeway_api::spiffe::SpiffeId;
 use causeway_api::{ClusterId, HealthRecord, MeshSnapshot, SCHEMA_VERSION};
@@ -29,71 +29,60 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::gwconfig;
+use crate::issuer::FederatorTls;
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
 
 /// What gateways of this cluster report of peer clusters.
 pub type PeerHealthMap = BTreeMap<ClusterId, HealthRecord>;
 
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub bundle: PathBuf,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("binding the config listener {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS setup of the config server: {0}")]
-    Tls(#[from] tonic::transport::Error),
-    #[error("the config server's trust bundle: {0}")]
-    Bundle(#[from] causeway_api::tls::TlsError),
 }
 
 struct ServerMetrics {
     gateways: IntGauge,
     acks: IntCounterVec,
+    issued: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 #[derive(Clone)]
 struct Svc {
     cluster: ClusterId,
+    /// This cluster's gateway ID, the only client accepted; `None` without TLS.
     expected_client: Option<SpiffeId>,
-    /// The bundle gateways' chains verify against (empty without TLS).
-    trust: Arc<causeway_api::tls::TrustBundle>,
+    /// The bundle gateways' chains verify against, and the issuer.
+    tls: watch::Receiver<Arc<FederatorTls>>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,
     health: watch::Sender<PeerHealthMap>,
     metrics: Arc<ServerMetrics>,
 }
 
 impl Svc {
-    fn authorise<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// The caller's gateway ID (`None` without TLS), or why it may not call.
+    fn authorise<T>(&self, req: &Request<T>) -> Result<Option<SpiffeId>, Status> {
         let Some(expected) = &self.expected_client else {
-            return Ok(());
+            return Ok(None);
         };
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        // tonic verified the chain with plain webpki; ours also binds the trust domain to its
-        // CA (a gateway ID of this cluster minted by another cluster's CA is refused).
-        let id = causeway_api::tls::verify_client_chain(&self.trust, &certs).map_err(|e| {
+        // The handshake verified the chain already; this binds the ID to it for the call.
+        let trust = self.tls.borrow().trust.clone();
+        let id = causeway_api::tls::verify_client_chain(&trust, &certs).map_err(|e| {
             tracing::warn!(error = %e, "gateway refused on the config stream");
             Status::unauthenticated(format!("client certificate: {e}"))
         })?;
         if &id != expected {
             return Err(Status::permission_denied(format!("{id} is not {expected}")));
         }
-        Ok(())
+        Ok(Some(id))
     }
 }
 
@@ -137,6 +126,47 @@ impl ConfigRpc for Svc {
             self.metrics.acks.with_label_values(&["nack"]).inc();
         }
         Ok(Response::new(AckResponse {}))
+    }
+
+    async fn certify(
+        &self,
+        req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let count = |result: &str| self.metrics.issued.with_label_values(&[result]).inc();
+        let id = self.authorise(&req)?.ok_or_else(|| {
+            count("refused");
+            Status::failed_precondition("certificates are issued over mTLS only")
+        })?;
+        let r = req.into_inner();
+        if r.cluster != self.cluster.as_str() {
+            count("refused");
+            return Err(Status::invalid_argument(format!(
+                "this federator serves cluster {}, not {:?}",
+                self.cluster, r.cluster
+            )));
+        }
+        let Some(issuer) = self.tls.borrow().issuer.clone() else {
+            count("no_issuer");
+            return Err(Status::unimplemented(
+                "this federator holds no issuer; the gateway keeps its file certificate",
+            ));
+        };
+        match issuer.sign_csr(&id, &r.csr_pem) {
+            Ok(issued) => {
+                count("ok");
+                tracing::info!(node = %r.node, %id, not_after = issued.validity.not_after, "gateway certificate issued");
+                Ok(Response::new(CertifyResponse {
+                    certificate_chain_pem: issued.chain_pem,
+                    not_before_unix: issued.validity.not_before,
+                    not_after_unix: issued.validity.not_after,
+                }))
+            }
+            Err(e) => {
+                count("refused");
+                tracing::warn!(node = %r.node, error = %e, "gateway certificate request refused");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+        }
     }
 }
 
@@ -189,10 +219,12 @@ pub struct BuilderOptions {
 
 /// Keeps `tx` at the config computed from the latest mesh snapshot and local exports; the version
 /// only moves when the content changes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_builder(
     cluster: ClusterId,
     mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
     mut local: watch::Receiver<LocalExports>,
+    mut tls: watch::Receiver<Arc<FederatorTls>>,
     tx: watch::Sender<Arc<ConfigSnapshot>>,
     debounce: Duration,
     options: BuilderOptions,
@@ -209,14 +241,21 @@ pub async fn run_builder(
             let exports = local.borrow_and_update().clone();
             let ports = gateway_port_range
                 .map(|(first, count)| gwconfig::gateway_ports(&snap, first, count));
-            gwconfig::build(
+            let mut next = gwconfig::build(
                 &snap,
                 &exports,
                 &cluster,
                 version + 1,
                 ports.as_ref(),
                 &overrides,
-            )
+            );
+            next.certificate_issuer = tls
+                .borrow_and_update()
+                .issuer
+                .as_ref()
+                .map(|i| i.fingerprint.clone())
+                .unwrap_or_default();
+            next
         };
         let unchanged = {
             let cur = tx.borrow();
@@ -225,6 +264,7 @@ pub async fn run_builder(
                 && cur.peers == next.peers
                 && cur.inbound == next.inbound
                 && cur.outbound == next.outbound
+                && cur.certificate_issuer == next.certificate_issuer
         };
         if !unchanged {
             version += 1;
@@ -234,23 +274,31 @@ pub async fn run_builder(
             _ = shutdown.cancelled() => return,
             r = mesh.changed() => if r.is_err() { return },
             r = local.changed() => if r.is_err() { return },
+            r = tls.changed() => if r.is_err() { return },
         }
         tokio::time::sleep(debounce).await;
     }
 }
 
-/// Where and how the config endpoint listens.
+/// Where the config endpoint listens.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
-    pub tls: Option<TlsFiles>,
     pub cluster: ClusterId,
     pub trust_domain: String,
 }
 
-/// Binds and serves until `shutdown`. Returns the bound address.
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait in the accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Binds and serves until `shutdown`. Returns the bound address. With a certificate and a
+/// bundle in `tls` the endpoint is mTLS, each handshake with the TLS state of that moment (a
+/// renewed certificate or a rotated bundle applies to the next connection); without, plaintext.
 pub async fn serve(
     cfg: ServeConfig,
+    tls: watch::Receiver<Arc<FederatorTls>>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,
     health: watch::Sender<PeerHealthMap>,
     metrics: &Metrics,
@@ -258,7 +306,6 @@ pub async fn serve(
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
     let ServeConfig {
         listen,
-        tls,
         cluster,
         trust_domain,
     } = cfg;
@@ -275,42 +322,48 @@ pub async fn serve(
         &["result"],
     )
     .expect("valid metric");
+    let issued = IntCounterVec::new(
+        Opts::new(
+            "causeway_federator_certificates_issued_total",
+            "Config/Certify calls, by result (ok, refused, no_issuer).",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "causeway_federator_config_handshake_failures_total",
+            "Connections to the config endpoint refused in the TLS handshake, by reason.",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    for m in [&acks, &issued, &refused] {
+        let _ = metrics.registry.register(Box::new(m.clone()));
+    }
     let _ = metrics.registry.register(Box::new(gateways.clone()));
-    let _ = metrics.registry.register(Box::new(acks.clone()));
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| ServeError::Read {
-            path: p.display().to_string(),
-            source,
-        })
+    let with_tls = tls.borrow().server.is_some();
+    let expected_client = if with_tls {
+        SpiffeId::gateway(&trust_domain).ok()
+    } else {
+        tracing::warn!(
+            "config server without TLS: any local process can read gateway configs (lab/dev only)"
+        );
+        None
     };
-    let mut builder =
-        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
-    let mut trust = causeway_api::tls::TrustBundle::new(Vec::new());
-    let expected_client = match &tls {
-        Some(files) => {
-            trust = causeway_api::tls::TrustBundle::load(&files.bundle)?;
-            let identity =
-                tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
-            let tls_cfg = tonic::transport::ServerTlsConfig::new()
-                .identity(identity)
-                .client_ca_root(tonic::transport::Certificate::from_pem(read(
-                    &files.bundle,
-                )?));
-            builder = builder.tls_config(tls_cfg)?;
-            SpiffeId::gateway(&trust_domain).ok()
-        }
-        None => {
-            tracing::warn!("config server without TLS: any local process can read gateway configs (lab/dev only)");
-            None
-        }
-    };
+    let server_metrics = Arc::new(ServerMetrics {
+        gateways,
+        acks,
+        issued,
+        refused,
+    });
     let svc = Svc {
         cluster,
         expected_client,
-        trust: Arc::new(trust),
+        tls: tls.clone(),
         configs,
         health,
-        metrics: Arc::new(ServerMetrics { gateways, acks }),
+        metrics: server_metrics.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -322,17 +375,103 @@ pub async fn serve(
         addr: listen,
         source,
     })?;
-    let router = builder
-        .add_service(ConfigServer::new(svc.clone()))
-        .add_service(HealthServer::new(svc));
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(ConfigServer::new(svc.clone()).max_decoding_message_size(64 * 1024))
+        .add_service(HealthServer::new(svc).max_decoding_message_size(64 * 1024));
     let handle = tokio::spawn(async move {
-        let res = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
-            .await;
+        let res = if with_tls {
+            let incoming = tls_incoming(listener, tls, server_metrics, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+                .await
+        } else {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    shutdown.cancelled(),
+                )
+                .await
+        };
         if let Err(e) = res {
             tracing::error!(error = %e, "config server died");
         }
     });
-    tracing::info!(%addr, "gateway config server listening");
+    tracing::info!(%addr, tls = with_tls, "gateway config server listening");
     Ok((addr, handle))
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts and handshakes each connection in a task of its own (a slow client holds up no
+/// one), with the server config current at its accept; yields the finished ones.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: watch::Receiver<Arc<FederatorTls>>,
+    metrics: Arc<ServerMetrics>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = permits.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config endpoint accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(config) = tls.borrow().server.clone() else {
+                continue;
+            };
+            let tx = tx.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => {
+                        let reason = handshake_reason(&e);
+                        metrics.refused.with_label_values(&[reason]).inc();
+                        tracing::warn!(%peer, reason, error = %e, "config endpoint handshake refused");
+                    }
+                    Err(_) => {
+                        metrics.refused.with_label_values(&["timeout"]).inc();
+                        tracing::debug!(%peer, "config endpoint handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The `reason` label of a failed handshake.
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no_certificate",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "expired",
+        Some(Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => "unknown_ca",
+        Some(Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(Error::NoApplicationProtocol) => "no_alpn",
+        Some(_) => "tls_error",
+        None => "io",
+    }
 }

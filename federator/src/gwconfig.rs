@@ -303,6 +303,7 @@ pub fn build(
         peers,
         inbound,
         outbound,
+        certificate_issuer: String::new(),
     }
 }
 

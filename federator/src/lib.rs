@@ -11,6 +11,7 @@ pub mod crds;
 pub mod drill;
 pub mod etcd;
 pub mod gwconfig;
+pub mod issuer;
 pub mod kubewatch;
 pub mod metrics;
 pub mod publisher;

@@ -33,7 +33,8 @@ pub struct PublisherConfig {
     pub etcd: EtcdConfig,
     pub lease_ttl: Duration,
     pub keepalive_interval: Duration,
-    pub cluster_record: ClusterRecord,
+    /// What `clusters/<c>/info` says; rewritten when it changes (a rotated bundle).
+    pub cluster_record: watch::Receiver<ClusterRecord>,
     pub vip_range: Option<VipRange>,
 }
 
@@ -135,6 +136,8 @@ async fn lead(
         published: BTreeMap::new(),
         cluster: cfg.cluster.clone(),
     };
+    let mut record = cfg.cluster_record.clone();
+    record.borrow_and_update();
     let desired = local.borrow_and_update().clone();
     w.full_sync(cfg, &desired).await?;
     backoff.reset();
@@ -160,6 +163,22 @@ async fn lead(
                 Some(mesh.borrow_and_update().clone())
             }
             _ = retry.tick(), if dirty => None,
+            r = record.changed() => {
+                if r.is_err() { return Ok(()); }
+                let rec = record.borrow_and_update().clone();
+                let op = w.put(keys::cluster_key(&cfg.cluster), keys::encode(&rec));
+                match w.guarded(vec![op]).await {
+                    Ok(_) => tracing::info!(cluster = %cfg.cluster, "cluster record republished (trust bundle or certificate changed)"),
+                    Err(LeadError::Etcd(e)) => {
+                        // Written again at the next election's full sync at the latest.
+                        tracing::warn!(error = %e, "republishing the cluster record failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        record.mark_changed();
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             r = health.changed(), if health_open => {
                 if r.is_err() {
                     // No config server (config_listen: null): no gateway reports health.
@@ -315,10 +334,8 @@ impl Writer {
         cfg: &PublisherConfig,
         desired: &LocalExports,
     ) -> Result<(), LeadError> {
-        let ops = vec![self.put(
-            keys::cluster_key(&cfg.cluster),
-            keys::encode(&cfg.cluster_record),
-        )];
+        let record = cfg.cluster_record.borrow().clone();
+        let ops = vec![self.put(keys::cluster_key(&cfg.cluster), keys::encode(&record))];
         self.guarded(ops).await?;
         // Exports of this cluster left by a previous leader (same lease gone or not).
         let (kvs, _) = etcd::list_prefix(

@@ -64,6 +64,7 @@ fn main() {
         peers: vec![peer("west", b_peer)],
         inbound: vec![],
         outbound,
+        ..Default::default()
     };
     let b = ConfigSnapshot {
         version: 1,
@@ -82,6 +83,7 @@ fn main() {
             ..Default::default()
         }],
         outbound: vec![],
+        ..Default::default()
     };
     std::fs::create_dir_all(out).expect("create OUT_DIR");
     std::fs::write(format!("{out}/a.pb"), a.encode_to_vec()).expect("write a.pb");

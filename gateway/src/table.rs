@@ -743,6 +743,7 @@ mod tests {
                 ],
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

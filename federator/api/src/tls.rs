@@ -344,12 +344,34 @@ impl Validity {
         let life = (self.not_after - self.not_before).max(1);
         self.left(now) * 3 < life
     }
+
+    /// When two thirds of the lifetime have passed (Unix seconds): the time to renew.
+    pub fn renew_at(&self) -> i64 {
+        self.not_before + (self.not_after - self.not_before).max(0) * 2 / 3
+    }
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex: how the config protocol names the CA that
+/// issues a cluster's gateway certificates.
+pub fn fingerprint(der: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 impl Identity {
     /// The validity of the leaf (first) certificate.
     pub fn validity(&self) -> Result<Validity, TlsError> {
         Validity::of(self.cert_chain.first().ok_or(TlsError::NoPeerCertificate)?)
+    }
+
+    /// The [`fingerprint`] of the CA certificate that follows the leaf in the chain (the one
+    /// that issued it), when the chain carries it.
+    pub fn issuer_fingerprint(&self) -> Option<String> {
+        self.cert_chain.get(1).map(|c| fingerprint(c))
     }
 }
 

@@ -93,6 +93,13 @@ impl ConfigService for FedState {
         }
         Ok(Response::new(AckResponse {}))
     }
+
+    async fn certify(
+        &self,
+        _request: Request<causeway_api::proto::CertifyRequest>,
+    ) -> Result<Response<causeway_api::proto::CertifyResponse>, Status> {
+        Err(Status::unimplemented("no issuer here"))
+    }
 }
 
 #[tonic::async_trait]

@@ -46,6 +46,13 @@ impl Config for Backend {
         }
         Ok(Response::new(AckResponse {}))
     }
+
+    async fn certify(
+        &self,
+        _request: Request<causeway_api::proto::CertifyRequest>,
+    ) -> Result<Response<causeway_api::proto::CertifyResponse>, Status> {
+        Err(Status::unimplemented("no issuer here"))
+    }
 }
 
 #[tokio::test]

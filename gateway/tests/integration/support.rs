@@ -330,6 +330,7 @@ pub fn snapshot(
         peers,
         inbound,
         outbound,
+        ..Default::default()
     }
 }
 
