@@ -112,6 +112,8 @@ pub struct LabSpec {
     /// `--stale-grace` of the federators (default: theirs, 5 min).
     pub stale_grace: Option<Duration>,
     pub gateway_access_log: bool,
+    /// Lifetime of the gateway certificates the federators issue (default: theirs, 24 h).
+    pub certificate_lifetime: Option<Duration>,
 }
 
 impl LabSpec {
@@ -153,6 +155,7 @@ impl LabSpec {
             lease_ttl: None,
             stale_grace: None,
             gateway_access_log: false,
+            certificate_lifetime: None,
         })
     }
 
@@ -414,6 +417,8 @@ fn cluster_info(p: &Plan, spec: &LabSpec, pki_dir: &Path) -> ClusterInfo {
             gateway_key: pki_dir.join(&p.name).join("gateway.key"),
             federator_cert: pki_dir.join(&p.name).join("federator.pem"),
             federator_key: pki_dir.join(&p.name).join("federator.key"),
+            issuer_cert: pki_dir.join(&p.name).join("ca.pem"),
+            issuer_key: pki_dir.join(&p.name).join("ca.key"),
         },
         exports_dir: cluster_dir(&spec.state_dir, &p.name).join("exports"),
         demo: p.demo(spec),
@@ -972,10 +977,14 @@ impl Lab {
                 f.config.to_string(),
                 "--dns-listen".into(),
                 f.dns.to_string(),
-                "--cert".into(),
-                info.certs.federator_cert.display().to_string(),
-                "--key".into(),
-                info.certs.federator_key.display().to_string(),
+                // The federator holds its cluster's issuer: it signs its gateways' certificates
+                // and its own (federator.pem is the fallback without one).
+                "--issuer-cert".into(),
+                info.certs.issuer_cert.display().to_string(),
+                "--issuer-key".into(),
+                info.certs.issuer_key.display().to_string(),
+                "--tls-reload-interval".into(),
+                "500ms".into(),
                 "--trust-bundle".into(),
                 info.certs.trust_bundle.display().to_string(),
                 "--gateway-address".into(),
@@ -1001,6 +1010,12 @@ impl Lab {
             }
             if let Some(grace) = spec.stale_grace {
                 args.extend(["--stale-grace".into(), format!("{}ms", grace.as_millis())]);
+            }
+            if let Some(life) = spec.certificate_lifetime {
+                args.extend([
+                    "--certificate-lifetime".into(),
+                    format!("{}ms", life.as_millis()),
+                ]);
             }
             self.add_process(ProcessRecord {
                 name: f.process.clone(),

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::peer::{PeerPool, ProbeContext};
 use crate::table::{NackReason, StatsRegistry, Tables};
 use crate::tls::{TlsFiles, TlsState};
-use crate::{admin, egress, federator, ingress, reload, state};
+use crate::{admin, egress, federator, ingress, reload, renew, state};
 
 /// State every task shares. Hot-path reads are lock-free (`ArcSwap` loads).
 pub(crate) struct Shared {
@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub conns: ConnCounter,
     /// Spans of requests, when a trace collector is set.
     pub tracer: crate::trace::Tracer,
+    /// The certificate the federator issued last (renew.rs); preferred over the file one.
+    issued: Mutex<Option<causeway_api::tls::Identity>>,
+    /// The issuer the federator's snapshot names (empty: none; keep the file certificate).
+    pub wanted_issuer: watch::Sender<String>,
 }
 
 /// Open client and peer connections, so that shutdown can wait for them to drain.
@@ -103,6 +107,7 @@ impl Shared {
 
     fn try_apply(&self, snapshot: ConfigSnapshot) -> Result<(), NackReason> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let issuer = snapshot.certificate_issuer.clone();
         let tables = Tables::build(
             snapshot,
             &self.config.cluster,
@@ -123,6 +128,8 @@ impl Shared {
         self.peers.update(&tables, &self.probe_ctx);
         self.metrics.config_version.set(tables.version as i64);
         self.version_tx.send_replace(tables.version);
+        self.wanted_issuer
+            .send_if_modified(|w| std::mem::replace(w, issuer.clone()) != issuer);
         if let Some(dir) = &self.config.state_dir {
             if let Err(e) = state::save(dir, &tables.snapshot) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the config");
@@ -134,10 +141,50 @@ impl Shared {
     /// Reloads certificate, key and bundle from disk and rebuilds the TLS state.
     pub(crate) fn reload_tls(&self) -> Result<(), causeway_api::tls::TlsError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (identity, bundle) = self.tls_files.load()?;
+        let (mut identity, bundle) = self.tls_files.load()?;
+        if let Some(issued) = self.issued_identity() {
+            identity = issued;
+        }
         let tables = self.tables.load_full();
         let tls = TlsState::build(identity, bundle, tables.as_deref())?;
         self.tls.store(Arc::new(tls));
+        Ok(())
+    }
+
+    /// The federator-issued certificate, while it has not expired.
+    fn issued_identity(&self) -> Option<causeway_api::tls::Identity> {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued
+            .as_ref()
+            .filter(|i| {
+                i.validity()
+                    .is_ok_and(|v| v.left(crate::reload::unix_now()) > 0)
+            })
+            .cloned()
+    }
+
+    pub(crate) fn has_issued_identity(&self) -> bool {
+        self.issued_identity().is_some()
+    }
+
+    /// Swaps in a certificate the federator issued: new handshakes use it at once; pooled peer
+    /// connections made with the old one are retired (renew.rs).
+    pub(crate) fn install_identity(
+        &self,
+        identity: causeway_api::tls::Identity,
+    ) -> Result<(), causeway_api::tls::TlsError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.tls.load_full();
+        let tables = self.tables.load_full();
+        let tls = TlsState::build(
+            identity.clone(),
+            current.local_bundle.clone(),
+            tables.as_deref(),
+        )?;
+        self.tls.store(Arc::new(tls));
+        *self.issued.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity);
+        let old_expiry = current.validity.map(|v| v.not_after);
+        self.peers.retire_connections(old_expiry);
         Ok(())
     }
 
@@ -162,7 +209,15 @@ impl Gateway {
             bundle: config.trust_bundle.clone(),
         };
         let files_stamp = reload::stamp(&tls_files);
-        let (identity, bundle) = tls_files.load()?;
+        let (mut identity, bundle) = tls_files.load()?;
+        // A certificate the federator issued before a restart, while it is valid.
+        let issued = config
+            .state_dir
+            .as_deref()
+            .and_then(|dir| renew::load_persisted(dir, &identity, &bundle));
+        if let Some(i) = &issued {
+            identity = i.clone();
+        }
         let tls = Arc::new(ArcSwap::from_pointee(TlsState::build(
             identity, bundle, None,
         )?));
@@ -228,6 +283,8 @@ impl Gateway {
             hard_stop,
             conns: ConnCounter::default(),
             tracer,
+            issued: Mutex::new(issued),
+            wanted_issuer: watch::channel(String::new()).0,
             config,
         });
 
@@ -264,6 +321,9 @@ impl Gateway {
         tasks.spawn(admin::serve(shared.clone(), admin_listener));
         tasks.spawn(reload::watch_files(shared.clone(), files_stamp));
         if let Some(url) = shared.config.federator.clone() {
+            if let Ok(parsed) = crate::config::FederatorUrl::parse(&url) {
+                tasks.spawn(renew::run(shared.clone(), parsed));
+            }
             tasks.spawn(federator::run(shared.clone(), url, reports_rx));
         }
         tracing::info!(

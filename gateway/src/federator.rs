@@ -121,6 +121,22 @@ pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receive
     }
 }
 
+/// A channel to the federator, with the TLS identity of this moment.
+pub(crate) async fn channel(shared: &Shared, url: &FederatorUrl) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(shared.config.connect_timeout_ms))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10));
+    endpoint
+        .connect_with_connector(FederatorConnector {
+            url: url.clone(),
+            tls: shared.tls.clone(),
+        })
+        .await
+        .map_err(|e| format!("connect: {e}: {}", source_chain(&e)))
+}
+
 /// One connection: watch, apply, ack, until the stream ends or fails.
 async fn session(
     shared: &Arc<Shared>,
@@ -128,18 +144,7 @@ async fn session(
     reports: &Arc<Mutex<mpsc::Receiver<PeerHealth>>>,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(shared.config.connect_timeout_ms))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect_with_connector(FederatorConnector {
-            url: url.clone(),
-            tls: shared.tls.clone(),
-        })
-        .await
-        .map_err(|e| format!("connect: {e}: {}", source_chain(&e)))?;
+    let channel = channel(shared, url).await?;
     let mut client = ConfigClient::new(channel.clone());
     let hello = GatewayHello {
         cluster: shared.config.cluster.clone(),

@@ -23,6 +23,7 @@ pub mod metrics;
 mod peer;
 mod proxy;
 mod reload;
+mod renew;
 pub mod resilience;
 mod route;
 pub mod state;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     pub circuit_open: IntCounter,
     pub cert_reloads: IntCounterVec,
+    pub cert_renewals: IntCounterVec,
     pub refused: IntCounterVec,
     pub cert_expiry: IntGaugeVec,
 }
@@ -141,6 +142,13 @@ impl Metrics {
             ),
             &["listener", "reason"]
         ));
+        let cert_renewals = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_certificate_renewals_total",
+                "Certificates asked of the federator's issuer, by result (ok, unreachable, refused, unusable, error)"
+            ),
+            &["result"]
+        ));
         let cert_expiry = reg!(IntGaugeVec::new(
             Opts::new(
                 "causeway_certificate_expiry_timestamp_seconds",
@@ -165,6 +173,7 @@ impl Metrics {
             rate_limited,
             circuit_open,
             cert_reloads,
+            cert_renewals,
             refused,
             cert_expiry,
         }

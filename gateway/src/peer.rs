@@ -179,6 +179,26 @@ impl PeerConn {
         }
     }
 
+    /// Takes the pooled connection out of use without cutting it: the next request dials a
+    /// new one (with the TLS identity of now), streams on the old one finish, and hyper closes
+    /// it once its last stream and sender are gone. Its socket is closed at `close_at` (Unix
+    /// seconds: when the certificate it was made with expires) at the latest.
+    fn retire(&self, close_at: Option<i64>) {
+        self.sender.store(None);
+        let kill = self
+            .conn_kill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(kill) = kill {
+            let left = close_at.map_or(300, |t| (t - crate::reload::unix_now()).max(0));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(left as u64)).await;
+                kill.cancel();
+            });
+        }
+    }
+
     pub(crate) fn status(&self) -> PeerStatus {
         let connected = self.sender.load().as_ref().is_some_and(|s| !s.is_closed());
         let probed = self.probed.load(Ordering::Relaxed);
@@ -456,6 +476,14 @@ impl PeerPool {
         let mut v: Vec<_> = self.peers.load().values().map(|p| p.status()).collect();
         v.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         v
+    }
+
+    /// After a certificate renewal: every peer's pooled connection is [retired](PeerConn::retire),
+    /// so new requests go over connections made with the new certificate.
+    pub(crate) fn retire_connections(&self, close_at: Option<i64>) {
+        for p in self.peers.load().values() {
+            p.retire(close_at);
+        }
     }
 
     /// Keeps connections to peers whose addresses did not change; dials nothing (connections

@@ -141,6 +141,9 @@ pub struct CertPaths {
     pub gateway_key: PathBuf,
     pub federator_cert: PathBuf,
     pub federator_key: PathBuf,
+    /// The cluster's issuing CA, held by its federators.
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
 }
 
 /// What a demo service speaks.
