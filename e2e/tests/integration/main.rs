@@ -8,3 +8,4 @@ mod hostile;
 mod kubeapi;
 mod lab;
 mod lab_support;
+mod trust;
