@@ -19,7 +19,7 @@ use rcgen::{
 };
 
 /// Clock skew we tolerate between the machine that issues and the peers that verify.
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+pub(crate) const BACKDATE: time::Duration = time::Duration::minutes(5);
 const ORGANIZATION: &str = "Causeway";
 
 /// Arguments of `causeway certs`.
@@ -391,7 +391,7 @@ fn push_cluster(
 
 /// A root of one trust domain alone: it names `spiffe://<td>`, so verifiers accept through it
 /// identities of that trust domain only.
-fn own_root_ca(c: &ClusterIdentities, validity: &Validity) -> Result<Ca, CertsError> {
+pub(crate) fn own_root_ca(c: &ClusterIdentities, validity: &Validity) -> Result<Ca, CertsError> {
     let what = format!("root CA of cluster {}", c.cluster);
     let mut p = params(&format!("Causeway cluster {} root CA", c.cluster), validity);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
@@ -437,9 +437,9 @@ pub(crate) struct Validity {
     pub(crate) not_after: time::OffsetDateTime,
 }
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    cert_pem: String,
+pub(crate) struct Ca {
+    pub(crate) issuer: CertifiedIssuer<'static, KeyPair>,
+    pub(crate) cert_pem: String,
 }
 
 fn params(common_name: &str, validity: &Validity) -> CertificateParams {
@@ -492,7 +492,7 @@ fn load_root(layout: &Layout) -> Result<Issuer<'static, KeyPair>, CertsError> {
 }
 
 /// The CA of trust domain `trust_domain` (cluster `cluster`), signed by `root`.
-fn cluster_ca(
+pub(crate) fn cluster_ca(
     cluster: &ClusterId,
     trust_domain: &str,
     root: &Issuer<'static, KeyPair>,
@@ -522,7 +522,7 @@ fn cluster_ca(
 }
 
 /// An X.509-SVID for `id` signed by the cluster CA: (certificate PEM, key PEM).
-fn svid(
+pub(crate) fn svid(
     id: &SpiffeId,
     cluster: &ClusterId,
     ca: &Issuer<'static, KeyPair>,
@@ -667,7 +667,7 @@ pub fn issue(args: &IssueArgs) -> Result<String, CertsError> {
 }
 
 /// The trust domain a PEM CA certificate names (`spiffe://<td>` URI SAN), if any.
-fn ca_pem_trust_domain(pem_text: &str) -> Option<String> {
+pub(crate) fn ca_pem_trust_domain(pem_text: &str) -> Option<String> {
     let der = causeway_api::pem::trust_bundle_from_pem(pem_text.as_bytes(), "CA")
         .ok()?
         .into_iter()
@@ -678,14 +678,14 @@ fn ca_pem_trust_domain(pem_text: &str) -> Option<String> {
 // === writing ===
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Secrecy {
+pub(crate) enum Secrecy {
     Public,
     Secret,
 }
 
 /// Writes through a temporary file in the same directory and renames it into place, so a reader
 /// never sees half a file and a key is never readable by others, even briefly.
-fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), CertsError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), CertsError> {
     let err = |source| CertsError::Write {
         path: path.to_path_buf(),
         source,

@@ -24,6 +24,9 @@ pub enum Command {
     Drill(Box<crate::drill::DrillArgs>),
     /// Issue one certificate (a leaf, or with --ca an intermediate) from an existing CA.
     Issue(certs::IssueArgs),
+    /// Rotate one cluster's root in three steps (begin, switch, finish) with both roots trusted
+    /// in between (docs/certificates.md).
+    RotateRoot(crate::rotate::RotateArgs),
     /// Turn on etcd's auth for a federation: per-cluster roles that write only their own
     /// prefix, an operator role for drills (run as etcd's root, with its client certificate).
     EtcdAuth(crate::etcd::EtcdAuthArgs),
@@ -49,6 +52,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Issue(args) => {
             println!("{}", certs::issue(&args)?);
+            Ok(())
+        }
+        Command::RotateRoot(args) => {
+            println!("{}", crate::rotate::rotate(&args)?);
             Ok(())
         }
         Command::EtcdAuth(args) => {

@@ -132,6 +132,15 @@ impl Issuer {
                 });
             }
         }
+        // Files replaced one after the other (a rotation) may be read in between.
+        if causeway_api::tls::certificate_public_key(ca_der).as_deref()
+            != Some(key.public_key_raw())
+        {
+            return Err(IssuerError::Read {
+                path: cfg.key_file.clone(),
+                reason: format!("not the key of {}", cfg.cert_file.display()),
+            });
+        }
         let ca_validity = Validity::of(ca_der).map_err(|e| bad_cert(e.to_string()))?;
         if ca_validity.left(unix_now()) <= 0 {
             return Err(IssuerError::CaExpired {
@@ -499,6 +508,18 @@ mod tests {
             issuer.sign_csr(&id, &"x".repeat(MAX_CSR_BYTES + 1)),
             Err(IssuerError::CsrTooLarge(_))
         ));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_cas_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ca(dir.path(), "east.causeway.mesh");
+        cfg.key_file = cfg.key_file.with_file_name("root-ca.key");
+        let east = ClusterId::new("east").unwrap();
+        let err = Issuer::load(&cfg, &east, "east.causeway.mesh")
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("not the key of"), "{err}");
     }
 
     #[test]

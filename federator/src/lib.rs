@@ -15,6 +15,7 @@ pub mod issuer;
 pub mod kubewatch;
 pub mod metrics;
 pub mod publisher;
+pub mod rotate;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -351,6 +351,13 @@ impl Validity {
     }
 }
 
+/// The subject public key of a certificate (the BIT STRING's bytes), to check that a key file
+/// belongs to a certificate file.
+pub fn certificate_public_key(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(c.public_key().subject_public_key.data.to_vec())
+}
+
 /// SHA-256 of a certificate's DER, lowercase hex: how the config protocol names the CA that
 /// issues a cluster's gateway certificates.
 pub fn fingerprint(der: &[u8]) -> String {
