@@ -1445,6 +1445,45 @@ impl Lab {
             .collect())
     }
 
+    /// A cluster's gateway's `/config_dump` (with the certificate it holds).
+    pub async fn gateway_dump(&self, cluster: &str) -> anyhow::Result<serde_json::Value> {
+        let c = self.cluster(cluster);
+        let (status, body) = self
+            .admin_get(c.netns.as_deref(), c.gateway.admin, "/config_dump")
+            .await?;
+        anyhow::ensure!(status == 200, "/config_dump answered {status}: {body}");
+        serde_json::from_str(&body).context("parsing /config_dump")
+    }
+
+    /// A cluster's gateway's `/peers`, as JSON.
+    pub async fn gateway_peers(&self, cluster: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let c = self.cluster(cluster);
+        let (status, body) = self
+            .admin_get(c.netns.as_deref(), c.gateway.admin, "/peers")
+            .await?;
+        anyhow::ensure!(status == 200, "/peers answered {status}: {body}");
+        serde_json::from_str(&body).context("parsing /peers")
+    }
+
+    /// Runs the lab's `causeway` CLI with `args`; its standard output, or an error with both
+    /// outputs.
+    pub fn causeway(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = std::process::Command::new(self.bin("causeway"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running causeway")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "causeway {}: {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The Prometheus text of a cluster's gateway.
     pub async fn gateway_metrics(&self, cluster: &str) -> anyhow::Result<String> {
         let c = self.cluster(cluster);

@@ -126,13 +126,19 @@ pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
             if next.exists() {
                 return Err(state(
                     format!("cluster {c}"),
-                    format!("a rotation is under way ({} exists): run switch", next.display()),
+                    format!(
+                        "a rotation is under way ({} exists): run switch",
+                        next.display()
+                    ),
                 ));
             }
             if previous.exists() {
                 return Err(state(
                     format!("cluster {c}"),
-                    format!("the last rotation was not finished ({} exists): run finish", previous.display()),
+                    format!(
+                        "the last rotation was not finished ({} exists): run finish",
+                        previous.display()
+                    ),
                 ));
             }
             let root = certs::own_root_ca(&ids, &validity)?;
@@ -166,7 +172,10 @@ pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
             if !next.exists() {
                 return Err(state(
                     format!("cluster {c}"),
-                    format!("no rotation under way ({} is missing): run begin", next.display()),
+                    format!(
+                        "no rotation under way ({} is missing): run begin",
+                        next.display()
+                    ),
                 ));
             }
             let cluster_dir = layout.cluster_dir(c);
@@ -180,7 +189,11 @@ pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
             let mut leaves = Vec::new();
             for (id, cert, key) in [
                 (&ids.gateway, layout.gateway_cert(c), layout.gateway_key(c)),
-                (&ids.federator, layout.federator_cert(c), layout.federator_key(c)),
+                (
+                    &ids.federator,
+                    layout.federator_cert(c),
+                    layout.federator_key(c),
+                ),
             ] {
                 let (leaf, leaf_key) = certs::svid(id, c, &issuer, &validity)?;
                 leaves.push((cert, format!("{leaf}{new_ca_pem}"), key, leaf_key));
@@ -213,13 +226,19 @@ pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
             if next.exists() {
                 return Err(state(
                     format!("cluster {c}"),
-                    format!("the rotation is not switched yet ({} exists): run switch", next.display()),
+                    format!(
+                        "the rotation is not switched yet ({} exists): run switch",
+                        next.display()
+                    ),
                 ));
             }
             if !previous.exists() {
                 return Err(state(
                     format!("cluster {c}"),
-                    format!("no switched rotation to finish ({} is missing)", previous.display()),
+                    format!(
+                        "no switched rotation to finish ({} is missing)",
+                        previous.display()
+                    ),
                 ));
             }
             certs::write_file(&bundle, root_pem.as_bytes(), Secrecy::Public)?;

@@ -110,7 +110,11 @@ async fn config_dump(
         return refused;
     }
     match shared.tables.load_full() {
-        Some(t) => Json(dump::snapshot(&t.snapshot)).into_response(),
+        Some(t) => {
+            let mut dump = dump::snapshot(&t.snapshot);
+            dump["certificate"] = shared.certificate_summary();
+            Json(dump).into_response()
+        }
         None => (StatusCode::SERVICE_UNAVAILABLE, "no config loaded\n").into_response(),
     }
 }

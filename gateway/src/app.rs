@@ -163,6 +163,18 @@ impl Shared {
             .cloned()
     }
 
+    /// What `/config_dump` says of the certificate in use.
+    pub(crate) fn certificate_summary(&self) -> serde_json::Value {
+        let tls = self.tls.load();
+        serde_json::json!({
+            "spiffe_id": tls.own_id.to_string(),
+            "not_before": tls.validity.map(|v| v.not_before),
+            "not_after": tls.validity.map(|v| v.not_after),
+            "issuer": tls.identity.issuer_fingerprint(),
+            "source": if self.has_issued_identity() { "federator" } else { "files" },
+        })
+    }
+
     pub(crate) fn has_issued_identity(&self) -> bool {
         self.issued_identity().is_some()
     }

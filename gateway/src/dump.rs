@@ -29,6 +29,7 @@ pub(crate) fn snapshot(s: &ConfigSnapshot) -> Value {
     json!({
         "version": s.version,
         "cluster": s.cluster,
+        "certificate_issuer": s.certificate_issuer,
         "peers": s.peers.iter().map(|p| json!({
             "cluster": p.cluster,
             "gateway_addresses": p.gateway_addresses,

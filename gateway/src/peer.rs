@@ -85,7 +85,12 @@ pub(crate) struct PeerConn {
     cancel: CancellationToken,
     /// Kills the current connection's socket when the peer is marked down.
     conn_kill: Mutex<Option<CancellationToken>>,
+    /// The roots of the peer's bundle its connection was verified with (`None`: ours).
+    bundle: Mutex<Option<Vec<rustls_pki_types::CertificateDer<'static>>>>,
 }
+
+/// How long a connection verified with a peer's previous trust bundle may finish its streams.
+const BUNDLE_CHANGE_GRACE_SECS: i64 = 60;
 
 impl PeerConn {
     fn new(cluster: String, addresses: Vec<String>, cancel: CancellationToken) -> Self {
@@ -105,6 +110,7 @@ impl PeerConn {
             cert_not_after: std::sync::atomic::AtomicI64::new(0),
             cancel,
             conn_kill: Mutex::new(None),
+            bundle: Mutex::new(None),
         }
     }
 
@@ -495,6 +501,18 @@ impl PeerPool {
         for (cluster, info) in &tables.peers {
             match old.get(cluster) {
                 Some(p) if p.addresses == info.addresses => {
+                    let bundle = info.bundle.as_ref().map(|b| b.roots.clone());
+                    let mut known = p.bundle.lock().unwrap_or_else(|e| e.into_inner());
+                    if *known != bundle {
+                        // The peer's trust changed (a root rotation): its connection was
+                        // verified with the old bundle; the next one is verified with the new.
+                        if known.is_some() {
+                            tracing::info!(peer = %cluster, "peer trust bundle changed; replacing its connection");
+                            p.retire(Some(crate::reload::unix_now() + BUNDLE_CHANGE_GRACE_SECS));
+                        }
+                        *known = bundle;
+                    }
+                    drop(known);
                     new.insert(cluster.clone(), p.clone());
                 }
                 _ => {
@@ -503,6 +521,8 @@ impl PeerPool {
                         info.addresses.clone(),
                         ctx.shutdown.child_token(),
                     ));
+                    *conn.bundle.lock().unwrap_or_else(|e| e.into_inner()) =
+                        info.bundle.as_ref().map(|b| b.roots.clone());
                     spawn_prober(conn.clone(), ctx.clone());
                     new.insert(cluster.clone(), conn);
                 }

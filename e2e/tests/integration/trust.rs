@@ -128,3 +128,145 @@ async fn every_gateways_certificate_is_renewed_several_times_under_load() {
         ],
     );
 }
+
+/// How many certificates the gateway of `cluster` holds in its bundle for peer `peer`.
+async fn peer_roots(lab: &Lab, cluster: &str, peer: &str) -> Option<usize> {
+    let dump = lab.gateway_dump(cluster).await.ok()?;
+    let p = dump["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["cluster"] == peer)?
+        .clone();
+    Some(
+        p["trust_bundle_pem"]
+            .as_str()?
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+    )
+}
+
+fn fingerprint_of_first(path: &std::path::Path) -> String {
+    let certs = causeway_api::pem::load_certs(path).unwrap();
+    causeway_api::tls::fingerprint(&certs[0])
+}
+
+/// West's root rotated with `causeway rotate-root begin|switch|finish` while north calls west:
+/// the peers take the two-root bundle, west's gateway renews from the new CA as soon as its
+/// federator loads it, the old root leaves every bundle, north dials west again and verifies it
+/// through the new root alone; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clusters_root_is_rotated_while_clients_call() {
+    let Some(lab) = lab_support::start(3, |_| {}).await else {
+        return;
+    };
+    let north = lab.echo_prober("north").unwrap();
+    lab_support::warm_up(&north, 5).await;
+    let pki = lab.state().pki_dir.clone();
+    let pki_arg = pki.display().to_string();
+    let step = |s: &str| {
+        lab.causeway(&["rotate-root", s, "--out", &pki_arg, "--cluster", "west"])
+            .unwrap_or_else(|e| panic!("rotate-root {s}: {e:#}"))
+    };
+    let wait = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+
+    step("begin");
+    for c in ["north", "east"] {
+        causeway_e2e::wait_for(
+            &format!("{c} to trust both of west's roots"),
+            wait,
+            || async { (peer_roots(&lab, c, "west").await? == 2).then_some(()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let both_trusted = started.elapsed();
+
+    step("switch");
+    let new_ca = fingerprint_of_first(&pki.join("west").join("ca.pem"));
+    let west_cert = causeway_e2e::wait_for(
+        "west's gateway to hold a certificate of the new CA",
+        wait,
+        || async {
+            let d = lab.gateway_dump("west").await.ok()?;
+            let c = &d["certificate"];
+            (c["issuer"] == new_ca.as_str() && c["source"] == "federator").then(|| c.clone())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let switched = started.elapsed();
+
+    step("finish");
+    let new_root = std::fs::read_to_string(pki.join("west").join("root-ca.pem")).unwrap();
+    for c in ["north", "east"] {
+        causeway_e2e::wait_for(
+            &format!("{c} to trust west's new root only"),
+            wait,
+            || async {
+                let dump = lab.gateway_dump(c).await.ok()?;
+                let west = dump["peers"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["cluster"] == "west")?
+                    .clone();
+                let pem = west["trust_bundle_pem"].as_str()?;
+                (pem.matches("BEGIN CERTIFICATE").count() == 1 && pem.trim() == new_root.trim())
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    // North replaced its connection to west (its trust changed) and verified west's new
+    // certificate through the new root alone.
+    let west_not_after = west_cert["not_after"].as_i64().expect("not_after");
+    causeway_e2e::wait_for(
+        "north to dial west and see its new certificate",
+        wait,
+        || async {
+            let peers = lab.gateway_peers("north").await.ok()?;
+            let w = peers.iter().find(|p| p["cluster"] == "west")?;
+            (w["certificate_not_after"].as_i64()? >= west_not_after
+                && w["up"] == true
+                && w["suspect"] == false)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let finished = started.elapsed();
+    assert!(
+        !pki.join("west").join("previous").exists(),
+        "the old root's key is deleted"
+    );
+    // Calls from north keep being answered by west after the rotation.
+    let seen = north.samples().len();
+    causeway_e2e::wait_for("more answers for north", wait, || async {
+        let s = north.samples();
+        (s.len() >= seen + 10 && s[seen..].iter().all(|s| s.ok())).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let north = north.stop();
+    let failed = north.failures(Duration::ZERO, Duration::MAX);
+    assert!(
+        failed.is_empty(),
+        "north: {}",
+        north.describe_failures(Duration::ZERO, Duration::MAX)
+    );
+    lab_support::result(
+        "cluster_root_rotated",
+        &[
+            (
+                "both_roots_trusted_after",
+                lab_support::secs(Some(both_trusted)),
+            ),
+            ("new_ca_in_use_after", lab_support::secs(Some(switched))),
+            ("old_root_gone_after", lab_support::secs(Some(finished))),
+            ("requests", north.samples.len().to_string()),
+            ("failed", "0".to_string()),
+        ],
+    );
+}
