@@ -626,7 +626,6 @@ impl Lab {
             .arg(&self.state.pki_dir)
             .arg("--clusters")
             .arg(clusters)
-            .arg("--own-roots")
             .arg("--force");
         run_tool(cmd, "causeway certs")
     }
@@ -1206,7 +1205,7 @@ impl Lab {
 
     /// Adds a cluster `name` to the running lab, as an operator joins one to a running
     /// federation: its network namespace, a root of its own and certificates (`causeway certs
-    /// --own-roots --add`, touching no other cluster's files), its etcd user and role
+    /// --add`, touching no other cluster's files), its etcd user and role
     /// (`causeway etcd-auth`, idempotent), its federator and gateway. Returns once both are
     /// ready; it exports nothing. The other clusters learn of it through etcd.
     pub async fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
@@ -1230,7 +1229,6 @@ impl Lab {
             .arg(&self.state.pki_dir)
             .arg("--clusters")
             .arg(name)
-            .arg("--own-roots")
             .arg("--add");
         run_tool(cmd, "causeway certs --add")?;
         if let Some(tls) = &self.state.etcd.tls {

@@ -57,11 +57,24 @@ pub struct CertsArgs {
     #[arg(long)]
     pub add: bool,
 
-    /// Give each cluster a root CA of its own (`<cluster>/root-ca.pem`, naming its trust
-    /// domain) instead of one federation root: its bundle, `<cluster>/bundle.pem`, travels to
-    /// the peers through etcd, and no other cluster's key can vouch for it (docs/certificates.md).
-    #[arg(long)]
+    /// Each cluster gets a root CA of its own (`<cluster>/root-ca.pem`, naming its trust
+    /// domain): its bundle, `<cluster>/bundle.pem`, travels to the peers through etcd, and no
+    /// other cluster's key can vouch for it (docs/certificates.md). The default; kept as a flag
+    /// for scripts written before it was.
+    #[arg(long, conflicts_with = "shared_root", hide = true)]
     pub own_roots: bool,
+
+    /// One federation root (`root-ca.pem`) signing every cluster's CA instead of a root per
+    /// cluster: simpler, but whoever holds that root's key can vouch for every cluster.
+    #[arg(long)]
+    pub shared_root: bool,
+}
+
+impl CertsArgs {
+    /// Whether each cluster gets a root of its own (everything but `--shared-root`).
+    pub fn own_roots(&self) -> bool {
+        !self.shared_root
+    }
 }
 
 /// Why `causeway certs` wrote nothing, or stopped.
@@ -166,7 +179,7 @@ impl Layout {
         files
     }
 
-    /// `DIR/<cluster>/root-ca.pem`, with `--own-roots`: the cluster's own root.
+    /// `DIR/<cluster>/root-ca.pem`, without `--shared-root`: the cluster's own root.
     pub fn cluster_root_cert(&self, c: &ClusterId) -> PathBuf {
         self.cluster_dir(c).join("root-ca.pem")
     }
@@ -175,7 +188,7 @@ impl Layout {
         self.cluster_dir(c).join("root-ca.key")
     }
 
-    /// `DIR/<cluster>/bundle.pem`, with `--own-roots`: the cluster's trust bundle (its root).
+    /// `DIR/<cluster>/bundle.pem`, without `--shared-root`: the cluster's trust bundle (its root).
     pub fn cluster_bundle(&self, c: &ClusterId) -> PathBuf {
         self.cluster_dir(c).join("bundle.pem")
     }
@@ -247,7 +260,7 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
     } else {
         layout.files(&ids)
     };
-    if args.own_roots {
+    if args.own_roots() {
         // No federation root: each cluster's own, and its bundle.
         targets.retain(|p| *p != layout.root_ca_cert() && *p != layout.root_ca_key());
         for c in &ids {
@@ -275,7 +288,7 @@ pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
 
     // Everything is generated in memory first, so a failure leaves nothing half-written.
     let mut files: Vec<(PathBuf, String, Secrecy)> = Vec::new();
-    if args.own_roots {
+    if args.own_roots() {
         let mut roots = String::new();
         for c in &clusters {
             let root = own_root_ca(c, &validity)?;
@@ -739,6 +752,7 @@ mod tests {
             force: false,
             add: false,
             own_roots: false,
+            shared_root: true,
         }
     }
 
@@ -944,6 +958,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let own = |clusters: &[&str], add: bool| CertsArgs {
             own_roots: true,
+            shared_root: false,
             add,
             ..args(dir.path(), clusters)
         };

@@ -456,7 +456,8 @@ mod tests {
             validity_days: 1,
             force: false,
             add: false,
-            own_roots: true,
+            own_roots: false,
+            shared_root: false,
         };
         let g = certs::generate(&args).unwrap();
         let c = &g.clusters[0].cluster;

@@ -1,6 +1,6 @@
 //! `causeway rotate-root`: one cluster's root replaced without a failed request
-//! (docs/certificates.md "Rotating a cluster's root"), on the files of `causeway certs
-//! --own-roots`, in three steps:
+//! (docs/certificates.md "Rotating a cluster's root"), on the files of `causeway certs`
+//! (a root per cluster), in three steps:
 //!
 //! 1. `begin`: a new root and a new issuing CA under it go to `<c>/next/`, and `<c>/bundle.pem`
 //!    holds both roots. The federators publish the bundle in `clusters/<c>/info`; every peer
@@ -29,7 +29,7 @@ pub struct RotateArgs {
     /// Which step: begin, switch or finish.
     #[arg(value_enum)]
     pub step: Step,
-    /// The directory of `causeway certs --own-roots`.
+    /// The directory `causeway certs` wrote (a root per cluster, its default).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// The cluster whose root is rotated.
@@ -97,7 +97,7 @@ pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
         state(
             format!("cluster {c}"),
             format!(
-                "cannot read its root {}: {e} (rotate-root works on the files of `causeway certs --own-roots`)",
+                "cannot read its root {}: {e} (rotate-root works on a root per cluster, what `causeway certs` makes unless --shared-root)",
                 root_path.display()
             ),
         )
@@ -267,7 +267,8 @@ mod tests {
             validity_days: 1,
             force: false,
             add: false,
-            own_roots: true,
+            own_roots: false,
+            shared_root: false,
         })
         .unwrap();
         let layout = Layout::new(dir.path());

@@ -253,7 +253,7 @@ async fn causeway_lab_up_drill_status_exec_down() {
 }
 
 /// A cluster with a root of its own joins a running federation (issue "Trust that grows"):
-/// certificates from `causeway certs --own-roots --add`, which touches no other cluster's
+/// certificates from `causeway certs --add`, which touches no other cluster's
 /// files, its etcd role from `causeway etcd-auth`; within 10 s it calls the demo services and
 /// its peers accept its gateway, while the clients of the others see nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,7 @@ fn p(path: PathBuf) -> String {
 #[test]
 fn leaves_verify_with_openssl_and_carry_spiffe_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let out = certs(dir.path(), &[]);
+    let out = certs(dir.path(), &["--shared-root"]);
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -157,11 +157,11 @@ fn leaves_verify_with_openssl_and_carry_spiffe_ids() {
 #[test]
 fn rerun_without_force_changes_nothing_and_force_replaces() {
     let dir = tempfile::tempdir().unwrap();
-    assert_success(&certs(dir.path(), &[]));
+    assert_success(&certs(dir.path(), &["--shared-root"]));
     let before = snapshot(dir.path());
     assert_eq!(before.len(), 3 + 6 * CLUSTERS.len());
 
-    let again = certs(dir.path(), &[]);
+    let again = certs(dir.path(), &["--shared-root"]);
     assert!(!again.status.success());
     assert_eq!(again.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&again.stderr);
@@ -189,7 +189,7 @@ fn rerun_without_force_changes_nothing_and_force_replaces() {
         "wrote files despite refusing"
     );
 
-    let forced = certs(dir.path(), &["--force"]);
+    let forced = certs(dir.path(), &["--shared-root", "--force"]);
     assert_success(&forced);
     let after = snapshot(dir.path());
     assert_eq!(
