@@ -91,6 +91,7 @@ expect_rejected 'gateway.ports.peer' --set 'gateway.ports.peer=70000'
 expect_rejected 'bogus' --set 'federator.bogus=1'
 expect_rejected 'etcd.endpoints' --set 'etcd.endpoints[0]=etcd:2379'
 expect_rejected 'gateway.egressService.type' --set 'gateway.egressService.type=LoadBalancer'
+expect_rejected 'issuer.lifetime' --set 'issuer.lifetime=1d'
 # Not a schema rule but a template one: a release name that is no cluster ID.
 if "$helm" template Bad_Name "$chart" >/dev/null 2>"$out/err"; then
   fail "a release name that is not an RFC 1123 label should be refused as the cluster ID"
