@@ -119,6 +119,7 @@ impl Shared {
             current.identity.clone(),
             current.local_bundle.clone(),
             Some(&tables),
+            current.federator_identity.clone(),
         )
         .map_err(|e| NackReason(format!("TLS for the snapshot's peers: {e}")))?;
         let tables = Arc::new(tables);
@@ -141,12 +142,21 @@ impl Shared {
     /// Reloads certificate, key and bundle from disk and rebuilds the TLS state.
     pub(crate) fn reload_tls(&self) -> Result<(), causeway_api::tls::TlsError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut identity, bundle) = self.tls_files.load()?;
-        if let Some(issued) = self.issued_identity() {
-            identity = issued;
-        }
+        let (files, bundle) = self.tls_files.load()?;
+        let issued = self
+            .issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Peers get the certificate the federator issued, even expired (they refuse it: the
+        // gateway is out until renewed); the federator gets the file one once that has expired.
+        let (identity, federator_identity) = match issued {
+            Some(issued) if self.has_issued_identity() => (issued, None),
+            Some(issued) => (issued, Some(files)),
+            None => (files, None),
+        };
         let tables = self.tables.load_full();
-        let tls = TlsState::build(identity, bundle, tables.as_deref())?;
+        let tls = TlsState::build(identity, bundle, tables.as_deref(), federator_identity)?;
         self.tls.store(Arc::new(tls));
         Ok(())
     }
@@ -192,6 +202,7 @@ impl Shared {
             identity.clone(),
             current.local_bundle.clone(),
             tables.as_deref(),
+            None,
         )?;
         self.tls.store(Arc::new(tls));
         *self.issued.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity);
@@ -231,7 +242,7 @@ impl Gateway {
             identity = i.clone();
         }
         let tls = Arc::new(ArcSwap::from_pointee(TlsState::build(
-            identity, bundle, None,
+            identity, bundle, None, None,
         )?));
 
         let bind = |what, addr| async move {

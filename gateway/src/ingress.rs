@@ -91,8 +91,13 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         };
         return refuse(&shared, remote, &r);
     }
-    let peer = {
+    let (peer, expires_in) = {
         let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        // The connection lasts no longer than the certificate it was authenticated with.
+        let expires_in = certs
+            .first()
+            .and_then(|c| causeway_api::tls::Validity::of(c).ok())
+            .map(|v| Duration::from_secs(v.left(crate::reload::unix_now()).max(0) as u64));
         let Some(tables) = shared.tables.load_full() else {
             let r = Refusal {
                 reason: "unknown_cluster",
@@ -101,8 +106,14 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             return refuse(&shared, remote, &r);
         };
         match authenticate_peer(certs, &tables, &shared.tls.load()) {
-            Ok((cluster, id)) => Arc::new(PeerIdentity { cluster, id }),
+            Ok((cluster, id)) => (Arc::new(PeerIdentity { cluster, id }), expires_in),
             Err(r) => return refuse(&shared, remote, &r),
+        }
+    };
+    let expired = async move {
+        match expires_in {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
     };
     tracing::debug!(%remote, peer = %peer.id, "peer gateway connected");
@@ -128,6 +139,13 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = expired => {
+            // GOAWAY: streams in flight finish; the peer dials again with its renewed
+            // certificate (or is refused, `expired`, if it has none).
+            tracing::info!(%remote, "peer certificate expired; closing its connection");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

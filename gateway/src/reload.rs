@@ -29,7 +29,15 @@ pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
     let interval = Duration::from_millis(shared.config.reload_interval_ms);
     let mut health = CertHealth::Fine;
     loop {
+        let before = health;
         health = observe_certificates(&shared, health);
+        if health == CertHealth::Expired && before != CertHealth::Expired {
+            // An issued certificate expired: the federator connection falls back to the file
+            // one (app.rs `reload_tls`), so that a renewal can still be asked for.
+            if let Err(e) = shared.reload_tls() {
+                tracing::warn!(error = %e, "rebuilding TLS after the certificate expired failed");
+            }
+        }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}

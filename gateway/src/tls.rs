@@ -54,6 +54,10 @@ pub(crate) struct TlsState {
     /// to our own bundle is required; its SPIFFE ID goes into XFCC.
     pub(crate) egress: Arc<rustls::ServerConfig>,
     pub(crate) federator: Arc<rustls::ClientConfig>,
+    /// What the federator connection presents when it is not `identity`: the file certificate,
+    /// once the one the federator issued has expired (so the gateway can ask for a new one,
+    /// while its peers refuse the expired one).
+    pub(crate) federator_identity: Option<Identity>,
     pub backend_h1: Arc<rustls::ClientConfig>,
     pub backend_h2: Arc<rustls::ClientConfig>,
     /// Per peer cluster: dial config and the anchors its gateway must chain to.
@@ -96,6 +100,7 @@ impl TlsState {
         identity: Identity,
         local_bundle: TrustBundle,
         tables: Option<&Tables>,
+        federator_identity: Option<Identity>,
     ) -> Result<Self, TlsError> {
         let own_id = identity.spiffe_id()?;
         let mut roots = local_bundle.roots.clone();
@@ -127,7 +132,7 @@ impl TlsState {
         let egress = api_tls::server_config(&identity, &local_bundle, &[ALPN_H2, ALPN_H1])?;
         let federator_id = SpiffeId::federator(own_id.trust_domain())?;
         let federator = api_tls::client_config(
-            &identity,
+            federator_identity.as_ref().unwrap_or(&identity),
             &local_bundle,
             ExpectedPeer::Exact(federator_id),
             &[ALPN_H2],
@@ -152,6 +157,7 @@ impl TlsState {
             server,
             egress,
             federator,
+            federator_identity,
             peers,
         })
     }

@@ -270,3 +270,124 @@ async fn one_clusters_root_is_rotated_while_clients_call() {
         ],
     );
 }
+
+/// East's federators stopped, so east's gateway cannot renew its 8 s certificate. When it
+/// expires, west closes east's connection and refuses the next (`expired`), west's probes of east
+/// fail, and east says why (`/ready` 503, its expiry metric in the past), while north's client,
+/// which calls west, sees nothing. East's federator back: east's gateway asks with its file
+/// certificate, gets a new one, is ready again, and west accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_cluster_is_refused_and_recovers_when_renewed() {
+    let Some(mut lab) =
+        lab_support::start(3, |s| s.certificate_lifetime = Some(Duration::from_secs(8))).await
+    else {
+        return;
+    };
+    let north = lab.echo_prober("north").unwrap();
+    lab_support::warm_up(&north, 5).await;
+    causeway_e2e::wait_for(
+        "east's gateway to hold an issued certificate",
+        Duration::from_secs(20),
+        || async {
+            let d = lab.gateway_dump("east").await.ok()?;
+            (d["certificate"]["source"] == "federator").then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let federators: Vec<String> = lab
+        .state()
+        .clusters
+        .iter()
+        .find(|c| c.name == "east")
+        .unwrap()
+        .federators
+        .iter()
+        .map(|f| f.process.clone())
+        .collect();
+    for f in &federators {
+        lab.stop(f, false).unwrap();
+    }
+    let stopped = std::time::Instant::now();
+    let east = lab.cluster("east").clone();
+    causeway_e2e::wait_for(
+        "east's gateway to say its certificate expired",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = lab
+                .admin_get(east.netns.as_deref(), east.gateway.admin, "/ready")
+                .await
+                .ok()?;
+            (status == 503 && body.contains("expired")).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let expired_after = stopped.elapsed();
+    let not_after = gateway_not_after(&lab, "east")
+        .await
+        .expect("expiry metric");
+    assert!(
+        not_after <= now(),
+        "east's certificate is reported expired at {not_after}"
+    );
+    causeway_e2e::wait_for(
+        "west to refuse east's expired certificate",
+        Duration::from_secs(20),
+        || async {
+            let m = lab.gateway_metrics("west").await.ok()?;
+            let refused = metric(
+                &m,
+                "causeway_gateway_peer_handshake_failures_total",
+                &[("reason", "expired")],
+            )?;
+            let answering = lab.peers_answering("west").await.ok()?;
+            (refused >= 1.0 && !answering.contains("east")).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let refused_after = stopped.elapsed();
+
+    for f in &federators {
+        lab.start(f).unwrap();
+    }
+    let restarted = std::time::Instant::now();
+    causeway_e2e::wait_for(
+        "east to be renewed and accepted by west again",
+        Duration::from_secs(60),
+        || async {
+            let (status, _) = lab
+                .admin_get(east.netns.as_deref(), east.gateway.admin, "/ready")
+                .await
+                .ok()?;
+            let answering = lab.peers_answering("west").await.ok()?;
+            let left = gateway_not_after(&lab, "east").await? - now();
+            (status == 200 && answering.contains("east") && left > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let recovered_after = restarted.elapsed();
+
+    let north = north.stop();
+    let failed = north.failures(Duration::ZERO, Duration::MAX);
+    assert!(
+        failed.is_empty(),
+        "north: {}",
+        north.describe_failures(Duration::ZERO, Duration::MAX)
+    );
+    lab_support::result(
+        "expired_cluster_refused_and_recovered",
+        &[
+            ("expired_after", lab_support::secs(Some(expired_after))),
+            ("refused_after", lab_support::secs(Some(refused_after))),
+            (
+                "recovered_after_federator_start",
+                lab_support::secs(Some(recovered_after)),
+            ),
+            ("requests", north.samples.len().to_string()),
+            ("failed", "0".to_string()),
+        ],
+    );
+}
