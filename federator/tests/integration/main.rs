@@ -3,4 +3,5 @@
 mod certs;
 mod federation;
 mod harness;
+mod issuer;
 mod kube;
