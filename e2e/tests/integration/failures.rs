@@ -702,6 +702,7 @@ async fn peer_gateway_with_a_bad_certificate_is_refused_and_traffic_fails_over()
         west.certs.gateway_cert.clone(),
         west.certs.gateway_key.clone(),
     );
+    let state_dir = west.gateway.state_dir.clone();
     west_lost_and_back(
         &mut lab,
         "bad_certificate",
@@ -709,6 +710,11 @@ async fn peer_gateway_with_a_bad_certificate_is_refused_and_traffic_fails_over()
             lab.stop("west/gateway", false).unwrap();
             std::fs::copy(&rogue_cert, &cert_path).unwrap();
             std::fs::copy(&rogue_key, &key_path).unwrap();
+            // A new pod: without the certificate its federator issued (kept in the state dir),
+            // it starts with the rogue one, which its own federator refuses to renew too.
+            for f in ["identity.pem", "identity.key"] {
+                let _ = std::fs::remove_file(state_dir.join(f));
+            }
             lab.start("west/gateway").unwrap();
         },
         Duration::from_secs(5),
