@@ -160,7 +160,8 @@ impl DnsHandler {
             if query.query_class() != DNSClass::IN {
                 break 'rcode ResponseCode::Refused;
             }
-            if !self.zone.contains(query.name()) {
+            let reverse = crate::zone::reverse_address(query.name());
+            if reverse.is_none() && !self.zone.contains(query.name()) {
                 break 'rcode ResponseCode::Refused;
             }
             if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
@@ -172,6 +173,21 @@ impl DnsHandler {
             if !snapshot.synced {
                 // Before the initial sync an NXDOMAIN would be a lie that resolvers cache.
                 break 'rcode ResponseCode::ServFail;
+            }
+            if let Some(ip) = reverse {
+                // PTR of an address we hand out (a ClusterSetIP, a headless endpoint); any
+                // other address is not ours to answer.
+                let answers = self
+                    .zone
+                    .reverse(&snapshot, query.name(), ip, query.query_type());
+                match answers {
+                    Some(records) => {
+                        metadata.authoritative = true;
+                        prepared.answers = records;
+                        break 'rcode ResponseCode::NoError;
+                    }
+                    None => break 'rcode ResponseCode::Refused,
+                }
             }
             metadata.authoritative = true;
             let answer = self

@@ -12,19 +12,24 @@
 //! | `ns.dns` | A/AAAA of the server when it listens on one address |
 //! | `<svc>.<ns>.svc` | A/AAAA: ClusterSetIP per answer policy, or headless endpoints |
 //! | `_<port>._<proto>.<svc>.<ns>.svc` | SRV per named port |
-//! | `<hostname>.<cluster>.<svc>.<ns>.svc` | A/AAAA of a headless endpoint with a hostname |
+//! | `<hostname>.<cluster>.<svc>.<ns>.svc` | A/AAAA of a headless endpoint; one without a hostname is named by its address, dashed (`10-1-5-1`, `fd00-5--1`) |
+//! | `<reversed address>.in-addr.arpa` / `.ip6.arpa` | PTR of a ClusterSetIP (the service's name) or a headless endpoint (its name) |
+//!
+//! A headless service with no ready endpoint does not exist (NXDOMAIN, KEP-1645), nor do its SRV
+//! names; SRV records name only targets that have an address.
 //!
 //! `svc`, `<ns>.svc`, `dns`, `_<proto>.<svc>.<ns>.svc` and `<cluster>.<svc>.<ns>.svc` of a headless
 //! service are empty non-terminals: they exist (NODATA, not NXDOMAIN, RFC 8020) when something
 //! lives below them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use causeway_api::snapshot::{ExportView, ServiceView};
 use causeway_api::{ClusterId, Endpoint, MeshSnapshot, ServiceKey, ServiceType};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::{AnswerPolicy, DnsConfig};
@@ -185,7 +190,7 @@ impl Zone {
             ["svc", ns] => has_namespace(snapshot, ns).then_some(Node::EmptyNonTerminal),
             ["svc", ns, name, rest @ ..] => {
                 let (key, view) = with_key(ns, name, |k| snapshot.services.get_key_value(k))?;
-                find_in_service(key, view, rest)
+                find_in_service(snapshot, key, view, rest)
             }
             _ => None,
         }
@@ -252,7 +257,12 @@ impl Zone {
                 if !wants(RecordType::SRV) {
                     return;
                 }
-                let service_name = service_name(key);
+                let headless = view.import.service_type == ServiceType::Headless;
+                // A ClusterSetIP service's SRV target is its name, which must have an address.
+                let service_target = (!headless
+                    && self.service_address(snapshot, key, view).is_some())
+                .then(|| service_name(key))
+                .flatten();
                 for port in view
                     .import
                     .ports
@@ -260,13 +270,12 @@ impl Zone {
                     .filter(|p| port_matches(p, port_name, proto))
                 {
                     let mut targets: Vec<Name> = Vec::new();
-                    if view.import.service_type == ServiceType::Headless {
-                        // One SRV per serving endpoint with a hostname, as KEP-1645 has it.
+                    if headless {
+                        // One SRV per serving endpoint, by hostname or system-assigned name.
                         for (cluster, e) in serving_endpoints(snapshot, key, view) {
-                            let Some(host) = &e.hostname else { continue };
                             let target = Name::from_ascii(format!(
                                 "{}.{}.{}",
-                                host.to_ascii_lowercase(),
+                                endpoint_label(e),
                                 cluster,
                                 key_fqdn(key)
                             ));
@@ -276,11 +285,8 @@ impl Zone {
                                 }
                             }
                         }
-                    }
-                    if targets.is_empty() {
-                        if let Some(n) = &service_name {
-                            targets.push(n.clone());
-                        }
+                    } else if let Some(n) = &service_target {
+                        targets.push(n.clone());
                     }
                     for target in targets {
                         out.push(rec(RData::SRV(SRV::new(0, 100, port.port, target))));
@@ -300,7 +306,7 @@ impl Zone {
                         .record
                         .endpoints
                         .iter()
-                        .filter(|e| e.ready && hostname_is(e, hostname))
+                        .filter(|e| e.ready && label_is(e, hostname))
                     {
                         if !seen.contains(&e.address) {
                             seen.push(e.address);
@@ -310,6 +316,53 @@ impl Zone {
                 }
             }
         }
+    }
+
+    /// The PTR records of `ip` (named `owner`): each ClusterSetIP service holding it and each
+    /// ready headless endpoint at it; `None` when no import of the snapshot has it (not ours).
+    pub(crate) fn reverse(
+        &self,
+        snapshot: &MeshSnapshot,
+        owner: &LowerName,
+        ip: IpAddr,
+        qtype: RecordType,
+    ) -> Option<Vec<Record>> {
+        let mut names: Vec<Name> = Vec::new();
+        for (key, view) in &snapshot.services {
+            match view.import.service_type {
+                ServiceType::ClusterSetIP if view.vip == Some(ip) => {
+                    names.extend(service_name(key));
+                }
+                ServiceType::Headless => {
+                    for (cluster, export) in &view.exports {
+                        for e in export
+                            .record
+                            .endpoints
+                            .iter()
+                            .filter(|e| e.ready && e.address == ip)
+                        {
+                            let n = format!("{}.{}.{}", endpoint_label(e), cluster, key_fqdn(key));
+                            names.extend(Name::from_ascii(n).ok());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if names.is_empty() {
+            return None;
+        }
+        names.dedup();
+        if !matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            return Some(Vec::new());
+        }
+        let owner = Name::from(owner);
+        Some(
+            names
+                .into_iter()
+                .map(|n| Record::from_rdata(owner.clone(), self.ttl, RData::PTR(PTR(n))))
+                .collect(),
+        )
     }
 
     /// A/AAAA of a ClusterSetIP service: the local service address under `local-first` when this
@@ -338,11 +391,16 @@ impl Zone {
 
 /// The node below a service's name: `rest` are the labels left of `<svc>.<ns>.svc`, zone outwards.
 fn find_in_service<'s>(
+    snapshot: &MeshSnapshot,
     key: &'s ServiceKey,
     view: &'s ServiceView,
     rest: &[&'s str],
 ) -> Option<Node<'s>> {
     let headless = view.import.service_type == ServiceType::Headless;
+    // KEP-1645: a headless service without a ready endpoint does not exist, nor anything below.
+    if headless && serving_endpoints(snapshot, key, view).is_empty() {
+        return None;
+    }
     match *rest {
         [] => Some(Node::Service(key, view)),
         [proto] if proto.starts_with('_') => view
@@ -372,7 +430,7 @@ fn find_in_service<'s>(
                 .record
                 .endpoints
                 .iter()
-                .any(|e| e.ready && e.hostname.is_some())
+                .any(|e| e.ready)
                 .then_some(Node::EmptyNonTerminal)
         }
         [cluster, hostname] if headless => {
@@ -381,12 +439,65 @@ fn find_in_service<'s>(
                 .record
                 .endpoints
                 .iter()
-                .any(|e| e.ready && hostname_is(e, hostname))
+                .any(|e| e.ready && label_is(e, hostname))
                 .then_some(Node::EndpointHost {
                     view,
                     cluster,
                     hostname,
                 })
+        }
+        _ => None,
+    }
+}
+
+/// The name of a headless endpoint below `<cluster>.<svc>...`: its hostname, or the
+/// system-assigned one KEP-1645 asks for, its address with dashes (`10-1-5-1`, `fd00-5--1`).
+pub(crate) fn endpoint_label(e: &Endpoint) -> Cow<'_, str> {
+    match &e.hostname {
+        Some(h) => Cow::Owned(h.to_ascii_lowercase()),
+        None => Cow::Owned(dashed(e.address)),
+    }
+}
+
+fn dashed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+    }
+}
+
+fn label_is(e: &Endpoint, label: &str) -> bool {
+    match &e.hostname {
+        Some(h) => h.eq_ignore_ascii_case(label),
+        None => dashed(e.address).eq_ignore_ascii_case(label),
+    }
+}
+
+/// The address a reverse name (`4.3.2.1.in-addr.arpa.`, nibbles under `ip6.arpa.`) stands for.
+pub(crate) fn reverse_address(name: &LowerName) -> Option<IpAddr> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let (tail, head) = labels.split_at(labels.len().checked_sub(2)?);
+    let text = |l: &[u8]| std::str::from_utf8(l).ok().map(str::to_ascii_lowercase);
+    match (text(head[0])?.as_str(), text(head[1])?.as_str()) {
+        ("in-addr", "arpa") if tail.len() == 4 => {
+            let mut octets = [0u8; 4];
+            for (i, l) in tail.iter().rev().enumerate() {
+                let t = std::str::from_utf8(l).ok()?;
+                if t.is_empty() || t.len() > 3 || (t.len() > 1 && t.starts_with('0')) {
+                    return None;
+                }
+                octets[i] = t.parse().ok()?;
+            }
+            Some(IpAddr::V4(Ipv4Addr::from(octets)))
+        }
+        ("ip6", "arpa") if tail.len() == 32 => {
+            let mut v: u128 = 0;
+            for l in tail.iter().rev() {
+                let [c] = l else { return None };
+                let d = (*c as char).to_digit(16)?;
+                v = (v << 4) | u128::from(d);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(v)))
         }
         _ => None,
     }
@@ -466,12 +577,6 @@ fn with_key<T>(namespace: &str, name: &str, f: impl FnOnce(&ServiceKey) -> T) ->
         key.name.push_str(name);
         f(key)
     })
-}
-
-fn hostname_is(e: &Endpoint, label: &str) -> bool {
-    e.hostname
-        .as_deref()
-        .is_some_and(|h| h.eq_ignore_ascii_case(label))
 }
 
 fn proto_matches(p: &causeway_api::ServicePort, proto: &str) -> bool {

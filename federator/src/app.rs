@@ -180,6 +180,7 @@ impl Federator {
             keepalive_interval: c.keepalive_interval,
             cluster_record: record_rx,
             vip_range: cfg.vip_range,
+            vip_release_grace: c.vip_release_grace,
         };
         tasks.push((
             "publisher",

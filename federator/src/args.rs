@@ -70,6 +70,9 @@ pub struct Args {
     /// ClusterSetIP range in universal mode, e.g. 10.255.0.0/16.
     #[arg(long, env = "CAUSEWAY_VIP_RANGE")]
     pub vip_range: Option<String>,
+    /// How long a ClusterSetIP stays reserved after its import is gone (default 5m).
+    #[arg(long, env = "CAUSEWAY_VIP_RELEASE_GRACE", value_parser = parse_duration)]
+    pub vip_release_grace: Option<Duration>,
     /// DNS answer policy: local-first or via-gateway.
     #[arg(long, env = "CAUSEWAY_DNS_POLICY")]
     pub dns_policy: Option<causeway_dns::AnswerPolicy>,
@@ -134,6 +137,7 @@ impl Args {
             trust_domain => cfg.trust_domain,
             trust_bundle => cfg.trust_bundle_file,
             vip_range => cfg.vip_range,
+            vip_release_grace => cfg.vip_release_grace,
             config_listen => cfg.config_listen,
             dns_policy => cfg.dns_policy,
             dns_ttl => cfg.dns_ttl,

@@ -131,6 +131,10 @@ pub struct Config {
     pub locality: BTreeMap<String, String>,
     /// Range for ClusterSetIPs in universal mode, e.g. `10.255.0.0/16`.
     pub vip_range: Option<String>,
+    /// How long a ClusterSetIP stays reserved after its import is gone (longer than resolvers
+    /// cache the answer), before another import may get it.
+    #[serde(with = "duration_str")]
+    pub vip_release_grace: Duration,
     /// gRPC endpoint the gateways take their config from. `null` disables it.
     pub config_listen: Option<SocketAddr>,
     /// The federator's certificate chain and key (mTLS of the config endpoint). Without them the
@@ -171,6 +175,7 @@ impl Default for Config {
             trust_bundle_file: None,
             locality: BTreeMap::new(),
             vip_range: None,
+            vip_release_grace: Duration::from_secs(300),
             config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             cert_file: None,
             key_file: None,
@@ -386,6 +391,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.vip_release_grace < self.dns_ttl {
+            return Err(invalid(
+                "vip_release_grace",
+                "must be at least dns_ttl: a freed address must be out of every resolver's cache",
+            ));
         }
         if self.tls_reload_interval < Duration::from_millis(100) {
             return Err(invalid("tls_reload_interval", "must be at least 100ms"));

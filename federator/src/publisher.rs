@@ -4,7 +4,7 @@
 //! Every write is a transaction guarded by the leader key, so a replica that lost its lease
 //! (and does not know yet) cannot overwrite the new leader's view.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub struct PublisherConfig {
     /// What `clusters/<c>/info` says; rewritten when it changes (a rotated bundle).
     pub cluster_record: watch::Receiver<ClusterRecord>,
     pub vip_range: Option<VipRange>,
+    /// How long a ClusterSetIP outlives its import (or its import turning headless) before it
+    /// is freed for another.
+    pub vip_release_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,14 @@ async fn lead(
     let mut health_open = true;
     let mut retry = tokio::time::interval(Duration::from_millis(500));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut vips = cfg
+        .vip_range
+        .map(|range| Vips::new(range, cfg.vip_release_grace));
+    // Frees what outlived its grace even when no snapshot comes; also relists what etcd holds.
+    let mut sweep = tokio::time::interval(
+        (cfg.vip_release_grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(30)),
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let snapshot = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -163,6 +174,16 @@ async fn lead(
                 Some(mesh.borrow_and_update().clone())
             }
             _ = retry.tick(), if dirty => None,
+            _ = sweep.tick(), if vips.is_some() => {
+                let snap = mesh.borrow().clone();
+                if let Some(v) = vips.as_mut() {
+                    v.forget_held();
+                    if let Err(e) = v.reconcile(&mut client, &cfg.cluster, &snap).await {
+                        tracing::debug!(error = %e, "ClusterSetIP sweep failed; will retry");
+                    }
+                }
+                continue;
+            }
             r = record.changed() => {
                 if r.is_err() { return Ok(()); }
                 let rec = record.borrow_and_update().clone();
@@ -195,8 +216,9 @@ async fn lead(
                 continue;
             }
         };
-        if let (Some(range), Some(snap)) = (&cfg.vip_range, &snapshot) {
-            if let Err(e) = allocate_vips(&mut client, &cfg.cluster, range, snap).await {
+        if let (Some(v), Some(snap)) = (vips.as_mut(), &snapshot) {
+            if let Err(e) = v.reconcile(&mut client, &cfg.cluster, snap).await {
+                v.forget_held();
                 tracing::debug!(error = %e, "VIP allocation failed; will retry on the next snapshot");
             }
             if !dirty {
@@ -442,49 +464,154 @@ async fn v1_vip(client: &mut Client, key: &ServiceKey) -> Option<std::net::IpAdd
 /// cluster's own `clusters/<c>/vips/` (no other cluster reads or writes it). An import that
 /// had an address under schema v1 (`/causeway/v1/vips/<ns>/<svc>`, shared by the federation)
 /// keeps it when it is in the range and free, so an upgrade does not move ClusterSetIPs.
-async fn allocate_vips(
-    client: &mut Client,
-    cluster: &ClusterId,
-    range: &VipRange,
-    snap: &MeshSnapshot,
-) -> Result<(), etcd_client::Error> {
-    let mut used: std::collections::HashSet<_> =
-        snap.services.values().filter_map(|s| s.vip).collect();
-    for (key, svc) in &snap.services {
-        if svc.vip.is_some() {
-            continue;
+/// This cluster's ClusterSetIPs (`clusters/<c>/vips/`): one per ClusterSetIP import, none for
+/// headless ones; an address whose import is gone (or turned headless) is freed after
+/// `grace`, and no address is given while a key holds it. Only the leader writes here, so what
+/// etcd holds is listed once per sweep and kept up to date with our own writes in between.
+struct Vips {
+    range: VipRange,
+    grace: Duration,
+    /// What etcd holds: service → (address, the value as stored). `None`: list it again.
+    held: Option<HashMap<ServiceKey, (std::net::IpAddr, Vec<u8>)>>,
+    /// Since when a held address has had no ClusterSetIP import.
+    orphaned: HashMap<ServiceKey, Instant>,
+}
+
+impl Vips {
+    fn new(range: VipRange, grace: Duration) -> Self {
+        Self {
+            range,
+            grace,
+            held: None,
+            orphaned: HashMap::new(),
         }
-        let adopted = v1_vip(client, key)
-            .await
-            .filter(|ip| range.contains(*ip) && !used.contains(ip));
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        let start = h.finish() as u32;
-        let Some(ip) = adopted.or_else(|| {
-            (0..range.size().min(4096))
-                .map(|i| range.nth(start.wrapping_add(i)))
-                .find(|ip| !used.contains(ip))
-        }) else {
-            tracing::warn!(service = %key, "VIP range exhausted");
-            continue;
-        };
-        let k = keys::vip_key(cluster, key);
-        let rec = VipRecord {
-            schema: causeway_api::SCHEMA_VERSION,
-            ip,
-        };
-        let txn = Txn::new()
-            .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, keys::encode(&rec), None)]);
-        if client.txn(txn).await?.succeeded() {
-            let from = if adopted.is_some() {
-                "kept from schema v1"
-            } else {
-                "allocated"
-            };
-            tracing::info!(service = %key, %ip, from, "ClusterSetIP");
-        }
-        used.insert(ip);
     }
-    Ok(())
+
+    fn forget_held(&mut self) {
+        self.held = None;
+    }
+
+    async fn list(
+        client: &mut Client,
+        cluster: &ClusterId,
+    ) -> Result<HashMap<ServiceKey, (std::net::IpAddr, Vec<u8>)>, etcd_client::Error> {
+        let (kvs, _) =
+            etcd::list_prefix(client, &keys::cluster_vips_prefix(cluster), false).await?;
+        let mut held = HashMap::new();
+        for (key, value, _) in kvs {
+            let Ok(keys::Key::Vip {
+                service,
+                cluster: c,
+            }) = keys::parse_bytes(&key)
+            else {
+                continue;
+            };
+            if &c != cluster {
+                continue;
+            }
+            let key_str = String::from_utf8_lossy(&key).into_owned();
+            match keys::decode::<VipRecord>(&key_str, &value) {
+                Ok(rec) => {
+                    held.insert(service, (rec.ip, value));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key_str, error = %e, "unreadable ClusterSetIP record; its address stays reserved")
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    async fn reconcile(
+        &mut self,
+        client: &mut Client,
+        cluster: &ClusterId,
+        snap: &MeshSnapshot,
+    ) -> Result<(), etcd_client::Error> {
+        if self.held.is_none() {
+            self.held = Some(Self::list(client, cluster).await?);
+        }
+        let held = self.held.as_mut().expect("listed above");
+        let wanted = |key: &ServiceKey| {
+            snap.services
+                .get(key)
+                .is_some_and(|s| s.import.service_type == causeway_api::ServiceType::ClusterSetIP)
+        };
+        let now = Instant::now();
+        // Free what has had no ClusterSetIP import for the grace.
+        let mut freed = Vec::new();
+        for (key, (ip, raw)) in held.iter() {
+            if wanted(key) {
+                self.orphaned.remove(key);
+                continue;
+            }
+            let since = *self.orphaned.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) < self.grace {
+                continue;
+            }
+            let k = keys::vip_key(cluster, key);
+            // Only the value we saw: a key rewritten meanwhile is left alone.
+            let txn = Txn::new()
+                .when([Compare::value(k.clone(), CompareOp::Equal, raw.clone())])
+                .and_then([TxnOp::delete(k, None)]);
+            if client.txn(txn).await?.succeeded() {
+                tracing::info!(service = %key, %ip, "ClusterSetIP freed: its import is gone");
+            }
+            freed.push(key.clone());
+        }
+        for key in freed {
+            held.remove(&key);
+            self.orphaned.remove(&key);
+        }
+        self.orphaned.retain(|k, _| held.contains_key(k));
+        // Give the ClusterSetIP imports without one an address no key holds.
+        let mut used: std::collections::HashSet<std::net::IpAddr> =
+            held.values().map(|(ip, _)| *ip).collect();
+        for (key, svc) in &snap.services {
+            if svc.import.service_type != causeway_api::ServiceType::ClusterSetIP
+                || held.contains_key(key)
+            {
+                continue;
+            }
+            let range = self.range;
+            let adopted = v1_vip(client, key)
+                .await
+                .filter(|ip| range.contains(*ip) && !used.contains(ip));
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            let start = h.finish() as u32;
+            let Some(ip) = adopted.or_else(|| {
+                (0..range.size().min(1 << 20))
+                    .map(|i| range.nth(start.wrapping_add(i)))
+                    .find(|ip| !used.contains(ip))
+            }) else {
+                tracing::warn!(service = %key, "VIP range exhausted");
+                continue;
+            };
+            let k = keys::vip_key(cluster, key);
+            let rec = VipRecord {
+                schema: causeway_api::SCHEMA_VERSION,
+                ip,
+            };
+            let value = keys::encode(&rec);
+            let txn = Txn::new()
+                .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(k, value.clone(), None)]);
+            if client.txn(txn).await?.succeeded() {
+                let from = if adopted.is_some() {
+                    "kept from schema v1"
+                } else {
+                    "allocated"
+                };
+                tracing::info!(service = %key, %ip, from, "ClusterSetIP");
+                held.insert(key.clone(), (ip, value));
+            } else {
+                // Someone wrote it (a previous leader): learn it at the next list.
+                self.held = None;
+                return Ok(());
+            }
+            used.insert(ip);
+        }
+        Ok(())
+    }
 }

@@ -415,7 +415,8 @@ fn srv_for_named_ports() {
         RecordType::SRV,
     );
     assert_eq!(rdata(&a), ["0 100 53 web.prod.svc.clusterset.local."]);
-    // Headless: one SRV per serving endpoint with a hostname.
+    // Headless: one SRV per serving endpoint, a hostname-less one by its dashed address
+    // (KEP-1645's system-assigned name), which answers that address.
     let a = ask(
         &z,
         &s,
@@ -426,8 +427,18 @@ fn srv_for_named_ports() {
         rdata(&a),
         [
             "0 100 5432 db-0.east.db.prod.svc.clusterset.local.",
-            "0 100 5432 db-2.west.db.prod.svc.clusterset.local."
+            "0 100 5432 db-2.west.db.prod.svc.clusterset.local.",
+            "0 100 5432 10-1-1-9.west.db.prod.svc.clusterset.local."
         ]
+    );
+    assert_eq!(
+        rdata(&ask(
+            &z,
+            &s,
+            "10-1-1-9.west.db.prod.svc.clusterset.local.",
+            RecordType::A
+        )),
+        ["10.1.1.9"]
     );
 }
 
@@ -528,5 +539,82 @@ impl ViewMut for ServiceView {
 impl ViewMut for std::sync::Arc<ServiceView> {
     fn view_mut(&mut self) -> &mut ServiceView {
         std::sync::Arc::make_mut(self)
+    }
+}
+
+#[test]
+fn a_headless_service_without_ready_endpoints_does_not_exist() {
+    let z = zone(AnswerPolicy::LocalFirst);
+    let mut s = snapshot();
+    let key = ServiceKey::new("prod", "db").unwrap();
+    let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
+    for e in view.exports.values_mut() {
+        for ep in &mut e.record.endpoints {
+            ep.ready = false;
+        }
+    }
+    for name in [
+        "db.prod.svc.clusterset.local.",
+        "_pg._tcp.db.prod.svc.clusterset.local.",
+        "east.db.prod.svc.clusterset.local.",
+    ] {
+        for t in [RecordType::A, RecordType::SRV] {
+            let a = z.lookup(&s, &LowerName::from(Name::from_ascii(name).unwrap()), t);
+            assert_eq!(a.rcode, ResponseCode::NXDomain, "{name} {t}");
+        }
+    }
+}
+
+#[test]
+fn ptr_of_clusterset_ips_and_headless_endpoints() {
+    let z = zone(AnswerPolicy::LocalFirst);
+    let s = snapshot();
+    let ptr = |name: &str| {
+        let n = LowerName::from(Name::from_ascii(name).unwrap());
+        let ip = reverse_address(&n)?;
+        z.reverse(&s, &n, ip, RecordType::PTR)
+            .map(|r| r.iter().map(|r| r.data.to_string()).collect::<Vec<_>>())
+    };
+    let vip = s.services[&ServiceKey::new("prod", "web").unwrap()]
+        .vip
+        .unwrap();
+    let IpAddr::V4(v4) = vip else {
+        panic!("v4 VIP")
+    };
+    let o = v4.octets();
+    assert_eq!(
+        ptr(&format!(
+            "{}.{}.{}.{}.in-addr.arpa.",
+            o[3], o[2], o[1], o[0]
+        )),
+        Some(vec!["web.prod.svc.clusterset.local.".to_string()])
+    );
+    assert_eq!(
+        ptr("1.1.1.10.in-addr.arpa."),
+        Some(vec!["db-2.west.db.prod.svc.clusterset.local.".to_string()])
+    );
+    // fd00::1, nibble by nibble.
+    let v6 = format!(
+        "{}ip6.arpa.",
+        "1.".to_string() + &"0.".repeat(27) + "0.0.d.f."
+    );
+    assert_eq!(
+        ptr(&v6),
+        Some(vec!["db-0.east.db.prod.svc.clusterset.local.".to_string()])
+    );
+    // An address nobody has, a not-ready endpoint's, and malformed reverse names: not ours.
+    assert_eq!(ptr("9.9.9.9.in-addr.arpa."), None);
+    assert_eq!(ptr("2.1.0.10.in-addr.arpa."), None);
+    for bad in [
+        "1.1.10.in-addr.arpa.",
+        "01.1.1.10.in-addr.arpa.",
+        "300.1.1.10.in-addr.arpa.",
+        "x.ip6.arpa.",
+    ] {
+        assert_eq!(
+            reverse_address(&LowerName::from(Name::from_ascii(bad).unwrap())),
+            None,
+            "{bad}"
+        );
     }
 }

@@ -181,3 +181,110 @@ async fn via_gateway_policy_answers_the_clusterset_ip() {
     assert_eq!(d.data("A"), [WEB_VIP], "{}", d.raw);
     server.stop().await;
 }
+
+/// KEP-1645 as a user tries it with `dig`: PTR (`dig -x`) of a ClusterSetIP and of headless
+/// endpoints, SRV and names of hostname-less endpoints, and a headless service with no ready
+/// endpoint (NXDOMAIN, its SRV name too).
+#[tokio::test]
+async fn ptr_hostname_less_srv_and_the_empty_headless_service() {
+    use causeway_api::{Endpoint, Protocol, ServiceType};
+    let mut s = mesh();
+    let hl = ServiceType::Headless;
+    let ports = vec![port("redis", Protocol::Tcp, 6379)];
+    add_service(
+        &mut s,
+        key("prod", "cache"),
+        hl,
+        ports.clone(),
+        None,
+        vec![(
+            "west",
+            export(
+                hl,
+                &ports,
+                2,
+                None,
+                vec![
+                    endpoint("10.1.7.1".parse().unwrap(), None),
+                    endpoint("fd00:7::2".parse().unwrap(), None),
+                ],
+            ),
+        )],
+    );
+    add_service(
+        &mut s,
+        key("prod", "empty"),
+        hl,
+        ports.clone(),
+        None,
+        vec![(
+            "west",
+            export(
+                hl,
+                &ports,
+                0,
+                None,
+                vec![Endpoint {
+                    ready: false,
+                    ..endpoint("10.1.8.1".parse().unwrap(), Some("empty-0"))
+                }],
+            ),
+        )],
+    );
+    let server = TestServer::start(s).await;
+    let cache = "cache.prod.svc.clusterset.local";
+
+    // Hostname-less endpoints: an SRV each, naming their system-assigned names, which answer.
+    let d = server.dig(&[&format!("_redis._tcp.{cache}"), "SRV"]).await;
+    assert_eq!(
+        d.data("SRV"),
+        [
+            format!("0 100 6379 10-1-7-1.west.{cache}."),
+            format!("0 100 6379 fd00-7--2.west.{cache}.")
+        ],
+        "{}",
+        d.raw
+    );
+    let d = server.dig(&[&format!("10-1-7-1.west.{cache}"), "A"]).await;
+    assert_eq!(d.data("A"), ["10.1.7.1"], "{}", d.raw);
+    let d = server
+        .dig(&[&format!("fd00-7--2.west.{cache}"), "AAAA"])
+        .await;
+    assert_eq!(d.data("AAAA"), ["fd00:7::2"], "{}", d.raw);
+
+    // PTR: the ClusterSetIP names its service, an endpoint its own name.
+    let d = server.dig(&["-x", WEB_VIP]).await;
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(d.has_flag("aa"), "{}", d.raw);
+    assert_eq!(d.data("PTR"), [format!("{WEB}.")], "{}", d.raw);
+    let d = server.dig(&["-x", "10.1.7.1"]).await;
+    assert_eq!(
+        d.data("PTR"),
+        [format!("10-1-7-1.west.{cache}.")],
+        "{}",
+        d.raw
+    );
+    let d = server.dig(&["-x", "10.1.5.1"]).await;
+    assert_eq!(d.data("PTR"), [format!("db-1.west.{DB}.")], "{}", d.raw);
+    let d = server.dig(&["-x", "fd00:7::2"]).await;
+    assert_eq!(
+        d.data("PTR"),
+        [format!("fd00-7--2.west.{cache}.")],
+        "{}",
+        d.raw
+    );
+    // An address no import has (or a not-ready endpoint's) is not ours.
+    for ip in ["192.0.2.1", "10.1.8.1"] {
+        let d = server.dig(&["-x", ip]).await;
+        assert_eq!(d.status, "REFUSED", "{ip}: {}", d.raw);
+    }
+
+    // The headless service with no ready endpoint: NXDOMAIN, and so is its SRV name.
+    let empty = "empty.prod.svc.clusterset.local";
+    server.dig(&[empty, "A"]).await.assert_nxdomain();
+    server
+        .dig(&[&format!("_redis._tcp.{empty}"), "SRV"])
+        .await
+        .assert_nxdomain();
+    server.stop().await;
+}

@@ -54,7 +54,7 @@ pub(crate) fn key(ns: &str, name: &str) -> ServiceKey {
     ServiceKey::new(ns, name).unwrap()
 }
 
-fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
+pub(crate) fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
     ServicePort {
         name: name.to_string(),
         protocol,
@@ -63,7 +63,7 @@ fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
     }
 }
 
-fn endpoint(addr: IpAddr, hostname: Option<&str>) -> Endpoint {
+pub(crate) fn endpoint(addr: IpAddr, hostname: Option<&str>) -> Endpoint {
     Endpoint {
         address: addr,
         port: None,
@@ -72,7 +72,7 @@ fn endpoint(addr: IpAddr, hostname: Option<&str>) -> Endpoint {
     }
 }
 
-fn export(
+pub(crate) fn export(
     ty: ServiceType,
     ports: &[ServicePort],
     ready: u32,
@@ -102,7 +102,7 @@ fn export(
     }
 }
 
-fn add_service(
+pub(crate) fn add_service(
     s: &mut MeshSnapshot,
     k: ServiceKey,
     ty: ServiceType,

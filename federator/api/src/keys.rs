@@ -315,6 +315,11 @@ pub fn cluster_prefix(c: &ClusterId) -> String {
     format!("{PREFIX}{CLUSTERS}/{c}/")
 }
 
+/// The ClusterSetIPs of cluster `c`'s imports.
+pub fn cluster_vips_prefix(c: &ClusterId) -> String {
+    format!("{PREFIX}{CLUSTERS}/{c}/{VIPS}/")
+}
+
 /// The exports of cluster `c`.
 pub fn cluster_exports_prefix(c: &ClusterId) -> String {
     format!("{PREFIX}{CLUSTERS}/{c}/{EXPORTS}/")

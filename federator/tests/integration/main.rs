@@ -5,3 +5,4 @@ mod federation;
 mod harness;
 mod issuer;
 mod kube;
+mod vips;
