@@ -183,7 +183,13 @@ async fn serve_http<I>(
         let shared = shared.clone();
         let fixed = fixed.clone();
         let caller = caller.clone();
-        async move { Ok::<_, Infallible>(handle_request(shared, req, fixed, caller).await) }
+        async move {
+            // A gRPC caller gets the gateway's own errors as gRPC statuses (UNAVAILABLE, ...),
+            // after every retry decision was made on the HTTP status.
+            let grpc = is_grpc(req.headers());
+            let resp = handle_request(shared, req, fixed, caller).await;
+            Ok::<_, Infallible>(if grpc { proxy::grpc_reply(resp) } else { resp })
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -119,3 +119,49 @@ async fn grpc_unary_and_streaming_with_trailers() {
     assert_eq!(status.message(), "no more from west");
     server.abort();
 }
+
+/// The gateway's own errors reach a gRPC caller as gRPC statuses it can act on (not as
+/// text/plain HTTP errors, which clients report as UNKNOWN/INTERNAL): an unknown service is
+/// NOT_FOUND, a backend nobody answers at is UNAVAILABLE, each with the gateway's message.
+#[tokio::test]
+async fn gateway_errors_reach_grpc_callers_as_grpc_statuses() {
+    let mesh = Pair::start().await;
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    mesh.configure(
+        1,
+        &[("grpc", 50051, AppProtocol::Grpc, vec![dead])],
+        |_, _| {},
+    );
+    let call = |origin: &'static str| {
+        let egress = mesh.east.egress_addr;
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{egress}"))
+                .unwrap()
+                .origin(origin.parse().unwrap())
+                .connect()
+                .await
+                .unwrap();
+            ConfigClient::new(channel)
+                .ack(AckRequest {
+                    version: 7,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+        }
+    };
+    let err = call("http://nosuch.shop.svc.clusterset.local:50051").await;
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no imported service"), "{err:?}");
+    let err = call("http://grpc.shop.svc.clusterset.local:50051").await;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(!err.message().is_empty(), "{err:?}");
+    assert!(
+        err.metadata().get("x-causeway-error").is_some(),
+        "the gateway's error kind is kept: {err:?}"
+    );
+}
