@@ -100,6 +100,39 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Who sees whom: a row per observing cluster (its gateways' probes, from `health/`), a column
+/// per observed cluster; `up 1.2ms`, `DOWN`, `-` (no report), `.` (itself).
+fn health_matrix(out: &mut String, s: &MeshSnapshot) {
+    if s.health.is_empty() {
+        return;
+    }
+    let clusters: Vec<&causeway_api::ClusterId> = s.clusters.keys().collect();
+    let mut header = vec!["SEEN BY \\ OF"];
+    header.extend(clusters.iter().map(|c| c.as_str()));
+    let rows: Vec<Vec<String>> = clusters
+        .iter()
+        .map(|observer| {
+            let mut row = vec![observer.to_string()];
+            for observed in &clusters {
+                row.push(if observer == observed {
+                    ".".to_string()
+                } else {
+                    match s.health.get(*observer).and_then(|m| m.get(*observed)) {
+                        Some(h) if h.up => {
+                            format!("up {:.1}ms", h.rtt_micros as f64 / 1000.0)
+                        }
+                        Some(_) => "DOWN".to_string(),
+                        None => "-".to_string(),
+                    }
+                });
+            }
+            row
+        })
+        .collect();
+    let _ = writeln!(out);
+    table(out, &header, &rows);
+}
+
 pub fn render(s: &MeshSnapshot, leader: bool) -> String {
     let mut out = String::new();
     let local = s
@@ -151,6 +184,7 @@ pub fn render(s: &MeshSnapshot, leader: bool) -> String {
         ],
         &rows,
     );
+    health_matrix(&mut out, s);
     let _ = writeln!(out);
     let rows: Vec<Vec<String>> = s
         .services
@@ -283,5 +317,69 @@ mod tests {
         assert!(east.contains("2027-01-15T08:00:00Z"), "{text}");
         let west = text.lines().find(|l| l.starts_with("west")).unwrap();
         assert!(west.trim_end().ends_with('-'), "{text}");
+    }
+
+    #[test]
+    fn the_health_matrix_shows_who_sees_whom() {
+        let view = ClusterView {
+            record: ClusterRecord {
+                schema: causeway_api::SCHEMA_VERSION,
+                gateway_addresses: vec![],
+                trust_domain: String::new(),
+                trust_bundle_pem: String::new(),
+                locality: Default::default(),
+                federator_version: String::new(),
+                certificate_not_after: None,
+            },
+            state: ClusterState::Up,
+            last_change_unix_ms: 0,
+            stale_since_unix_ms: None,
+            synced_revision: None,
+        };
+        let id = |c: &str| ClusterId::new(c).unwrap();
+        let h = |up: bool, rtt_micros: u64| causeway_api::HealthRecord {
+            schema: causeway_api::SCHEMA_VERSION,
+            up,
+            rtt_micros,
+            observed_unix_ms: 0,
+        };
+        let snap = MeshSnapshot {
+            clusters: ["east", "north", "west"]
+                .iter()
+                .map(|c| (id(c), view.clone()))
+                .collect(),
+            health: [
+                (
+                    id("east"),
+                    [(id("west"), h(true, 1200)), (id("north"), h(false, 0))].into(),
+                ),
+                (id("north"), [(id("west"), h(true, 800))].into()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let text = render(&snap, true);
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("SEEN BY"))
+            .expect(&text);
+        assert!(header.contains("east") && header.contains("west"), "{text}");
+        let east = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SEEN BY"))
+            .find(|l| l.starts_with("east"))
+            .unwrap();
+        let cells: Vec<&str> = east
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells, ["east", ".", "DOWN", "up 1.2ms"], "{text}");
+        let west = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SEEN BY"))
+            .find(|l| l.starts_with("west"))
+            .unwrap();
+        assert!(west.contains('-'), "no report from west: {text}");
     }
 }

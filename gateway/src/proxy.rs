@@ -125,7 +125,10 @@ pub(crate) fn grpc_reply(resp: Response<Body>) -> Response<Body> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(u16::from(grpc_status_of(status))));
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(grpc_status_of(status))),
+    );
     if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
         h.insert("grpc-message", v);
     }
