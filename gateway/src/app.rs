@@ -150,10 +150,13 @@ impl Shared {
             .clone();
         // Peers get the certificate the federator issued, even expired (they refuse it: the
         // gateway is out until renewed); the federator gets the file one once that has expired.
+        // If the federator no longer names an issuer (it was turned off), an expired issued
+        // certificate gives way to the file one everywhere.
+        let issuing = !self.wanted_issuer.borrow().is_empty();
         let (identity, federator_identity) = match issued {
             Some(issued) if self.has_issued_identity() => (issued, None),
-            Some(issued) => (issued, Some(files)),
-            None => (files, None),
+            Some(issued) if issuing => (issued, Some(files)),
+            _ => (files, None),
         };
         let tables = self.tables.load_full();
         let tls = TlsState::build(identity, bundle, tables.as_deref(), federator_identity)?;
@@ -183,6 +186,14 @@ impl Shared {
             "issuer": tls.identity.issuer_fingerprint(),
             "source": if self.has_issued_identity() { "federator" } else { "files" },
         })
+    }
+
+    /// Whether the federator ever issued this gateway a certificate (valid or not).
+    pub(crate) fn holds_issued(&self) -> bool {
+        self.issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     pub(crate) fn has_issued_identity(&self) -> bool {

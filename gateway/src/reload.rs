@@ -31,9 +31,11 @@ pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
     loop {
         let before = health;
         health = observe_certificates(&shared, health);
-        if health == CertHealth::Expired && before != CertHealth::Expired {
+        let issuer_gone = shared.wanted_issuer.borrow().is_empty() && shared.holds_issued();
+        if health == CertHealth::Expired && (before != CertHealth::Expired || issuer_gone) {
             // An issued certificate expired: the federator connection falls back to the file
-            // one (app.rs `reload_tls`), so that a renewal can still be asked for.
+            // one (app.rs `reload_tls`), so that a renewal can still be asked for; if the
+            // federator names no issuer any more, the file certificate takes over everywhere.
             if let Err(e) = shared.reload_tls() {
                 tracing::warn!(error = %e, "rebuilding TLS after the certificate expired failed");
             }
