@@ -89,6 +89,7 @@ pub(crate) fn mesh() -> MeshSnapshot {
                 import,
                 vip: Some(vip(i)),
                 exports,
+                endpoint_vips: Default::default(),
             }
             .into(),
         );

@@ -22,7 +22,6 @@
 //! service are empty non-terminals: they exist (NODATA, not NXDOMAIN, RFC 8020) when something
 //! lives below them.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -240,10 +239,11 @@ impl Zone {
                 }
                 ServiceType::Headless => {
                     let mut seen: Vec<IpAddr> = Vec::new();
-                    for (_, e) in serving_endpoints(snapshot, key, view) {
-                        if !seen.contains(&e.address) {
-                            seen.push(e.address);
-                            push_addr(out, e.address);
+                    for (cluster, e) in serving_endpoints(snapshot, key, view) {
+                        let ip = endpoint_address(snapshot, view, cluster, e);
+                        if !seen.contains(&ip) {
+                            seen.push(ip);
+                            push_addr(out, ip);
                         }
                     }
                 }
@@ -275,7 +275,7 @@ impl Zone {
                         for (cluster, e) in serving_endpoints(snapshot, key, view) {
                             let target = Name::from_ascii(format!(
                                 "{}.{}.{}",
-                                endpoint_label(e),
+                                e.dns_label(),
                                 cluster,
                                 key_fqdn(key)
                             ));
@@ -308,9 +308,10 @@ impl Zone {
                         .iter()
                         .filter(|e| e.ready && label_is(e, hostname))
                     {
-                        if !seen.contains(&e.address) {
-                            seen.push(e.address);
-                            push_addr(out, e.address);
+                        let ip = endpoint_address(snapshot, view, cluster, e);
+                        if !seen.contains(&ip) {
+                            seen.push(ip);
+                            push_addr(out, ip);
                         }
                     }
                 }
@@ -335,13 +336,10 @@ impl Zone {
                 }
                 ServiceType::Headless => {
                     for (cluster, export) in &view.exports {
-                        for e in export
-                            .record
-                            .endpoints
-                            .iter()
-                            .filter(|e| e.ready && e.address == ip)
-                        {
-                            let n = format!("{}.{}.{}", endpoint_label(e), cluster, key_fqdn(key));
+                        for e in export.record.endpoints.iter().filter(|e| {
+                            e.ready && endpoint_address(snapshot, view, cluster, e) == ip
+                        }) {
+                            let n = format!("{}.{}.{}", e.dns_label(), cluster, key_fqdn(key));
                             names.extend(Name::from_ascii(n).ok());
                         }
                     }
@@ -450,27 +448,28 @@ fn find_in_service<'s>(
     }
 }
 
-/// The name of a headless endpoint below `<cluster>.<svc>...`: its hostname, or the
-/// system-assigned one KEP-1645 asks for, its address with dashes (`10-1-5-1`, `fd00-5--1`).
-pub(crate) fn endpoint_label(e: &Endpoint) -> Cow<'_, str> {
-    match &e.hostname {
-        Some(h) => Cow::Owned(h.to_ascii_lowercase()),
-        None => Cow::Owned(dashed(e.address)),
+/// The address a client of this cluster reaches endpoint `e` of `cluster` at: the address this
+/// cluster gives it (through its gateway) when there is one, else the pod's own.
+fn endpoint_address(
+    snapshot: &MeshSnapshot,
+    view: &ServiceView,
+    cluster: &ClusterId,
+    e: &Endpoint,
+) -> IpAddr {
+    if snapshot.local_cluster.as_ref() != Some(cluster) {
+        if let Some(ip) = view
+            .endpoint_vips
+            .get(cluster)
+            .and_then(|m| m.get(&e.dns_label()))
+        {
+            return *ip;
+        }
     }
-}
-
-fn dashed(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
-        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
-    }
+    e.address
 }
 
 fn label_is(e: &Endpoint, label: &str) -> bool {
-    match &e.hostname {
-        Some(h) => h.eq_ignore_ascii_case(label),
-        None => dashed(e.address).eq_ignore_ascii_case(label),
-    }
+    e.dns_label().eq_ignore_ascii_case(label)
 }
 
 /// The address a reverse name (`4.3.2.1.in-addr.arpa.`, nibbles under `ip6.arpa.`) stands for.

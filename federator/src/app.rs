@@ -181,6 +181,7 @@ impl Federator {
             cluster_record: record_rx,
             vip_range: cfg.vip_range,
             vip_release_grace: c.vip_release_grace,
+            headless_via_gateway: !c.flat_pod_network,
         };
         tasks.push((
             "publisher",

@@ -73,6 +73,9 @@ pub struct Args {
     /// How long a ClusterSetIP stays reserved after its import is gone (default 5m).
     #[arg(long, env = "CAUSEWAY_VIP_RELEASE_GRACE", value_parser = parse_duration)]
     pub vip_release_grace: Option<Duration>,
+    /// Pod networks are flat: headless imports answer the pods' own addresses.
+    #[arg(long, env = "CAUSEWAY_FLAT_POD_NETWORK")]
+    pub flat_pod_network: bool,
     /// DNS answer policy: local-first or via-gateway.
     #[arg(long, env = "CAUSEWAY_DNS_POLICY")]
     pub dns_policy: Option<causeway_dns::AnswerPolicy>,
@@ -154,6 +157,9 @@ impl Args {
         }
         if let (Some(issuer), Some(lifetime)) = (cfg.issuer.as_mut(), self.certificate_lifetime) {
             issuer.lifetime = lifetime;
+        }
+        if self.flat_pod_network {
+            cfg.flat_pod_network = true;
         }
         if !self.etcd_endpoints.is_empty() {
             cfg.etcd.endpoints = self.etcd_endpoints;

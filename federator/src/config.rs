@@ -135,6 +135,10 @@ pub struct Config {
     /// cache the answer), before another import may get it.
     #[serde(with = "duration_str")]
     pub vip_release_grace: Duration,
+    /// Pod networks are flat (every pod reachable from every cluster): headless imports answer
+    /// the pods' own addresses. Off (the default, with `vip_range`): each endpoint of another
+    /// cluster gets an address of the range that leads to this cluster's gateway.
+    pub flat_pod_network: bool,
     /// gRPC endpoint the gateways take their config from. `null` disables it.
     pub config_listen: Option<SocketAddr>,
     /// The federator's certificate chain and key (mTLS of the config endpoint). Without them the
@@ -176,6 +180,7 @@ impl Default for Config {
             locality: BTreeMap::new(),
             vip_range: None,
             vip_release_grace: Duration::from_secs(300),
+            flat_pod_network: false,
             config_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
             cert_file: None,
             key_file: None,

@@ -3,7 +3,7 @@
 //! clusters, gateway addresses, priorities, weights, health and drills.
 
 use causeway_api::proto;
-use causeway_api::snapshot::ClusterState;
+use causeway_api::snapshot::{ClusterState, ServiceView};
 use causeway_api::{
     BackendTlsMode, ClusterId, MeshSnapshot, Protocol, ServiceKey, ServicePort, ServiceType,
 };
@@ -72,6 +72,35 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
         h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// The addresses this cluster gives the ready endpoints of other clusters of a headless import
+/// (the view's `endpoint_vips`), for the gateway to send each to exactly that endpoint.
+fn pinned_endpoints(svc: &ServiceView, local: &ClusterId) -> Vec<proto::PinnedEndpoint> {
+    let mut out = Vec::new();
+    for (cluster, names) in &svc.endpoint_vips {
+        if cluster == local {
+            continue;
+        }
+        let Some(export) = svc.exports.get(cluster) else {
+            continue;
+        };
+        for (name, ip) in names {
+            let ready = export
+                .record
+                .endpoints
+                .iter()
+                .any(|e| e.ready && &e.dns_label() == name);
+            if ready {
+                out.push(proto::PinnedEndpoint {
+                    vip: ip.to_string(),
+                    cluster: cluster.to_string(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Default traffic policy of every import (documented in docs/gateway.md).
@@ -293,6 +322,7 @@ pub fn build(
                 candidates,
                 policy: Some(policy(asked, over)),
                 header_routes: over.map(|o| o.header_routes.clone()).unwrap_or_default(),
+                endpoints: pinned_endpoints(svc, local),
             }
         })
         .collect();
@@ -404,6 +434,7 @@ mod tests {
                     },
                     vip: Some("10.255.0.7".parse().unwrap()),
                     exports,
+                    endpoint_vips: Default::default(),
                 }),
             )]),
             drills: BTreeMap::from([(
@@ -430,6 +461,58 @@ mod tests {
             )]),
             invalid_exports: vec![],
         }
+    }
+
+    #[test]
+    fn ready_remote_endpoints_with_an_address_become_pinned_endpoints() {
+        let mut snap = snapshot();
+        let key = ServiceKey::new("demo", "echo").unwrap();
+        let view = std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap());
+        view.import.service_type = ServiceType::Headless;
+        let ep = |ip: &str, host: &str, ready: bool| Endpoint {
+            address: ip.parse().unwrap(),
+            port: None,
+            ready,
+            hostname: Some(host.into()),
+        };
+        view.exports.get_mut(&c("west")).unwrap().record.endpoints = vec![
+            ep("10.1.0.10", "db-0", true),
+            ep("10.1.0.11", "db-1", false),
+        ];
+        view.exports.get_mut(&c("east")).unwrap().record.endpoints =
+            vec![ep("10.0.0.10", "db-5", true)];
+        view.endpoint_vips = BTreeMap::from([
+            (
+                c("west"),
+                BTreeMap::from([
+                    ("db-0".to_string(), "10.255.1.1".parse().unwrap()),
+                    ("db-1".to_string(), "10.255.1.2".parse().unwrap()),
+                ]),
+            ),
+            // Our own endpoints never go through our gateway's pinned addresses.
+            (
+                c("east"),
+                BTreeMap::from([("db-5".to_string(), "10.255.1.3".parse().unwrap())]),
+            ),
+        ]);
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            1,
+            None,
+            &Default::default(),
+        );
+        let out = cfg.outbound.iter().find(|o| o.name == "echo").unwrap();
+        assert_eq!(
+            out.endpoints,
+            [proto::PinnedEndpoint {
+                vip: "10.255.1.1".into(),
+                cluster: "west".into(),
+                name: "db-0".into(),
+            }],
+            "only the ready endpoint of another cluster"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (and does not know yet) cannot overwrite the new leader's view.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ pub struct PublisherConfig {
     /// How long a ClusterSetIP outlives its import (or its import turning headless) before it
     /// is freed for another.
     pub vip_release_grace: Duration,
+    /// Headless imports get an address per endpoint of another cluster, through the gateway
+    /// (pod networks not flat); off: DNS answers the pods' own addresses.
+    pub headless_via_gateway: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +154,7 @@ async fn lead(
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut vips = cfg
         .vip_range
-        .map(|range| Vips::new(range, cfg.vip_release_grace));
+        .map(|range| Vips::new(range, cfg.vip_release_grace, cfg.headless_via_gateway));
     // Frees what outlived its grace even when no snapshot comes; also relists what etcd holds.
     let mut sweep = tokio::time::interval(
         (cfg.vip_release_grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(30)),
@@ -460,28 +464,61 @@ async fn v1_vip(client: &mut Client, key: &ServiceKey) -> Option<std::net::IpAdd
     json.get("ip")?.as_str()?.parse().ok()
 }
 
-/// Gives every import without a ClusterSetIP one from this cluster's range, under this
-/// cluster's own `clusters/<c>/vips/` (no other cluster reads or writes it). An import that
+/// What an address of `clusters/<c>/vips/` belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Owner {
+    /// A ClusterSetIP import: `vips/<ns>/<svc>`.
+    Service(ServiceKey),
+    /// One endpoint of a headless import in another cluster:
+    /// `vips/<ns>/<svc>/<exporter>/<name>`.
+    Endpoint(ServiceKey, ClusterId, String),
+}
+
+impl Owner {
+    fn key(&self, cluster: &ClusterId) -> String {
+        match self {
+            Owner::Service(s) => keys::vip_key(cluster, s),
+            Owner::Endpoint(s, exporter, name) => {
+                keys::endpoint_vip_key(cluster, s, exporter, name)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Service(s) => write!(f, "{s}"),
+            Owner::Endpoint(s, exporter, name) => write!(f, "{s} endpoint {name} of {exporter}"),
+        }
+    }
+}
+
+/// The addresses of `clusters/<c>/vips/` (no other cluster reads or writes it): a ClusterSetIP
+/// per ClusterSetIP import, and in gateway mode (`per_endpoint`) one per endpoint of another
+/// cluster of each headless import, whose traffic this cluster's gateway sends to exactly that
+/// endpoint (DESIGN "Addressing and failover"). An address whose owner is gone (an import
+/// unexported or turned headless, an endpoint gone or not ready) is freed after `grace`, and no
+/// address is given while a key holds it. Only the leader writes here, so what etcd holds is
+/// listed once per sweep and kept up to date with our own writes in between. An import that
 /// had an address under schema v1 (`/causeway/v1/vips/<ns>/<svc>`, shared by the federation)
 /// keeps it when it is in the range and free, so an upgrade does not move ClusterSetIPs.
-/// This cluster's ClusterSetIPs (`clusters/<c>/vips/`): one per ClusterSetIP import, none for
-/// headless ones; an address whose import is gone (or turned headless) is freed after
-/// `grace`, and no address is given while a key holds it. Only the leader writes here, so what
-/// etcd holds is listed once per sweep and kept up to date with our own writes in between.
 struct Vips {
     range: VipRange,
     grace: Duration,
-    /// What etcd holds: service → (address, the value as stored). `None`: list it again.
-    held: Option<HashMap<ServiceKey, (std::net::IpAddr, Vec<u8>)>>,
-    /// Since when a held address has had no ClusterSetIP import.
-    orphaned: HashMap<ServiceKey, Instant>,
+    per_endpoint: bool,
+    /// What etcd holds: owner → (address, the value as stored). `None`: list it again.
+    held: Option<HashMap<Owner, (std::net::IpAddr, Vec<u8>)>>,
+    /// Since when a held address has had no owner.
+    orphaned: HashMap<Owner, Instant>,
 }
 
 impl Vips {
-    fn new(range: VipRange, grace: Duration) -> Self {
+    fn new(range: VipRange, grace: Duration, per_endpoint: bool) -> Self {
         Self {
             range,
             grace,
+            per_endpoint,
             held: None,
             orphaned: HashMap::new(),
         }
@@ -494,32 +531,67 @@ impl Vips {
     async fn list(
         client: &mut Client,
         cluster: &ClusterId,
-    ) -> Result<HashMap<ServiceKey, (std::net::IpAddr, Vec<u8>)>, etcd_client::Error> {
+    ) -> Result<HashMap<Owner, (std::net::IpAddr, Vec<u8>)>, etcd_client::Error> {
         let (kvs, _) =
             etcd::list_prefix(client, &keys::cluster_vips_prefix(cluster), false).await?;
         let mut held = HashMap::new();
         for (key, value, _) in kvs {
-            let Ok(keys::Key::Vip {
-                service,
-                cluster: c,
-            }) = keys::parse_bytes(&key)
-            else {
-                continue;
+            let owner = match keys::parse_bytes(&key) {
+                Ok(keys::Key::Vip {
+                    service,
+                    cluster: c,
+                }) if &c == cluster => Owner::Service(service),
+                Ok(keys::Key::EndpointVip {
+                    service,
+                    cluster: c,
+                    exporter,
+                    name,
+                }) if &c == cluster => Owner::Endpoint(service, exporter, name),
+                _ => continue,
             };
-            if &c != cluster {
-                continue;
-            }
             let key_str = String::from_utf8_lossy(&key).into_owned();
             match keys::decode::<VipRecord>(&key_str, &value) {
                 Ok(rec) => {
-                    held.insert(service, (rec.ip, value));
+                    held.insert(owner, (rec.ip, value));
                 }
                 Err(e) => {
-                    tracing::warn!(key = %key_str, error = %e, "unreadable ClusterSetIP record; its address stays reserved")
+                    tracing::warn!(key = %key_str, error = %e, "unreadable address record; its address stays reserved")
                 }
             }
         }
         Ok(held)
+    }
+
+    /// Who should hold an address now, in a stable order.
+    fn wanted(
+        &self,
+        cluster: &ClusterId,
+        snap: &MeshSnapshot,
+    ) -> std::collections::BTreeSet<Owner> {
+        let mut out = std::collections::BTreeSet::new();
+        for (key, svc) in &snap.services {
+            match svc.import.service_type {
+                causeway_api::ServiceType::ClusterSetIP => {
+                    out.insert(Owner::Service(key.clone()));
+                }
+                causeway_api::ServiceType::Headless if self.per_endpoint => {
+                    for (exporter, export) in &svc.exports {
+                        if exporter == cluster {
+                            continue;
+                        }
+                        for e in export.record.endpoints.iter().filter(|e| e.ready) {
+                            out.insert(Owner::Endpoint(
+                                key.clone(),
+                                exporter.clone(),
+                                e.dns_label(),
+                            ));
+                        }
+                    }
+                }
+                causeway_api::ServiceType::Headless => {}
+            }
+        }
+        out
     }
 
     async fn reconcile(
@@ -531,64 +603,61 @@ impl Vips {
         if self.held.is_none() {
             self.held = Some(Self::list(client, cluster).await?);
         }
+        let wanted = self.wanted(cluster, snap);
         let held = self.held.as_mut().expect("listed above");
-        let wanted = |key: &ServiceKey| {
-            snap.services
-                .get(key)
-                .is_some_and(|s| s.import.service_type == causeway_api::ServiceType::ClusterSetIP)
-        };
         let now = Instant::now();
-        // Free what has had no ClusterSetIP import for the grace.
+        // Free what has had no owner for the grace.
         let mut freed = Vec::new();
-        for (key, (ip, raw)) in held.iter() {
-            if wanted(key) {
-                self.orphaned.remove(key);
+        for (owner, (ip, raw)) in held.iter() {
+            if wanted.contains(owner) {
+                self.orphaned.remove(owner);
                 continue;
             }
-            let since = *self.orphaned.entry(key.clone()).or_insert(now);
+            let since = *self.orphaned.entry(owner.clone()).or_insert(now);
             if now.duration_since(since) < self.grace {
                 continue;
             }
-            let k = keys::vip_key(cluster, key);
+            let k = owner.key(cluster);
             // Only the value we saw: a key rewritten meanwhile is left alone.
             let txn = Txn::new()
                 .when([Compare::value(k.clone(), CompareOp::Equal, raw.clone())])
                 .and_then([TxnOp::delete(k, None)]);
             if client.txn(txn).await?.succeeded() {
-                tracing::info!(service = %key, %ip, "ClusterSetIP freed: its import is gone");
+                tracing::info!(owner = %owner, %ip, "address freed: its owner is gone");
             }
-            freed.push(key.clone());
+            freed.push(owner.clone());
         }
-        for key in freed {
-            held.remove(&key);
-            self.orphaned.remove(&key);
+        for owner in freed {
+            held.remove(&owner);
+            self.orphaned.remove(&owner);
         }
         self.orphaned.retain(|k, _| held.contains_key(k));
-        // Give the ClusterSetIP imports without one an address no key holds.
+        // Give every owner without one an address no key holds.
         let mut used: std::collections::HashSet<std::net::IpAddr> =
             held.values().map(|(ip, _)| *ip).collect();
-        for (key, svc) in &snap.services {
-            if svc.import.service_type != causeway_api::ServiceType::ClusterSetIP
-                || held.contains_key(key)
-            {
+        for owner in wanted {
+            if held.contains_key(&owner) {
                 continue;
             }
             let range = self.range;
-            let adopted = v1_vip(client, key)
-                .await
-                .filter(|ip| range.contains(*ip) && !used.contains(ip));
+            let adopted = match &owner {
+                Owner::Service(key) => v1_vip(client, key)
+                    .await
+                    .filter(|ip| range.contains(*ip) && !used.contains(ip)),
+                Owner::Endpoint(..) => None,
+            };
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            key.hash(&mut h);
+            owner.hash(&mut h);
             let start = h.finish() as u32;
             let Some(ip) = adopted.or_else(|| {
                 (0..range.size().min(1 << 20))
                     .map(|i| range.nth(start.wrapping_add(i)))
                     .find(|ip| !used.contains(ip))
             }) else {
-                tracing::warn!(service = %key, "VIP range exhausted");
+                tracing::warn!(owner = %owner, "VIP range exhausted");
                 continue;
             };
-            let k = keys::vip_key(cluster, key);
+            let k = owner.key(cluster);
             let rec = VipRecord {
                 schema: causeway_api::SCHEMA_VERSION,
                 ip,
@@ -603,8 +672,8 @@ impl Vips {
                 } else {
                     "allocated"
                 };
-                tracing::info!(service = %key, %ip, from, "ClusterSetIP");
-                held.insert(key.clone(), (ip, value));
+                tracing::info!(owner = %owner, %ip, from, "address");
+                held.insert(owner, (ip, value));
             } else {
                 // Someone wrote it (a previous leader): learn it at the next list.
                 self.held = None;

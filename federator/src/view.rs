@@ -58,6 +58,8 @@ pub struct MeshState {
     drills: BTreeMap<String, DrillRecord>,
     health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
     vips: BTreeMap<ServiceKey, IpAddr>,
+    /// This cluster's addresses for other clusters' endpoints of headless imports.
+    endpoint_vips: BTreeMap<ServiceKey, BTreeMap<ClusterId, BTreeMap<String, IpAddr>>>,
     revision: i64,
     synced: bool,
     /// Values that could not be decoded, by key (logged once each).
@@ -80,6 +82,7 @@ impl MeshState {
             drills: BTreeMap::new(),
             health: BTreeMap::new(),
             vips: BTreeMap::new(),
+            endpoint_vips: BTreeMap::new(),
             revision: 0,
             synced: false,
             bad_values: BTreeMap::new(),
@@ -102,6 +105,7 @@ impl MeshState {
         self.drills.clear();
         self.health.clear();
         self.vips.clear();
+        self.endpoint_vips.clear();
         let changes: Vec<Change> = kvs
             .into_iter()
             .map(|(key, value)| Change::Put { key, value })
@@ -339,6 +343,42 @@ impl MeshState {
                 self.dirty.insert(service.clone());
                 self.vips.remove(&service);
             }
+            (Key::EndpointVip { cluster, .. }, _) if cluster != self.local => {}
+            (
+                Key::EndpointVip {
+                    service,
+                    exporter,
+                    name,
+                    ..
+                },
+                value,
+            ) => {
+                let rec = match value {
+                    Some(v) => match self.decode::<VipRecord>(key_str, v) {
+                        Some(r) => Some(r),
+                        None => return,
+                    },
+                    None => None,
+                };
+                self.dirty.insert(service.clone());
+                let by_exporter = self.endpoint_vips.entry(service.clone()).or_default();
+                match rec {
+                    Some(r) => {
+                        by_exporter.entry(exporter).or_default().insert(name, r.ip);
+                    }
+                    None => {
+                        if let Some(m) = by_exporter.get_mut(&exporter) {
+                            m.remove(&name);
+                            if m.is_empty() {
+                                by_exporter.remove(&exporter);
+                            }
+                        }
+                        if by_exporter.is_empty() {
+                            self.endpoint_vips.remove(&service);
+                        }
+                    }
+                }
+            }
             (Key::Election { .. }, _) => {}
         }
     }
@@ -453,6 +493,7 @@ impl MeshState {
             import,
             vip: self.vips.get(key).copied(),
             exports,
+            endpoint_vips: self.endpoint_vips.get(key).cloned().unwrap_or_default(),
         })
     }
 

@@ -56,6 +56,7 @@ fn main() {
             }],
             policy: None,
             header_routes: vec![],
+            endpoints: vec![],
         })
         .collect();
     let a = ConfigSnapshot {

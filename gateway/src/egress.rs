@@ -90,7 +90,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             tcp_by_vip(shared, tables, svc, port, stream).await;
             return;
         }
-        Some((svc.name.clone(), port))
+        // Each request looks the address up again, so it follows config changes.
+        Some(local)
     } else {
         None
     };
@@ -172,7 +173,7 @@ async fn serve_http<I>(
     shared: Arc<Shared>,
     io: TokioIo<I>,
     remote: SocketAddr,
-    fixed: Option<(ServiceName, PortSpec)>,
+    fixed: Option<SocketAddr>,
     caller: Option<Arc<str>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -181,7 +182,6 @@ async fn serve_http<I>(
     let header_timeout = Duration::from_millis(shared.config.client_header_timeout_ms);
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        let fixed = fixed.clone();
         let caller = caller.clone();
         async move {
             // A gRPC caller gets the gateway's own errors as gRPC statuses (UNAVAILABLE, ...),
@@ -258,7 +258,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<String> {
 async fn handle_request(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    fixed: Option<(ServiceName, PortSpec)>,
+    fixed: Option<SocketAddr>,
     caller: Option<Arc<str>>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -311,7 +311,12 @@ async fn handle_request(
         return resp;
     };
     let resolved = match &fixed {
-        Some((name, port)) => tables.outbound.get(name).map(|s| (s.clone(), *port)),
+        // Arrived on a ClusterSetIP, a pinned endpoint's address or a gateway port.
+        Some(local) => tables
+            .vips
+            .get(local)
+            .or_else(|| tables.port_routes.get(&local.port()))
+            .cloned(),
         None => parse_authority(&authority).and_then(|(name, port)| {
             let svc = tables.outbound.get(&name)?;
             let port = svc.port(port)?;
@@ -666,7 +671,7 @@ async fn send(
     body: &mut ReplayBody,
 ) -> Result<Response<Incoming>, ProxyError> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = svc.name.authority(port.port);
+    let authority = svc.peer_authority(port.port);
     if cand.local {
         let inbound = tables
             .inbound
@@ -781,7 +786,7 @@ async fn open_tunnel(
             source: "not a configured peer".into(),
         })?;
     let mut sender = peer.sender(&shared.tls, shared.connect_timeout()).await?;
-    let authority = svc.name.authority(port.port);
+    let authority = svc.peer_authority(port.port);
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(authority.as_str())
@@ -857,7 +862,7 @@ async fn tcp_by_vip(
 ) {
     let start = Instant::now();
     let service = svc.name.to_string();
-    let authority = svc.name.authority(port.port);
+    let authority = svc.peer_authority(port.port);
     let mut record = Record {
         direction: "egress",
         method: &Method::CONNECT,
@@ -979,7 +984,7 @@ async fn upgrade(
     });
     let (mut parts, _) = req.into_parts();
     vouch_for_caller(shared, &mut parts.headers, caller.as_deref());
-    if let Ok(v) = HeaderValue::from_str(&svc.name.authority(port.port)) {
+    if let Ok(v) = HeaderValue::from_str(&svc.peer_authority(port.port)) {
         parts.headers.insert(header::HOST, v);
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

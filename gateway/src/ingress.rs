@@ -24,7 +24,7 @@ use crate::app::Shared;
 use crate::body::{self, Body, ReplayBody};
 use crate::peer::PROBE_AUTHORITY;
 use crate::proxy::{self, Record};
-use crate::table::{parse_authority, Inbound, PortSpec};
+use crate::table::{parse_authority, parse_pinned_authority, Inbound, PortSpec};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
 
@@ -213,7 +213,16 @@ async fn handle_request(
             "no config loaded".into(),
         );
     };
-    let Some((name, port)) = parse_authority(&authority) else {
+    // `<svc>.<ns>...`, or one endpoint of ours, `<name>.<own cluster>.<svc>.<ns>...` (a
+    // headless import's per-endpoint address in the caller's cluster).
+    let parsed = parse_authority(&authority)
+        .map(|(n, p)| (n, p, None))
+        .or_else(|| {
+            parse_pinned_authority(&authority)
+                .filter(|(_, cluster, _, _)| *cluster == own)
+                .map(|(n, _, endpoint, p)| (n, p, Some(endpoint)))
+        });
+    let Some((name, port, pinned)) = parsed else {
         return refuse(
             &record,
             StatusCode::NOT_FOUND,
@@ -324,8 +333,20 @@ async fn handle_request(
         );
     }
 
+    let endpoints = inbound.endpoints_to_try(pinned.as_deref());
+    if endpoints.is_empty() {
+        return refuse(
+            &record,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_endpoint",
+            format!(
+                "{name} has no ready endpoint {} in cluster {own}",
+                pinned.as_deref().unwrap_or("")
+            ),
+        );
+    }
     if method == Method::CONNECT {
-        return tunnel(&shared, &inbound, port, req, record).await;
+        return tunnel(&shared, &inbound, &endpoints, port, req, record).await;
     }
     if !port.is_http() {
         shared.metrics.refuse("ingress", "http_to_tcp_port");
@@ -377,7 +398,7 @@ async fn handle_request(
         }
     };
     let mut last_error = None;
-    for endpoint in inbound.endpoints_from_next() {
+    for &endpoint in &endpoints {
         let Some(b) = body.take() else { break };
         let mut builder = Request::builder()
             .method(parts.method.clone())
@@ -439,13 +460,14 @@ async fn handle_request(
 async fn tunnel(
     shared: &Arc<Shared>,
     inbound: &Arc<Inbound>,
+    endpoints: &[crate::table::EndpointAddr],
     port: PortSpec,
     mut req: Request<Incoming>,
     record: Record<'_>,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let mut last = None;
-    for endpoint in inbound.endpoints_from_next() {
+    for &endpoint in endpoints {
         match shared.backends.connect(inbound, endpoint, port).await {
             Ok(upstream) => {
                 record.finish(shared, "tcp", 200, None);

@@ -187,6 +187,7 @@ mod tests {
                 outlier_base: Duration::from_secs(30),
                 rate_limit: (0, 0),
             },
+            pinned: None,
             header_routes: vec![],
             budget: Default::default(),
             limiter: Default::default(),

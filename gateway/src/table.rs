@@ -112,6 +112,40 @@ pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
     ))
 }
 
+/// Parses `<name>.<cluster>.<svc>.<ns>.svc.clusterset.local[:port]`: one endpoint of a headless
+/// service, as a peer's egress asks for it. Returns the service, the cluster and DNS label of the
+/// endpoint, and the port.
+pub fn parse_pinned_authority(
+    authority: &str,
+) -> Option<(ServiceName, String, String, Option<u16>)> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p.parse().ok()?)),
+        Some(_) => return None,
+        None => (authority, None),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?;
+    let labels: Vec<&str> = rest.split('.').collect();
+    let [endpoint, cluster, name, namespace] = labels[..] else {
+        return None;
+    };
+    if [endpoint, cluster, name, namespace]
+        .iter()
+        .any(|l| l.is_empty())
+    {
+        return None;
+    }
+    Some((
+        ServiceName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        },
+        cluster.to_string(),
+        endpoint.to_string(),
+        port,
+    ))
+}
+
 // === tables ===
 
 /// A peer cluster's gateway.
@@ -177,6 +211,8 @@ pub struct Inbound {
     pub ports: Vec<PortSpec>,
     /// Ready endpoints only.
     pub endpoints: Vec<EndpointAddr>,
+    /// The DNS label of each endpoint (same order): its hostname or its address dashed.
+    pub labels: Vec<String>,
     pub backend_mtls: bool,
     pub allowed_clusters: HashSet<String>,
     pub allowed_identities: HashSet<String>,
@@ -195,6 +231,20 @@ impl Inbound {
     }
 
     /// Ready endpoints in round-robin order, starting at the next one.
+    /// The endpoints to try: all, from the next in turn; or with `pinned`, only the one named so.
+    pub fn endpoints_to_try(&self, pinned: Option<&str>) -> Vec<EndpointAddr> {
+        match pinned {
+            Some(name) => self
+                .endpoints
+                .iter()
+                .zip(&self.labels)
+                .filter(|(_, l)| l.as_str() == name)
+                .map(|(e, _)| *e)
+                .collect(),
+            None => self.endpoints_from_next().collect(),
+        }
+    }
+
     pub fn endpoints_from_next(&self) -> impl Iterator<Item = EndpointAddr> + '_ {
         let n = self.endpoints.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -288,9 +338,28 @@ pub struct Outbound {
     pub budget: Arc<RetryBudget>,
     /// Token bucket of `policy.rate_limit`.
     pub limiter: Arc<RateLimiter>,
+    /// One endpoint of a headless import in another cluster, reached at its own address.
+    pub pinned: Option<PinnedTarget>,
+}
+
+/// The endpoint a pinned address leads to: its cluster and DNS label there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedTarget {
+    pub cluster: String,
+    pub name: String,
 }
 
 impl Outbound {
+    /// The `:authority` sent to the peer gateway: the service's name, or for a pinned endpoint
+    /// its own, `<name>.<cluster>.<svc>.<ns>.svc.clusterset.local:<port>`, which the peer's
+    /// ingress sends to that endpoint only.
+    pub fn peer_authority(&self, port: u16) -> String {
+        match &self.pinned {
+            Some(p) => format!("{}.{}.{}:{port}", p.name, p.cluster, self.name.host()),
+            None => self.name.authority(port),
+        }
+    }
+
     pub fn port(&self, port: Option<u16>) -> Option<PortSpec> {
         match port {
             Some(p) => self.ports.iter().find(|s| s.port == p).copied(),
@@ -473,6 +542,7 @@ impl Tables {
             let name = ServiceName::new(&s.namespace, &s.name, "inbound service")?;
             let what = format!("inbound service {name}");
             let mut endpoints = Vec::new();
+            let mut labels = Vec::new();
             for e in &s.endpoints {
                 let addr = EndpointAddr::parse(&e.address).ok_or_else(|| {
                     nack(format!(
@@ -482,6 +552,10 @@ impl Tables {
                 })?;
                 if e.ready {
                     endpoints.push(addr);
+                    labels.push(causeway_api::endpoint_dns_label(
+                        Some(e.hostname.as_str()),
+                        addr.ip,
+                    ));
                 }
             }
             let rate_limit = s
@@ -491,6 +565,7 @@ impl Tables {
             let svc = Inbound {
                 ports: ports(&s.ports, &what)?,
                 endpoints,
+                labels,
                 backend_mtls: s.backend_tls_mode() == BackendTlsMode::Mtls,
                 allowed_clusters: s.allowed_source_clusters.iter().cloned().collect(),
                 allowed_identities: s.allowed_identities.iter().cloned().collect(),
@@ -617,7 +692,59 @@ impl Tables {
                 budget: registry.budget(&name),
                 limiter: registry.egress_limiter(&name),
                 name: name.clone(),
+                pinned: None,
             });
+            for pe in &s.endpoints {
+                let what = format!("{what}: pinned endpoint {}/{}", pe.cluster, pe.name);
+                let ip: IpAddr = pe
+                    .vip
+                    .parse()
+                    .map_err(|e| nack(format!("{what}: vip {:?}: {e}", pe.vip)))?;
+                if vip_range.is_some_and(|r| !r.contains(ip)) {
+                    return Err(nack(format!("{what}: vip {ip} is outside --vip-range")));
+                }
+                let valid_label = !pe.name.is_empty()
+                    && pe.name.len() <= 63
+                    && pe
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid_label {
+                    return Err(nack(format!("{what}: the name is not a DNS label")));
+                }
+                let candidates: Vec<Candidate> = svc
+                    .candidates
+                    .iter()
+                    .filter(|c| *c.cluster == pe.cluster && !c.local)
+                    .cloned()
+                    .collect();
+                if candidates.is_empty() {
+                    // A cluster that is no peer (left out above), or ourselves: unroutable.
+                    tracing::warn!(service = %name, cluster = %pe.cluster, "pinned endpoint of a cluster that is no peer candidate; left out");
+                    continue;
+                }
+                let pinned = Arc::new(Outbound {
+                    name: name.clone(),
+                    vip: Some(ip),
+                    ports: svc.ports.clone(),
+                    candidates,
+                    policy: svc.policy.clone(),
+                    header_routes: Vec::new(),
+                    budget: svc.budget.clone(),
+                    limiter: svc.limiter.clone(),
+                    pinned: Some(PinnedTarget {
+                        cluster: pe.cluster.clone(),
+                        name: pe.name.clone(),
+                    }),
+                });
+                for p in &pinned.ports {
+                    vip_ports.insert(p.port);
+                    let addr = SocketAddr::new(ip, p.port);
+                    if let Some((other, _)) = vips.insert(addr, (pinned.clone(), *p)) {
+                        return Err(nack(format!("{what}: vip {addr} is also {}'s", other.name)));
+                    }
+                }
+            }
             for p in s.ports.iter().filter(|p| p.gateway_port != 0) {
                 let Some(spec) = svc.ports.iter().find(|o| u32::from(o.port) == p.port) else {
                     continue; // UDP/SCTP: not proxied

@@ -78,6 +78,7 @@ fn service(
         },
         vip: vip.map(|s| s.parse().unwrap()),
         exports: exports.into_iter().map(|(c, e)| (cid(c), e)).collect(),
+        endpoint_vips: Default::default(),
     }
 }
 

@@ -288,3 +288,71 @@ async fn ptr_hostname_less_srv_and_the_empty_headless_service() {
         .assert_nxdomain();
     server.stop().await;
 }
+
+/// Headless through gateways: the endpoints of another cluster that this cluster gave an
+/// address of its own (leading to its gateway) are answered by that address, for the service
+/// and for their per-endpoint names, and PTR names them; this cluster's own endpoints keep
+/// their pod addresses.
+#[tokio::test]
+async fn remote_headless_endpoints_are_answered_by_their_gateway_addresses() {
+    use causeway_api::{Protocol, ServiceType};
+    let mut s = mesh();
+    let hl = ServiceType::Headless;
+    let ports = vec![port("http", Protocol::Tcp, 80)];
+    add_service(
+        &mut s,
+        key("prod", "stateful"),
+        hl,
+        ports.clone(),
+        None,
+        vec![
+            (
+                "west",
+                export(
+                    hl,
+                    &ports,
+                    2,
+                    None,
+                    vec![
+                        endpoint("10.1.9.10".parse().unwrap(), Some("db-0")),
+                        endpoint("10.1.9.11".parse().unwrap(), Some("db-1")),
+                    ],
+                ),
+            ),
+            (
+                "east",
+                export(
+                    hl,
+                    &ports,
+                    1,
+                    None,
+                    vec![endpoint("10.0.9.10".parse().unwrap(), Some("db-5"))],
+                ),
+            ),
+        ],
+    );
+    {
+        let key = key("prod", "stateful");
+        let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
+        view.endpoint_vips.insert(
+            cid("west"),
+            [
+                ("db-0".to_string(), "240.0.9.1".parse().unwrap()),
+                ("db-1".to_string(), "240.0.9.2".parse().unwrap()),
+            ]
+            .into(),
+        );
+    }
+    let server = TestServer::start(s).await;
+    let name = "stateful.prod.svc.clusterset.local";
+    let mut a = server.dig(&[name, "A"]).await.data("A");
+    a.sort();
+    assert_eq!(a, ["10.0.9.10", "240.0.9.1", "240.0.9.2"]);
+    let d = server.dig(&[&format!("db-1.west.{name}"), "A"]).await;
+    assert_eq!(d.data("A"), ["240.0.9.2"], "{}", d.raw);
+    let d = server.dig(&[&format!("db-5.east.{name}"), "A"]).await;
+    assert_eq!(d.data("A"), ["10.0.9.10"], "{}", d.raw);
+    let d = server.dig(&["-x", "240.0.9.1"]).await;
+    assert_eq!(d.data("PTR"), [format!("db-0.west.{name}.")], "{}", d.raw);
+    server.stop().await;
+}

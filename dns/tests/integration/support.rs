@@ -122,6 +122,7 @@ pub(crate) fn add_service(
         },
         vip: vip.map(|v| v.parse().unwrap()),
         exports: exports.into_iter().map(|(c, e)| (cid(c), e)).collect(),
+        endpoint_vips: Default::default(),
     };
     s.services.insert(k, view.into());
 }

@@ -65,6 +65,16 @@ pub enum Key {
         cluster: ClusterId,
         service: ServiceKey,
     },
+    /// `clusters/<cluster>/vips/<ns>/<svc>/<exporter>/<name>`: the address `cluster` gives one
+    /// endpoint of a headless import in another cluster, `name` its DNS label
+    /// ([`crate::Endpoint::dns_label`]); it leads to `cluster`'s gateway, which sends its
+    /// traffic to exactly that endpoint.
+    EndpointVip {
+        cluster: ClusterId,
+        service: ServiceKey,
+        exporter: ClusterId,
+        name: String,
+    },
     /// `clusters/<cluster>/election/<suffix>`: the keys etcd's election API creates under
     /// [`election_prefix`] (it appends `/<lease ID>`). The suffix is anything, `/` included, and
     /// may be empty (`.../election/`); `.../election` without the `/` is rejected so that
@@ -135,6 +145,22 @@ impl Key {
                             cluster: owner,
                         })
                     }
+                    VIPS if tail.is_some_and(|t| t.split('/').count() == 4) => {
+                        let [ns, svc, exporter, name] = segments(
+                            VIPS,
+                            tail,
+                            ["<ns>", "<svc>", "<exporter>", "<name>"],
+                        )
+                        .map_err(err)?;
+                        validate_dns_label("endpoint name", name)
+                            .map_err(|e| err(e.to_string()))?;
+                        Ok(Key::EndpointVip {
+                            cluster: owner,
+                            service: service(ns, svc)?,
+                            exporter: cluster("exporter", exporter)?,
+                            name: name.to_string(),
+                        })
+                    }
                     VIPS => {
                         let [ns, svc] = segments(VIPS, tail, ["<ns>", "<svc>"]).map_err(err)?;
                         Ok(Key::Vip {
@@ -182,7 +208,7 @@ impl Key {
             Key::Synced(_) => SYNCED,
             Key::Health { .. } => HEALTH,
             Key::Drill(_) => DRILLS,
-            Key::Vip { .. } => VIPS,
+            Key::Vip { .. } | Key::EndpointVip { .. } => VIPS,
             Key::Election { .. } => ELECTION,
         }
     }
@@ -195,6 +221,7 @@ impl Key {
             | Key::Synced(c)
             | Key::Export { cluster: c, .. }
             | Key::Vip { cluster: c, .. }
+            | Key::EndpointVip { cluster: c, .. }
             | Key::Election { cluster: c, .. } => Some(c),
             Key::Health { observer, .. } => Some(observer),
             Key::Drill(_) => None,
@@ -251,6 +278,12 @@ impl fmt::Display for Key {
             Key::Health { observer, cluster } => f.write_str(&health_key(observer, cluster)),
             Key::Drill(id) => f.write_str(&drill_key(id)),
             Key::Vip { cluster, service } => f.write_str(&vip_key(cluster, service)),
+            Key::EndpointVip {
+                cluster,
+                service,
+                exporter,
+                name,
+            } => f.write_str(&endpoint_vip_key(cluster, service, exporter, name)),
             Key::Election { cluster, suffix } => {
                 write!(f, "{}/{suffix}", election_prefix(cluster))
             }
@@ -313,6 +346,13 @@ pub fn clusters_prefix() -> String {
 /// Everything cluster `c` writes: the prefix its etcd role may write.
 pub fn cluster_prefix(c: &ClusterId) -> String {
     format!("{PREFIX}{CLUSTERS}/{c}/")
+}
+
+pub fn endpoint_vip_key(c: &ClusterId, s: &ServiceKey, exporter: &ClusterId, name: &str) -> String {
+    format!(
+        "{PREFIX}{CLUSTERS}/{c}/{VIPS}/{}/{}/{exporter}/{name}",
+        s.namespace, s.name
+    )
 }
 
 /// The ClusterSetIPs of cluster `c`'s imports.

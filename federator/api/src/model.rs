@@ -257,6 +257,26 @@ fn default_true() -> bool {
     true
 }
 
+impl Endpoint {
+    /// Its name below `<cluster>.<svc>.<ns>.svc.clusterset.local` (KEP-1645): the hostname,
+    /// lowercased, or for an endpoint without one the system-assigned name, its address with
+    /// dashes (`10-1-5-1`, `fd00-5--1`).
+    pub fn dns_label(&self) -> String {
+        endpoint_dns_label(self.hostname.as_deref(), self.address)
+    }
+}
+
+/// [`Endpoint::dns_label`] from its parts (the gateway has them from the config protocol).
+pub fn endpoint_dns_label(hostname: Option<&str>, address: IpAddr) -> String {
+    match hostname.filter(|h| !h.is_empty()) {
+        Some(h) => h.to_ascii_lowercase(),
+        None => match address {
+            IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+            IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+        },
+    }
+}
+
 // === Stored values ===
 
 /// Value of `clusters/<cluster>/info`.

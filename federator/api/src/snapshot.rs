@@ -53,6 +53,11 @@ pub struct ServiceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<IpAddr>,
     pub exports: BTreeMap<ClusterId, ExportView>,
+    /// Headless imports in universal mode: the address this cluster gives each endpoint of
+    /// another cluster (`vips/<ns>/<svc>/<exporter>/<name>`), by exporter and
+    /// [`crate::Endpoint::dns_label`]. It leads to this cluster's gateway.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_vips: BTreeMap<ClusterId, BTreeMap<String, IpAddr>>,
 }
 
 impl ServiceView {

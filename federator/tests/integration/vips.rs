@@ -167,3 +167,90 @@ async fn under_churn_no_clusterset_ip_is_held_twice_and_all_are_freed() -> anyho
     drop(fed);
     Ok(())
 }
+
+fn stateful(ready: [bool; 3]) -> String {
+    let mut y = "apiVersion: causeway.io/v1\nkind: ServiceExport\nmetadata:\n  name: db\n  namespace: demo\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\nspec:\n  type: Headless\n  ports:\n    - name: http\n      protocol: TCP\n      port: 80\n  endpoints:\n".to_string();
+    for (i, r) in ready.iter().enumerate() {
+        y.push_str(&format!(
+            "    - address: 10.1.0.{}\n      hostname: db-{i}\n      ready: {r}\n",
+            10 + i
+        ));
+    }
+    y
+}
+
+/// The endpoints of `demo/db` exported by east, as west's snapshot gives them addresses.
+fn endpoint_vips(snap: &serde_json::Value) -> BTreeMap<String, String> {
+    snap["services"]["demo/db"]["endpoint_vips"]["east"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A headless import's endpoints in another cluster each get an address of the importing
+/// cluster's range (what DNS answers there, leading to its gateway); the exporter gives its own
+/// endpoints none; an endpoint that stops being ready loses its address after the grace, and
+/// no address is ever given to two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_headless_endpoints_get_addresses_of_the_importer() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let args = [
+        "--vip-range",
+        "10.250.0.0/24",
+        "--vip-release-grace",
+        "1s",
+        "--dns-ttl",
+        "1s",
+    ];
+    write_file(&de.path().join("db.yaml"), &stateful([true; 3]));
+    let east = Fed::start("east", &etcd.endpoint(), de.path(), &args).await?;
+    let west = Fed::start("west", &etcd.endpoint(), dw.path(), &args).await?;
+    let got = wait_for(
+        "west to give east's three endpoints an address each",
+        Duration::from_secs(30),
+        || async {
+            let m = endpoint_vips(&west.snapshot().await.ok()?);
+            (m.len() == 3).then_some(m)
+        },
+    )
+    .await?;
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        ["db-0", "db-1", "db-2"]
+    );
+    let ips: BTreeSet<&String> = got.values().collect();
+    assert_eq!(ips.len(), 3, "three distinct addresses: {got:?}");
+    assert!(
+        got.values().all(|ip| ip.starts_with("10.250.0.")),
+        "{got:?}"
+    );
+    // The exporter gives its own endpoints none (they are local there).
+    assert!(endpoint_vips(&east.snapshot().await?).is_empty());
+    // db-1 not ready: its address goes after the grace; the others keep theirs.
+    write_file(&de.path().join("db.yaml"), &stateful([true, false, true]));
+    let after = wait_for(
+        "db-1's address to be freed",
+        Duration::from_secs(30),
+        || async {
+            let m = endpoint_vips(&west.snapshot().await.ok()?);
+            (m.len() == 2).then_some(m)
+        },
+    )
+    .await?;
+    assert_eq!(after.get("db-0"), got.get("db-0"), "db-0 keeps its address");
+    assert_eq!(after.get("db-2"), got.get("db-2"), "db-2 keeps its address");
+    let mut client = etcd.client().await?;
+    let keys = client
+        .get(
+            "/causeway/v2/clusters/west/vips/demo/db/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    assert_eq!(keys.kvs().len(), 2, "db-1's key is deleted");
+    Ok(())
+}

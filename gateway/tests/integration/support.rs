@@ -314,6 +314,7 @@ pub fn outbound(
         candidates,
         policy: None,
         header_routes: vec![],
+        endpoints: vec![],
     }
 }
 

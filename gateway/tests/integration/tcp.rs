@@ -1,6 +1,6 @@
 //! Opaque TCP through two gateways: CONNECT on the egress listener and by ClusterSetIP.
 
-use causeway_api::proto::AppProtocol;
+use causeway_api::proto::{self, AppProtocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -271,5 +271,109 @@ async fn gateway_ports_route_by_the_port_they_arrive_on() {
     assert!(
         err.to_string().contains(&format!("gateway port {db_gp}")),
         "{err}"
+    );
+}
+
+/// A headless import's per-endpoint addresses (issue "Headless across networks"): each address
+/// leads, through west's gateway, to exactly the endpoint it was given for, over HTTP and TCP
+/// alike, whatever the Host; the peer's ingress sends it to that endpoint only.
+#[tokio::test]
+async fn each_pinned_endpoint_address_reaches_exactly_its_endpoint() {
+    let pki = Pki::new();
+    let (http_port, tcp_port) = (dead_addr().await.port(), dead_addr().await.port());
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.vip_range = Some("127.0.0.0/8".parse().unwrap());
+    // Every 127/8 address arrives here; the destination address picks the endpoint.
+    cfg.vip_listen_ip = "0.0.0.0".parse().unwrap();
+    let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
+    let west = start_gateway(&pki, "west").await;
+    let replicas = [
+        HttpBackend::start("db-0").await,
+        HttpBackend::start("db-1").await,
+        HttpBackend::start("db-2").await,
+    ];
+    let echoes = [
+        TcpEcho::start("db-0").await,
+        TcpEcho::start("db-1").await,
+        TcpEcho::start("db-2").await,
+    ];
+    let named = |addrs: Vec<std::net::SocketAddr>| {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| proto::Endpoint {
+                address: a.to_string(),
+                ready: true,
+                hostname: format!("db-{i}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let pins = |names: &[(&str, &str)]| {
+        names
+            .iter()
+            .map(|(vip, name)| proto::PinnedEndpoint {
+                vip: vip.to_string(),
+                cluster: "west".into(),
+                name: name.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut http_out = outbound(
+        "db",
+        vec![port(http_port, AppProtocol::Http)],
+        vec![cand("west", 1)],
+    );
+    http_out.endpoints = pins(&[("127.0.0.2", "db-0"), ("127.0.0.3", "db-2")]);
+    let mut tcp_out = outbound(
+        "dbtcp",
+        vec![port(tcp_port, AppProtocol::Opaque)],
+        vec![cand("west", 1)],
+    );
+    tcp_out.endpoints = pins(&[("127.0.0.4", "db-1")]);
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![peer(&pki, "west", &west)],
+        vec![],
+        vec![http_out, tcp_out],
+    ))
+    .unwrap();
+    let mut http_in = inbound("db", vec![port(http_port, AppProtocol::Http)], &[]);
+    http_in.endpoints = named(replicas.iter().map(|r| r.addr).collect());
+    let mut tcp_in = inbound("dbtcp", vec![port(tcp_port, AppProtocol::Opaque)], &[]);
+    tcp_in.endpoints = named(echoes.iter().map(|e| e.addr).collect());
+    west.apply_config(snapshot(
+        1,
+        "west",
+        vec![peer(&pki, "east", &east)],
+        vec![http_in, tcp_in],
+        vec![],
+    ))
+    .unwrap();
+
+    let db0: std::net::SocketAddr = ([127, 0, 0, 2], http_port).into();
+    wait_for("the pinned listener", 10, || async {
+        TcpStream::connect(db0).await.ok()
+    })
+    .await;
+    for (vip, want) in [([127, 0, 0, 2], "db-0"), ([127, 0, 0, 3], "db-2")] {
+        for i in 0..5 {
+            let a = get(
+                (vip, http_port).into(),
+                "whatever.example",
+                &format!("/{i}"),
+            )
+            .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(a.json()["backend"], want, "{vip:?}: {}", a.body);
+        }
+    }
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.4", tcp_port)).await.unwrap();
+        assert_eq!(read_exact_str(&mut s, 5).await, "db-1:");
+    }
+    assert_eq!(
+        replicas[1].hits.load(std::sync::atomic::Ordering::SeqCst),
+        0
     );
 }

@@ -60,6 +60,7 @@ fn view(service_type: ServiceType) -> ServiceView {
         },
         vip: None,
         exports,
+        endpoint_vips: Default::default(),
     }
 }
 

@@ -164,6 +164,7 @@ fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
             },
             vip: None,
             exports,
+            endpoint_vips: Default::default(),
         }
         // `ServiceView` or `Arc<ServiceView>`, whichever the snapshot holds.
         .into(),
