@@ -230,7 +230,6 @@ impl Inbound {
         }
     }
 
-    /// Ready endpoints in round-robin order, starting at the next one.
     /// The endpoints to try: all, from the next in turn; or with `pinned`, only the one named so.
     pub fn endpoints_to_try(&self, pinned: Option<&str>) -> Vec<EndpointAddr> {
         match pinned {
@@ -245,6 +244,7 @@ impl Inbound {
         }
     }
 
+    /// Ready endpoints in round-robin order, starting at the next one.
     pub fn endpoints_from_next(&self) -> impl Iterator<Item = EndpointAddr> + '_ {
         let n = self.endpoints.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
