@@ -90,15 +90,22 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// Parses `<name>.<ns>.svc.clusterset.local[:port]` (case-insensitive, trailing dot allowed).
-pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
+/// The labels of `<labels>.svc.clusterset.local[:port]` left of the suffix, lowercased and
+/// without a trailing dot, and the port: what both authority forms share.
+fn clusterset_labels(authority: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p.parse().ok()?)),
         Some(_) => return None,
         None => (authority, None),
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?;
+    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?.to_string();
+    Some((rest, port))
+}
+
+/// Parses `<name>.<ns>.svc.clusterset.local[:port]` (case-insensitive, trailing dot allowed).
+pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
+    let (rest, port) = clusterset_labels(authority)?;
     let (name, namespace) = rest.split_once('.')?;
     if namespace.contains('.') || name.is_empty() || namespace.is_empty() {
         return None;
@@ -118,13 +125,7 @@ pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
 pub fn parse_pinned_authority(
     authority: &str,
 ) -> Option<(ServiceName, String, String, Option<u16>)> {
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p.parse().ok()?)),
-        Some(_) => return None,
-        None => (authority, None),
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?;
+    let (rest, port) = clusterset_labels(authority)?;
     let labels: Vec<&str> = rest.split('.').collect();
     let [endpoint, cluster, name, namespace] = labels[..] else {
         return None;
