@@ -268,7 +268,7 @@ pub enum LoadError {
     Server(TlsError),
 }
 
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+type Stamp = causeway_api::pem::FileStamp;
 
 /// The federator's own certificate from the issuer, its validity, and the issuer's fingerprint.
 type SelfIssued = (Identity, Validity, String);
@@ -287,14 +287,7 @@ impl TlsSources {
     }
 
     fn stamp(&self) -> Stamp {
-        self.paths()
-            .iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
+        causeway_api::pem::file_stamp(&self.paths())
     }
 
     /// Loads everything; `previous` lends its self-issued identity when neither the issuer nor

@@ -9,20 +9,11 @@ use std::time::{Duration, SystemTime};
 use crate::app::Shared;
 use crate::tls::TlsFiles;
 
-/// Modification time and size of each file (`None`: unreadable).
-pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
+pub(crate) type Stamp = causeway_api::pem::FileStamp;
 
 /// Taken before the files are first loaded, so a change made meanwhile is not missed.
 pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
-    files
-        .paths()
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
+    causeway_api::pem::file_stamp(&files.paths())
 }
 
 pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {

@@ -102,6 +102,22 @@ fn parse_error(origin: &str, source: pem::Error) -> PemError {
     }
 }
 
+/// Modification time and size of each file (`None`: unreadable): polled to see when
+/// certificate, key, bundle or issuer files change (gateway and federator reload them).
+pub type FileStamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+/// The [`FileStamp`] of `paths` now.
+pub fn file_stamp(paths: &[&Path]) -> FileStamp {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
