@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 pub use state::{
     CertPaths, ClusterInfo, DemoKind, DemoService, EtcdInfo, EtcdMember, EtcdTlsInfo,
-    FederatorInfo, GatewayInfo, LabState, Mode, LAB_STATE_SCHEMA,
+    FederatorInfo, GatewayInfo, LabState, Mode, Replica, StatefulDemo, LAB_STATE_SCHEMA,
 };
 
 use process::ProcessRecord;
@@ -88,6 +88,13 @@ const DEMO_SERVICES: [(&str, DemoKind, u16, u16, u8); 3] = [
     ("tcp-echo", DemoKind::TcpEcho, 7000, 8070, 12),
 ];
 
+/// The stateful demo: its name, service port (the gateways' listener on each replica's address
+/// in an importing cluster), the replicas' port and the last octets of their addresses.
+const STATEFUL_NAME: &str = "store";
+const STATEFUL_PORT: u16 = 80;
+const STATEFUL_BACKEND_PORT: u16 = 8080;
+const STATEFUL_REPLICA_OCTETS: [u8; 3] = [20, 21, 22];
+
 // === LabSpec ===
 
 /// What to build.
@@ -96,6 +103,8 @@ pub struct LabSpec {
     pub clusters: Vec<String>,
     /// Clusters that export the demo services (default: the first two).
     pub exporting: Vec<String>,
+    /// The cluster running the stateful demo (default: the second exporting cluster, west).
+    pub stateful: Option<String>,
     /// Locality region of each cluster (default: east us-east, west and north us-west, others
     /// eu), so that north prefers west and fails over to east.
     pub regions: BTreeMap<String, String>,
@@ -126,7 +135,8 @@ impl LabSpec {
             "--clusters must be 1..=200, not {n}"
         );
         let clusters = cluster_names(n);
-        let exporting = clusters.iter().take(2).cloned().collect();
+        let exporting: Vec<String> = clusters.iter().take(2).cloned().collect();
+        let stateful = exporting.last().cloned();
         let regions = clusters
             .iter()
             .map(|c| {
@@ -141,6 +151,7 @@ impl LabSpec {
         Ok(LabSpec {
             clusters,
             exporting,
+            stateful,
             regions,
             etcd_members: 1,
             federator_replicas: 1,
@@ -297,6 +308,8 @@ struct Plan {
     gateway: GatewayInfo,
     federators: Vec<FederatorInfo>,
     exports: bool,
+    /// Whether it runs the stateful demo.
+    stateful: bool,
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -359,6 +372,7 @@ impl Plan {
             gateway,
             federators,
             exports: spec.exporting.iter().any(|e| e == name),
+            stateful: spec.stateful.as_deref() == Some(name),
         })
     }
 
@@ -395,6 +409,38 @@ impl Plan {
             })
             .collect()
     }
+
+    fn stateful(&self, spec: &LabSpec) -> Option<StatefulDemo> {
+        if !self.stateful {
+            return None;
+        }
+        let dir = cluster_dir(&spec.state_dir, &self.name);
+        // Without namespaces the replicas are reached straight (no gateway listener on their
+        // addresses): they listen on the service port.
+        let port = match spec.mode {
+            Mode::Netns => STATEFUL_PORT,
+            Mode::Loopback => STATEFUL_BACKEND_PORT,
+        };
+        let replicas = STATEFUL_REPLICA_OCTETS
+            .iter()
+            .enumerate()
+            .map(|(k, &octet)| {
+                let hostname = format!("{STATEFUL_NAME}-{k}");
+                Replica {
+                    address: SocketAddr::new(self.svc_ip(octet), STATEFUL_BACKEND_PORT),
+                    process: format!("{}/demo-{hostname}", self.name),
+                    hostname,
+                }
+            })
+            .collect();
+        Some(StatefulDemo {
+            namespace: DEMO_NAMESPACE.to_string(),
+            name: STATEFUL_NAME.to_string(),
+            port,
+            replicas,
+            export_file: dir.join("exports").join(format!("{STATEFUL_NAME}.yaml")),
+        })
+    }
 }
 
 /// What lab.json says of the cluster of `p`.
@@ -422,6 +468,7 @@ fn cluster_info(p: &Plan, spec: &LabSpec, pki_dir: &Path) -> ClusterInfo {
         },
         exports_dir: cluster_dir(&spec.state_dir, &p.name).join("exports"),
         demo: p.demo(spec),
+        stateful: p.stateful(spec),
     }
 }
 
@@ -455,6 +502,45 @@ pub fn export_yaml(d: &DemoService) -> String {
         port = d.port,
         baddr = d.backend.ip(),
         bport = d.backend.port(),
+    )
+}
+
+/// Writes `path` through a dot-file and a rename, so that the federator (which skips dot-files)
+/// never reads half of it.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The export file of the stateful demo: headless, each replica an endpoint with its hostname;
+/// those in `not_ready` are listed with `ready: false` (what an EndpointSlice says of a pod that
+/// fails its readiness probe).
+pub fn stateful_export_yaml(s: &StatefulDemo, not_ready: &BTreeSet<String>) -> String {
+    let mut endpoints = String::new();
+    for r in &s.replicas {
+        endpoints.push_str(&format!(
+            "    - address: {}\n      port: {}\n      hostname: {}\n      ready: {}\n",
+            r.address.ip(),
+            r.address.port(),
+            r.hostname,
+            !not_ready.contains(&r.hostname),
+        ));
+    }
+    format!(
+        "# written by causeway-lab\n\
+         apiVersion: causeway.io/v1\n\
+         kind: ServiceExport\n\
+         metadata:\n  name: {name}\n  namespace: {ns}\n\
+         spec:\n  type: Headless\n  backendTLS: plaintext\n\
+         \x20 ports:\n    - name: http\n      protocol: TCP\n      port: {port}\n      appProtocol: http\n\
+         \x20 endpoints:\n{endpoints}",
+        name = s.name,
+        ns = s.namespace,
+        port = s.port,
     )
 }
 
@@ -752,6 +838,9 @@ impl Lab {
             net::ip_in(ns, &["link", "set", "wan0", "up"])?;
             let mut octets: BTreeSet<u8> = BTreeSet::from([1]);
             octets.extend(DEMO_SERVICES.iter().map(|d| d.4));
+            if plan.stateful {
+                octets.extend(STATEFUL_REPLICA_OCTETS);
+            }
             for k in 0..plan.federators.len() as u8 {
                 octets.insert(2 + k);
                 octets.insert(53 + k);
@@ -928,10 +1017,32 @@ impl Lab {
 
     fn start_demo(&mut self, plan: &Plan) -> anyhow::Result<()> {
         let info = self.state.cluster(&plan.name)?.clone();
-        if info.demo.is_empty() {
+        if info.demo.is_empty() && info.stateful.is_none() {
             return Ok(());
         }
         std::fs::create_dir_all(&info.exports_dir)?;
+        if let Some(s) = &info.stateful {
+            for r in &s.replicas {
+                self.add_process(ProcessRecord {
+                    name: r.process.clone(),
+                    netns: plan.netns.clone(),
+                    program: self.bin("causeway-demo"),
+                    args: vec![
+                        DemoKind::HttpEcho.subcommand().to_string(),
+                        "--listen".to_string(),
+                        r.address.to_string(),
+                        "--cluster".to_string(),
+                        plan.name.clone(),
+                        "--hostname".to_string(),
+                        r.hostname.clone(),
+                    ],
+                    env: Vec::new(),
+                    log: self.log_path(&r.process),
+                    pid: None,
+                })?;
+            }
+            write_atomically(&s.export_file, &stateful_export_yaml(s, &BTreeSet::new()))?;
+        }
         for d in &info.demo {
             let _ = std::fs::remove_file(&d.fail_file);
             self.add_process(ProcessRecord {
@@ -1094,7 +1205,8 @@ impl Lab {
                                     .all(|c| v.exports.get(c).is_some_and(|e| !e.stale))
                         })
                     });
-                    ok.then_some(())
+                    let stateful_ok = self.stateful_seen(&snap, &c.name);
+                    (ok && stateful_ok).then_some(())
                 }
             })
             .await?;
@@ -1128,6 +1240,45 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Whether a cluster's snapshot has the stateful demo's import: exported, and in a cluster
+    /// that reaches it through its gateway (netns mode, not the exporter), an address for every
+    /// replica.
+    fn stateful_seen(&self, snap: &MeshSnapshot, cluster: &str) -> bool {
+        self.state.clusters.iter().all(|owner| {
+            let Some(s) = &owner.stateful else {
+                return true;
+            };
+            let (Ok(key), Ok(id)) = (
+                ServiceKey::new(&s.namespace, &s.name),
+                ClusterId::new(&owner.name),
+            ) else {
+                return false;
+            };
+            snap.services.get(&key).is_some_and(|v| {
+                let exported = v.exports.get(&id).is_some_and(|e| !e.stale);
+                let addressed = self.state.mode != Mode::Netns
+                    || owner.name == cluster
+                    || v.endpoint_vips
+                        .get(&id)
+                        .is_some_and(|m| s.replicas.iter().all(|r| m.contains_key(&r.hostname)));
+                exported && addressed
+            })
+        })
+    }
+
+    /// Marks replicas of the stateful demo of `cluster` not ready (the others ready) by
+    /// rewriting its export file, as an EndpointSlice would change when a pod fails its
+    /// readiness probe.
+    pub fn set_not_ready(&self, cluster: &str, not_ready: &[&str]) -> anyhow::Result<()> {
+        let s = self
+            .cluster(cluster)
+            .stateful
+            .as_ref()
+            .with_context(|| format!("{cluster} runs no stateful demo"))?;
+        let set = not_ready.iter().map(|h| h.to_string()).collect();
+        write_atomically(&s.export_file, &stateful_export_yaml(s, &set))
     }
 
     /// Imports every cluster should see: each demo service with the clusters exporting it.

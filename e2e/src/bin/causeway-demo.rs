@@ -4,6 +4,7 @@
 //! causeway-demo http-echo --listen 10.96.1.10:8080 --cluster east [--fail-file F]
 //! causeway-demo grpc      --listen 10.96.1.11:8090 --cluster east [--fail-file F]
 //! causeway-demo tcp-echo  --listen 10.96.1.12:8070 --cluster east [--fail-file F]
+//! causeway-demo http-echo --listen 10.96.1.20:8080 --cluster west --hostname store-0
 //! ```
 //!
 //! While the fail file exists the service fails: HTTP 503, gRPC UNAVAILABLE, TCP connections
@@ -45,6 +46,9 @@ struct Common {
     /// Fail while this file exists.
     #[arg(long)]
     fail_file: Option<PathBuf>,
+    /// The replica's hostname, named in every answer (one replica of a stateful service).
+    #[arg(long)]
+    hostname: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +89,11 @@ async fn run(service: Service) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(common.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", common.listen))?;
-    let d = Demo::new(common.cluster.clone(), common.fail_file.clone());
+    let d = Demo::replica(
+        common.cluster.clone(),
+        common.hostname.clone(),
+        common.fail_file.clone(),
+    );
     println!(
         "{kind} of {} listening on {}",
         common.cluster,

@@ -275,11 +275,20 @@ fn print_summary(state: &LabState) {
     );
     println!("  etcd: {}", state.etcd.endpoints.join(", "));
     for c in &state.clusters {
-        let exports: Vec<String> = c
+        let mut exports: Vec<String> = c
             .demo
             .iter()
             .map(|d| format!("{}/{}:{}", d.namespace, d.name, d.port))
             .collect();
+        if let Some(s) = &c.stateful {
+            exports.push(format!(
+                "{}/{}:{} (headless, {} replicas)",
+                s.namespace,
+                s.name,
+                s.port,
+                s.replicas.len()
+            ));
+        }
         println!(
             "  {:<6} netns {:<10} DNS {:<16} gateway {} (admin {}) federator admin {}{}",
             c.name,
@@ -304,6 +313,22 @@ fn print_summary(state: &LabState) {
             println!("  {me} exec north -- curl -s http://echo.demo.svc.clusterset.local/   # via the gateways");
             println!("  {me} exec north -- dig +short echo.demo.svc.clusterset.local");
             println!("  {me} exec north -- bash -c 'exec 3<>/dev/tcp/tcp-echo.demo.svc.clusterset.local/7000; echo hi >&3; head -1 <&3'");
+            if let Some((c, s)) = state
+                .clusters
+                .iter()
+                .find_map(|c| c.stateful.as_ref().map(|s| (c, s)))
+            {
+                if let Some(r) = s.replicas.first() {
+                    println!(
+                        "  {me} exec north -- curl -s http://{}/   # one replica, by name",
+                        s.replica_name(&r.hostname, &c.name)
+                    );
+                }
+                println!(
+                    "  {me} exec north -- dig +short {}   # every replica",
+                    s.clusterset_name()
+                );
+            }
         }
         Mode::Loopback => {
             let north = state.clusters.last().map_or(&state.clusters[0], |c| c);

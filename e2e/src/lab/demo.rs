@@ -23,6 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// The response header (and gRPC trailer) naming the cluster that answered.
 pub const CLUSTER_HEADER: &str = "x-causeway-cluster";
 
+/// The response header naming the replica that answered (servers started with a hostname: the
+/// lab's stateful demo).
+pub const HOSTNAME_HEADER: &str = "x-causeway-hostname";
+
 /// `grpc.health.v1.Health/Check`, the method the demo gRPC service implements.
 pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
@@ -32,6 +36,8 @@ pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 #[derive(Debug)]
 pub struct Demo {
     cluster: String,
+    /// The replica's hostname, for a server that is one of several replicas (headless).
+    hostname: Option<String>,
     /// While this file exists the server answers 503 (gRPC: UNAVAILABLE; TCP: closes).
     fail_file: Option<PathBuf>,
     /// Set by `/fail`, cleared by `/heal` (HTTP echo only).
@@ -40,8 +46,18 @@ pub struct Demo {
 
 impl Demo {
     pub fn new(cluster: impl Into<String>, fail_file: Option<PathBuf>) -> Arc<Self> {
+        Self::replica(cluster, None, fail_file)
+    }
+
+    /// One replica of a stateful service: its answers name `hostname` too.
+    pub fn replica(
+        cluster: impl Into<String>,
+        hostname: Option<String>,
+        fail_file: Option<PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cluster: cluster.into(),
+            hostname,
             fail_file,
             failing: AtomicBool::new(false),
         })
@@ -128,6 +144,7 @@ async fn http_echo(demo: &Demo, req: Request<Incoming>) -> Response<Full<Bytes>>
         }
         _ => serde_json::json!({
             "cluster": demo.cluster,
+            "hostname": demo.hostname,
             "method": parts.method.as_str(),
             "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             "version": format!("{:?}", parts.version),
@@ -164,6 +181,13 @@ fn json_response(demo: &Demo, status: StatusCode, v: serde_json::Value) -> Respo
     );
     if let Ok(v) = HeaderValue::from_str(&demo.cluster) {
         h.insert(CLUSTER_HEADER, v);
+    }
+    if let Some(v) = demo
+        .hostname
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
+    {
+        h.insert(HOSTNAME_HEADER, v);
     }
     resp
 }

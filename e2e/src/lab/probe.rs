@@ -22,12 +22,29 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
 
-use super::demo::{grpc_frame, CLUSTER_HEADER, GRPC_HEALTH_CHECK};
+use super::demo::{grpc_frame, CLUSTER_HEADER, GRPC_HEALTH_CHECK, HOSTNAME_HEADER};
 
 // === DNS ===
 
 /// Asks `server` for the A records of `name` over UDP, once. NXDOMAIN and NODATA are errors.
 pub async fn dns_a(server: SocketAddr, name: &str, wait: Duration) -> anyhow::Result<Vec<IpAddr>> {
+    let (code, ips) = dns_query_a(server, name, wait).await?;
+    if code != ResponseCode::NoError {
+        bail!("{server} answered {code} for {name}");
+    }
+    if ips.is_empty() {
+        bail!("{server} has no A record for {name}");
+    }
+    Ok(ips)
+}
+
+/// One A query to `server`: its response code and the addresses answered (empty for NXDOMAIN
+/// and NODATA), for tests that tell those apart.
+pub async fn dns_query_a(
+    server: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> anyhow::Result<(ResponseCode, Vec<IpAddr>)> {
     let fqdn = Name::from_ascii(name).with_context(|| format!("{name:?} is not a DNS name"))?;
     let mut query = Message::query();
     query.add_query(Query::query(fqdn, RecordType::A));
@@ -64,12 +81,6 @@ pub async fn dns_a(server: SocketAddr, name: &str, wait: Duration) -> anyhow::Re
     .await
     .map_err(|_| anyhow!("no DNS answer from {server} within {wait:?}"))?
     .with_context(|| format!("receiving from {server}"))?;
-    if answer.metadata.response_code != ResponseCode::NoError {
-        bail!(
-            "{server} answered {} for {name}",
-            answer.metadata.response_code
-        );
-    }
     let ips: Vec<IpAddr> = answer
         .answers
         .iter()
@@ -78,10 +89,7 @@ pub async fn dns_a(server: SocketAddr, name: &str, wait: Duration) -> anyhow::Re
             _ => None,
         })
         .collect();
-    if ips.is_empty() {
-        bail!("{server} has no A record for {name}");
-    }
-    Ok(ips)
+    Ok((answer.metadata.response_code, ips))
 }
 
 /// [`dns_a`] against each server in turn, the way a stub resolver walks `resolv.conf`.
@@ -108,6 +116,8 @@ pub struct HttpAnswer {
     pub status: StatusCode,
     /// The [`CLUSTER_HEADER`] of the response (the cluster whose backend answered).
     pub cluster: Option<String>,
+    /// The [`HOSTNAME_HEADER`] of the response (the replica that answered, if it has one).
+    pub hostname: Option<String>,
     pub body: Bytes,
 }
 
@@ -140,6 +150,11 @@ pub async fn http_get(
             .get(CLUSTER_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let hostname = resp
+            .headers()
+            .get(HOSTNAME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .into_body()
             .collect()
@@ -149,6 +164,7 @@ pub async fn http_get(
         Ok(HttpAnswer {
             status,
             cluster,
+            hostname,
             body,
         })
     })

@@ -111,6 +111,9 @@ pub struct ClusterInfo {
     pub exports_dir: PathBuf,
     /// Demo services this cluster exports.
     pub demo: Vec<DemoService>,
+    /// The stateful demo, in one exporting cluster: replicas with hostnames, exported headless.
+    #[serde(default)]
+    pub stateful: Option<StatefulDemo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +185,39 @@ pub struct DemoService {
     /// The export file.
     pub export_file: PathBuf,
     pub process: String,
+}
+
+/// A headless service of named replicas (what a StatefulSet gives): HTTP echoes, each answering
+/// its hostname, reached across clusters as `<hostname>.<cluster>.<name>.<namespace>.svc.clusterset.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatefulDemo {
+    pub namespace: String,
+    pub name: String,
+    /// The service port clients use (the gateway's listener on each replica's address).
+    pub port: u16,
+    pub replicas: Vec<Replica>,
+    /// The export file (rewritten to mark a replica not ready).
+    pub export_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub hostname: String,
+    /// Where it listens: its pod address and port.
+    pub address: SocketAddr,
+    pub process: String,
+}
+
+impl StatefulDemo {
+    /// `<name>.<namespace>.svc.clusterset.local`
+    pub fn clusterset_name(&self) -> String {
+        format!("{}.{}.svc.clusterset.local", self.name, self.namespace)
+    }
+
+    /// `<hostname>.<cluster>.<name>.<namespace>.svc.clusterset.local`
+    pub fn replica_name(&self, hostname: &str, cluster: &str) -> String {
+        format!("{hostname}.{cluster}.{}", self.clusterset_name())
+    }
 }
 
 impl DemoService {

@@ -8,4 +8,5 @@ mod hostile;
 mod kubeapi;
 mod lab;
 mod lab_support;
+mod stateful;
 mod trust;
