@@ -240,7 +240,9 @@ impl Zone {
                 ServiceType::Headless => {
                     let mut seen: Vec<IpAddr> = Vec::new();
                     for (cluster, e) in serving_endpoints(snapshot, key, view) {
-                        let ip = endpoint_address(snapshot, view, cluster, e);
+                        let Some(ip) = endpoint_address(snapshot, view, cluster, e) else {
+                            continue;
+                        };
                         if !seen.contains(&ip) {
                             seen.push(ip);
                             push_addr(out, ip);
@@ -308,7 +310,9 @@ impl Zone {
                         .iter()
                         .filter(|e| e.ready && label_is(e, hostname))
                     {
-                        let ip = endpoint_address(snapshot, view, cluster, e);
+                        let Some(ip) = endpoint_address(snapshot, view, cluster, e) else {
+                            continue;
+                        };
                         if !seen.contains(&ip) {
                             seen.push(ip);
                             push_addr(out, ip);
@@ -337,7 +341,7 @@ impl Zone {
                 ServiceType::Headless => {
                     for (cluster, export) in &view.exports {
                         for e in export.record.endpoints.iter().filter(|e| {
-                            e.ready && endpoint_address(snapshot, view, cluster, e) == ip
+                            e.ready && endpoint_address(snapshot, view, cluster, e) == Some(ip)
                         }) {
                             let n = format!("{}.{}.{}", e.dns_label(), cluster, key_fqdn(key));
                             names.extend(Name::from_ascii(n).ok());
@@ -423,12 +427,12 @@ fn find_in_service<'s>(
         // `<cluster>.<svc>...` is reserved for headless hostnames (KEP-1645): never answered
         // for ClusterSetIP services.
         [cluster] if headless => {
-            let (_, export) = view.exports.iter().find(|(c, _)| c.as_str() == cluster)?;
+            let (cluster, export) = view.exports.iter().find(|(c, _)| c.as_str() == cluster)?;
             export
                 .record
                 .endpoints
                 .iter()
-                .any(|e| e.ready)
+                .any(|e| answerable(snapshot, view, cluster, e))
                 .then_some(Node::EmptyNonTerminal)
         }
         [cluster, hostname] if headless => {
@@ -437,7 +441,7 @@ fn find_in_service<'s>(
                 .record
                 .endpoints
                 .iter()
-                .any(|e| e.ready && label_is(e, hostname))
+                .any(|e| label_is(e, hostname) && answerable(snapshot, view, cluster, e))
                 .then_some(Node::EndpointHost {
                     view,
                     cluster,
@@ -449,23 +453,36 @@ fn find_in_service<'s>(
 }
 
 /// The address a client of this cluster reaches endpoint `e` of `cluster` at: the address this
-/// cluster gives it (through its gateway) when there is one, else the pod's own.
+/// cluster gives it (through its gateway) when there is one; else the pod's own, unless other
+/// clusters' pods are reached only through the gateway (then it has none yet: `None`).
 fn endpoint_address(
     snapshot: &MeshSnapshot,
     view: &ServiceView,
     cluster: &ClusterId,
     e: &Endpoint,
-) -> IpAddr {
+) -> Option<IpAddr> {
     if snapshot.local_cluster.as_ref() != Some(cluster) {
-        if let Some(ip) = view
+        let given = view
             .endpoint_vips
             .get(cluster)
-            .and_then(|m| m.get(&e.dns_label()))
-        {
-            return *ip;
+            .and_then(|m| m.get(&e.dns_label()));
+        match given {
+            Some(ip) => return Some(*ip),
+            None if snapshot.headless_via_gateway => return None,
+            None => {}
         }
     }
-    e.address
+    Some(e.address)
+}
+
+/// Whether endpoint `e` of `cluster` is answered: ready, and with an address for this cluster.
+fn answerable(
+    snapshot: &MeshSnapshot,
+    view: &ServiceView,
+    cluster: &ClusterId,
+    e: &Endpoint,
+) -> bool {
+    e.ready && endpoint_address(snapshot, view, cluster, e).is_some()
 }
 
 fn label_is(e: &Endpoint, label: &str) -> bool {
@@ -532,7 +549,7 @@ fn serving_endpoints<'s>(
             e.record
                 .endpoints
                 .iter()
-                .filter(|e| e.ready)
+                .filter(move |ep| answerable(snapshot, view, c, ep))
                 .map(move |ep| (c, ep))
         })
         .collect();

@@ -160,6 +160,10 @@ impl Federator {
             etcd: c.etcd.clone(),
             stale_grace: c.stale_grace,
             debounce: c.debounce,
+            // Addresses for other clusters' endpoints come from the VIP range (universal mode)
+            // or from the derived Services the Kubernetes sink writes; with neither (and on a
+            // flat pod network) DNS answers the pods' own addresses.
+            headless_via_gateway: !c.flat_pod_network && (cfg.vip_range.is_some() || c.kube_sink),
         };
         tasks.push((
             "mesh-view",

@@ -240,7 +240,7 @@ pub async fn run_builder(
             let snap = mesh.borrow_and_update().clone();
             let exports = local.borrow_and_update().clone();
             let ports = gateway_port_range
-                .map(|(first, count)| gwconfig::gateway_ports(&snap, first, count));
+                .map(|(first, count)| gwconfig::gateway_port_plan(&snap, first, count));
             let mut next = gwconfig::build(
                 &snap,
                 &exports,

@@ -27,42 +27,108 @@ pub type ImportOverrides = std::collections::BTreeMap<ServiceKey, ImportOverride
 /// The gateway listener port of each TCP port of each ClusterSetIP import, by (import, port).
 pub type GatewayPorts = std::collections::BTreeMap<(ServiceKey, u16), u16>;
 
+/// The gateway listener port of each TCP port of each endpoint of another cluster of a headless
+/// import, by (import, exporter, endpoint DNS label, port): Kubernetes mode, where the endpoint's
+/// derived Service leads there and the gateway sends it on to exactly that endpoint.
+pub type EndpointPorts = std::collections::BTreeMap<(ServiceKey, ClusterId, String, u16), u16>;
+
 /// Gives every TCP port of every ClusterSetIP import a gateway listener port in
 /// `first..first + count` (Kubernetes mode: derived Services target them, see
 /// docs/kubernetes.md). The same snapshot gives the same ports in every replica: a port's place
 /// is a hash of `ns/name/port`, the next free one on a collision, imports taken in key order.
 /// Ports past `count` get none (and are routed by Host on the egress port).
 pub fn gateway_ports(snap: &MeshSnapshot, first: u16, count: u16) -> GatewayPorts {
+    gateway_port_plan(snap, first, count).0
+}
+
+/// [`gateway_ports`], and then, from the ports left, the ports of other clusters' headless
+/// endpoints when this cluster reaches them through its gateway (all their endpoints, ready or
+/// not, so that readiness does not move ports): placed the same way, by
+/// `ns/name/cluster/label/port`. ClusterSetIP imports are placed first, so an endpoint never
+/// moves one of theirs.
+pub fn gateway_port_plan(
+    snap: &MeshSnapshot,
+    first: u16,
+    count: u16,
+) -> (GatewayPorts, EndpointPorts) {
     let count = usize::from(count);
     let mut used = vec![false; count];
-    let mut out = GatewayPorts::new();
+    let mut taken = 0usize;
+    let mut services = GatewayPorts::new();
+    let mut endpoints = EndpointPorts::new();
     if count == 0 {
-        return out;
+        return (services, endpoints);
     }
+    let mut place = |what: &str| -> Option<u16> {
+        if taken == count {
+            return None;
+        }
+        let mut i = fnv1a(what.as_bytes()) as usize % count;
+        while used[i] {
+            i = (i + 1) % count;
+        }
+        used[i] = true;
+        taken += 1;
+        // first + count - 1 <= 65535 is checked with the config.
+        Some(first + i as u16)
+    };
+    let tcp_ports = |svc: &ServiceView| -> Vec<u16> {
+        svc.import
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port)
+            .collect()
+    };
     for (key, svc) in &snap.services {
         if svc.import.service_type != ServiceType::ClusterSetIP {
             continue;
         }
-        for p in svc
-            .import
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-        {
-            if out.len() == count {
-                tracing::warn!(import = %key, port = p.port, count, "no gateway port left for this import port");
-                continue;
+        for port in tcp_ports(svc) {
+            match place(&format!("{key}/{port}")) {
+                Some(gp) => {
+                    services.insert((key.clone(), port), gp);
+                }
+                None => {
+                    tracing::warn!(import = %key, port, count, "no gateway port left for this import port")
+                }
             }
-            let mut i = fnv1a(format!("{key}/{}", p.port).as_bytes()) as usize % count;
-            while used[i] {
-                i = (i + 1) % count;
-            }
-            used[i] = true;
-            // first + count - 1 <= 65535 is checked with the config.
-            out.insert((key.clone(), p.port), first + i as u16);
         }
     }
-    out
+    if !snap.headless_via_gateway {
+        return (services, endpoints);
+    }
+    for (key, svc) in &snap.services {
+        if svc.import.service_type != ServiceType::Headless {
+            continue;
+        }
+        let ports = tcp_ports(svc);
+        for (cluster, export) in &svc.exports {
+            if snap.local_cluster.as_ref() == Some(cluster) {
+                continue;
+            }
+            let labels: std::collections::BTreeSet<String> = export
+                .record
+                .endpoints
+                .iter()
+                .map(|e| e.dns_label())
+                .collect();
+            for label in labels {
+                for &port in &ports {
+                    match place(&format!("{key}/{cluster}/{label}/{port}")) {
+                        Some(gp) => {
+                            endpoints
+                                .insert((key.clone(), cluster.clone(), label.clone(), port), gp);
+                        }
+                        None => {
+                            tracing::warn!(import = %key, %cluster, endpoint = %label, port, count, "no gateway port left for this headless endpoint")
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (services, endpoints)
 }
 
 /// FNV-1a, 32 bits: stable across releases and machines (std's hasher is not).
@@ -74,30 +140,49 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
     h
 }
 
-/// The addresses this cluster gives the ready endpoints of other clusters of a headless import
-/// (the view's `endpoint_vips`), for the gateway to send each to exactly that endpoint.
-fn pinned_endpoints(svc: &ServiceView, local: &ClusterId) -> Vec<proto::PinnedEndpoint> {
+/// The ready endpoints of other clusters of a headless import, for the gateway to send each to
+/// exactly that endpoint: at the address this cluster gave it (the view's `endpoint_vips`) and, in
+/// Kubernetes mode (`endpoint_ports`), on the gateway ports its derived Service targets.
+fn pinned_endpoints(
+    key: &ServiceKey,
+    svc: &ServiceView,
+    local: &ClusterId,
+    endpoint_ports: Option<&EndpointPorts>,
+) -> Vec<proto::PinnedEndpoint> {
     let mut out = Vec::new();
-    for (cluster, names) in &svc.endpoint_vips {
+    for (cluster, export) in &svc.exports {
         if cluster == local {
             continue;
         }
-        let Some(export) = svc.exports.get(cluster) else {
-            continue;
-        };
-        for (name, ip) in names {
-            let ready = export
-                .record
-                .endpoints
-                .iter()
-                .any(|e| e.ready && &e.dns_label() == name);
-            if ready {
-                out.push(proto::PinnedEndpoint {
-                    vip: ip.to_string(),
-                    cluster: cluster.to_string(),
-                    name: name.clone(),
-                });
+        let vips = svc.endpoint_vips.get(cluster);
+        let mut seen = std::collections::BTreeSet::new();
+        for e in export.record.endpoints.iter().filter(|e| e.ready) {
+            let name = e.dns_label();
+            if !seen.insert(name.clone()) {
+                continue;
             }
+            let vip = vips.and_then(|m| m.get(&name)).copied();
+            let gateway_ports: std::collections::HashMap<u32, u32> = endpoint_ports
+                .map(|ports| {
+                    svc.import
+                        .ports
+                        .iter()
+                        .filter_map(|p| {
+                            let k = (key.clone(), cluster.clone(), name.clone(), p.port);
+                            ports.get(&k).map(|&gp| (u32::from(p.port), u32::from(gp)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if vip.is_none() && gateway_ports.is_empty() {
+                continue;
+            }
+            out.push(proto::PinnedEndpoint {
+                vip: vip.map(|ip| ip.to_string()).unwrap_or_default(),
+                cluster: cluster.to_string(),
+                name,
+                gateway_ports,
+            });
         }
     }
     out
@@ -208,13 +293,14 @@ fn priority(
 }
 
 /// Builds the config for `local`'s gateways. `version` is stamped as given. With
-/// `gateway_ports` (Kubernetes mode), outbound ports carry their gateway listener port.
+/// `gateway_ports` (Kubernetes mode), outbound ports and pinned headless endpoints carry their
+/// gateway listener ports.
 pub fn build(
     snap: &MeshSnapshot,
     local_exports: &LocalExports,
     local: &ClusterId,
     version: u64,
-    gateway_ports: Option<&GatewayPorts>,
+    gateway_ports: Option<&(GatewayPorts, EndpointPorts)>,
     overrides: &ImportOverrides,
 ) -> proto::ConfigSnapshot {
     let peers = snap
@@ -314,7 +400,7 @@ pub fn build(
                     .iter()
                     .map(|p| proto::Port {
                         gateway_port: gateway_ports
-                            .and_then(|g| g.get(&(key.clone(), p.port)))
+                            .and_then(|(g, _)| g.get(&(key.clone(), p.port)))
                             .map_or(0, |&gp| u32::from(gp)),
                         ..port(p)
                     })
@@ -322,7 +408,7 @@ pub fn build(
                 candidates,
                 policy: Some(policy(asked, over)),
                 header_routes: over.map(|o| o.header_routes.clone()).unwrap_or_default(),
-                endpoints: pinned_endpoints(svc, local),
+                endpoints: pinned_endpoints(key, svc, local, gateway_ports.map(|(_, e)| e)),
             }
         })
         .collect();
@@ -459,6 +545,7 @@ mod tests {
                     },
                 )]),
             )]),
+            headless_via_gateway: false,
             invalid_exports: vec![],
         }
     }
@@ -510,9 +597,65 @@ mod tests {
                 vip: "10.255.1.1".into(),
                 cluster: "west".into(),
                 name: "db-0".into(),
+                gateway_ports: Default::default(),
             }],
             "only the ready endpoint of another cluster"
         );
+
+        // Kubernetes mode: every endpoint of another cluster (ready or not, so that readiness
+        // moves no port) gets a gateway port per TCP port; the pinned ones carry theirs.
+        snap.headless_via_gateway = true;
+        let plan = gateway_port_plan(&snap, 20000, 100);
+        assert!(plan.0.is_empty(), "a headless import has no service ports");
+        let port = snap.services[&key].import.ports[0].port;
+        let tcp = snap.services[&key]
+            .import
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .count();
+        assert_eq!(
+            plan.1.len(),
+            2 * tcp,
+            "db-0 and db-1 of west, not east's own"
+        );
+        let gp = plan.1[&(key.clone(), c("west"), "db-0".to_string(), port)];
+        assert!((20000..20100).contains(&gp));
+        let again = gateway_port_plan(&snap, 20000, 100);
+        assert_eq!(plan, again, "the same snapshot gives the same ports");
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            2,
+            Some(&plan),
+            &Default::default(),
+        );
+        let out = cfg.outbound.iter().find(|o| o.name == "echo").unwrap();
+        assert_eq!(out.endpoints.len(), 1);
+        assert_eq!(out.endpoints[0].name, "db-0");
+        assert_eq!(
+            out.endpoints[0].gateway_ports[&u32::from(port)],
+            u32::from(gp)
+        );
+        // Without a VIP range the endpoint has gateway ports only.
+        std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap())
+            .endpoint_vips
+            .clear();
+        let cfg = build(
+            &snap,
+            &LocalExports::default(),
+            &c("east"),
+            3,
+            Some(&plan),
+            &Default::default(),
+        );
+        let out = cfg.outbound.iter().find(|o| o.name == "echo").unwrap();
+        assert_eq!(out.endpoints[0].vip, "");
+        assert_eq!(out.endpoints[0].gateway_ports.len(), tcp);
+        // Not through the gateway (flat pod network): no ports, no pinned endpoints.
+        snap.headless_via_gateway = false;
+        assert!(gateway_port_plan(&snap, 20000, 100).1.is_empty());
     }
 
     #[test]
@@ -617,7 +760,7 @@ mod tests {
             &LocalExports::default(),
             &c("east"),
             1,
-            Some(&ports),
+            Some(&(ports.clone(), Default::default())),
             &ImportOverrides::new(),
         );
         let s0 = cfg.outbound.iter().find(|o| o.name == "s0").unwrap();

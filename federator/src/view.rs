@@ -70,6 +70,8 @@ pub struct MeshState {
     views: BTreeMap<ServiceKey, Arc<ServiceView>>,
     dirty: std::collections::BTreeSet<ServiceKey>,
     all_dirty: bool,
+    /// Stamped on every snapshot ([`MeshSnapshot::headless_via_gateway`]).
+    headless_via_gateway: bool,
 }
 
 impl MeshState {
@@ -89,7 +91,14 @@ impl MeshState {
             views: BTreeMap::new(),
             dirty: Default::default(),
             all_dirty: true,
+            headless_via_gateway: false,
         }
+    }
+
+    /// Snapshots say that other clusters' headless endpoints are reached through the gateway.
+    pub fn with_headless_via_gateway(mut self, on: bool) -> Self {
+        self.headless_via_gateway = on;
+        self
     }
 
     pub fn revision(&self) -> i64 {
@@ -531,6 +540,7 @@ impl MeshState {
             services,
             drills: self.drills.clone(),
             health: self.health.clone(),
+            headless_via_gateway: self.headless_via_gateway,
             invalid_exports: invalid,
         }
     }
@@ -550,6 +560,8 @@ pub struct ViewConfig {
     pub etcd: EtcdConfig,
     pub stale_grace: Duration,
     pub debounce: Duration,
+    /// [`MeshSnapshot::headless_via_gateway`].
+    pub headless_via_gateway: bool,
 }
 
 enum WatchEnd {
@@ -567,7 +579,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut state = MeshState::new(cfg.cluster.clone(), cfg.stale_grace);
+    let mut state = MeshState::new(cfg.cluster.clone(), cfg.stale_grace)
+        .with_headless_via_gateway(cfg.headless_via_gateway);
     let mut version = tx.borrow().version;
     let mut backoff = Backoff::default();
     let mut need_list = true;

@@ -697,12 +697,22 @@ impl Tables {
             });
             for pe in &s.endpoints {
                 let what = format!("{what}: pinned endpoint {}/{}", pe.cluster, pe.name);
-                let ip: IpAddr = pe
-                    .vip
-                    .parse()
-                    .map_err(|e| nack(format!("{what}: vip {:?}: {e}", pe.vip)))?;
-                if vip_range.is_some_and(|r| !r.contains(ip)) {
-                    return Err(nack(format!("{what}: vip {ip} is outside --vip-range")));
+                // Universal mode: an address of ours; Kubernetes mode: gateway ports (the
+                // endpoint's derived Service leads there), an address only with a VIP range.
+                let ip: Option<IpAddr> = if pe.vip.is_empty() {
+                    None
+                } else {
+                    let ip = pe
+                        .vip
+                        .parse()
+                        .map_err(|e| nack(format!("{what}: vip {:?}: {e}", pe.vip)))?;
+                    if vip_range.is_some_and(|r| !r.contains(ip)) {
+                        return Err(nack(format!("{what}: vip {ip} is outside --vip-range")));
+                    }
+                    Some(ip)
+                };
+                if ip.is_none() && pe.gateway_ports.is_empty() {
+                    return Err(nack(format!("{what}: neither a vip nor gateway ports")));
                 }
                 let valid_label = !pe.name.is_empty()
                     && pe.name.len() <= 63
@@ -726,7 +736,7 @@ impl Tables {
                 }
                 let pinned = Arc::new(Outbound {
                     name: name.clone(),
-                    vip: Some(ip),
+                    vip: ip,
                     ports: svc.ports.clone(),
                     candidates,
                     policy: svc.policy.clone(),
@@ -738,11 +748,37 @@ impl Tables {
                         name: pe.name.clone(),
                     }),
                 });
-                for p in &pinned.ports {
-                    vip_ports.insert(p.port);
-                    let addr = SocketAddr::new(ip, p.port);
-                    if let Some((other, _)) = vips.insert(addr, (pinned.clone(), *p)) {
-                        return Err(nack(format!("{what}: vip {addr} is also {}'s", other.name)));
+                if let Some(ip) = ip {
+                    for p in &pinned.ports {
+                        vip_ports.insert(p.port);
+                        let addr = SocketAddr::new(ip, p.port);
+                        if let Some((other, _)) = vips.insert(addr, (pinned.clone(), *p)) {
+                            return Err(nack(format!(
+                                "{what}: vip {addr} is also {}'s",
+                                other.name
+                            )));
+                        }
+                    }
+                }
+                let mut gateway_ports: Vec<(u32, u32)> =
+                    pe.gateway_ports.iter().map(|(p, g)| (*p, *g)).collect();
+                gateway_ports.sort_unstable();
+                for (port, gp) in gateway_ports {
+                    let Some(spec) = pinned.ports.iter().find(|o| u32::from(o.port) == port) else {
+                        return Err(nack(format!(
+                            "{what}: gateway port {gp} for port {port}, which the service has not"
+                        )));
+                    };
+                    let gp = u16::try_from(gp).ok().filter(|g| *g != 0).ok_or_else(|| {
+                        nack(format!(
+                            "{what}: gateway port {gp} of port {port} is not in 1..=65535"
+                        ))
+                    })?;
+                    if let Some((other, op)) = port_routes.insert(gp, (pinned.clone(), *spec)) {
+                        return Err(nack(format!(
+                            "{what}: gateway port {gp} of port {port} is also {}:{}'s",
+                            other.name, op.port
+                        )));
                     }
                 }
             }

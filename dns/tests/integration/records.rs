@@ -343,7 +343,7 @@ async fn remote_headless_endpoints_are_answered_by_their_gateway_addresses() {
             .into(),
         );
     }
-    let server = TestServer::start(s).await;
+    let server = TestServer::start(s.clone()).await;
     let name = "stateful.prod.svc.clusterset.local";
     let mut a = server.dig(&[name, "A"]).await.data("A");
     a.sort();
@@ -354,5 +354,34 @@ async fn remote_headless_endpoints_are_answered_by_their_gateway_addresses() {
     assert_eq!(d.data("A"), ["10.0.9.10"], "{}", d.raw);
     let d = server.dig(&["-x", "240.0.9.1"]).await;
     assert_eq!(d.data("PTR"), [format!("db-0.west.{name}.")], "{}", d.raw);
+    server.stop().await;
+
+    // Where other clusters' pods are reached only through the gateway, an endpoint that has no
+    // address here yet is not answered (its pod address would lead nowhere); once none is left
+    // the service does not exist.
+    s.headless_via_gateway = true;
+    let key = key("prod", "stateful");
+    let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
+    view.endpoint_vips.get_mut(&cid("west")).unwrap().remove("db-1");
+    let server = TestServer::start(s.clone()).await;
+    let mut a = server.dig(&[name, "A"]).await.data("A");
+    a.sort();
+    assert_eq!(a, ["10.0.9.10", "240.0.9.1"], "db-1 has no address here yet");
+    server
+        .dig(&[&format!("db-1.west.{name}"), "A"])
+        .await
+        .assert_nxdomain();
+    let d = server.dig(&[&format!("db-5.east.{name}"), "A"]).await;
+    assert_eq!(d.data("A"), ["10.0.9.10"], "our own endpoints keep their pod addresses");
+    server.stop().await;
+    let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
+    view.endpoint_vips.clear();
+    view.exports.remove(&cid("east"));
+    let server = TestServer::start(s).await;
+    server.dig(&[name, "A"]).await.assert_nxdomain();
+    server
+        .dig(&[&format!("db-0.west.{name}"), "A"])
+        .await
+        .assert_nxdomain();
     server.stop().await;
 }

@@ -97,6 +97,11 @@ pub struct MeshSnapshot {
     pub drills: BTreeMap<String, DrillRecord>,
     /// observer -> observed cluster -> what the observer's gateway sees.
     pub health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
+    /// Whether this cluster reaches other clusters' headless endpoints through its gateway (at
+    /// the addresses in each view's `endpoint_vips`) rather than at their pod addresses (a flat
+    /// pod network): then an endpoint without an address here yet is not answered at all.
+    #[serde(default)]
+    pub headless_via_gateway: bool,
     /// Local exports that failed validation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid_exports: Vec<InvalidExport>,

@@ -315,6 +315,7 @@ async fn each_pinned_endpoint_address_reaches_exactly_its_endpoint() {
                 vip: vip.to_string(),
                 cluster: "west".into(),
                 name: name.to_string(),
+                ..Default::default()
             })
             .collect::<Vec<_>>()
     };
@@ -375,5 +376,127 @@ async fn each_pinned_endpoint_address_reaches_exactly_its_endpoint() {
     assert_eq!(
         replicas[1].hits.load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+}
+
+/// Kubernetes mode of the same: no VIP range; each remote endpoint's derived Service leads to a
+/// gateway port of its own on the gateway pod, and what arrives there goes to exactly that
+/// endpoint, HTTP and TCP alike.
+#[tokio::test]
+async fn each_pinned_endpoint_gateway_port_reaches_exactly_its_endpoint() {
+    let pki = Pki::new();
+    let mut gps = Vec::new();
+    for _ in 0..3 {
+        gps.push(dead_addr().await.port());
+    }
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.vip_listen_ip = "127.0.0.1".parse().unwrap();
+    let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
+    let west = start_gateway(&pki, "west").await;
+    let replicas = [
+        HttpBackend::start("db-0").await,
+        HttpBackend::start("db-1").await,
+    ];
+    let echo = TcpEcho::start("db-0").await;
+    let pin = |name: &str, port: u16, gp: u16| proto::PinnedEndpoint {
+        vip: String::new(),
+        cluster: "west".into(),
+        name: name.to_string(),
+        gateway_ports: [(u32::from(port), u32::from(gp))].into(),
+    };
+    let mut http_out = outbound(
+        "db",
+        vec![port(80, AppProtocol::Http)],
+        vec![cand("west", 1)],
+    );
+    http_out.endpoints = vec![pin("db-0", 80, gps[0]), pin("db-1", 80, gps[1])];
+    let mut tcp_out = outbound(
+        "dbtcp",
+        vec![port(5432, AppProtocol::Opaque)],
+        vec![cand("west", 1)],
+    );
+    tcp_out.endpoints = vec![pin("db-0", 5432, gps[2])];
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![peer(&pki, "west", &west)],
+        vec![],
+        vec![http_out.clone(), tcp_out],
+    ))
+    .unwrap();
+    let named = |addrs: Vec<std::net::SocketAddr>| {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| proto::Endpoint {
+                address: a.to_string(),
+                ready: true,
+                hostname: format!("db-{i}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut http_in = inbound("db", vec![port(80, AppProtocol::Http)], &[]);
+    http_in.endpoints = named(replicas.iter().map(|r| r.addr).collect());
+    let mut tcp_in = inbound("dbtcp", vec![port(5432, AppProtocol::Opaque)], &[]);
+    tcp_in.endpoints = named(vec![echo.addr]);
+    west.apply_config(snapshot(
+        1,
+        "west",
+        vec![peer(&pki, "east", &east)],
+        vec![http_in, tcp_in],
+        vec![],
+    ))
+    .unwrap();
+
+    for (gp, want) in [(gps[0], "db-0"), (gps[1], "db-1")] {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], gp).into();
+        wait_for("the endpoint's gateway port", 10, || async {
+            TcpStream::connect(addr).await.ok()
+        })
+        .await;
+        for i in 0..5 {
+            let a = get(addr, "db-0-west.demo.svc.cluster.local", &format!("/{i}")).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(a.json()["backend"], want, "port {gp}: {}", a.body);
+        }
+    }
+    let mut s = wait_for("the TCP endpoint's gateway port", 10, || async {
+        TcpStream::connect(("127.0.0.1", gps[2])).await.ok()
+    })
+    .await;
+    assert_eq!(read_exact_str(&mut s, 5).await, "db-0:");
+
+    // A pinned endpoint with neither an address nor gateway ports, or one whose gateway port
+    // another import holds, is refused with the reason.
+    let mut bare = http_out.clone();
+    bare.endpoints[0].gateway_ports.clear();
+    let err = east
+        .apply_config(snapshot(
+            2,
+            "east",
+            vec![peer(&pki, "west", &west)],
+            vec![],
+            vec![bare],
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("neither a vip nor gateway ports"),
+        "{err}"
+    );
+    let mut clash = http_out;
+    clash.endpoints[1].gateway_ports = [(80, u32::from(gps[0]))].into();
+    let err = east
+        .apply_config(snapshot(
+            3,
+            "east",
+            vec![peer(&pki, "west", &west)],
+            vec![],
+            vec![clash],
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("gateway port {}", gps[0])),
+        "{err}"
     );
 }
