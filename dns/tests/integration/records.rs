@@ -362,17 +362,28 @@ async fn remote_headless_endpoints_are_answered_by_their_gateway_addresses() {
     s.headless_via_gateway = true;
     let key = key("prod", "stateful");
     let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
-    view.endpoint_vips.get_mut(&cid("west")).unwrap().remove("db-1");
+    view.endpoint_vips
+        .get_mut(&cid("west"))
+        .unwrap()
+        .remove("db-1");
     let server = TestServer::start(s.clone()).await;
     let mut a = server.dig(&[name, "A"]).await.data("A");
     a.sort();
-    assert_eq!(a, ["10.0.9.10", "240.0.9.1"], "db-1 has no address here yet");
+    assert_eq!(
+        a,
+        ["10.0.9.10", "240.0.9.1"],
+        "db-1 has no address here yet"
+    );
     server
         .dig(&[&format!("db-1.west.{name}"), "A"])
         .await
         .assert_nxdomain();
     let d = server.dig(&[&format!("db-5.east.{name}"), "A"]).await;
-    assert_eq!(d.data("A"), ["10.0.9.10"], "our own endpoints keep their pod addresses");
+    assert_eq!(
+        d.data("A"),
+        ["10.0.9.10"],
+        "our own endpoints keep their pod addresses"
+    );
     server.stop().await;
     let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
     view.endpoint_vips.clear();

@@ -1,7 +1,11 @@
 //! Kubernetes sink: for every import of the mesh, in every namespace of that name that exists in
 //! this cluster, a `ServiceImport`, a derived `Service` owned by it whose ClusterIP is the
 //! ClusterSetIP (it selects the local gateway pods), and, for headless imports, EndpointSlices
-//! per exporting cluster. All of it goes when the import goes.
+//! per exporting cluster. Where other clusters' pods are reached only through the gateway (not a
+//! flat pod network), each endpoint of another cluster of a headless import also gets a derived
+//! Service of its own (`<svc>-clusterset-<cluster>-<name>`): its ClusterIP is the endpoint's
+//! address in this cluster, and it leads to the gateway port kept for that endpoint, from where
+//! the gateway sends it to exactly that endpoint. All of it goes when the import goes.
 //!
 //! Level-triggered: after any change (a new mesh snapshot, leadership, a namespace, or one of our
 //! objects changed or deleted by someone else), [`desired_import`] computes every object from the
@@ -36,7 +40,11 @@ use tokio_util::sync::CancellationToken;
 use crate::crds::{
     ServiceImport, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, MANAGER,
 };
-use crate::gwconfig::GatewayPorts;
+use crate::gwconfig::{EndpointPorts, GatewayPorts};
+
+/// Label of a remote endpoint's derived Service: the endpoint's DNS label in its cluster (which
+/// [`LABEL_SOURCE_CLUSTER`] names).
+pub const LABEL_ENDPOINT: &str = "causeway.io/endpoint";
 
 /// Label Kubernetes reads to tie EndpointSlices to their Service.
 const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -95,6 +103,11 @@ fn fit(name: &str) -> String {
     format!("{}-{h:08x}", name[..54].trim_end_matches('-'))
 }
 
+/// Name of the derived Service of endpoint `name` of `cluster` of import `svc`.
+pub fn endpoint_service_name(svc: &str, cluster: &str, name: &str) -> String {
+    fit(&format!("{svc}-clusterset-{cluster}-{name}"))
+}
+
 fn labels(svc: &str) -> Value {
     json!({ LABEL_MANAGED_BY: MANAGER, LABEL_SERVICE_NAME: svc })
 }
@@ -146,8 +159,86 @@ pub struct DesiredImport {
     /// The derived Service (apply body; the owner reference is added once the import has a uid).
     pub service: Value,
     /// EndpointSlices by name: of the remote endpoints per cluster (headless imports), or of the
-    /// local gateway pods (ClusterSetIP imports, whose derived Service has no selector).
+    /// local gateway pods (ClusterSetIP imports, whose derived Service has no selector, and
+    /// remote endpoints' derived Services).
     pub slices: BTreeMap<String, Value>,
+    /// Derived Services of other clusters' endpoints of a headless import, by name.
+    pub endpoint_services: BTreeMap<String, Value>,
+}
+
+/// How a headless import's endpoints of other clusters are reached when pods are not reachable
+/// across clusters: through a derived Service each, leading to the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteEndpoints {
+    pub local: Option<causeway_api::ClusterId>,
+    /// Gateway ports of the endpoints ([`crate::gwconfig::gateway_port_plan`]).
+    pub ports: EndpointPorts,
+    /// ClusterIP each endpoint's derived Service holds: (import, cluster, name) → address.
+    pub held: BTreeMap<(ServiceKey, causeway_api::ClusterId, String), IpAddr>,
+    /// This cluster allocates VIPs: an endpoint's Service asks for the endpoint's VIP as its
+    /// ClusterIP, and waits for it.
+    pub vips: bool,
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// The EndpointSlices listing the gateway pods on `ports` (the targets of `service_ports`, named
+/// as those, which is how kube-proxy pairs them) for Service `service`: one per address family,
+/// and an empty IPv4 one when no gateway pod has an address yet (as Kubernetes' own controller
+/// keeps one per Service), so that the slice set does not flap.
+fn gateway_slices(
+    service: &str,
+    ns: &str,
+    service_ports: &[Value],
+    labels: Value,
+    gateways: &[GatewayPod],
+) -> BTreeMap<String, Value> {
+    let slice_ports: Vec<Value> = service_ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({"port": p["targetPort"], "protocol": p["protocol"]});
+            v["name"] = p.get("name").cloned().unwrap_or(json!(""));
+            if let Some(a) = p.get("appProtocol") {
+                v["appProtocol"] = a.clone();
+            }
+            v
+        })
+        .collect();
+    let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for g in gateways {
+        by_family.entry(family(g.ip)).or_default().push(json!({
+            "addresses": [g.ip.to_string()],
+            "conditions": {"ready": g.ready, "serving": g.ready, "terminating": false},
+            "targetRef": {"kind": "Pod", "namespace": g.namespace, "name": g.name},
+        }));
+    }
+    by_family.entry("IPv4").or_default();
+    let mut out = BTreeMap::new();
+    for (family, endpoints) in by_family {
+        let suffix = if family == "IPv6" {
+            "-gateways-v6"
+        } else {
+            "-gateways"
+        };
+        let name = fit(&format!("{service}{suffix}"));
+        out.insert(
+            name.clone(),
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "addressType": family,
+                "ports": slice_ports,
+                "endpoints": endpoints,
+            }),
+        );
+    }
+    out
 }
 
 fn ports(view: &ServiceView) -> Vec<Value> {
@@ -192,6 +283,7 @@ pub fn desired_import(
     cluster_ip: Option<&str>,
     gateway_ports: &GatewayPorts,
     gateways: &[GatewayPod],
+    remote: Option<&RemoteEndpoints>,
 ) -> DesiredImport {
     let key = &view.import.key;
     let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
@@ -282,70 +374,68 @@ pub fn desired_import(
         l
     };
     if !headless {
-        // The gateway pods, on the ports the derived Service targets (named as its ports, which
-        // is how kube-proxy pairs them).
-        let slice_ports: Vec<Value> = service_ports
-            .iter()
-            .map(|p| {
-                let mut v = json!({"port": p["targetPort"], "protocol": p["protocol"]});
-                v["name"] = p.get("name").cloned().unwrap_or(json!(""));
-                if let Some(a) = p.get("appProtocol") {
-                    v["appProtocol"] = a.clone();
-                }
-                v
-            })
-            .collect();
-        let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-        for g in gateways {
-            let family = match g.ip {
-                IpAddr::V4(_) => "IPv4",
-                IpAddr::V6(_) => "IPv6",
-            };
-            by_family.entry(family).or_default().push(json!({
-                "addresses": [g.ip.to_string()],
-                "conditions": {"ready": g.ready, "serving": g.ready, "terminating": false},
-                "targetRef": {"kind": "Pod", "namespace": g.namespace, "name": g.name},
-            }));
-        }
-        // An empty IPv4 slice when no gateway pod has an address yet (as Kubernetes' own
-        // controller keeps one per Service), so that the slice set does not flap.
-        by_family.entry("IPv4").or_default();
-        for (family, endpoints) in by_family {
-            let suffix = if family == "IPv6" {
-                "-gateways-v6"
-            } else {
-                "-gateways"
-            };
-            let name = fit(&format!("{derived}{suffix}"));
-            slices.insert(
-                name.clone(),
-                json!({
-                    "apiVersion": "discovery.k8s.io/v1",
-                    "kind": "EndpointSlice",
-                    "metadata": {"name": name, "namespace": ns, "labels": slice_labels(None)},
-                    "addressType": family,
-                    "ports": slice_ports,
-                    "endpoints": endpoints,
-                }),
-            );
-        }
+        slices.extend(gateway_slices(
+            &derived,
+            ns,
+            &service_ports,
+            slice_labels(None),
+            gateways,
+        ));
     }
+    let mut endpoint_services = BTreeMap::new();
     if headless {
         for (cluster, export) in &view.exports {
+            // Another cluster's endpoints, reached through the gateway: each at the ClusterIP of
+            // its own derived Service (left out until that has one).
+            let via = remote.filter(|r| r.local.as_ref() != Some(cluster));
             let mut by_family: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            let mut named = BTreeSet::new();
             for e in &export.record.endpoints {
-                let family = match e.address {
-                    IpAddr::V4(_) => "IPv4",
-                    IpAddr::V6(_) => "IPv6",
+                let label = e.dns_label();
+                let address = match via {
+                    None => Some(e.address),
+                    Some(r) => {
+                        if named.insert(label.clone()) {
+                            if let Some((name, body)) =
+                                endpoint_service(view, cluster, &label, r, &slice_labels)
+                            {
+                                slices.extend(gateway_slices(
+                                    &name,
+                                    ns,
+                                    body["spec"]["ports"].as_array().map_or(&[][..], |v| v),
+                                    {
+                                        let mut l = slice_labels(Some(cluster.as_str()));
+                                        l[LABEL_SLICE_SERVICE] = json!(name);
+                                        l
+                                    },
+                                    gateways,
+                                ));
+                                endpoint_services.insert(name, body);
+                            }
+                        }
+                        r.held
+                            .get(&(key.clone(), cluster.clone(), label.clone()))
+                            .copied()
+                    }
+                };
+                let Some(address) = address else {
+                    continue;
                 };
                 let mut ep = json!({
-                    "addresses": [e.address.to_string()],
+                    "addresses": [address.to_string()],
                     "conditions": {"ready": e.ready && !export.drained},
                 });
                 if let Some(h) = &e.hostname {
                     ep["hostname"] = json!(h);
                 }
-                by_family.entry(family).or_default().push(ep);
+                by_family.entry(family(address)).or_default().push(ep);
+            }
+            if via.is_some() {
+                // A slice per family the cluster's endpoints would have, so that the set does
+                // not flap while addresses come.
+                for e in &export.record.endpoints {
+                    by_family.entry(family(e.address)).or_default();
+                }
             }
             for (family, endpoints) in by_family {
                 let suffix = if family == "IPv6" { "-v6" } else { "" };
@@ -370,7 +460,56 @@ pub fn desired_import(
         status,
         service,
         slices,
+        endpoint_services,
     }
+}
+
+/// The derived Service of endpoint `label` of `cluster` of a headless import: a ClusterIP (the
+/// endpoint's VIP with `vips`) whose ports target the gateway ports kept for that endpoint.
+/// None while it has no gateway port (none left) or, with `vips`, no VIP yet.
+fn endpoint_service(
+    view: &ServiceView,
+    cluster: &causeway_api::ClusterId,
+    label: &str,
+    remote: &RemoteEndpoints,
+    slice_labels: &dyn Fn(Option<&str>) -> Value,
+) -> Option<(String, Value)> {
+    let key = &view.import.key;
+    let (ns, svc) = (key.namespace.as_str(), key.name.as_str());
+    let service_ports: Vec<Value> = ports(view)
+        .into_iter()
+        .filter_map(|mut p| {
+            let port = p["port"].as_u64().and_then(|n| u16::try_from(n).ok())?;
+            let gp = remote
+                .ports
+                .get(&(key.clone(), cluster.clone(), label.to_string(), port))?;
+            p["targetPort"] = json!(gp);
+            Some(p)
+        })
+        .collect();
+    if service_ports.is_empty() {
+        return None;
+    }
+    let mut spec = json!({"type": "ClusterIP", "ports": service_ports});
+    if remote.vips {
+        let vip = view.endpoint_vips.get(cluster)?.get(label)?;
+        spec["clusterIP"] = json!(vip.to_string());
+    }
+    let name = endpoint_service_name(svc, cluster.as_str(), label);
+    let mut labels = slice_labels(Some(cluster.as_str()));
+    if let Value::Object(m) = &mut labels {
+        // A Service, not a slice: only ours and the import's.
+        m.remove(LABEL_SLICE_SERVICE);
+        m.remove(LABEL_SLICE_MANAGED_BY);
+    }
+    labels[LABEL_ENDPOINT] = json!(label);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": spec,
+    });
+    Some((name, body))
 }
 
 /// Whether `want` is contained in `have`: every key of an object, every element of an array (same
@@ -543,8 +682,14 @@ struct Sink {
     held: watch::Sender<Arc<HeldAddresses>>,
 }
 
-/// ClusterIP each derived Service of a ClusterSetIP import holds in this cluster, by import.
-pub type HeldAddresses = BTreeMap<ServiceKey, IpAddr>;
+/// The addresses the derived Services hold in this cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldAddresses {
+    /// ClusterIP each derived Service of a ClusterSetIP import holds, by import.
+    pub services: BTreeMap<ServiceKey, IpAddr>,
+    /// ClusterIP each remote endpoint's derived Service holds, by (import, cluster, endpoint).
+    pub endpoints: BTreeMap<(ServiceKey, causeway_api::ClusterId, String), IpAddr>,
+}
 
 fn rv(v: &Value) -> Option<String> {
     v.pointer("/metadata/resourceVersion")
@@ -621,11 +766,17 @@ impl Sink {
             .map(|n| n.name_any())
             .collect();
         // Over the whole snapshot, as the gateway config does, so that both agree.
-        let gateway_ports = crate::gwconfig::gateway_ports(
+        let (gateway_ports, endpoint_ports) = crate::gwconfig::gateway_port_plan(
             snap,
             self.opts.gateway_port_first,
             self.opts.gateway_port_count,
         );
+        let remote = snap.headless_via_gateway.then(|| RemoteEndpoints {
+            local: snap.local_cluster.clone(),
+            ports: endpoint_ports,
+            held: held_endpoint_addresses(stores),
+            vips: self.vips,
+        });
         let gateways = gateway_pods(&stores.pods);
         let wanted: BTreeMap<&ServiceKey, &ServiceView> = snap
             .services
@@ -653,6 +804,7 @@ impl Sink {
                 cluster_ip.as_deref(),
                 &gateway_ports,
                 &gateways,
+                remote.as_ref(),
             );
             let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
 
@@ -841,6 +993,72 @@ impl Sink {
                 }
             }
 
+            // Remote endpoints' derived Services, before the slices that list their ClusterIPs.
+            for (name, body) in &want.endpoint_services {
+                let mut body = body.clone();
+                body["metadata"]["ownerReferences"] = owner.clone();
+                let have_svc = stores.services.get(&ObjectRef::new(name).within(ns));
+                let have_ip = have_svc
+                    .as_ref()
+                    .and_then(|s| s.spec.as_ref())
+                    .and_then(|s| s.cluster_ip.clone());
+                if let (Some(want_ip), Some(have_ip)) =
+                    (body["spec"]["clusterIP"].as_str(), &have_ip)
+                {
+                    if want_ip != have_ip {
+                        // A ClusterIP cannot change: replace the Service (the next pass recreates it).
+                        failures.note(
+                            "Service",
+                            services
+                                .delete(name, &DeleteParams::background())
+                                .await
+                                .map(|_| ())
+                                .or_else(ignore_not_found)
+                                .map_err(err("replacing", format!("Service {ns}/{name}"))),
+                        );
+                        continue;
+                    }
+                }
+                let service_key = ((*key).clone(), format!("Service/{name}"));
+                let have = have_svc.as_deref().map(to_value);
+                if self.needs_write(&service_key, have.as_ref(), &body) {
+                    match services.patch(name, &apply, &Patch::Apply(&body)).await {
+                        Ok(s) => {
+                            failures.metrics.wrote("Service", true);
+                            self.wrote(
+                                service_key,
+                                &body,
+                                have.as_ref(),
+                                s.metadata.resource_version.clone(),
+                            );
+                        }
+                        Err(e) => failures.note(
+                            "Service",
+                            Err(err("applying", format!("Service {ns}/{name}"))(e)),
+                        ),
+                    }
+                }
+            }
+            for old in stores.services.state() {
+                let mine = old.namespace().as_deref() == Some(ns)
+                    && is_ours(&old.metadata)
+                    && old.labels().contains_key(LABEL_ENDPOINT)
+                    && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
+                if mine && !want.endpoint_services.contains_key(&old.name_any()) {
+                    self.written
+                        .remove(&((*key).clone(), format!("Service/{}", old.name_any())));
+                    failures.note(
+                        "Service",
+                        services
+                            .delete(&old.name_any(), &DeleteParams::background())
+                            .await
+                            .map(|_| ())
+                            .or_else(ignore_not_found)
+                            .map_err(err("deleting", format!("Service {ns}/{}", old.name_any()))),
+                    );
+                }
+            }
+
             let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
             for (name, slice) in &want.slices {
                 let mut slice = slice.clone();
@@ -921,9 +1139,9 @@ impl Sink {
             };
             // Only a derived Service by its name: a Service someone else labelled like ours
             // is not ours to delete.
-            if wanted_keys.contains(&(ns.clone(), import.clone()))
-                || svc.name_any() != derived_name(import)
-            {
+            let derived = svc.name_any() == derived_name(import)
+                || (is_ours(&svc.metadata) && svc.labels().contains_key(LABEL_ENDPOINT));
+            if wanted_keys.contains(&(ns.clone(), import.clone())) || !derived {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -1010,7 +1228,15 @@ impl Sink {
 
     /// Publishes the ClusterIPs the derived Services hold, for DNS.
     fn publish_held(&self, stores: &Stores, snap: &MeshSnapshot) {
-        let mut held = HeldAddresses::new();
+        let mut held = HeldAddresses {
+            endpoints: held_endpoint_addresses(stores),
+            ..Default::default()
+        };
+        held.endpoints.retain(|(key, _, _), _| {
+            snap.services
+                .get(key)
+                .is_some_and(|v| v.import.service_type == ServiceType::Headless)
+        });
         for (key, view) in &snap.services {
             if view.import.service_type != ServiceType::ClusterSetIP {
                 continue;
@@ -1031,7 +1257,7 @@ impl Sink {
                 .and_then(|s| s.cluster_ip.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
             if let Some(ip) = ip {
-                held.insert(key.clone(), ip);
+                held.services.insert(key.clone(), ip);
             }
         }
         self.held.send_if_modified(|cur| {
@@ -1043,6 +1269,42 @@ impl Sink {
             }
         });
     }
+}
+
+/// The ClusterIPs remote endpoints' derived Services hold, by (import, cluster, endpoint).
+fn held_endpoint_addresses(
+    stores: &Stores,
+) -> BTreeMap<(ServiceKey, causeway_api::ClusterId, String), IpAddr> {
+    let mut out = BTreeMap::new();
+    for svc in stores.services.state() {
+        if !is_ours(&svc.metadata) {
+            continue;
+        }
+        let labels = svc.labels();
+        let (Some(import), Some(cluster), Some(endpoint)) = (
+            labels.get(LABEL_SERVICE_NAME),
+            labels.get(LABEL_SOURCE_CLUSTER),
+            labels.get(LABEL_ENDPOINT),
+        ) else {
+            continue;
+        };
+        let ns = svc.namespace().unwrap_or_default();
+        let (Ok(key), Ok(cluster)) = (
+            ServiceKey::new(&ns, import),
+            causeway_api::ClusterId::new(cluster),
+        ) else {
+            continue;
+        };
+        let ip = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        if let Some(ip) = ip {
+            out.insert((key, cluster, endpoint.clone()), ip);
+        }
+    }
+    out
 }
 
 /// Labelled as ours: `app.kubernetes.io/managed-by: causeway-federator`, and for EndpointSlices
@@ -1058,14 +1320,36 @@ fn is_ours(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 
 /// The snapshot DNS answers from in Kubernetes mode: a ClusterSetIP import's address is the one
 /// its derived Service holds here (with `vips`: only when that is the import's VIP), never an
-/// address the cluster gave to another Service.
+/// address the cluster gave to another Service; likewise a remote headless endpoint's address
+/// is its derived Service's ClusterIP.
 pub fn dns_view(snap: &MeshSnapshot, held: &HeldAddresses, vips: bool) -> MeshSnapshot {
     let mut out = snap.clone();
     for (key, view) in out.services.iter_mut() {
+        if view.import.service_type == ServiceType::Headless {
+            if !snap.headless_via_gateway {
+                continue;
+            }
+            let mut given: BTreeMap<causeway_api::ClusterId, BTreeMap<String, IpAddr>> =
+                BTreeMap::new();
+            for ((_, cluster, name), ip) in held.endpoints.iter().filter(|((k, _, _), _)| k == key)
+            {
+                let vip = view.endpoint_vips.get(cluster).and_then(|m| m.get(name));
+                if !vips || vip == Some(ip) {
+                    given
+                        .entry(cluster.clone())
+                        .or_default()
+                        .insert(name.clone(), *ip);
+                }
+            }
+            if given != view.endpoint_vips {
+                Arc::make_mut(view).endpoint_vips = given;
+            }
+            continue;
+        }
         if view.import.service_type != ServiceType::ClusterSetIP {
             continue;
         }
-        let holds = held.get(key).copied();
+        let holds = held.services.get(key).copied();
         let address = if vips {
             view.vip.filter(|v| holds == Some(*v))
         } else {

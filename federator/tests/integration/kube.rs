@@ -25,6 +25,8 @@ const VIP_RANGE: &str = "10.96.128.0/20";
 struct KubeFed {
     admin: String,
     dns: String,
+    /// The gateway config server (plain gRPC).
+    config: String,
     _child: Child,
     _dir: tempfile::TempDir,
 }
@@ -49,6 +51,16 @@ impl KubeFed {
 
     /// Starts it (another replica may lead).
     async fn spawn(cluster: &str, etcd: &str, api: &KubeApiServer) -> anyhow::Result<KubeFed> {
+        Self::spawn_with(cluster, etcd, api, "").await
+    }
+
+    /// [`KubeFed::spawn`] with more lines of federator config.
+    async fn spawn_with(
+        cluster: &str,
+        etcd: &str,
+        api: &KubeApiServer,
+        extra: &str,
+    ) -> anyhow::Result<KubeFed> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("federator.yaml");
         std::fs::write(
@@ -56,7 +68,7 @@ impl KubeFed {
             format!(
                 "cluster: {cluster}\netcd:\n  endpoints: [\"{etcd}\"]\nsource: kube\nkube_sink: true\n\
                  kube:\n  gateway_selector: {{app: causeway-gateway}}\n  gateway_namespace: causeway-system\n  gateway_port: 15001\n\
-                 vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n"
+                 vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n{extra}"
             ),
         )?;
         let config = config.display().to_string();
@@ -73,12 +85,13 @@ impl KubeFed {
         ]
         .map(String::from);
         let kubeconfig = api.kubeconfig().display().to_string();
-        let (child, admin, _config, dns) =
+        let (child, admin, config, dns) =
             spawn_federator(&args, &[("KUBECONFIG", &kubeconfig)]).await?;
         let dns = dns.context("the federator printed no DNS address")?;
         Ok(KubeFed {
             admin,
             dns,
+            config,
             _child: child,
             _dir: dir,
         })
@@ -457,37 +470,47 @@ async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// West's slice of `demo/db` for `cluster`'s endpoints, if it lists an address.
+fn headless_slice(api: &KubeApiServer, cluster: &str) -> Option<Value> {
+    api.list("discovery.k8s.io/v1", "endpointslices", "demo")
+        .into_iter()
+        .find(|s| {
+            s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == "db"
+                && s["metadata"]["labels"]["kubernetes.io/service-name"] == "db-clusterset"
+                && s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"] == cluster
+                && s["endpoints"][0]["addresses"][0].is_string()
+        })
+}
+
+/// On a flat pod network (`flat_pod_network: true`) the import's slices list the other
+/// cluster's pod addresses, as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Result<()> {
-    let TwoClusters {
-        etcd: _etcd,
-        east_api,
-        west_api,
-        east: _east,
-        west: _west,
-    } = TwoClusters::start().await?;
+    let etcd = EtcdServer::start().await?;
+    let (east_api, west_api) = (KubeApiServer::start().await?, KubeApiServer::start().await?);
+    let _east = KubeFed::start("east", &etcd.endpoint(), &east_api).await?;
+    let west = KubeFed::spawn_with(
+        "west",
+        &etcd.endpoint(),
+        &west_api,
+        "flat_pod_network: true\n",
+    )
+    .await?;
+    wait_for("west's federator to lead", T, || async {
+        west.is_leader().await.then_some(())
+    })
+    .await?;
     apply(&west_api, &namespace("demo")).await?;
     let headless = exported_service("db", "pg", 5432)
         .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:");
     apply(&east_api, &format!("{}{headless}", namespace("demo"))).await?;
 
     let slice = wait_for("west's EndpointSlice of demo/db from east", T, || async {
-        west_api
-            .list("discovery.k8s.io/v1", "endpointslices", "demo")
-            .into_iter()
-            .find(|s| {
-                s["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == "db"
-                    && s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"]
-                        == "east"
-            })
+        headless_slice(&west_api, "east")
     })
     .await?;
     assert_eq!(slice["endpoints"][0]["addresses"][0], "10.1.0.5");
     assert_eq!(slice["addressType"], "IPv4");
-    assert_eq!(
-        slice["metadata"]["labels"]["kubernetes.io/service-name"],
-        "db-clusterset"
-    );
     let import = west_api
         .get(MCS, "serviceimports", "demo", "db")
         .context("the ServiceImport")?;
@@ -497,6 +520,12 @@ async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Resu
         .get("v1", "services", "demo", "db-clusterset")
         .context("the derived Service")?;
     assert_eq!(derived["spec"]["clusterIP"], "None");
+    let endpoint_services: Vec<Value> = west_api
+        .list("v1", "services", "demo")
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["causeway.io/endpoint"].is_string())
+        .collect();
+    assert!(endpoint_services.is_empty(), "{endpoint_services:?}");
 
     // Unexport: the slices go with the import.
     kubectl(
@@ -510,6 +539,198 @@ async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Resu
             .list("discovery.k8s.io/v1", "endpointslices", "demo")
             .is_empty()
             .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Headless across networks (the default): each endpoint of another cluster gets a derived
+/// Service whose ClusterIP (the endpoint's VIP here) is what the import's slice and DNS answer,
+/// for the service and for `<hostname>.<cluster>.<svc>...`; the Service leads to the gateway
+/// pods on a gateway port kept for that endpoint, which the gateway config pins to it. A
+/// replica that goes away takes its Service, slice entry and name with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_headless_endpoints_get_derived_services_leading_to_the_gateway(
+) -> anyhow::Result<()> {
+    let TwoClusters {
+        etcd: _etcd,
+        east_api,
+        west_api,
+        east: _east,
+        west,
+    } = TwoClusters::start().await?;
+    apply(&west_api, &namespace("demo")).await?;
+    let _gateway = gateway_pods(&west_api, &["10.244.0.7"])?;
+    let headless = exported_service("db", "pg", 5432)
+        .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:")
+        .replace(
+            "  - addresses: [\"10.1.0.5\"]\n    conditions:\n      ready: true\n",
+            "  - addresses: [\"10.1.0.5\"]\n    hostname: db-0\n    conditions:\n      ready: true\n\
+             \x20 - addresses: [\"10.1.0.6\"]\n    hostname: db-1\n    conditions:\n      ready: true\n",
+        );
+    apply(&east_api, &format!("{}{headless}", namespace("demo"))).await?;
+
+    let endpoint_services = || {
+        let mut v: Vec<Value> = west_api
+            .list("v1", "services", "demo")
+            .into_iter()
+            .filter(|s| s["metadata"]["labels"]["causeway.io/endpoint"].is_string())
+            .collect();
+        v.sort_by_key(|s| s["metadata"]["name"].as_str().map(str::to_string));
+        v
+    };
+    let services = wait_for("a derived Service per endpoint of east", T, || async {
+        let v = endpoint_services();
+        (v.len() == 2 && v.iter().all(|s| s["spec"]["clusterIP"].is_string())).then_some(v)
+    })
+    .await?;
+    let names: Vec<&str> = services
+        .iter()
+        .filter_map(|s| s["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["db-clusterset-east-db-0", "db-clusterset-east-db-1"]
+    );
+    let ips: Vec<String> = services
+        .iter()
+        .map(|s| s["spec"]["clusterIP"].as_str().unwrap().to_string())
+        .collect();
+    for (s, ip) in services.iter().zip(&ips) {
+        assert!(
+            ip.starts_with("10.96.1"),
+            "{ip}: the endpoint's VIP from {VIP_RANGE}"
+        );
+        assert_ne!(ip, "10.1.0.5");
+        let target = s["spec"]["ports"][0]["targetPort"].as_u64().unwrap();
+        assert!((20000..30000).contains(&target), "{s}");
+        assert_eq!(
+            s["metadata"]["ownerReferences"][0]["kind"], "ServiceImport",
+            "{s}"
+        );
+    }
+    // The Service leads to the gateway pods, on its gateway port.
+    let gw = wait_for("the endpoint Service's gateway slice", T, || async {
+        west_api
+            .list("discovery.k8s.io/v1", "endpointslices", "demo")
+            .into_iter()
+            .find(|s| {
+                s["metadata"]["labels"]["kubernetes.io/service-name"] == "db-clusterset-east-db-0"
+                    && s["endpoints"][0]["addresses"][0] == "10.244.0.7"
+            })
+    })
+    .await?;
+    assert_eq!(
+        gw["ports"][0]["port"],
+        services[0]["spec"]["ports"][0]["targetPort"]
+    );
+
+    // West's gateway config pins each endpoint to the gateway port its Service targets.
+    let mut config = causeway_api::proto::config_client::ConfigClient::connect(format!(
+        "http://{}",
+        west.config
+    ))
+    .await?;
+    let mut stream = config
+        .watch(causeway_api::proto::GatewayHello {
+            cluster: "west".into(),
+            node: "gw-0".into(),
+            last_applied_version: 0,
+        })
+        .await?
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + T;
+    let pinned = loop {
+        let snap = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .context("no gateway config pinning both endpoints in time")??
+            .context("the config stream ended")?;
+        let db = snap.outbound.iter().find(|o| o.name == "db");
+        if let Some(db) = db.filter(|d| d.endpoints.len() == 2) {
+            break db.endpoints.clone();
+        }
+    };
+    for (pe, s) in pinned.iter().zip(&services) {
+        assert_eq!(pe.cluster, "east");
+        assert_eq!(
+            Some(pe.name.as_str()),
+            s["metadata"]["labels"]["causeway.io/endpoint"].as_str()
+        );
+        assert_eq!(
+            pe.gateway_ports.get(&5432).map(|p| u64::from(*p)),
+            s["spec"]["ports"][0]["targetPort"].as_u64(),
+            "{pe:?} vs {s}"
+        );
+    }
+
+    // The import's slice for east lists those addresses, not the pods'.
+    let mut sorted = ips.clone();
+    sorted.sort();
+    let slice = wait_for(
+        "east's slice to list both endpoint addresses",
+        T,
+        || async {
+            let s = headless_slice(&west_api, "east")?;
+            (endpoint_ips(&s) == sorted).then_some(s)
+        },
+    )
+    .await
+    .with_context(|| {
+        let all = west_api.list("discovery.k8s.io/v1", "endpointslices", "demo");
+        format!("want {ips:?}; the slices: {all:#?}")
+    })?;
+    assert_eq!(slice["endpoints"][0]["hostname"], "db-0");
+    // Federator DNS answers them too, by name.
+    let name = "db.demo.svc.clusterset.local";
+    wait_for(
+        "west's DNS to answer both endpoint addresses",
+        T,
+        || async {
+            let mut got = dig_a(&west.dns, name).await.ok()?;
+            got.sort();
+            (got == sorted).then_some(())
+        },
+    )
+    .await
+    .with_context(|| format!("want {sorted:?}"))?;
+    assert_eq!(
+        dig_a(&west.dns, &format!("db-1.east.{name}")).await?,
+        [ips[1].clone()]
+    );
+
+    // db-1 goes away in east: its Service goes, and its name.
+    apply(
+        &east_api,
+        &exported_service("db", "pg", 5432)
+            .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:")
+            .replace(
+                "  - addresses: [\"10.1.0.5\"]\n    conditions:",
+                "  - addresses: [\"10.1.0.5\"]\n    hostname: db-0\n    conditions:",
+            ),
+    )
+    .await?;
+    wait_for("db-1's derived Service to go", T, || async {
+        (endpoint_services().len() == 1).then_some(())
+    })
+    .await?;
+    wait_for("db-1's name to go", T, || async {
+        dig_a(&west.dns, &format!("db-1.east.{name}"))
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+
+    // Unexport: everything goes with the import.
+    kubectl(
+        &east_api,
+        &["-n", "demo", "delete", "serviceexport", "db"],
+        "",
+    )
+    .await?;
+    wait_for("west's endpoint Services of demo/db to go", T, || async {
+        endpoint_services().is_empty().then_some(())
     })
     .await?;
     Ok(())

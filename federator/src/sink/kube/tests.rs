@@ -88,6 +88,7 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         None,
         &none,
         &gateways,
+        None,
     );
     assert_eq!(want.import["spec"]["type"], "ClusterSetIP");
     assert!(want.import["spec"].get("ips").is_none(), "no ClusterIP yet");
@@ -141,6 +142,7 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         Some("10.96.0.42"),
         &ports,
         &gateways,
+        None,
     );
     assert_eq!(want.import["spec"]["ips"], json!(["10.96.0.42"]));
     assert_eq!(want.import["spec"]["ipFamilies"], json!(["IPv4"]));
@@ -151,7 +153,14 @@ fn a_clusterset_ip_import_gets_a_derived_service_to_the_gateways() {
         20417
     );
     // No gateway pod with an address yet: one empty slice, so the set does not flap.
-    let want = desired_import(&view(ServiceType::ClusterSetIP), &opts, None, &none, &[]);
+    let want = desired_import(
+        &view(ServiceType::ClusterSetIP),
+        &opts,
+        None,
+        &none,
+        &[],
+        None,
+    );
     assert_eq!(
         want.slices["echo-clusterset-gateways"]["endpoints"],
         json!([])
@@ -182,6 +191,7 @@ fn the_import_carries_what_the_oldest_export_asks_for() {
         Some("fd00::7"),
         &GatewayPorts::new(),
         &[],
+        None,
     );
     let labels = &want.import["metadata"]["labels"];
     assert_eq!(labels["team"], "payments");
@@ -242,16 +252,20 @@ fn dns_answers_only_addresses_the_derived_service_holds() {
         ..Default::default()
     };
     // The cluster refused the VIP (another Service holds it): no derived Service, no address.
-    let none = HeldAddresses::new();
+    let none = HeldAddresses::default();
     assert_eq!(dns_view(&snap, &none, true).services[&key].vip, None);
+    let held = |ip: &str| HeldAddresses {
+        services: BTreeMap::from([(key.clone(), ip.parse().unwrap())]),
+        ..Default::default()
+    };
     // Held: answered.
-    let held = HeldAddresses::from([(key.clone(), "10.96.200.5".parse().unwrap())]);
+    let held_vip = held("10.96.200.5");
     assert_eq!(
-        dns_view(&snap, &held, true).services[&key].vip,
+        dns_view(&snap, &held_vip, true).services[&key].vip,
         Some("10.96.200.5".parse().unwrap())
     );
     // A derived Service with another ClusterIP (while it is being replaced): not the VIP.
-    let other = HeldAddresses::from([(key.clone(), "10.96.0.77".parse().unwrap())]);
+    let other = held("10.96.0.77");
     assert_eq!(dns_view(&snap, &other, true).services[&key].vip, None);
     // Without a VIP range, the derived Service's own ClusterIP is the address.
     assert_eq!(
@@ -268,6 +282,7 @@ fn a_headless_import_gets_slices_per_cluster_and_family() {
         Some("ignored"),
         &GatewayPorts::new(),
         &[],
+        None,
     );
     assert!(want.import["spec"].get("ips").is_none());
     assert_eq!(want.service["spec"]["clusterIP"], "None");
@@ -283,6 +298,143 @@ fn a_headless_import_gets_slices_per_cluster_and_family() {
         "echo-clusterset"
     );
     assert_eq!(east["endpoints"][0]["hostname"], "pod-0");
+}
+
+/// Headless across networks in Kubernetes mode: another cluster's endpoint gets a derived
+/// Service of its own, leading to the gateway port kept for it, and the import's slice for that
+/// cluster lists the ClusterIP it holds; our own cluster's endpoints keep their pod addresses.
+#[test]
+fn remote_headless_endpoints_get_derived_services_to_the_gateway() {
+    let view = view(ServiceType::Headless);
+    let key = view.import.key.clone();
+    let (east, west) = (
+        ClusterId::new("east").unwrap(),
+        ClusterId::new("west").unwrap(),
+    );
+    let gateways = [GatewayPod {
+        namespace: "causeway-system".into(),
+        name: "gw-a".into(),
+        ip: "10.244.1.7".parse().unwrap(),
+        ready: true,
+    }];
+    let mut remote = RemoteEndpoints {
+        local: Some(west.clone()),
+        ports: BTreeMap::from([((key.clone(), east.clone(), "pod-0".to_string(), 80), 20417)]),
+        held: BTreeMap::new(),
+        vips: false,
+    };
+    let want = desired_import(
+        &view,
+        &KubeOptions::default(),
+        None,
+        &GatewayPorts::new(),
+        &gateways,
+        Some(&remote),
+    );
+    let names: Vec<&String> = want.endpoint_services.keys().collect();
+    assert_eq!(
+        names,
+        ["echo-clusterset-east-pod-0"],
+        "east's only, not our own (west)"
+    );
+    let svc = &want.endpoint_services["echo-clusterset-east-pod-0"];
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert!(
+        svc["spec"].get("clusterIP").is_none(),
+        "any ClusterIP without a VIP range"
+    );
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 20417);
+    assert_eq!(svc["metadata"]["labels"][LABEL_ENDPOINT], "pod-0");
+    assert_eq!(svc["metadata"]["labels"][LABEL_SOURCE_CLUSTER], "east");
+    assert!(svc["metadata"]["labels"].get(LABEL_SLICE_SERVICE).is_none());
+    let gw = &want.slices["echo-clusterset-east-pod-0-gateways"];
+    assert_eq!(
+        gw["metadata"]["labels"][LABEL_SLICE_SERVICE],
+        "echo-clusterset-east-pod-0"
+    );
+    assert_eq!(gw["endpoints"][0]["addresses"][0], "10.244.1.7");
+    assert_eq!(gw["ports"][0]["port"], 20417);
+    assert_eq!(gw["ports"][0]["name"], "http");
+    // Before the Service holds a ClusterIP, east's slice lists nothing (the pod address would
+    // lead nowhere); our own endpoints keep their pod address.
+    assert_eq!(want.slices["echo-clusterset-east"]["endpoints"], json!([]));
+    assert_eq!(
+        want.slices["echo-clusterset-west-v6"]["endpoints"][0]["addresses"][0],
+        "fd00::5"
+    );
+    remote.held.insert(
+        (key.clone(), east.clone(), "pod-0".into()),
+        "10.96.0.44".parse().unwrap(),
+    );
+    let want = desired_import(
+        &view,
+        &KubeOptions::default(),
+        None,
+        &GatewayPorts::new(),
+        &gateways,
+        Some(&remote),
+    );
+    let slice = &want.slices["echo-clusterset-east"];
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "10.96.0.44");
+    assert_eq!(slice["endpoints"][0]["hostname"], "pod-0");
+    // With a VIP range the Service asks for the endpoint's VIP, and waits for it.
+    remote.vips = true;
+    let want = desired_import(
+        &view,
+        &KubeOptions::default(),
+        None,
+        &GatewayPorts::new(),
+        &gateways,
+        Some(&remote),
+    );
+    assert!(want.endpoint_services.is_empty(), "no VIP yet");
+    let mut with_vip = view.clone();
+    with_vip.endpoint_vips = BTreeMap::from([(
+        east.clone(),
+        BTreeMap::from([("pod-0".to_string(), "10.96.128.9".parse().unwrap())]),
+    )]);
+    let want = desired_import(
+        &with_vip,
+        &KubeOptions::default(),
+        None,
+        &GatewayPorts::new(),
+        &gateways,
+        Some(&remote),
+    );
+    assert_eq!(
+        want.endpoint_services["echo-clusterset-east-pod-0"]["spec"]["clusterIP"],
+        "10.96.128.9"
+    );
+
+    // DNS answers the address the endpoint's Service holds (with a VIP range: only its VIP).
+    let snap = MeshSnapshot {
+        services: BTreeMap::from([(key.clone(), Arc::new(with_vip))]),
+        headless_via_gateway: true,
+        ..Default::default()
+    };
+    let held = |ip: &str| HeldAddresses {
+        endpoints: BTreeMap::from([(
+            (key.clone(), east.clone(), "pod-0".to_string()),
+            ip.parse().unwrap(),
+        )]),
+        ..Default::default()
+    };
+    let given = |h: &HeldAddresses, vips: bool| {
+        dns_view(&snap, h, vips).services[&key]
+            .endpoint_vips
+            .get(&east)
+            .and_then(|m| m.get("pod-0").copied())
+    };
+    assert_eq!(given(&HeldAddresses::default(), true), None);
+    assert_eq!(
+        given(&held("10.96.128.9"), true),
+        Some("10.96.128.9".parse().unwrap())
+    );
+    assert_eq!(given(&held("10.96.0.44"), true), None, "not its VIP");
+    assert_eq!(
+        given(&held("10.96.0.44"), false),
+        Some("10.96.0.44".parse().unwrap())
+    );
 }
 
 #[test]
