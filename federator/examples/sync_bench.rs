@@ -75,8 +75,7 @@ async fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
 
 async fn metric(addr: &str, name: &str) -> Option<f64> {
     let text = admin_get(addr, "/metrics").await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+    causeway_api::prom::series(&text, name)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -8,19 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use causeway_api::net::Cidr;
 use causeway_api::ClusterId;
 use serde::{Deserialize, Serialize};
 
 /// A configuration error; the binary exits with code 64 on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing config file {path}: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    #[error("config file: {0}")]
+    File(#[from] causeway_api::file::FileError),
     #[error("invalid config field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -329,14 +325,7 @@ impl Validated {
 
 impl Config {
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        Ok(causeway_api::file::from_yaml_file(path)?)
     }
 
     pub fn validate(self) -> Result<Validated, ConfigError> {
@@ -498,21 +487,16 @@ pub struct VipRange {
 
 impl VipRange {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/len)"))?;
-        let ip: std::net::Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("{s:?}: prefix length must be 8..=30"))?;
-        let mask = u32::MAX << (32 - prefix);
+        let cidr: Cidr = s.parse()?;
+        let IpAddr::V4(base) = cidr.network() else {
+            return Err(format!("{s:?}: {} is not an IPv4 address", cidr.addr));
+        };
+        if !(8..=30).contains(&cidr.len) {
+            return Err(format!("{s:?}: prefix length must be 8..=30"));
+        }
         Ok(Self {
-            base: u32::from(ip) & mask,
-            prefix,
+            base: u32::from(base),
+            prefix: cidr.len,
         })
     }
 
@@ -536,65 +520,12 @@ impl VipRange {
 
 // === durations ===
 
-/// Parses `300ms`, `10s`, `5m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 300ms, 10s, 5m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs())
-    }
-}
-
-pub(crate) mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub(crate) use causeway_api::duration::serde_str as duration_str;
+pub use causeway_api::duration::{format_duration, parse_duration};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("ten").unwrap_err().contains("ten"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-    }
 
     #[test]
     fn validate_names_the_field() {

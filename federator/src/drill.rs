@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _};
 use causeway_api::keys::drill_key;
 use causeway_api::model::{ClusterId, DrillRecord, ServiceKey, SCHEMA_VERSION};
+use causeway_api::net::Cidr;
 use etcd_client::{Client, PutOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -278,7 +279,7 @@ struct Target {
     netns: Option<String>,
     from: String,
     /// ClusterSetIP range of the lab (to tell a local answer from a ClusterSetIP).
-    vip_range: Option<(Ipv4Addr, u8)>,
+    vip_range: Option<Cidr>,
 }
 
 impl Target {
@@ -302,7 +303,12 @@ impl Target {
             vip_range: None,
         };
         if let Some(range) = &args.vip_range {
-            t.vip_range = Some(parse_cidr(range).with_context(|| format!("--vip-range {range}"))?);
+            t.vip_range = Some(
+                range
+                    .parse::<Cidr>()
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("--vip-range {range}"))?,
+            );
         }
         if let Some(path) = &args.lab {
             let text = std::fs::read_to_string(path)
@@ -376,19 +382,13 @@ impl Target {
             }
         }
         if self.vip_range.is_none() {
-            self.vip_range = lab["vip_range"].as_str().and_then(|r| parse_cidr(r).ok());
+            self.vip_range = lab["vip_range"].as_str().and_then(|r| r.parse().ok());
         }
         Ok(())
     }
 
     fn is_vip(&self, ip: IpAddr) -> bool {
-        match (self.vip_range, ip) {
-            (Some((net, len)), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.vip_range.is_some_and(|r| r.contains(ip))
     }
 
     /// Whether DNS must move: the answer before the drill was the client cluster's own
@@ -407,13 +407,6 @@ impl Target {
             format!("{}:{}", self.name, self.port)
         }
     }
-}
-
-fn parse_cidr(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (ip, len) = s.split_once('/').context("not addr/len")?;
-    let len: u8 = len.parse().context("bad prefix length")?;
-    anyhow::ensure!(len <= 32, "prefix length over 32");
-    Ok((ip.parse().context("not an IPv4 address")?, len))
 }
 
 /// Whether this process already runs in the network namespace `ns` (`ip netns` name).
@@ -711,28 +704,18 @@ async fn gateway_counters(admin: SocketAddr, service: &ServiceKey) -> anyhow::Re
     anyhow::ensure!(status == 200, "{admin}/metrics answered {status}");
     let wanted = service.to_string();
     let mut out = BTreeMap::new();
-    for line in String::from_utf8_lossy(&body).lines() {
-        let Some(rest) = line.strip_prefix("causeway_gateway_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once('}') else {
-            continue;
-        };
-        let labels: BTreeMap<&str, &str> = labels
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.get("service") != Some(&wanted.as_str()) {
-            continue;
-        }
-        let value: f64 = value.trim().parse().unwrap_or(0.0);
+    let text = String::from_utf8_lossy(&body);
+    for s in causeway_api::prom::samples(&text)
+        .filter(|s| s.name == "causeway_gateway_requests_total")
+        .filter(|s| s.has(&[("service", &wanted)]))
+    {
+        let label = |k| s.label(k).unwrap_or_default().to_string();
         let key = (
-            labels.get("direction").unwrap_or(&"").to_string(),
-            labels.get("destination_cluster").unwrap_or(&"").to_string(),
-            labels.get("code").unwrap_or(&"").to_string(),
+            label("direction"),
+            label("destination_cluster"),
+            label("code"),
         );
-        *out.entry(key).or_insert(0.0) += value;
+        *out.entry(key).or_insert(0.0) += s.value;
     }
     Ok(out)
 }
@@ -1092,7 +1075,7 @@ mod tests {
             gateway_admin: None,
             netns: None,
             from: "east".into(),
-            vip_range: Some((Ipv4Addr::new(10, 255, 0, 0), 16)),
+            vip_range: Some("10.255.0.0/16".parse().unwrap()),
         };
         let r = Report::build(
             &args,

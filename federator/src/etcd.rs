@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use rand::Rng;
 
 use crate::config::EtcdConfig;
 
@@ -299,45 +298,6 @@ pub async fn list_prefix(
     }
 }
 
-// === impl Backoff ===
-
-/// Exponential backoff with full jitter, 100 ms .. 5 s.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    attempt: u32,
-    base: Duration,
-    max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            attempt: 0,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
-        self.attempt = self.attempt.saturating_add(1);
-        let cap = exp.min(self.max);
-        // Half fixed, half jitter: never zero, never in lockstep with other replicas.
-        let half = cap / 2;
-        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
-    }
-
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next_delay()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,20 +322,6 @@ mod tests {
     fn prefix_ends() {
         assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            let d = b.next_delay();
-            assert!(d <= Duration::from_secs(5));
-        }
-        assert!(b.next_delay() >= Duration::from_millis(2500));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

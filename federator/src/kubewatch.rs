@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use causeway_api::backoff::Backoff;
 use futures::StreamExt;
 use kube::runtime::reflector::{self};
 use kube::runtime::watcher;
@@ -70,32 +71,9 @@ pub fn is_gone(e: &watcher::Error) -> bool {
     }
 }
 
-/// Exponential backoff with jitter, reset by [`Backoff::reset`].
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Self {
-        Self {
-            next: FIRST_BACKOFF.min(max),
-            max,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = FIRST_BACKOFF.min(self.max);
-    }
-
-    /// The next wait: the current step with up to 50 % jitter either side; the step doubles.
-    pub fn next_wait(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = rand::random::<f64>() - 0.5; // -0.5 .. 0.5
-        base.mul_f64(1.0 + jitter).min(self.max)
-    }
+/// The watches' backoff: [`FIRST_BACKOFF`] doubling to `max`.
+pub fn backoff(max: Duration) -> Backoff {
+    Backoff::new(FIRST_BACKOFF, max)
 }
 
 /// For kube-runtime's `Controller` (its trigger streams): a bounded backoff. A `Backoff` cannot
@@ -108,7 +86,7 @@ pub const CONTROLLER_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Default for ControllerBackoff {
     fn default() -> Self {
-        Self(Backoff::new(CONTROLLER_MAX_BACKOFF))
+        Self(backoff(CONTROLLER_MAX_BACKOFF))
     }
 }
 
@@ -145,7 +123,7 @@ pub async fn reflect<K>(
 {
     let stream = reflector::reflector(writer, watcher(api, cfg));
     let mut stream = std::pin::pin!(stream);
-    let mut backoff = Backoff::new(MAX_BACKOFF);
+    let mut backoff = backoff(MAX_BACKOFF);
     let mut streak = 0u64;
     let mut last_warning: Option<Instant> = None;
     while let Some(ev) = stream.next().await {
@@ -180,20 +158,6 @@ pub async fn reflect<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_bound_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(3));
-        let waits: Vec<Duration> = (0..8).map(|_| b.next_wait()).collect();
-        assert!(waits[0] <= Duration::from_millis(300), "{waits:?}");
-        assert!(
-            waits.iter().all(|w| *w <= Duration::from_secs(3)),
-            "{waits:?}"
-        );
-        assert!(waits[7] >= Duration::from_millis(1500), "{waits:?}");
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_millis(300));
-    }
 
     /// Logs go under the module that wrote `watch_log!()` (the source or the sink), not here.
     #[test]

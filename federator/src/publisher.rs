@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{EtcdConfig, VipRange};
 use crate::config_server::PeerHealthMap;
-use crate::etcd::{self, Backoff};
+use crate::etcd;
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
+use causeway_api::backoff::Backoff;
+use causeway_api::task::AbortOnDrop;
 
 /// etcd's default limit of operations per transaction is 128.
 const MAX_TXN_OPS: usize = 100;
@@ -238,14 +240,6 @@ async fn lead(
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

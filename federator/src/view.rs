@@ -22,9 +22,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EtcdConfig;
-use crate::etcd::{self, Backoff};
+use crate::etcd;
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
+use causeway_api::backoff::Backoff;
 
 /// A change read from etcd.
 #[derive(Debug, Clone)]

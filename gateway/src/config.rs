@@ -2,11 +2,10 @@
 //! (`--settings`), overridden by flags and `CAUSEWAY_GATEWAY_*` environment variables, then
 //! [`Config::validate`]d. Every default lives in [`Config::default`] and docs/gateway.md.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+pub use causeway_api::net::Cidr;
 use causeway_api::ClusterId;
 use serde::{Deserialize, Serialize};
 
@@ -130,14 +129,8 @@ impl Default for Config {
 pub enum ConfigError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    #[error("cannot read settings file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("settings file {}: {reason}", path.display())]
-    Parse { path: PathBuf, reason: String },
+    #[error("settings file: {0}")]
+    File(#[from] causeway_api::file::FileError),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -150,14 +143,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads a YAML settings file; absent fields keep their defaults.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        Ok(causeway_api::file::from_yaml_file(path)?)
     }
 
     /// The cluster ID, once validated.
@@ -278,73 +264,6 @@ impl FederatorUrl {
             Ok(IpAddr::V6(_)) => format!("[{}]:{}", self.host, self.port),
             _ => format!("{}:{}", self.host, self.port),
         }
-    }
-}
-
-// === impl Cidr ===
-
-/// An IPv4 or IPv6 network, `addr/len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (addr/len)"))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|e| format!("{s:?}: bad address: {e}"))?;
-        let len: u8 = len
-            .parse()
-            .map_err(|e| format!("{s:?}: bad prefix length: {e}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if len > max {
-            return Err(format!("{s:?}: prefix length is more than {max}"));
-        }
-        Ok(Self { addr, len })
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(c: Cidr) -> String {
-        c.to_string()
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -517,20 +436,6 @@ mod tests {
         let u = FederatorUrl::parse("https://[::1]:15010/").unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.authority(), "[::1]:15010");
-    }
-
-    #[test]
-    fn cidr_contains() {
-        let c: Cidr = "10.96.0.0/12".parse().unwrap();
-        assert!(c.contains("10.100.1.2".parse().unwrap()));
-        assert!(!c.contains("10.112.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("1.2.3.4".parse().unwrap()));
-        let v6: Cidr = "fd00::/8".parse().unwrap();
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("10.0.0.0".parse::<Cidr>().is_err());
     }
 
     #[test]

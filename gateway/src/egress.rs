@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use causeway_api::authority::parse_authority;
+use causeway_api::ServiceKey;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -31,7 +33,7 @@ use crate::error::ProxyError;
 use crate::proxy::{self, Io, Record};
 use crate::resilience::Outlier;
 use crate::route::{self, Availability};
-use crate::table::{parse_authority, Candidate, Outbound, PortSpec, ServiceName, Tables};
+use crate::table::{Candidate, Outbound, PortSpec, Tables};
 use crate::xfcc;
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -222,7 +224,7 @@ async fn serve_http<I>(
 struct World<'a> {
     shared: &'a Shared,
     tables: &'a Tables,
-    svc: &'a ServiceName,
+    svc: &'a ServiceKey,
 }
 
 impl Availability for World<'_> {

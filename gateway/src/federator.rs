@@ -15,12 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use causeway_api::backoff::Backoff;
 use causeway_api::proto::config_client::ConfigClient;
 use causeway_api::proto::health_client::HealthClient;
 use causeway_api::proto::{AckRequest, GatewayHello, PeerHealth};
+use causeway_api::task::AbortOnDrop;
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 use tokio_rustls::TlsConnector;
@@ -62,28 +63,6 @@ impl tower_service::Service<Uri> for FederatorConnector {
     }
 }
 
-/// Exponential backoff with jitter (50–100 % of the step).
-struct Backoff {
-    base: Duration,
-    max: Duration,
-    step: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let d = self
-            .base
-            .saturating_mul(1 << self.step.min(16))
-            .min(self.max);
-        self.step += 1;
-        d.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.step = 0;
-    }
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receiver<PeerHealth>) {
     let url = match FederatorUrl::parse(&url) {
         Ok(u) => u,
@@ -94,18 +73,17 @@ pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receive
         }
     };
     let reports = Arc::new(Mutex::new(reports));
-    let mut backoff = Backoff {
-        base: Duration::from_millis(shared.config.federator_backoff_base_ms),
-        max: Duration::from_millis(shared.config.federator_backoff_max_ms),
-        step: 0,
-    };
+    let mut backoff = Backoff::new(
+        Duration::from_millis(shared.config.federator_backoff_base_ms),
+        Duration::from_millis(shared.config.federator_backoff_max_ms),
+    );
     loop {
         let session = session(&shared, &url, &reports, &mut backoff);
         let result = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             r = session => r,
         };
-        let delay = backoff.next();
+        let delay = backoff.next_wait();
         match result {
             Ok(()) => {
                 tracing::info!(federator = %url.authority(), ?delay, "config stream ended; reconnecting")
@@ -182,14 +160,6 @@ async fn session(
         if let Err(s) = client.ack(ack).await {
             tracing::warn!(version, error = %s, "cannot send ack");
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

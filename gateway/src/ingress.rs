@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use causeway_api::authority::{parse_authority, parse_pinned_authority};
 use causeway_api::spiffe::SpiffeId;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -24,7 +25,7 @@ use crate::app::Shared;
 use crate::body::{self, Body, ReplayBody};
 use crate::peer::PROBE_AUTHORITY;
 use crate::proxy::{self, Record};
-use crate::table::{parse_authority, parse_pinned_authority, Inbound, PortSpec};
+use crate::table::{Inbound, PortSpec};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
 
@@ -219,8 +220,8 @@ async fn handle_request(
         .map(|(n, p)| (n, p, None))
         .or_else(|| {
             parse_pinned_authority(&authority)
-                .filter(|(_, cluster, _, _)| *cluster == own)
-                .map(|(n, _, endpoint, p)| (n, p, Some(endpoint)))
+                .filter(|p| p.cluster == own)
+                .map(|p| (p.service, p.port, Some(p.endpoint)))
         });
     let Some((name, port, pinned)) = parsed else {
         return refuse(

@@ -134,7 +134,8 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Policy, ServiceName};
+    use crate::table::Policy;
+    use causeway_api::ServiceKey;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -170,10 +171,7 @@ mod tests {
 
     fn svc(candidates: Vec<Candidate>) -> Outbound {
         Outbound {
-            name: ServiceName {
-                namespace: "shop".into(),
-                name: "cart".into(),
-            },
+            name: ServiceKey::new("shop", "cart").unwrap(),
             vip: None,
             ports: vec![],
             candidates,

@@ -13,13 +13,10 @@ use std::time::Duration;
 use causeway_api::proto::{self, AppProtocol, BackendTlsMode, ConfigSnapshot};
 use causeway_api::spiffe::SpiffeId;
 use causeway_api::tls::TrustBundle;
-use causeway_api::ClusterId;
+use causeway_api::{ClusterId, ServiceKey};
 
 use crate::config::Cidr;
 use crate::resilience::{ClusterStats, RateLimiter, RetryBudget};
-
-/// The DNS zone of imported services.
-pub const CLUSTERSET_SUFFIX: &str = ".svc.clusterset.local";
 
 // Defaults for policy fields left at proto3's zero.
 const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
@@ -43,108 +40,13 @@ fn nack(reason: impl Into<String>) -> NackReason {
     NackReason(reason.into())
 }
 
-// === impl ServiceName ===
-
-/// `(namespace, name)` of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ServiceName {
-    /// `<name>.<ns>.svc.clusterset.local`
-    pub fn host(&self) -> String {
-        format!("{}.{}{CLUSTERSET_SUFFIX}", self.name, self.namespace)
-    }
-
-    /// `<name>.<ns>.svc.clusterset.local:<port>`: the `:authority` between gateways.
-    pub fn authority(&self, port: u16) -> String {
-        format!("{}:{port}", self.host())
-    }
-
-    fn new(namespace: &str, name: &str, what: &str) -> Result<Self, NackReason> {
-        for (field, v) in [("namespace", namespace), ("name", name)] {
-            let ok = !v.is_empty()
-                && v.len() <= 63
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !v.starts_with('-')
-                && !v.ends_with('-');
-            if !ok {
-                return Err(nack(format!(
-                    "{what} {namespace}/{name}: {field} {v:?} is not an RFC 1123 label"
-                )));
-            }
-        }
-        Ok(Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The labels of `<labels>.svc.clusterset.local[:port]` left of the suffix, lowercased and
-/// without a trailing dot, and the port: what both authority forms share.
-fn clusterset_labels(authority: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p.parse().ok()?)),
-        Some(_) => return None,
-        None => (authority, None),
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let rest = host.strip_suffix(CLUSTERSET_SUFFIX)?.to_string();
-    Some((rest, port))
-}
-
-/// Parses `<name>.<ns>.svc.clusterset.local[:port]` (case-insensitive, trailing dot allowed).
-pub fn parse_authority(authority: &str) -> Option<(ServiceName, Option<u16>)> {
-    let (rest, port) = clusterset_labels(authority)?;
-    let (name, namespace) = rest.split_once('.')?;
-    if namespace.contains('.') || name.is_empty() || namespace.is_empty() {
-        return None;
-    }
-    Some((
-        ServiceName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        },
-        port,
-    ))
-}
-
-/// Parses `<name>.<cluster>.<svc>.<ns>.svc.clusterset.local[:port]`: one endpoint of a headless
-/// service, as a peer's egress asks for it. Returns the service, the cluster and DNS label of the
-/// endpoint, and the port.
-pub fn parse_pinned_authority(
-    authority: &str,
-) -> Option<(ServiceName, String, String, Option<u16>)> {
-    let (rest, port) = clusterset_labels(authority)?;
-    let labels: Vec<&str> = rest.split('.').collect();
-    let [endpoint, cluster, name, namespace] = labels[..] else {
-        return None;
-    };
-    if [endpoint, cluster, name, namespace]
-        .iter()
-        .any(|l| l.is_empty())
-    {
-        return None;
-    }
-    Some((
-        ServiceName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        },
-        cluster.to_string(),
-        endpoint.to_string(),
-        port,
-    ))
+/// A service of the snapshot, validated; the NACK names it.
+fn service_key(namespace: &str, name: &str, what: &str) -> Result<ServiceKey, NackReason> {
+    ServiceKey::new(namespace, name).map_err(|e| {
+        nack(format!(
+            "{what} {namespace}/{name}: {e} (not an RFC 1123 label)"
+        ))
+    })
 }
 
 // === tables ===
@@ -208,7 +110,7 @@ impl EndpointAddr {
 /// A service this cluster exports (served at ingress).
 #[derive(Debug)]
 pub struct Inbound {
-    pub name: ServiceName,
+    pub name: ServiceKey,
     pub ports: Vec<PortSpec>,
     /// Ready endpoints only.
     pub endpoints: Vec<EndpointAddr>,
@@ -329,7 +231,7 @@ pub struct HeaderRoute {
 /// A service this cluster imports (routed at egress).
 #[derive(Debug)]
 pub struct Outbound {
-    pub name: ServiceName,
+    pub name: ServiceKey,
     pub vip: Option<IpAddr>,
     pub ports: Vec<PortSpec>,
     /// Sorted by priority.
@@ -356,7 +258,12 @@ impl Outbound {
     /// ingress sends to that endpoint only.
     pub fn peer_authority(&self, port: u16) -> String {
         match &self.pinned {
-            Some(p) => format!("{}.{}.{}:{port}", p.name, p.cluster, self.name.host()),
+            Some(p) => format!(
+                "{}.{}.{}:{port}",
+                p.name,
+                p.cluster,
+                self.name.clusterset_name()
+            ),
             None => self.name.authority(port),
         }
     }
@@ -382,8 +289,8 @@ pub struct Tables {
     pub peers: HashMap<String, PeerInfo>,
     /// Trust domain -> peer cluster.
     pub trust_domains: HashMap<String, String>,
-    pub inbound: HashMap<ServiceName, Arc<Inbound>>,
-    pub outbound: HashMap<ServiceName, Arc<Outbound>>,
+    pub inbound: HashMap<ServiceKey, Arc<Inbound>>,
+    pub outbound: HashMap<ServiceKey, Arc<Outbound>>,
     pub vips: HashMap<SocketAddr, (Arc<Outbound>, PortSpec)>,
     /// Distinct outbound ports: one VIP listener each.
     pub vip_ports: BTreeSet<u16>,
@@ -395,31 +302,31 @@ pub struct Tables {
 /// State that outlives a config version, keyed by what it belongs to.
 #[derive(Debug, Default)]
 pub struct StatsRegistry {
-    clusters: Mutex<HashMap<(ServiceName, String), Arc<ClusterStats>>>,
-    budgets: Mutex<HashMap<ServiceName, Arc<RetryBudget>>>,
-    limiters: Mutex<HashMap<ServiceName, Arc<RateLimiter>>>,
-    egress_limiters: Mutex<HashMap<ServiceName, Arc<RateLimiter>>>,
+    clusters: Mutex<HashMap<(ServiceKey, String), Arc<ClusterStats>>>,
+    budgets: Mutex<HashMap<ServiceKey, Arc<RetryBudget>>>,
+    limiters: Mutex<HashMap<ServiceKey, Arc<RateLimiter>>>,
+    egress_limiters: Mutex<HashMap<ServiceKey, Arc<RateLimiter>>>,
 }
 
 impl StatsRegistry {
-    fn cluster(&self, svc: &ServiceName, cluster: &str) -> Arc<ClusterStats> {
+    fn cluster(&self, svc: &ServiceKey, cluster: &str) -> Arc<ClusterStats> {
         let mut m = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         m.entry((svc.clone(), cluster.to_string()))
             .or_default()
             .clone()
     }
 
-    fn budget(&self, svc: &ServiceName) -> Arc<RetryBudget> {
+    fn budget(&self, svc: &ServiceKey) -> Arc<RetryBudget> {
         let mut m = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(svc.clone()).or_default().clone()
     }
 
-    fn limiter(&self, svc: &ServiceName) -> Arc<RateLimiter> {
+    fn limiter(&self, svc: &ServiceKey) -> Arc<RateLimiter> {
         let mut m = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(svc.clone()).or_default().clone()
     }
 
-    fn egress_limiter(&self, svc: &ServiceName) -> Arc<RateLimiter> {
+    fn egress_limiter(&self, svc: &ServiceKey) -> Arc<RateLimiter> {
         let mut m = self
             .egress_limiters
             .lock()
@@ -540,7 +447,7 @@ impl Tables {
 
         let mut inbound = HashMap::new();
         for s in &snapshot.inbound {
-            let name = ServiceName::new(&s.namespace, &s.name, "inbound service")?;
+            let name = service_key(&s.namespace, &s.name, "inbound service")?;
             let what = format!("inbound service {name}");
             let mut endpoints = Vec::new();
             let mut labels = Vec::new();
@@ -586,7 +493,7 @@ impl Tables {
         let mut vip_ports = BTreeSet::new();
         let mut port_routes: HashMap<u16, (Arc<Outbound>, PortSpec)> = HashMap::new();
         for s in &snapshot.outbound {
-            let name = ServiceName::new(&s.namespace, &s.name, "outbound service")?;
+            let name = service_key(&s.namespace, &s.name, "outbound service")?;
             let what = format!("outbound service {name}");
             if outbound.contains_key(&name) {
                 return Err(nack(format!("{what}: listed twice")));
@@ -835,20 +742,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn authority_parsing() {
-        let (svc, port) = parse_authority("cart.shop.svc.clusterset.local:8080").unwrap();
-        assert_eq!(svc.to_string(), "shop/cart");
-        assert_eq!(port, Some(8080));
-        let (svc, port) = parse_authority("Cart.Shop.svc.clusterset.local.").unwrap();
-        assert_eq!(svc.name, "cart");
-        assert_eq!(port, None);
-        assert!(parse_authority("cart.shop.svc.cluster.local").is_none());
-        assert!(parse_authority("a.b.c.svc.clusterset.local").is_none());
-        assert!(parse_authority("cart.shop.svc.clusterset.local:x").is_none());
-        assert!(parse_authority("[::1]:80").is_none());
-    }
-
-    #[test]
     fn endpoint_parsing() {
         assert_eq!(
             EndpointAddr::parse("10.0.0.1").unwrap().socket_addr(80),
@@ -916,7 +809,7 @@ mod tests {
         let reg = StatsRegistry::default();
         let t = Tables::build(snapshot(), "east", None, &reg).unwrap();
         assert_eq!(t.version, 7);
-        let svc = ServiceName::new("shop", "cart", "x").unwrap();
+        let svc = ServiceKey::new("shop", "cart").unwrap();
         let out = &t.outbound[&svc];
         assert!(out.candidates[0].local);
         assert_eq!(&*out.candidates[1].cluster, "west");

@@ -3,12 +3,7 @@
 use crate::support::*;
 
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .map(|v| v.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or(0.0)
+    causeway_api::prom::series(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -104,12 +104,8 @@ async fn tcp_connections_are_bounded_and_udp_is_unaffected() {
         .await
         .expect("the ninth connection is closed, not left waiting");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let refused = || {
-        server.metrics_text().lines().find_map(|l| {
-            l.strip_prefix("causeway_dns_tcp_refused_total ")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-    };
+    let refused =
+        || causeway_api::prom::series(&server.metrics_text(), "causeway_dns_tcp_refused_total");
     assert_eq!(refused(), Some(1.0), "{}", server.metrics_text());
     // UDP is served meanwhile.
     let d = server.dig(&[WEB, "A"]).await;

@@ -98,27 +98,7 @@ pub(crate) async fn hold(d: Duration) {
 /// The sum of the samples of metric `name` whose labels include every `(label, value)` of
 /// `labels`, in a Prometheus text exposition; None when there is none.
 pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.rsplit_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        let matches = labels
-            .iter()
-            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-        if let (true, Ok(v)) = (matches, value.trim().parse::<f64>()) {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
+    causeway_api::prom::sum(text, name, labels)
 }
 
 /// Waits until every cluster holds the imports it held in `before`; returns how long it took.

@@ -1469,7 +1469,7 @@ pub async fn run(
         if !ready {
             return;
         }
-        let mut backoff = crate::kubewatch::Backoff::new(RETRY_MAX);
+        let mut backoff = crate::kubewatch::backoff(RETRY_MAX);
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let snap = snapshots.borrow_and_update().clone();

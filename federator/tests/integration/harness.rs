@@ -102,13 +102,10 @@ impl Fed {
         http_get(&self.admin, "/metrics").await
     }
 
-    /// The metric's value (first sample whose line starts with `name`).
+    /// The value of the series `name` (`name` or `name{label="value"}`).
     pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
         let text = self.metrics().await.ok()?;
-        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
+        causeway_api::prom::series(&text, name)
     }
 }
 

@@ -96,11 +96,7 @@ fn greedy_csr() -> (String, String) {
 }
 
 fn counted(metrics: &str, name: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    causeway_api::prom::series(metrics, &format!("{name}{{{label}}}")).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,10 +333,7 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
         let sample =
             format!("causeway_federator_kube_writes_total{{kind=\"{kind}\",result=\"ok\"}}");
         let metrics = http_get(&fed.admin, "/metrics").await?;
-        let value: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&sample))
-            .and_then(|v| v.trim().parse().ok())
+        let value: f64 = causeway_api::prom::series(&metrics, &sample)
             .with_context(|| format!("{sample} in\n{metrics}"))?;
         assert!(value >= 1.0, "{sample} = {value}");
     }
@@ -973,9 +970,7 @@ fn federator_writes(api: &KubeApiServer) -> Vec<String> {
 async fn at_rest(api: &KubeApiServer, admin: &str) -> anyhow::Result<()> {
     let passes = || async {
         let m = http_get(admin, "/metrics").await.ok()?;
-        m.lines()
-            .find_map(|l| l.strip_prefix("causeway_federator_kube_sink_passes_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        causeway_api::prom::series(&m, "causeway_federator_kube_sink_passes_total")
     };
     // One pass, started by a change the sink watches (a namespace nobody imports into).
     let pass = |name: String| async move {

@@ -57,19 +57,9 @@ where
     }
 }
 
-/// The value of the first sample of `name` whose labels contain every `labels` pair.
+/// The sum of the samples of `name` that have every `labels` pair.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
-        })
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    causeway_api::prom::sum(text, name, labels)
 }
 
 pub fn metric_or_zero(gw: &RunningGateway, name: &str, labels: &[(&str, &str)]) -> f64 {

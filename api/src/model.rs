@@ -127,7 +127,17 @@ impl ServiceKey {
 
     /// `<svc>.<ns>.svc.clusterset.local`
     pub fn clusterset_name(&self) -> String {
-        format!("{}.{}.svc.clusterset.local", self.name, self.namespace)
+        format!(
+            "{}.{}{}",
+            self.name,
+            self.namespace,
+            crate::authority::CLUSTERSET_SUFFIX
+        )
+    }
+
+    /// `<svc>.<ns>.svc.clusterset.local:<port>`: the `:authority` between gateways.
+    pub fn authority(&self, port: u16) -> String {
+        format!("{}:{port}", self.clusterset_name())
     }
 }
 

@@ -1,15 +1,22 @@
 //! What the Causeway crates share: the federation model, the etcd key schema, the MCS merge,
-//! the gateway config protocol, SPIFFE identities and rustls mTLS helpers.
+//! the gateway config protocol, SPIFFE identities and rustls mTLS helpers, and the small pieces
+//! every crate needs once (CIDRs, durations, backoff, task guards).
 //!
-//! No I/O beyond loading files.
+//! No I/O beyond loading files and timers.
 
+pub mod authority;
+pub mod backoff;
+pub mod duration;
+pub mod file;
 pub mod keys;
 pub mod merge;
 pub mod model;
 pub mod net;
 pub mod pem;
+pub mod prom;
 pub mod snapshot;
 pub mod spiffe;
+pub mod task;
 pub mod tls;
 
 pub mod proto {
