@@ -3,10 +3,8 @@
 //! `<name>.<cluster>.<svc>.<ns>.svc.clusterset.local[:port]` for one endpoint of a headless
 //! service. Case-insensitive, a trailing dot allowed; every label must be a valid name.
 
+pub use crate::model::CLUSTERSET_SUFFIX;
 use crate::model::{validate_dns_label, ServiceKey};
-
-/// The DNS zone of imported services.
-pub const CLUSTERSET_SUFFIX: &str = ".svc.clusterset.local";
 
 /// One endpoint of a headless service, as a peer's egress asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

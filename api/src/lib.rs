@@ -13,6 +13,7 @@ pub mod merge;
 pub mod model;
 pub mod net;
 pub mod pem;
+pub mod policy;
 pub mod prom;
 pub mod snapshot;
 pub mod spiffe;

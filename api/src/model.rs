@@ -108,6 +108,9 @@ impl fmt::Debug for ClusterId {
 
 // === impl ServiceKey ===
 
+/// The DNS zone of imported services.
+pub const CLUSTERSET_SUFFIX: &str = ".svc.clusterset.local";
+
 /// A service, `(namespace, name)`, both RFC 1123 labels. Serialised as `"<ns>/<name>"` (so it can
 /// key a JSON map).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -127,12 +130,7 @@ impl ServiceKey {
 
     /// `<svc>.<ns>.svc.clusterset.local`
     pub fn clusterset_name(&self) -> String {
-        format!(
-            "{}.{}{}",
-            self.name,
-            self.namespace,
-            crate::authority::CLUSTERSET_SUFFIX
-        )
+        format!("{}.{}{}", self.name, self.namespace, CLUSTERSET_SUFFIX)
     }
 
     /// `<svc>.<ns>.svc.clusterset.local:<port>`: the `:authority` between gateways.

@@ -46,6 +46,8 @@ pub struct Federator {
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The first task that ended before shutdown ([`Federator::died`]).
+    died: watch::Receiver<Option<&'static str>>,
 }
 
 impl Federator {
@@ -205,7 +207,7 @@ impl Federator {
         let mut dns_snapshots = snap_rx.clone();
         if kube_local_tx.is_some() || c.kube_sink {
             let client = kube::Client::try_default().await?;
-            let kube_metrics = crate::sink::kube::KubeMetrics::new(&metrics.registry);
+            let kube_metrics = crate::kubewatch::KubeMetrics::new(&metrics.registry);
             if let Some(tx) = kube_local_tx {
                 tasks.push((
                     "kube-source",
@@ -346,8 +348,11 @@ impl Federator {
                 }
             }),
         ));
+        let (died_tx, died) = watch::channel(None);
+        let tasks = supervise(tasks, &shutdown, &metrics, &died_tx);
         tracing::info!(cluster = %cfg.cluster, node = %cfg.node, %admin_addr, "federator started");
         Ok(Federator {
+            died,
             admin_addr,
             config_addr,
             dns_addr,
@@ -357,6 +362,17 @@ impl Federator {
             shutdown,
             tasks,
         })
+    }
+
+    /// Resolves with the name of the first task that ended before shutdown; the federator is
+    /// stopping then (see [`supervise`]). Pending while every task runs.
+    pub async fn died(&self) -> &'static str {
+        let mut died = self.died.clone();
+        let name = match died.wait_for(Option::is_some).await {
+            Ok(name) => name.unwrap_or("unknown"),
+            Err(_) => return std::future::pending().await,
+        };
+        name
     }
 
     /// Stops gracefully: the leader revokes its lease, tasks end.
@@ -371,6 +387,48 @@ impl Federator {
             }
         }
     }
+}
+
+/// Watches the named tasks. One that ends before `shutdown` (returns or panics) is logged with
+/// its name, counted (`causeway_federator_task_exits_total{task}`), named by `died`, and stops the
+/// whole federator: a federator without its view, publisher or config server would go on
+/// answering as if it were whole, while one that exits is restarted by what runs it (the
+/// Deployment, systemd) and its replicas take over meanwhile.
+fn supervise(
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+    died: &watch::Sender<Option<&'static str>>,
+) -> Vec<(&'static str, JoinHandle<()>)> {
+    tasks
+        .into_iter()
+        .map(|(name, task)| {
+            let shutdown = shutdown.clone();
+            let exits = metrics.task_exits.clone();
+            let died = died.clone();
+            let watcher = tokio::spawn(async move {
+                let result = task.await;
+                if shutdown.is_cancelled() {
+                    if let Some(e) = result.as_ref().err().filter(|e| e.is_panic()) {
+                        tracing::error!(task = name, error = %e, "task panicked while stopping");
+                    }
+                    return;
+                }
+                match result {
+                    Ok(()) => {
+                        tracing::error!(task = name, "task ended before shutdown; stopping the federator")
+                    }
+                    Err(e) => {
+                        tracing::error!(task = name, error = %e, "task died; stopping the federator")
+                    }
+                }
+                exits.with_label_values(&[name]).inc();
+                died.send_if_modified(|d| d.is_none() && d.replace(name).is_none());
+                shutdown.cancel();
+            });
+            (name, watcher)
+        })
+        .collect()
 }
 
 /// Keeps `tx` at [`crate::sink::kube::dns_view`] of the latest snapshot and held addresses.
@@ -390,5 +448,66 @@ async fn dns_view_task(
             r = held.changed() => if r.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_early_is_counted_named_and_stops_the_rest() {
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let (died_tx, mut died) = watch::channel(None);
+        let stop = shutdown.clone();
+        let tasks = vec![
+            (
+                "steady",
+                tokio::spawn(async move { stop.cancelled().await }),
+            ),
+            ("short", tokio::spawn(async {})),
+            ("broken", tokio::spawn(async { panic!("boom") })),
+        ];
+        let tasks = supervise(tasks, &shutdown, &metrics, &died_tx);
+        let first = *died.wait_for(Option::is_some).await.unwrap();
+        assert!(matches!(first, Some("short" | "broken")), "{first:?}");
+        tokio::time::timeout(std::time::Duration::from_secs(5), shutdown.cancelled())
+            .await
+            .expect("the federator is told to stop");
+        for (_, t) in tasks {
+            t.await.unwrap();
+        }
+        let exits = |task: &str| metrics.task_exits.with_label_values(&[task]).get();
+        // Whichever of the two came second found shutdown under way: only the first counts.
+        assert_eq!(exits("short") + exits("broken"), 1);
+        assert_eq!(
+            exits("steady"),
+            0,
+            "a task that ends at shutdown is not an exit"
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_at_shutdown_are_not_exits() {
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let (died_tx, died) = watch::channel(None);
+        let stop = shutdown.clone();
+        let tasks = supervise(
+            vec![(
+                "steady",
+                tokio::spawn(async move { stop.cancelled().await }),
+            )],
+            &shutdown,
+            &metrics,
+            &died_tx,
+        );
+        shutdown.cancel();
+        for (_, t) in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*died.borrow(), None);
+        assert_eq!(metrics.task_exits.with_label_values(&["steady"]).get(), 0);
     }
 }

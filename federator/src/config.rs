@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use causeway_api::net::Cidr;
+
+pub use crate::etcd::EtcdConfig;
 use causeway_api::ClusterId;
 use serde::{Deserialize, Serialize};
 
@@ -25,39 +27,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
         reason: reason.into(),
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// `http://host:port` or `https://host:port`.
-    pub endpoints: Vec<String>,
-    /// CA bundle that verifies etcd's server certificate (enables TLS).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key for etcd mTLS.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    #[serde(with = "duration_str")]
-    pub connect_timeout: Duration,
-    #[serde(with = "duration_str")]
-    pub request_timeout: Duration,
-}
-
-impl Default for EtcdConfig {
-    fn default() -> Self {
-        Self {
-            endpoints: vec!["http://127.0.0.1:2379".to_string()],
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            username: None,
-            password: None,
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(5),
-        }
     }
 }
 
@@ -194,7 +163,7 @@ pub struct Validated {
     pub trust_domain: String,
     pub vip_range: Option<VipRange>,
     /// `import_policies`, checked.
-    pub import_overrides: crate::gwconfig::ImportOverrides,
+    pub import_overrides: crate::policy::ImportOverrides,
     pub config: Config,
 }
 
@@ -237,10 +206,10 @@ pub struct HeaderRouteSpec {
 
 impl ImportPolicySpec {
     /// Checks it; errors name `import_policies.<key>.<field>`.
-    fn parse(&self, key: &str) -> Result<crate::gwconfig::ImportOverride, String> {
-        use crate::source::PolicyField as F;
+    fn parse(&self, key: &str) -> Result<crate::policy::ImportOverride, String> {
+        use crate::policy::PolicyField as F;
         let name = |f: &str| format!("import_policies.{key}.{f}");
-        let mut policy = crate::source::PolicyValues {
+        let mut policy = crate::policy::PolicyValues {
             timeout: self.timeout.as_deref(),
             retries: self.retries,
             max_concurrent: self.max_concurrent,
@@ -296,7 +265,7 @@ impl ImportPolicySpec {
                 weights: r.weights.clone().into_iter().collect(),
             });
         }
-        Ok(crate::gwconfig::ImportOverride {
+        Ok(crate::policy::ImportOverride {
             policy,
             egress_rate_limit,
             header_routes,
@@ -450,7 +419,7 @@ impl Config {
                 causeway_api::spiffe::DEFAULT_TRUST_DOMAIN_SUFFIX
             )
         });
-        let mut import_overrides = crate::gwconfig::ImportOverrides::new();
+        let mut import_overrides = crate::policy::ImportOverrides::new();
         for (key, spec) in &self.import_policies {
             let service: causeway_api::ServiceKey = key
                 .parse()

@@ -214,7 +214,7 @@ pub struct BuilderOptions {
     /// Kubernetes mode: the range gateway ports of imports come from (first, count).
     pub gateway_port_range: Option<(u16, u16)>,
     /// This cluster's `import_policies`.
-    pub overrides: gwconfig::ImportOverrides,
+    pub overrides: crate::policy::ImportOverrides,
 }
 
 /// Keeps `tx` at the config computed from the latest mesh snapshot and local exports; the version
@@ -240,7 +240,7 @@ pub async fn run_builder(
             let snap = mesh.borrow_and_update().clone();
             let exports = local.borrow_and_update().clone();
             let ports = gateway_port_range
-                .map(|(first, count)| gwconfig::gateway_port_plan(&snap, first, count));
+                .map(|(first, count)| crate::ports::gateway_port_plan(&snap, first, count));
             let mut next = gwconfig::build(
                 &snap,
                 &exports,

@@ -1,11 +1,45 @@
 //! Connecting to etcd: endpoints, TLS with client certificates, optional user/password, and
-//! reconnect backoff with jitter.
+//! the settings that say so (`EtcdConfig`); backoff is `causeway_api::backoff`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use serde::{Deserialize, Serialize};
 
-use crate::config::EtcdConfig;
+/// Where and how to reach the federation etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// CA bundle that verifies etcd's server certificate (enables TLS).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for etcd mTLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(with = "causeway_api::duration::serde_str")]
+    pub connect_timeout: Duration,
+    #[serde(with = "causeway_api::duration::serde_str")]
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {

@@ -36,7 +36,10 @@ pub struct IssuerConfig {
     /// Its private key.
     pub key_file: PathBuf,
     /// Lifetime of each certificate issued (DESIGN: 24 h). Renewal is at two thirds of it.
-    #[serde(default = "default_lifetime", with = "crate::config::duration_str")]
+    #[serde(
+        default = "default_lifetime",
+        with = "causeway_api::duration::serde_str"
+    )]
     pub lifetime: Duration,
 }
 

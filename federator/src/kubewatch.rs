@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use kube::Api;
 use tokio::sync::Notify;
 
-use crate::sink::kube::KubeMetrics;
+use prometheus::{IntCounterVec, Opts, Registry};
 
 /// The longest wait between two attempts of a failing watch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
@@ -152,6 +152,59 @@ pub async fn reflect<K>(
                 tokio::time::sleep(backoff.next_wait()).await;
             }
         }
+    }
+}
+
+/// Metrics of the Kubernetes source and sink.
+#[derive(Clone)]
+pub struct KubeMetrics {
+    /// `causeway_federator_kube_writes_total{kind, result}`: writes to the Kubernetes API.
+    pub writes: IntCounterVec,
+    /// `causeway_federator_kube_watch_errors_total{resource}`: failed lists and watches.
+    pub watch_errors: IntCounterVec,
+    /// `causeway_federator_kube_sink_passes_total`: passes of the sink over every import (each
+    /// compares and writes only what differs; at rest, passes come without writes).
+    pub sink_passes: prometheus::IntCounter,
+}
+
+impl KubeMetrics {
+    /// Registers the metrics in `registry` (kept unregistered if the names are taken).
+    pub fn new(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            if let Err(e) = registry.register(Box::new(v.clone())) {
+                tracing::warn!(metric = name, error = %e, "metric not registered");
+            }
+            v
+        };
+        let sink_passes = prometheus::IntCounter::new(
+            "causeway_federator_kube_sink_passes_total",
+            "Passes of the Kubernetes sink over every import (writes only what differs).",
+        )
+        .expect("valid metric");
+        if let Err(e) = registry.register(Box::new(sink_passes.clone())) {
+            tracing::warn!(error = %e, "metric not registered");
+        }
+        Self {
+            sink_passes,
+            writes: vec(
+                "causeway_federator_kube_writes_total",
+                "Writes of the Kubernetes source and sink, by object kind and result (ok, error).",
+                &["kind", "result"],
+            ),
+            watch_errors: vec(
+                "causeway_federator_kube_watch_errors_total",
+                "Failed Kubernetes lists and watches, by resource (they are retried).",
+                &["resource"],
+            ),
+        }
+    }
+
+    /// Counts one write.
+    pub fn wrote(&self, kind: &str, ok: bool) {
+        self.writes
+            .with_label_values(&[kind, if ok { "ok" } else { "error" }])
+            .inc();
     }
 }
 

@@ -14,6 +14,8 @@ pub mod gwconfig;
 pub mod issuer;
 pub mod kubewatch;
 pub mod metrics;
+pub mod policy;
+pub mod ports;
 pub mod publisher;
 pub mod rotate;
 pub mod sink;

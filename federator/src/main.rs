@@ -40,9 +40,16 @@ async fn main() {
     if let Some(addr) = fed.dns_addr {
         println!("dns listening on {addr}");
     }
-    wait_for_signal().await;
+    let died = tokio::select! {
+        _ = wait_for_signal() => None,
+        task = fed.died() => Some(task),
+    };
     tracing::info!("shutting down");
     fed.shutdown().await;
+    if let Some(task) = died {
+        eprintln!("causeway-federator: its task {task} ended; exiting to be restarted");
+        std::process::exit(70);
+    }
 }
 
 fn exit_config(e: causeway_federator::config::ConfigError) -> ! {

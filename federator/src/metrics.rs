@@ -2,7 +2,7 @@
 
 use causeway_api::snapshot::ClusterState;
 use causeway_api::MeshSnapshot;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -20,6 +20,9 @@ pub struct Metrics {
     pub leader_elections: IntCounter,
     pub admin_refused: IntCounter,
     pub cert_expiry: IntGaugeVec,
+    /// `causeway_federator_task_exits_total{task}`: tasks that ended before shutdown (each ends
+    /// the federator, for its supervisor to restart it).
+    pub task_exits: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,7 +66,19 @@ impl Metrics {
         registry
             .register(Box::new(cert_expiry.clone()))
             .expect("unique metric");
+        let task_exits = IntCounterVec::new(
+            Opts::new(
+                "causeway_federator_task_exits_total",
+                "Tasks that ended (returned or panicked) before shutdown, by task; each stops the federator.",
+            ),
+            &["task"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(task_exits.clone()))
+            .expect("unique metric");
         Self {
+            task_exits,
             cert_expiry,
             etcd_up: gauge(
                 "etcd_up",

@@ -21,10 +21,10 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EtcdConfig;
 use crate::etcd;
+use crate::etcd::EtcdConfig;
 use crate::metrics::Metrics;
-use crate::source::LocalExports;
+use crate::source::{now_ms, LocalExports};
 use causeway_api::backoff::Backoff;
 
 /// A change read from etcd.
@@ -545,13 +545,6 @@ impl MeshState {
             invalid_exports: invalid,
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 // === the watch loop ===

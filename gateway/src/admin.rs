@@ -17,8 +17,8 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
 use crate::dump;
+use crate::shared::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let shutdown = shared.shutdown.clone();
@@ -48,7 +48,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // Peers refuse an expired certificate: out of service until it is renewed.
     if let Some(v) = shared.tls.load().validity {
-        if v.left(crate::reload::unix_now()) <= 0 {
+        if v.left(crate::tls::unix_now()) <= 0 {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(

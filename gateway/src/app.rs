@@ -2,14 +2,13 @@
 //! task. [`Gateway::start`] is what `main` and the integration tests call.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use causeway_api::proto::{ConfigSnapshot, PeerHealth};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,78 +17,14 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::peer::{PeerPool, ProbeContext};
+use crate::shared::{ConnCounter, Shared};
 use crate::table::{NackReason, StatsRegistry, Tables};
 use crate::tls::{TlsFiles, TlsState};
 use crate::{admin, egress, federator, ingress, reload, renew, state};
 
-/// State every task shares. Hot-path reads are lock-free (`ArcSwap` loads).
-pub(crate) struct Shared {
-    pub config: Config,
-    pub tables: ArcSwapOption<Tables>,
-    pub tls: Arc<ArcSwap<TlsState>>,
-    pub tls_files: TlsFiles,
-    pub registry: StatsRegistry,
-    pub metrics: Metrics,
-    pub peers: PeerPool,
-    pub backends: Backends,
-    /// Serialises config applies and certificate reloads (both rebuild TLS state).
-    apply_lock: Mutex<()>,
-    /// The version being served, for tasks that follow config changes (VIP listeners).
-    pub version_tx: watch::Sender<u64>,
-    probe_ctx: ProbeContext,
-    /// Stop accepting and drain: open connections finish what they carry, then close.
-    pub shutdown: CancellationToken,
-    /// The drain is over: drop whatever is still open.
-    pub hard_stop: CancellationToken,
-    pub conns: ConnCounter,
-    /// Spans of requests, when a trace collector is set.
-    pub tracer: crate::trace::Tracer,
-    /// The certificate the federator issued last (renew.rs); preferred over the file one.
-    issued: Mutex<Option<causeway_api::tls::Identity>>,
-    /// The issuer the federator's snapshot names (empty: none; keep the file certificate).
-    pub wanted_issuer: watch::Sender<String>,
-}
-
-/// Open client and peer connections, so that shutdown can wait for them to drain.
-#[derive(Default)]
-pub(crate) struct ConnCounter {
-    active: AtomicUsize,
-    idle: Notify,
-}
-
-/// One open connection; counted until dropped.
-pub(crate) struct ConnGuard<'a>(&'a ConnCounter);
-
-impl ConnCounter {
-    pub(crate) fn enter(&self) -> ConnGuard<'_> {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ConnGuard(self)
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+// === control: applying snapshots, reloading and installing certificates ===
 
 impl Shared {
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.connect_timeout_ms)
-    }
-
     /// Validates and applies a snapshot: builds the tables and the TLS state for its peers,
     /// swaps both, updates the peer pool and persists it. On error nothing changes.
     pub(crate) fn apply(&self, snapshot: ConfigSnapshot) -> Result<(), NackReason> {
@@ -171,7 +106,7 @@ impl Shared {
             .as_ref()
             .filter(|i| {
                 i.validity()
-                    .is_ok_and(|v| v.left(crate::reload::unix_now()) > 0)
+                    .is_ok_and(|v| v.left(crate::tls::unix_now()) > 0)
             })
             .cloned()
     }
@@ -220,10 +155,6 @@ impl Shared {
         let old_expiry = current.validity.map(|v| v.not_after);
         self.peers.retire_connections(old_expiry);
         Ok(())
-    }
-
-    pub(crate) fn version(&self) -> u64 {
-        self.tables.load().as_ref().map_or(0, |t| t.version)
     }
 }
 

@@ -27,12 +27,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Shared;
 use crate::body::{self, Body, Guard, Guarded, ReplayBody};
 use crate::error::ProxyError;
 use crate::proxy::{self, Io, Record};
 use crate::resilience::Outlier;
 use crate::route::{self, Availability};
+use crate::shared::Shared;
 use crate::table::{Candidate, Outbound, PortSpec, Tables};
 use crate::xfcc;
 

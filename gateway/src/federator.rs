@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::app::Shared;
 use crate::config::FederatorUrl;
+use crate::shared::Shared;
 use crate::tls::{self, TlsState};
 
 // === impl FederatorConnector ===

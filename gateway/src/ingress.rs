@@ -21,10 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::Shared;
 use crate::body::{self, Body, ReplayBody};
 use crate::peer::PROBE_AUTHORITY;
 use crate::proxy::{self, Record};
+use crate::shared::Shared;
 use crate::table::{Inbound, PortSpec};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
@@ -98,7 +98,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         let expires_in = certs
             .first()
             .and_then(|c| causeway_api::tls::Validity::of(c).ok())
-            .map(|v| Duration::from_secs(v.left(crate::reload::unix_now()).max(0) as u64));
+            .map(|v| Duration::from_secs(v.left(crate::tls::unix_now()).max(0) as u64));
         let Some(tables) = shared.tables.load_full() else {
             let r = Refusal {
                 reason: "unknown_cluster",

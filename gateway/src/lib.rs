@@ -26,6 +26,7 @@ mod reload;
 mod renew;
 pub mod resilience;
 mod route;
+mod shared;
 pub mod state;
 pub mod table;
 mod tls;

@@ -197,7 +197,7 @@ impl PeerConn {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(kill) = kill {
-            let left = close_at.map_or(300, |t| (t - crate::reload::unix_now()).max(0));
+            let left = close_at.map_or(300, |t| (t - crate::tls::unix_now()).max(0));
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(left as u64)).await;
                 kill.cancel();
@@ -508,7 +508,7 @@ impl PeerPool {
                         // verified with the old bundle; the next one is verified with the new.
                         if known.is_some() {
                             tracing::info!(peer = %cluster, "peer trust bundle changed; replacing its connection");
-                            p.retire(Some(crate::reload::unix_now() + BUNDLE_CHANGE_GRACE_SECS));
+                            p.retire(Some(crate::tls::unix_now() + BUNDLE_CHANGE_GRACE_SECS));
                         }
                         *known = bundle;
                     }

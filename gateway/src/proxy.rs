@@ -7,8 +7,8 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::app::Shared;
 use crate::body::{self, Body};
+use crate::shared::Shared;
 use crate::xfcc;
 
 /// Either end of a tunnel.

@@ -4,9 +4,9 @@
 //! and counted in `causeway_gateway_cert_reloads_total{result="error"}`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::app::Shared;
+use crate::shared::Shared;
 use crate::tls::TlsFiles;
 
 pub(crate) type Stamp = causeway_api::pem::FileStamp;
@@ -77,12 +77,6 @@ pub(crate) fn cert_health(v: &causeway_api::tls::Validity, now: i64) -> CertHeal
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Sets `causeway_certificate_expiry_timestamp_seconds` for this gateway and every peer seen,
 /// and logs when the own certificate's state changes from `before`. Returns the new state.
 fn observe_certificates(shared: &Shared, before: CertHealth) -> CertHealth {
@@ -100,7 +94,7 @@ fn observe_certificates(shared: &Shared, before: CertHealth) -> CertHealth {
     gauge
         .with_label_values(&["gateway", &shared.config.cluster])
         .set(v.not_after);
-    let now = unix_now();
+    let now = crate::tls::unix_now();
     let health = cert_health(&v, now);
     if health != before {
         let left = std::time::Duration::from_secs(v.left(now).max(0) as u64);

@@ -28,9 +28,9 @@ use causeway_api::proto::CertifyRequest;
 use causeway_api::tls::{Identity, TrustBundle, Validity};
 use rcgen::{CertificateParams, KeyPair};
 
-use crate::app::Shared;
 use crate::config::FederatorUrl;
-use crate::reload::unix_now;
+use crate::shared::Shared;
+use crate::tls::unix_now;
 
 const CERT_FILE: &str = "identity.pem";
 const KEY_FILE: &str = "identity.key";

@@ -16,7 +16,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Longest ejection, whatever the multiplier.
-const MAX_EJECTION: Duration = Duration::from_secs(300);
+const MAX_EJECTION: Duration = causeway_api::policy::DEFAULTS.max_ejection;
 
 // === impl ClusterStats ===
 

@@ -18,11 +18,8 @@ use causeway_api::{ClusterId, ServiceKey};
 use crate::config::Cidr;
 use crate::resilience::{ClusterStats, RateLimiter, RetryBudget};
 
-// Defaults for policy fields left at proto3's zero.
-const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
-const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
-const DEFAULT_OUTLIER_ERRORS: u32 = 5;
-const DEFAULT_OUTLIER_BASE: Duration = Duration::from_secs(30);
+// Defaults for policy fields left at proto3's zero: the federator's own (one table).
+use causeway_api::policy::DEFAULTS;
 
 /// Why a snapshot was refused; sent to the federator in the NACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,13 +181,16 @@ impl Policy {
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         Self {
             timeout: (p.timeout_ms > 0).then(|| Duration::from_millis(p.timeout_ms)),
-            retry_attempts: p.retry_attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS),
-            retry_budget_percent: or(p.retry_budget_percent, DEFAULT_RETRY_BUDGET_PERCENT),
+            retry_attempts: p.retry_attempts.unwrap_or(DEFAULTS.retry_attempts),
+            retry_budget_percent: or(p.retry_budget_percent, DEFAULTS.retry_budget_percent),
             max_concurrent: p.max_concurrent,
             max_pending: p.max_pending,
-            outlier_errors: or(p.outlier_consecutive_errors, DEFAULT_OUTLIER_ERRORS),
+            outlier_errors: or(
+                p.outlier_consecutive_errors,
+                DEFAULTS.outlier_consecutive_errors,
+            ),
             outlier_base: if p.outlier_base_ejection_ms == 0 {
-                DEFAULT_OUTLIER_BASE
+                DEFAULTS.outlier_base_ejection
             } else {
                 Duration::from_millis(p.outlier_base_ejection_ms)
             },

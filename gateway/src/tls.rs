@@ -278,3 +278,9 @@ pub(crate) fn server_name(host: &str) -> ServerName<'static> {
     )
     .unwrap_or_else(|_| ServerName::try_from("peer.causeway.invalid").expect("valid name"))
 }
+/// Seconds since the Unix epoch: the clock certificate validity is read against.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -31,7 +31,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
@@ -40,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use crate::crds::{
     ServiceImport, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, MANAGER,
 };
-use crate::gwconfig::{EndpointPorts, GatewayPorts};
+use crate::kubewatch::KubeMetrics;
+use crate::ports::{EndpointPorts, GatewayPorts};
 
 /// Label of a remote endpoint's derived Service: the endpoint's DNS label in its cluster (which
 /// [`LABEL_SOURCE_CLUSTER`] names).
@@ -69,7 +69,7 @@ pub struct KubeOptions {
     pub gateway_port: u16,
     /// Gateway listener ports for the TCP ports of ClusterSetIP imports, `gateway_port_first`
     /// onwards: each import port gets one, and its derived Service port targets it
-    /// ([`crate::gwconfig::gateway_ports`]).
+    /// ([`crate::ports::gateway_ports`]).
     pub gateway_port_first: u16,
     pub gateway_port_count: u16,
 }
@@ -99,7 +99,7 @@ fn fit(name: &str) -> String {
     if name.len() <= 63 {
         return name.to_string();
     }
-    let h = crate::gwconfig::fnv1a(name.as_bytes());
+    let h = crate::ports::fnv1a(name.as_bytes());
     format!("{}-{h:08x}", name[..54].trim_end_matches('-'))
 }
 
@@ -171,7 +171,7 @@ pub struct DesiredImport {
 #[derive(Debug, Clone, Default)]
 pub struct RemoteEndpoints {
     pub local: Option<causeway_api::ClusterId>,
-    /// Gateway ports of the endpoints ([`crate::gwconfig::gateway_port_plan`]).
+    /// Gateway ports of the endpoints ([`crate::ports::gateway_port_plan`]).
     pub ports: EndpointPorts,
     /// ClusterIP each endpoint's derived Service holds: (import, cluster, name) → address.
     pub held: BTreeMap<(ServiceKey, causeway_api::ClusterId, String), IpAddr>,
@@ -572,59 +572,6 @@ fn to_value<K: Serialize>(k: &K) -> Value {
     serde_json::to_value(k).unwrap_or(Value::Null)
 }
 
-/// Metrics of the Kubernetes source and sink.
-#[derive(Clone)]
-pub struct KubeMetrics {
-    /// `causeway_federator_kube_writes_total{kind, result}`: writes to the Kubernetes API.
-    pub writes: IntCounterVec,
-    /// `causeway_federator_kube_watch_errors_total{resource}`: failed lists and watches.
-    pub watch_errors: IntCounterVec,
-    /// `causeway_federator_kube_sink_passes_total`: passes of the sink over every import (each
-    /// compares and writes only what differs; at rest, passes come without writes).
-    pub sink_passes: prometheus::IntCounter,
-}
-
-impl KubeMetrics {
-    /// Registers the metrics in `registry` (kept unregistered if the names are taken).
-    pub fn new(registry: &Registry) -> Self {
-        let vec = |name: &str, help: &str, labels: &[&str]| {
-            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            if let Err(e) = registry.register(Box::new(v.clone())) {
-                tracing::warn!(metric = name, error = %e, "metric not registered");
-            }
-            v
-        };
-        let sink_passes = prometheus::IntCounter::new(
-            "causeway_federator_kube_sink_passes_total",
-            "Passes of the Kubernetes sink over every import (writes only what differs).",
-        )
-        .expect("valid metric");
-        if let Err(e) = registry.register(Box::new(sink_passes.clone())) {
-            tracing::warn!(error = %e, "metric not registered");
-        }
-        Self {
-            sink_passes,
-            writes: vec(
-                "causeway_federator_kube_writes_total",
-                "Writes of the Kubernetes source and sink, by object kind and result (ok, error).",
-                &["kind", "result"],
-            ),
-            watch_errors: vec(
-                "causeway_federator_kube_watch_errors_total",
-                "Failed Kubernetes lists and watches, by resource (they are retried).",
-                &["resource"],
-            ),
-        }
-    }
-
-    /// Counts one write.
-    pub fn wrote(&self, kind: &str, ok: bool) {
-        self.writes
-            .with_label_values(&[kind, if ok { "ok" } else { "error" }])
-            .inc();
-    }
-}
-
 /// Counts writes, logs the failed ones.
 struct Failures<'a> {
     failed: usize,
@@ -766,7 +713,7 @@ impl Sink {
             .map(|n| n.name_any())
             .collect();
         // Over the whole snapshot, as the gateway config does, so that both agree.
-        let (gateway_ports, endpoint_ports) = crate::gwconfig::gateway_port_plan(
+        let (gateway_ports, endpoint_ports) = crate::ports::gateway_port_plan(
             snap,
             self.opts.gateway_port_first,
             self.opts.gateway_port_count,

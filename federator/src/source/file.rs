@@ -98,8 +98,8 @@ struct RateLimitSpec {
 
 impl PolicySpec {
     fn parse(self) -> Result<causeway_api::TrafficPolicy, String> {
-        use super::PolicyField as F;
-        super::PolicyValues {
+        use crate::policy::PolicyField as F;
+        crate::policy::PolicyValues {
             timeout: self.timeout.as_deref(),
             retries: self.retries,
             max_concurrent: self.max_concurrent,

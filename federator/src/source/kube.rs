@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use causeway_api::backoff::Backoff;
 use causeway_api::snapshot::InvalidExport;
 use causeway_api::{
     BackendTlsMode, ClusterId, Endpoint, ExportRecord, MeshSnapshot, Protocol, ServiceKey,
@@ -46,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LocalExport, LocalExports};
 use crate::crds::{condition, reason, ServiceExport};
+use crate::kubewatch::KubeMetrics;
 use crate::kubewatch::{reflect, ControllerBackoff, WatchLog};
-use crate::sink::kube::KubeMetrics;
 
 /// Label Kubernetes puts on the EndpointSlices of a Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -302,7 +303,7 @@ pub fn export_of(
         })?),
     };
     let traffic_policy = {
-        use super::PolicyField as F;
+        use crate::policy::PolicyField as F;
         let fields = [
             (F::Timeout, annotation::TIMEOUT),
             (F::Retries, annotation::RETRIES),
@@ -317,7 +318,7 @@ pub fn export_of(
             (F::RateLimitBurst, annotation::RATE_LIMIT_BURST),
             (F::Failover, annotation::FAILOVER),
         ];
-        super::traffic_policy(
+        crate::policy::traffic_policy(
             fields
                 .into_iter()
                 .filter_map(|(f, name)| annotations.get(name).map(|v| (f, name, v.clone()))),
@@ -329,7 +330,7 @@ pub fn export_of(
         .creation_timestamp
         .as_ref()
         .map(|t| t.0.as_millisecond())
-        .unwrap_or_else(crate::view::now_ms);
+        .unwrap_or_else(super::now_ms);
     let service_ip = if headless {
         None
     } else {
@@ -616,6 +617,32 @@ struct Ctx {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     leader: watch::Receiver<bool>,
     local: ClusterId,
+    /// Status writes that failed, by export: each retries after its own backoff, which a
+    /// success ends.
+    retries: std::sync::Mutex<BTreeMap<String, Backoff>>,
+}
+
+/// The first retry of a failed status write, doubling to [`STATUS_RETRY_MAX`].
+const STATUS_RETRY_FIRST: Duration = Duration::from_millis(500);
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl Ctx {
+    /// How long export `origin` waits before its next try.
+    fn retry_in(&self, origin: &str) -> Duration {
+        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        retries
+            .entry(origin.to_string())
+            .or_insert_with(|| Backoff::new(STATUS_RETRY_FIRST, STATUS_RETRY_MAX))
+            .next_wait()
+    }
+
+    /// Ends export `origin`'s backoff: written, or nothing left to write.
+    fn succeeded(&self, origin: &str) {
+        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        if !retries.is_empty() {
+            retries.remove(origin);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -639,6 +666,7 @@ async fn reconcile(se: Arc<ServiceExport>, ctx: Arc<Ctx>) -> Result<Action, Stat
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let Some(conditions) = merge_conditions(&current, desired) else {
+        ctx.succeeded(&origin(&se));
         return Ok(Action::await_change());
     };
     let ns = se.namespace().unwrap_or_default();
@@ -656,13 +684,16 @@ async fn reconcile(se: Arc<ServiceExport>, ctx: Arc<Ctx>) -> Result<Action, Stat
         });
     ctx.metrics.wrote("ServiceExport", written.is_ok());
     written?;
+    ctx.succeeded(&origin(&se));
     tracing::debug!(export = %origin(&se), "ServiceExport conditions written");
     Ok(Action::await_change())
 }
 
-fn error_policy(se: Arc<ServiceExport>, err: &StatusError, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(export = %origin(&se), error = %err, "ServiceExport status not written; retrying");
-    Action::requeue(Duration::from_secs(2))
+fn error_policy(se: Arc<ServiceExport>, err: &StatusError, ctx: Arc<Ctx>) -> Action {
+    let export = origin(&se);
+    let wait = ctx.retry_in(&export);
+    tracing::warn!(%export, error = %err, retry_in = ?wait, "ServiceExport status not written; retrying");
+    Action::requeue(wait)
 }
 
 /// Logs of the source's reflectors, under this module.
@@ -755,6 +786,7 @@ pub async fn run(
             snapshots: snapshots.clone(),
             leader: leader.clone(),
             local,
+            retries: Default::default(),
         });
         let same_name = |svc: Service| {
             Some(ObjectRef::<ServiceExport>::new(&svc.name_any()).within(&svc.namespace()?))
