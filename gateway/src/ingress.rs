@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use causeway_api::authority::{parse_authority, parse_pinned_authority};
 use causeway_api::spiffe::SpiffeId;
+use causeway_api::ServiceKey;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -25,7 +26,7 @@ use crate::body::{self, Body, ReplayBody};
 use crate::peer::PROBE_AUTHORITY;
 use crate::proxy::{self, Record};
 use crate::shared::Shared;
-use crate::table::{Inbound, PortSpec};
+use crate::table::{Inbound, PortSpec, Tables};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
 
@@ -255,23 +256,6 @@ async fn handle_request(
     let service = name.to_string();
     record.service = &service;
 
-    // Authorisation: the peer may have been removed since it connected.
-    if !tables.peers.contains_key(&peer.cluster) {
-        return refuse(
-            &record,
-            StatusCode::FORBIDDEN,
-            "unknown_peer",
-            format!("cluster {} is no longer a peer", peer.cluster),
-        );
-    }
-    if !inbound.allowed_clusters.is_empty() && !inbound.allowed_clusters.contains(&peer.cluster) {
-        return refuse(
-            &record,
-            StatusCode::FORBIDDEN,
-            "forbidden_cluster",
-            format!("cluster {} may not call {name}", peer.cluster),
-        );
-    }
     // A peer vouches for callers of its own trust domain only.
     let stripped = xfcc::keep_trust_domain(req.headers_mut(), peer.id.trust_domain());
     if stripped != xfcc::Stripped::default() {
@@ -296,12 +280,12 @@ async fn handle_request(
         );
     }
     let caller = xfcc::first_uri(req.headers()).unwrap_or_else(|| peer.id.to_string());
-    if !inbound.allowed_identities.is_empty() && !inbound.allowed_identities.contains(&caller) {
+    if let Err(denied) = authorise(&tables, &inbound, &peer.cluster, &caller) {
         return refuse(
             &record,
             StatusCode::FORBIDDEN,
-            "forbidden_identity",
-            format!("{caller} may not call {name}"),
+            denied.reason,
+            denied.message,
         );
     }
     if inbound.drained {
@@ -347,7 +331,11 @@ async fn handle_request(
         );
     }
     if method == Method::CONNECT {
-        return tunnel(&shared, &inbound, &endpoints, port, req, record).await;
+        let who = TunnelCaller {
+            peer_cluster: peer.cluster.clone(),
+            caller,
+        };
+        return tunnel(&shared, &inbound, &endpoints, port, who, req, record).await;
     }
     if !port.is_http() {
         shared.metrics.refuse("ingress", "http_to_tcp_port");
@@ -458,11 +446,118 @@ async fn handle_request(
     )
 }
 
+/// Why a peer's caller may not use an inbound service.
+struct Denied {
+    reason: &'static str,
+    message: String,
+}
+
+/// The authorisation rule of the ingress, for requests and for open tunnels alike: the peer is
+/// still a peer (it may have been removed since it connected), its cluster may call the
+/// service, and so may the caller (the first XFCC identity it vouched for, or its own).
+fn authorise(
+    tables: &Tables,
+    inbound: &Inbound,
+    peer_cluster: &str,
+    caller: &str,
+) -> Result<(), Denied> {
+    let name = &inbound.name;
+    if !tables.peers.contains_key(peer_cluster) {
+        return Err(Denied {
+            reason: "unknown_peer",
+            message: format!("cluster {peer_cluster} is no longer a peer"),
+        });
+    }
+    if !inbound.allowed_clusters.is_empty() && !inbound.allowed_clusters.contains(peer_cluster) {
+        return Err(Denied {
+            reason: "forbidden_cluster",
+            message: format!("cluster {peer_cluster} may not call {name}"),
+        });
+    }
+    if !inbound.allowed_identities.is_empty() && !inbound.allowed_identities.contains(caller) {
+        return Err(Denied {
+            reason: "forbidden_identity",
+            message: format!("{caller} may not call {name}"),
+        });
+    }
+    Ok(())
+}
+
+/// Who opened a tunnel, kept to check it again when the config changes.
+struct TunnelCaller {
+    peer_cluster: String,
+    caller: String,
+}
+
+impl TunnelCaller {
+    /// Whether the tables still let this caller use `name`'s port `port`; the reason if not.
+    fn still_allowed(&self, tables: &Tables, name: &ServiceKey, port: u16) -> Result<(), Denied> {
+        let Some(inbound) = tables.inbound.get(name) else {
+            return Err(Denied {
+                reason: "unknown_service",
+                message: format!("{name} is no longer exported here"),
+            });
+        };
+        if inbound.port(Some(port)).is_none() {
+            return Err(Denied {
+                reason: "unknown_port",
+                message: format!("{name} no longer has port {port}"),
+            });
+        }
+        authorise(tables, inbound, &self.peer_cluster, &self.caller)
+    }
+}
+
+/// Carries a tunnel until either side ends it, checking it again on every applied config (as
+/// ztunnel's connection manager does): one the new config no longer allows is closed, both
+/// ways, and counted in `causeway_gateway_tunnels_closed_total{reason}`.
+async fn carry_tunnel(
+    shared: Arc<Shared>,
+    name: ServiceKey,
+    port: u16,
+    who: TunnelCaller,
+    peer: impl proxy::Io,
+    upstream: impl proxy::Io,
+) {
+    let mut versions = shared.version_tx.subscribe();
+    let pump = proxy::pump(peer, upstream);
+    tokio::pin!(pump);
+    loop {
+        tokio::select! {
+            () = &mut pump => return,
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    // The gateway is going away: the drain ends the tunnel.
+                    return pump.await;
+                }
+                let Some(tables) = shared.tables.load_full() else { continue };
+                if let Err(denied) = who.still_allowed(&tables, &name, port) {
+                    shared
+                        .metrics
+                        .tunnels_closed
+                        .with_label_values(&[denied.reason])
+                        .inc();
+                    tracing::info!(
+                        service = %name,
+                        peer = %who.peer_cluster,
+                        caller = %who.caller,
+                        reason = denied.reason,
+                        "open tunnel closed: {}",
+                        denied.message
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
 async fn tunnel(
     shared: &Arc<Shared>,
     inbound: &Arc<Inbound>,
     endpoints: &[crate::table::EndpointAddr],
     port: PortSpec,
+    who: TunnelCaller,
     mut req: Request<Incoming>,
     record: Record<'_>,
 ) -> Response<Body> {
@@ -472,9 +567,13 @@ async fn tunnel(
         match shared.backends.connect(inbound, endpoint, port).await {
             Ok(upstream) => {
                 record.finish(shared, "tcp", 200, None);
+                let (shared, name) = (shared.clone(), inbound.name.clone());
                 tokio::spawn(async move {
                     match on_upgrade.await {
-                        Ok(peer) => proxy::pump(TokioIo::new(peer), upstream).await,
+                        Ok(peer) => {
+                            carry_tunnel(shared, name, port.port, who, TokioIo::new(peer), upstream)
+                                .await
+                        }
                         Err(e) => tracing::debug!(error = %e, "peer CONNECT upgrade failed"),
                     }
                 });

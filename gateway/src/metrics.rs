@@ -27,6 +27,8 @@ pub struct Metrics {
     pub cert_reloads: IntCounterVec,
     pub cert_renewals: IntCounterVec,
     pub refused: IntCounterVec,
+    /// Open tunnels closed because an applied config no longer allows them, by reason.
+    pub tunnels_closed: IntCounterVec,
     pub cert_expiry: IntGaugeVec,
 }
 
@@ -142,6 +144,13 @@ impl Metrics {
             ),
             &["listener", "reason"]
         ));
+        let tunnels_closed = reg!(IntCounterVec::new(
+            Opts::new(
+                "causeway_gateway_tunnels_closed_total",
+                "Open CONNECT tunnels at ingress closed because an applied config no longer allows them, by reason"
+            ),
+            &["reason"]
+        ));
         let cert_renewals = reg!(IntCounterVec::new(
             Opts::new(
                 "causeway_gateway_certificate_renewals_total",
@@ -157,6 +166,7 @@ impl Metrics {
             &["component", "cluster"]
         ));
         Self {
+            tunnels_closed,
             registry,
             requests,
             request_duration,

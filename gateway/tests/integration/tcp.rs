@@ -500,3 +500,73 @@ async fn each_pinned_endpoint_gateway_port_reaches_exactly_its_endpoint() {
         "{err}"
     );
 }
+
+/// A CONNECT through east's egress to `authority`; returns the stream and the response head.
+async fn open_tunnel(egress: std::net::SocketAddr, authority: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(egress).await.unwrap();
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_err() {
+            break;
+        }
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// An open tunnel is authorised again on every applied config: a change that leaves it allowed
+/// keeps it, one that forbids its cluster closes it, and the reason is counted.
+#[tokio::test]
+async fn an_open_tunnel_is_closed_when_the_config_no_longer_allows_it() {
+    let mesh = Pair::start().await;
+    let echo = TcpEcho::start("west-echo").await;
+    let db = |name| (name, 5432, AppProtocol::Opaque, vec![echo.addr]);
+    mesh.configure(1, &[db("db")], |_, _| {});
+    let authority = "db.shop.svc.clusterset.local:5432";
+    let (mut s, head) = open_tunnel(mesh.east.egress_addr, authority).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_exact_str(&mut s, 10).await, "west-echo:");
+    s.write_all(b"one").await.unwrap();
+    assert_eq!(read_exact_str(&mut s, 3).await, "one");
+
+    // Another service appears, and db allows east by name: still allowed.
+    mesh.configure(2, &[db("db"), db("cache")], |_, i| {
+        i.allowed_source_clusters = vec!["east".into()];
+    });
+    s.write_all(b"two").await.unwrap();
+    assert_eq!(read_exact_str(&mut s, 3).await, "two");
+
+    // Now only north may call it: the open tunnel goes.
+    mesh.configure(3, &[db("db")], |_, i| {
+        i.allowed_source_clusters = vec!["north".into()];
+    });
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the tunnel is still open after the config forbade it"
+    );
+    let closed = metric_or_zero(
+        &mesh.west,
+        "causeway_gateway_tunnels_closed_total",
+        &[("reason", "forbidden_cluster")],
+    );
+    assert_eq!(closed, 1.0);
+    let (_, head) = open_tunnel(mesh.east.egress_addr, authority).await;
+    assert!(
+        !head.starts_with("HTTP/1.1 200"),
+        "a new tunnel is refused too: {head}"
+    );
+}
