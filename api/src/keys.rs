@@ -735,7 +735,6 @@ mod tests {
 
     fn export_record() -> ExportRecord {
         ExportRecord {
-            schema: 2,
             ports: vec![
                 ServicePort {
                     name: "http".to_string(),
@@ -765,8 +764,7 @@ mod tests {
             allowed_identities: vec!["spiffe://west.example/ns/shop/sa/web".to_string()],
             weight: Some(10),
             service_ip: Some("10.96.0.10".parse().unwrap()),
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         }
     }
 

@@ -220,18 +220,9 @@ mod tests {
         ExportRecord {
             schema: crate::SCHEMA_VERSION,
             ports,
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: SessionAffinity::None,
             created_unix_ms,
             ready_endpoints: 1,
-            backend_tls_mode: Default::default(),
-            endpoints: Vec::new(),
-            allowed_source_clusters: Vec::new(),
-            allowed_identities: Vec::new(),
-            weight: None,
-            service_ip: None,
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         }
     }
 

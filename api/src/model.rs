@@ -352,6 +352,29 @@ pub struct ExportRecord {
     pub exported: Exported,
 }
 
+/// An export with every field at its default and the current schema: build one with
+/// `ExportRecord { ports, created_unix_ms, ..ExportRecord::default() }`.
+impl Default for ExportRecord {
+    fn default() -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            ports: Vec::new(),
+            service_type: ServiceType::default(),
+            session_affinity: SessionAffinity::default(),
+            created_unix_ms: 0,
+            ready_endpoints: 0,
+            backend_tls_mode: BackendTlsMode::default(),
+            endpoints: Vec::new(),
+            allowed_source_clusters: Vec::new(),
+            allowed_identities: Vec::new(),
+            weight: None,
+            service_ip: None,
+            traffic_policy: TrafficPolicy::default(),
+            exported: Exported::default(),
+        }
+    }
+}
+
 /// What an export asks the importing clusters to carry onto their ServiceImport (MCS API
 /// v0.5.0): the ServiceExport's `exportedLabels` and `exportedAnnotations`, and the Service's
 /// `internalTrafficPolicy` and `trafficDistribution`.

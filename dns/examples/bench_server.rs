@@ -34,20 +34,10 @@ fn vip(i: u32) -> IpAddr {
 fn export(service_ip: IpAddr) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: causeway_api::SCHEMA_VERSION,
-            ports: vec![],
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: Default::default(),
             created_unix_ms: 1,
             ready_endpoints: 1,
-            backend_tls_mode: Default::default(),
-            endpoints: vec![],
-            allowed_source_clusters: vec![],
-            allowed_identities: vec![],
-            weight: None,
             service_ip: Some(service_ip),
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         },
         conditions: ExportConditions::default(),
         stale: false,

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use causeway_api::keys;
 use causeway_api::{
-    BackendTlsMode, ClusterId, ClusterRecord, ExportRecord, Protocol, ServiceKey, ServicePort,
-    ServiceType, SessionAffinity, SyncedRecord,
+    ClusterId, ClusterRecord, ExportRecord, Protocol, ServiceKey, ServicePort, SyncedRecord,
 };
 use causeway_e2e::EtcdServer;
 use causeway_federator::status::admin_get;
@@ -168,7 +167,6 @@ async fn propagation(bin: &Path, changes: usize) -> anyhow::Result<()> {
 
 fn export_record(created: i64) -> ExportRecord {
     ExportRecord {
-        schema: causeway_api::SCHEMA_VERSION,
         ports: vec![
             ServicePort {
                 name: "http".into(),
@@ -183,18 +181,10 @@ fn export_record(created: i64) -> ExportRecord {
                 app_protocol: Some("grpc".into()),
             },
         ],
-        service_type: ServiceType::ClusterSetIP,
-        session_affinity: SessionAffinity::None,
         created_unix_ms: created,
         ready_endpoints: 3,
-        backend_tls_mode: BackendTlsMode::Plaintext,
-        endpoints: vec![],
-        allowed_source_clusters: vec![],
-        allowed_identities: vec![],
-        weight: None,
         service_ip: Some("10.96.0.10".parse().expect("ip")),
-        traffic_policy: Default::default(),
-        exported: Default::default(),
+        ..ExportRecord::default()
     }
 }
 

@@ -316,25 +316,15 @@ mod tests {
 
     fn record(ready: u32) -> ExportRecord {
         ExportRecord {
-            schema: causeway_api::SCHEMA_VERSION,
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
                 port: 80,
                 app_protocol: Some("http".into()),
             }],
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: SessionAffinity::None,
             created_unix_ms: 1,
             ready_endpoints: ready,
-            backend_tls_mode: BackendTlsMode::Plaintext,
-            endpoints: vec![],
-            allowed_source_clusters: vec![],
-            allowed_identities: vec![],
-            weight: None,
-            service_ip: None,
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         }
     }
 

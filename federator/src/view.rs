@@ -719,7 +719,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use causeway_api::keys;
-    use causeway_api::{BackendTlsMode, Protocol, ServicePort, ServiceType, SessionAffinity};
+    use causeway_api::{Protocol, ServicePort};
 
     use super::*;
 
@@ -746,25 +746,15 @@ mod tests {
 
     fn export_kv(service: &str, cluster: &str) -> (String, Vec<u8>) {
         let rec = ExportRecord {
-            schema: causeway_api::SCHEMA_VERSION,
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
                 port: 80,
                 app_protocol: None,
             }],
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: SessionAffinity::None,
             created_unix_ms: 1,
             ready_endpoints: 1,
-            backend_tls_mode: BackendTlsMode::Plaintext,
-            endpoints: vec![],
-            allowed_source_clusters: vec![],
-            allowed_identities: vec![],
-            weight: None,
-            service_ip: None,
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         };
         (
             keys::export_key(&svc(service), &c(cluster)),

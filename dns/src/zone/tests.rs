@@ -29,20 +29,11 @@ fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
 fn export(ready: u32, service_ip: Option<&str>, endpoints: Vec<Endpoint>) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: causeway_api::SCHEMA_VERSION,
-            ports: Vec::new(),
-            service_type: ServiceType::ClusterSetIP,
-            session_affinity: Default::default(),
             created_unix_ms: 1,
             ready_endpoints: ready,
-            backend_tls_mode: Default::default(),
             endpoints,
-            allowed_source_clusters: Vec::new(),
-            allowed_identities: Vec::new(),
-            weight: None,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         },
         conditions: ExportConditions::default(),
         stale: false,

@@ -81,20 +81,13 @@ pub(crate) fn export(
 ) -> ExportView {
     ExportView {
         record: ExportRecord {
-            schema: causeway_api::SCHEMA_VERSION,
             ports: ports.to_vec(),
             service_type: ty,
-            session_affinity: Default::default(),
             created_unix_ms: 1_700_000_000_000,
             ready_endpoints: ready,
-            backend_tls_mode: Default::default(),
             endpoints,
-            allowed_source_clusters: Vec::new(),
-            allowed_identities: Vec::new(),
-            weight: None,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
-            traffic_policy: Default::default(),
-            exported: Default::default(),
+            ..ExportRecord::default()
         },
         conditions: ExportConditions::default(),
         stale: false,

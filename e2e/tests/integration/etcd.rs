@@ -3,16 +3,12 @@
 use std::time::Duration;
 
 use causeway_api::keys::{self, Key};
-use causeway_api::{
-    BackendTlsMode, ClusterId, ExportRecord, Protocol, ServiceKey, ServicePort, ServiceType,
-    SessionAffinity, SCHEMA_VERSION,
-};
+use causeway_api::{BackendTlsMode, ClusterId, ExportRecord, Protocol, ServiceKey, ServicePort};
 use causeway_e2e::{wait_for, EtcdServer};
 use etcd_client::{Client, GetOptions};
 
 fn export_record() -> ExportRecord {
     ExportRecord {
-        schema: SCHEMA_VERSION,
         ports: vec![
             ServicePort {
                 name: "http".to_string(),
@@ -27,18 +23,13 @@ fn export_record() -> ExportRecord {
                 app_protocol: Some("grpc".to_string()),
             },
         ],
-        service_type: ServiceType::ClusterSetIP,
-        session_affinity: SessionAffinity::None,
         created_unix_ms: 1_700_000_000_000,
         ready_endpoints: 3,
         backend_tls_mode: BackendTlsMode::Mtls,
-        endpoints: Vec::new(),
         allowed_source_clusters: vec![ClusterId::new("west").expect("valid cluster ID")],
-        allowed_identities: Vec::new(),
         weight: Some(100),
         service_ip: Some("10.96.0.10".parse().expect("valid IP")),
-        traffic_policy: Default::default(),
-        exported: Default::default(),
+        ..ExportRecord::default()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use causeway_api::snapshot::InvalidExport;
 use causeway_api::{
     BackendTlsMode, ClusterId, Endpoint, ExportRecord, Protocol, ServiceKey, ServicePort,
-    ServiceType, SessionAffinity, SCHEMA_VERSION,
+    ServiceType, SessionAffinity,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -283,7 +283,6 @@ pub fn parse_export(
         .unwrap_or_default();
     let ready_endpoints = endpoints.iter().filter(|e| e.ready).count() as u32;
     let record = ExportRecord {
-        schema: SCHEMA_VERSION,
         ports,
         service_type,
         session_affinity,
@@ -296,7 +295,7 @@ pub fn parse_export(
         weight: spec.weight,
         service_ip: spec.service_ip,
         traffic_policy,
-        exported: Default::default(),
+        ..ExportRecord::default()
     };
     Ok((
         key,

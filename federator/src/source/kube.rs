@@ -29,7 +29,7 @@ use causeway_api::backoff::Backoff;
 use causeway_api::snapshot::InvalidExport;
 use causeway_api::{
     BackendTlsMode, ClusterId, Endpoint, ExportRecord, MeshSnapshot, Protocol, ServiceKey,
-    ServicePort, ServiceType, SessionAffinity, SCHEMA_VERSION,
+    ServicePort, ServiceType, SessionAffinity,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -337,7 +337,6 @@ pub fn export_of(
         spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok())
     };
     let record = ExportRecord {
-        schema: SCHEMA_VERSION,
         ports,
         service_type,
         session_affinity,
@@ -362,6 +361,7 @@ pub fn export_of(
             labels: carried.exported_labels,
             annotations: carried.exported_annotations,
         },
+        ..ExportRecord::default()
     };
     Ok((
         key,

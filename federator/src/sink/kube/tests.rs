@@ -2,8 +2,7 @@ use std::collections::BTreeMap;
 
 use causeway_api::snapshot::ExportView;
 use causeway_api::{
-    BackendTlsMode, ClusterId, Endpoint, ExportConditions, ExportRecord, Import, Protocol,
-    ServicePort, SCHEMA_VERSION,
+    ClusterId, Endpoint, ExportConditions, ExportRecord, Import, Protocol, ServicePort,
 };
 
 use super::*;
@@ -22,25 +21,17 @@ fn view(service_type: ServiceType) -> ServiceView {
             ClusterId::new(c).unwrap(),
             ExportView {
                 record: ExportRecord {
-                    schema: SCHEMA_VERSION,
                     ports: ports.clone(),
                     service_type,
-                    session_affinity: SessionAffinity::None,
                     created_unix_ms: 1,
                     ready_endpoints: 1,
-                    backend_tls_mode: BackendTlsMode::Plaintext,
                     endpoints: vec![Endpoint {
                         address: ip.parse().unwrap(),
                         port: None,
                         ready: true,
                         hostname: Some("pod-0".into()),
                     }],
-                    allowed_source_clusters: vec![],
-                    allowed_identities: vec![],
-                    weight: None,
-                    service_ip: None,
-                    traffic_policy: Default::default(),
-                    exported: Default::default(),
+                    ..ExportRecord::default()
                 },
                 conditions: ExportConditions::default(),
                 stale: false,
