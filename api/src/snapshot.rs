@@ -118,8 +118,36 @@ impl MeshSnapshot {
         self.services.get(key).map(|s| &s.import)
     }
 
-    /// Whether a live drill drains `service` in `cluster`.
+    /// Whether `cluster` is drained for `service`: the one rule DNS and the gateway config
+    /// (inbound and outbound) ask. A live drill drains it; so does the export's `drained` flag,
+    /// which says the same once the service's view was rebuilt.
     pub fn is_drained(&self, service: &ServiceKey, cluster: &ClusterId) -> bool {
+        match self
+            .services
+            .get(service)
+            .and_then(|s| s.exports.get(cluster))
+        {
+            Some(export) => self.export_drained(service, cluster, export),
+            None => self.drilled(service, cluster),
+        }
+    }
+
+    /// [`MeshSnapshot::is_drained`] for an export already at hand (no lookup).
+    pub fn export_drained(
+        &self,
+        service: &ServiceKey,
+        cluster: &ClusterId,
+        export: &ExportView,
+    ) -> bool {
+        export.drained || self.drilled(service, cluster)
+    }
+
+    /// Whether `cluster` serves `service` with `export`: ready endpoints, and not drained.
+    pub fn serves(&self, service: &ServiceKey, cluster: &ClusterId, export: &ExportView) -> bool {
+        export.record.ready_endpoints > 0 && !self.export_drained(service, cluster, export)
+    }
+
+    fn drilled(&self, service: &ServiceKey, cluster: &ClusterId) -> bool {
         self.drills
             .values()
             .any(|d| &d.service == service && &d.cluster == cluster)
@@ -135,7 +163,7 @@ impl MeshSnapshot {
     pub fn local_ready_export(&self, key: &ServiceKey) -> Option<&ExportView> {
         let local = self.local_cluster.as_ref()?;
         let export = self.services.get(key)?.exports.get(local)?;
-        (export.record.ready_endpoints > 0 && !export.drained).then_some(export)
+        self.serves(key, local, export).then_some(export)
     }
 
     /// Number of exports per cluster (stale ones included).
@@ -150,5 +178,83 @@ impl MeshSnapshot {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExportConditions, ExportRecord, ServiceType, SessionAffinity};
+
+    fn snapshot(flagged: bool, drilled: bool, ready: u32) -> (MeshSnapshot, ServiceKey, ClusterId) {
+        let key = ServiceKey::new("shop", "cart").unwrap();
+        let west = ClusterId::new("west").unwrap();
+        let export = ExportView {
+            record: ExportRecord {
+                ready_endpoints: ready,
+                ..ExportRecord::default()
+            },
+            conditions: ExportConditions::default(),
+            stale: false,
+            drained: flagged,
+        };
+        let view = ServiceView {
+            import: Import {
+                key: key.clone(),
+                service_type: ServiceType::ClusterSetIP,
+                ports: vec![],
+                session_affinity: SessionAffinity::None,
+                clusters: vec![west.clone()],
+                conflict: false,
+                exported: Default::default(),
+            },
+            vip: None,
+            exports: BTreeMap::from([(west.clone(), export)]),
+            endpoint_vips: BTreeMap::new(),
+        };
+        let mut s = MeshSnapshot {
+            local_cluster: Some(west.clone()),
+            services: BTreeMap::from([(key.clone(), Arc::new(view))]),
+            ..MeshSnapshot::default()
+        };
+        if drilled {
+            s.drills.insert(
+                "d1".into(),
+                DrillRecord {
+                    schema: 2,
+                    service: key.clone(),
+                    cluster: west.clone(),
+                    start_unix_ms: 0,
+                    end_unix_ms: i64::MAX,
+                },
+            );
+        }
+        (s, key, west)
+    }
+
+    /// One rule for "is (service, cluster) drained / serving", whichever of the drill and the
+    /// export's flag the snapshot has caught up with.
+    #[test]
+    fn drained_by_a_drill_or_the_exports_flag_and_serving_only_when_ready() {
+        for (flagged, drilled) in [(true, false), (false, true), (true, true)] {
+            let (s, key, west) = snapshot(flagged, drilled, 2);
+            assert!(s.is_drained(&key, &west), "flag {flagged} drill {drilled}");
+            let e = &s.services[&key].exports[&west];
+            assert!(!s.serves(&key, &west, e));
+            assert!(s.local_ready_export(&key).is_none());
+        }
+        let (s, key, west) = snapshot(false, false, 2);
+        assert!(!s.is_drained(&key, &west));
+        assert!(s.local_ready_export(&key).is_some());
+        let (s, key, west) = snapshot(false, false, 0);
+        assert!(
+            !s.serves(&key, &west, &s.services[&key].exports[&west]),
+            "no ready endpoint"
+        );
+        let other = ClusterId::new("east").unwrap();
+        assert!(
+            !s.is_drained(&key, &other),
+            "a cluster that does not export it"
+        );
     }
 }

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use causeway_api::snapshot::{ExportView, ServiceView};
+use causeway_api::snapshot::ServiceView;
 use causeway_api::{ClusterId, Endpoint, MeshSnapshot, ServiceKey, ServiceType};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
@@ -376,12 +376,10 @@ impl Zone {
         view: &ServiceView,
     ) -> Option<IpAddr> {
         if self.policy(key) == AnswerPolicy::LocalFirst {
-            // `MeshSnapshot::local_ready_export`, without looking the service up again, and
-            // with a live drill counting even before the export's `drained` flag follows it.
+            // `MeshSnapshot::local_ready_export`, without looking the service up again.
             let serving = snapshot.local_cluster.as_ref().and_then(|local| {
                 let export = view.exports.get(local)?;
-                (export.record.ready_endpoints > 0 && !drained(snapshot, key, local, export))
-                    .then_some(export)
+                snapshot.serves(key, local, export).then_some(export)
             });
             if let Some(ip) = serving.and_then(|e| e.record.service_ip) {
                 return Some(ip);
@@ -519,10 +517,6 @@ pub(crate) fn reverse_address(name: &LowerName) -> Option<IpAddr> {
     }
 }
 
-fn drained(snapshot: &MeshSnapshot, key: &ServiceKey, cluster: &ClusterId, e: &ExportView) -> bool {
-    e.drained || snapshot.is_drained(key, cluster)
-}
-
 /// Whether this cluster's gateway sees `cluster`'s gateway as down.
 fn seen_down(snapshot: &MeshSnapshot, cluster: &ClusterId) -> bool {
     match &snapshot.local_cluster {
@@ -544,7 +538,7 @@ fn serving_endpoints<'s>(
     let all: Vec<(&ClusterId, &Endpoint)> = view
         .exports
         .iter()
-        .filter(|(c, e)| !drained(snapshot, key, c, e))
+        .filter(|(c, e)| !snapshot.export_drained(key, c, e))
         .flat_map(|(c, e)| {
             e.record
                 .endpoints

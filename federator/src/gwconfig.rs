@@ -257,7 +257,7 @@ pub fn build(
                         priority: priority(snap, local, c, failover),
                         weight: export.record.weight.unwrap_or(100),
                         healthy: peer_up && cluster_known && export.record.ready_endpoints > 0,
-                        drained: export.drained,
+                        drained: snap.export_drained(key, c, export),
                         ready_endpoints: export.record.ready_endpoints,
                     })
                 })

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use causeway_api::snapshot::{ClusterState, ClusterView};
+use causeway_api::snapshot::{ClusterState, ClusterView, ExportView};
 use causeway_api::{
     ClusterRecord, DrillRecord, ExportConditions, ExportRecord, HealthRecord, Import, Protocol,
     ServicePort,
