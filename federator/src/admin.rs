@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::source::LocalExports;
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     pub local: watch::Receiver<LocalExports>,
     pub leader: watch::Receiver<bool>,
@@ -31,7 +31,7 @@ pub struct AdminState {
 /// Both ends of an admin connection; serve the router with
 /// `into_make_service_with_connect_info::<Caller>()`.
 #[derive(Debug, Clone, Copy)]
-pub struct Caller {
+pub(crate) struct Caller {
     remote: SocketAddr,
     local: Option<SocketAddr>,
 }
@@ -45,7 +45,7 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
     }
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))

@@ -79,7 +79,7 @@ impl CertsArgs {
 
 /// Why `causeway certs` wrote nothing, or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum CertsError {
+pub(crate) enum CertsError {
     #[error("no clusters given")]
     NoClusters,
     #[error("cluster {0} is given more than once")]
@@ -112,89 +112,85 @@ pub enum CertsError {
 
 /// Where `causeway certs` puts each file under its output directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     dir: PathBuf,
 }
 
 impl Layout {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// `DIR/root-ca.pem`: the federation root CA certificate.
-    pub fn root_ca_cert(&self) -> PathBuf {
+    pub(crate) fn root_ca_cert(&self) -> PathBuf {
         self.dir.join("root-ca.pem")
     }
 
     /// `DIR/root-ca.key`: its key. Keep it offline; no running component needs it.
-    pub fn root_ca_key(&self) -> PathBuf {
+    pub(crate) fn root_ca_key(&self) -> PathBuf {
         self.dir.join("root-ca.key")
     }
 
     /// `DIR/bundle.pem`: the trust bundle every gateway and federator loads.
-    pub fn bundle(&self) -> PathBuf {
+    pub(crate) fn bundle(&self) -> PathBuf {
         self.dir.join("bundle.pem")
     }
 
     /// `DIR/<cluster>/`
-    pub fn cluster_dir(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn cluster_dir(&self, cluster: &ClusterId) -> PathBuf {
         self.dir.join(cluster.as_str())
     }
 
     /// `DIR/<cluster>/ca.pem`: the cluster's intermediate CA certificate.
-    pub fn ca_cert(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn ca_cert(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("ca.pem")
     }
 
-    pub fn ca_key(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn ca_key(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("ca.key")
     }
 
     /// `DIR/<cluster>/gateway.pem`: the gateway's leaf, then the cluster CA.
-    pub fn gateway_cert(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn gateway_cert(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("gateway.pem")
     }
 
-    pub fn gateway_key(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn gateway_key(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("gateway.key")
     }
 
     /// `DIR/<cluster>/federator.pem`: the federator's leaf, then the cluster CA.
-    pub fn federator_cert(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn federator_cert(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("federator.pem")
     }
 
-    pub fn federator_key(&self, cluster: &ClusterId) -> PathBuf {
+    pub(crate) fn federator_key(&self, cluster: &ClusterId) -> PathBuf {
         self.cluster_dir(cluster).join("federator.key")
     }
 
     /// Every file written for `clusters`, in writing order.
-    pub fn files(&self, clusters: &[ClusterId]) -> Vec<PathBuf> {
+    pub(crate) fn files(&self, clusters: &[ClusterId]) -> Vec<PathBuf> {
         let mut files = vec![self.root_ca_cert(), self.root_ca_key(), self.bundle()];
         files.extend(clusters.iter().flat_map(|c| self.cluster_files(c)));
         files
     }
 
     /// `DIR/<cluster>/root-ca.pem`, without `--shared-root`: the cluster's own root.
-    pub fn cluster_root_cert(&self, c: &ClusterId) -> PathBuf {
+    pub(crate) fn cluster_root_cert(&self, c: &ClusterId) -> PathBuf {
         self.cluster_dir(c).join("root-ca.pem")
     }
 
-    pub fn cluster_root_key(&self, c: &ClusterId) -> PathBuf {
+    pub(crate) fn cluster_root_key(&self, c: &ClusterId) -> PathBuf {
         self.cluster_dir(c).join("root-ca.key")
     }
 
     /// `DIR/<cluster>/bundle.pem`, without `--shared-root`: the cluster's trust bundle (its root).
-    pub fn cluster_bundle(&self, c: &ClusterId) -> PathBuf {
+    pub(crate) fn cluster_bundle(&self, c: &ClusterId) -> PathBuf {
         self.cluster_dir(c).join("bundle.pem")
     }
 
     /// The files of one cluster: what `--add` writes.
-    pub fn cluster_files(&self, c: &ClusterId) -> [PathBuf; 6] {
+    pub(crate) fn cluster_files(&self, c: &ClusterId) -> [PathBuf; 6] {
         [
             self.ca_cert(c),
             self.ca_key(c),
@@ -210,7 +206,7 @@ impl Layout {
 
 /// What `causeway certs` wrote.
 #[derive(Debug, Clone)]
-pub struct Generated {
+pub(crate) struct Generated {
     pub layout: Layout,
     pub clusters: Vec<ClusterIdentities>,
     pub not_after: time::OffsetDateTime,
@@ -218,7 +214,7 @@ pub struct Generated {
 
 /// The identities issued for one cluster.
 #[derive(Debug, Clone)]
-pub struct ClusterIdentities {
+pub(crate) struct ClusterIdentities {
     pub cluster: ClusterId,
     pub trust_domain: String,
     pub gateway: SpiffeId,
@@ -250,7 +246,7 @@ impl fmt::Display for Generated {
 
 /// Validates the arguments, checks that no target exists (unless `force`), then writes the CA
 /// hierarchy and every cluster's certificates and keys.
-pub fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
+pub(crate) fn generate(args: &CertsArgs) -> Result<Generated, CertsError> {
     let clusters = identities(args)?;
     let layout = Layout::new(&args.out);
     let ids: Vec<ClusterId> = clusters.iter().map(|c| c.cluster.clone()).collect();
@@ -608,7 +604,7 @@ pub struct IssueArgs {
 /// `causeway issue`: refuses existing outputs (unless `force`) and a CA whose own SPIFFE ID
 /// names another trust domain (its certificates would be refused everywhere); writes the
 /// certificate and its key.
-pub fn issue(args: &IssueArgs) -> Result<String, CertsError> {
+pub(crate) fn issue(args: &IssueArgs) -> Result<String, CertsError> {
     if !args.force {
         for path in [&args.cert_out, &args.key_out] {
             if path.symlink_metadata().is_ok() {

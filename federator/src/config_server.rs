@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::source::LocalExports;
 
 /// What gateways of this cluster report of peer clusters.
-pub type PeerHealthMap = BTreeMap<ClusterId, HealthRecord>;
+pub(crate) type PeerHealthMap = BTreeMap<ClusterId, HealthRecord>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -210,7 +210,7 @@ impl HealthRpc for Svc {
 
 /// What the config builder adds to the mesh snapshot and the local exports.
 #[derive(Debug, Clone, Default)]
-pub struct BuilderOptions {
+pub(crate) struct BuilderOptions {
     /// Kubernetes mode: the range gateway ports of imports come from (first, count).
     pub gateway_port_range: Option<(u16, u16)>,
     /// This cluster's `import_policies`.
@@ -220,7 +220,7 @@ pub struct BuilderOptions {
 /// Keeps `tx` at the config computed from the latest mesh snapshot and local exports; the version
 /// only moves when the content changes.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_builder(
+pub(crate) async fn run_builder(
     cluster: ClusterId,
     mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
     mut local: watch::Receiver<LocalExports>,
@@ -282,7 +282,7 @@ pub async fn run_builder(
 
 /// Where the config endpoint listens.
 #[derive(Debug, Clone)]
-pub struct ServeConfig {
+pub(crate) struct ServeConfig {
     pub listen: SocketAddr,
     pub cluster: ClusterId,
     pub trust_domain: String,
@@ -296,7 +296,7 @@ const MAX_HANDSHAKES: usize = 256;
 /// Binds and serves until `shutdown`. Returns the bound address. With a certificate and a
 /// bundle in `tls` the endpoint is mTLS, each handshake with the TLS state of that moment (a
 /// renewed certificate or a rotated bundle applies to the next connection); without, plaintext.
-pub async fn serve(
+pub(crate) async fn serve(
     cfg: ServeConfig,
     tls: watch::Receiver<Arc<FederatorTls>>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,

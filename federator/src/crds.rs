@@ -11,40 +11,35 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of both resources.
-pub const GROUP: &str = "multicluster.x-k8s.io";
-/// The version served (existing installs use it, DESIGN.md "Names").
-pub const VERSION: &str = "v1alpha1";
-
 /// Label on derived objects (Services, EndpointSlices) naming the ServiceImport they belong to.
-pub const LABEL_SERVICE_NAME: &str = "multicluster.kubernetes.io/service-name";
+pub(crate) const LABEL_SERVICE_NAME: &str = "multicluster.kubernetes.io/service-name";
 /// Label on EndpointSlices naming the cluster whose endpoints they hold.
-pub const LABEL_SOURCE_CLUSTER: &str = "multicluster.kubernetes.io/source-cluster";
+pub(crate) const LABEL_SOURCE_CLUSTER: &str = "multicluster.kubernetes.io/source-cluster";
 /// Label on objects the sink owns; it lists and deletes only those.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`], and the server-side apply field manager.
-pub const MANAGER: &str = "causeway-federator";
+pub(crate) const MANAGER: &str = "causeway-federator";
 
 /// Condition types of a ServiceExport.
-pub mod condition {
+pub(crate) mod condition {
     /// Whether the export can be exported at all (its Service exists and is exportable).
-    pub const VALID: &str = "Valid";
+    pub(crate) const VALID: &str = "Valid";
     /// Whether the export is in the mesh (published and seen back in the merged view).
-    pub const READY: &str = "Ready";
+    pub(crate) const READY: &str = "Ready";
     /// Whether the export's properties conflict with other clusters' exports of the service.
-    pub const CONFLICT: &str = "Conflict";
+    pub(crate) const CONFLICT: &str = "Conflict";
 }
 
 /// Condition reasons of a ServiceExport.
-pub mod reason {
-    pub const VALID: &str = "Valid";
-    pub const NO_SERVICE: &str = "NoService";
-    pub const INVALID_SERVICE_TYPE: &str = "InvalidServiceType";
+pub(crate) mod reason {
+    pub(crate) const VALID: &str = "Valid";
+    pub(crate) const NO_SERVICE: &str = "NoService";
+    pub(crate) const INVALID_SERVICE_TYPE: &str = "InvalidServiceType";
     /// The export's name or ports cannot be represented in the mesh (not an RFC 1123 label, ...).
-    pub const INVALID_EXPORT: &str = "InvalidExport";
-    pub const EXPORTED: &str = "Exported";
-    pub const PENDING: &str = "Pending";
-    pub const NO_CONFLICTS: &str = "NoConflicts";
+    pub(crate) const INVALID_EXPORT: &str = "InvalidExport";
+    pub(crate) const EXPORTED: &str = "Exported";
+    pub(crate) const PENDING: &str = "Pending";
+    pub(crate) const NO_CONFLICTS: &str = "NoConflicts";
 }
 
 /// ServiceExport declares that the Service of the same name and namespace is exported to the
@@ -65,7 +60,7 @@ pub mod reason {
     printcolumn = r#"{"name":"Conflict","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflict\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-pub struct ServiceExportSpec {
+pub(crate) struct ServiceExportSpec {
     /// `spec` (MCS API v0.5.0, optional; v1alpha1 objects have none). The derive flattens this
     /// struct onto the object's root, so this field is the object's own `spec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +72,7 @@ pub struct ServiceExportSpec {
 /// `AnnotationsConflict`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ExportSpec {
+pub(crate) struct ExportSpec {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub exported_labels: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -86,7 +81,7 @@ pub struct ExportSpec {
 
 /// Status of a ServiceExport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct ServiceExportStatus {
+pub(crate) struct ServiceExportStatus {
     /// `Valid`, `Ready` and `Conflict`, each at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -110,7 +105,7 @@ pub struct ServiceExportStatus {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceImportSpec {
+pub(crate) struct ServiceImportSpec {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub ports: Vec<ImportPort>,
     /// The ClusterSetIP (at most one per IP family) for `ClusterSetIP` imports.
@@ -136,14 +131,14 @@ pub struct ServiceImportSpec {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum ImportType {
+pub(crate) enum ImportType {
     #[default]
     ClusterSetIP,
     Headless,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum SessionAffinity {
+pub(crate) enum SessionAffinity {
     #[default]
     None,
     ClientIP,
@@ -151,14 +146,14 @@ pub enum SessionAffinity {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SessionAffinityConfig {
+pub(crate) struct SessionAffinityConfig {
     #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<ClientIpConfig>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientIpConfig {
+pub(crate) struct ClientIpConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i32>,
 }
@@ -166,7 +161,7 @@ pub struct ClientIpConfig {
 /// A port of a ServiceImport (like a Service port, without target or node port).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ImportPort {
+pub(crate) struct ImportPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `TCP` (default), `UDP` or `SCTP`.
@@ -180,7 +175,7 @@ pub struct ImportPort {
 
 /// Status of a ServiceImport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct ServiceImportStatus {
+pub(crate) struct ServiceImportStatus {
     /// The clusters that export the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
@@ -194,7 +189,7 @@ pub struct ServiceImportStatus {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     /// The cluster's ID.
     pub cluster: String,
 }
@@ -211,17 +206,17 @@ pub struct ClusterStatus {
     printcolumn = r#"{"name":"Value","type":"string","jsonPath":".spec.value"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-pub struct ClusterPropertySpec {
+pub(crate) struct ClusterPropertySpec {
     /// The property's value.
     #[schemars(length(min = 1, max = 128000))]
     pub value: String,
 }
 
 /// Name of the ClusterProperty that holds the cluster's ID (KEP-2149).
-pub const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
+pub(crate) const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
 
 /// The CRDs the chart installs: ServiceExport, ServiceImport, ClusterProperty.
-pub fn definitions() -> Vec<CustomResourceDefinition> {
+pub(crate) fn definitions() -> Vec<CustomResourceDefinition> {
     let mut about = ClusterProperty::crd();
     // `*.k8s.io` groups are protected: a real API server refuses a CRD of one without this
     // annotation (found against kube-apiserver v1.36; the test server does not check it).
@@ -254,10 +249,10 @@ fn with_v1beta1(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
 }
 
 /// The version the MCS CRDs store (mcs-api v0.5.0).
-pub const STORAGE_VERSION: &str = "v1beta1";
+pub(crate) const STORAGE_VERSION: &str = "v1beta1";
 
 /// Both CRDs as one YAML stream, as committed in `helm/causeway/crds/`.
-pub fn yaml() -> Result<String, serde_saphyr::ser::Error> {
+pub(crate) fn yaml() -> Result<String, serde_saphyr::ser::Error> {
     let mut out = String::from(
         "# Generated by `causeway crds` from federator/src/crds.rs; do not edit by hand.\n",
     );

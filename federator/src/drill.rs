@@ -31,7 +31,7 @@ use tokio::time::{timeout, Instant};
 use crate::config::parse_duration;
 
 /// Response header of the lab's demo services naming the cluster that answered.
-pub const CLUSTER_HEADER: &str = "x-causeway-cluster";
+pub(crate) const CLUSTER_HEADER: &str = "x-causeway-cluster";
 /// Set when the drill re-ran itself inside the client's network namespace.
 const IN_NETNS_ENV: &str = "CAUSEWAY_DRILL_IN_NETNS";
 /// How long the client calls the service before the drill starts.
@@ -100,7 +100,7 @@ pub struct DrillArgs {
 
 /// Runs a drill. Returns the report's text; fails when failover or failback did not happen
 /// (after printing the report).
-pub async fn run(args: DrillArgs) -> anyhow::Result<String> {
+pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
     let target = Target::resolve(&args)?;
     if let Some(ns) = &target.netns {
         if std::env::var_os(IN_NETNS_ENV).is_none() && !in_netns(ns) {

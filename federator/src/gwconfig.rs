@@ -59,7 +59,7 @@ fn pinned_endpoints(
 }
 
 /// Default traffic policy of every import (documented in docs/gateway.md).
-pub fn default_policy() -> proto::TrafficPolicy {
+pub(crate) fn default_policy() -> proto::TrafficPolicy {
     let d = causeway_api::policy::DEFAULTS;
     let ms = |t: std::time::Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
     proto::TrafficPolicy {
@@ -167,7 +167,7 @@ fn priority(
 /// Builds the config for `local`'s gateways. `version` is stamped as given. With
 /// `gateway_ports` (Kubernetes mode), outbound ports and pinned headless endpoints carry their
 /// gateway listener ports.
-pub fn build(
+pub(crate) fn build(
     snap: &MeshSnapshot,
     local_exports: &LocalExports,
     local: &ClusterId,

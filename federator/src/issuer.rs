@@ -48,13 +48,13 @@ fn default_lifetime() -> Duration {
 }
 
 /// The lifetime of issued certificates unless `issuer.lifetime` says otherwise.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Shortest accepted lifetime (tests use 20 s).
-pub const MIN_LIFETIME: Duration = Duration::from_secs(6);
+pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(6);
 /// Longest accepted lifetime: a short-lived certificate's point is that it is short.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Largest CSR accepted on `Config/Certify`.
-pub const MAX_CSR_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_CSR_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
@@ -79,7 +79,7 @@ pub enum IssuerError {
 // === impl Issuer ===
 
 /// A loaded CA that signs this cluster's SVIDs.
-pub struct Issuer {
+pub(crate) struct Issuer {
     ca: rcgen::Issuer<'static, KeyPair>,
     /// The CA certificate file's text: appended to each leaf, so a peer can build the chain.
     chain_pem: String,
@@ -92,7 +92,7 @@ pub struct Issuer {
 
 /// A certificate signed by the [`Issuer`].
 #[derive(Debug, Clone)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The leaf, then the CA's chain.
     pub chain_pem: String,
     pub validity: Validity,
@@ -101,7 +101,7 @@ pub struct Issued {
 impl Issuer {
     /// Loads the CA and checks that it is `trust_domain`'s (or names none, as a CA under a
     /// shared federation root may not) and still valid.
-    pub fn load(
+    pub(crate) fn load(
         cfg: &IssuerConfig,
         cluster: &ClusterId,
         trust_domain: &str,
@@ -165,7 +165,7 @@ impl Issuer {
 
     /// Signs an SVID for `id` over `public_key`, valid from a little before now (clock skew:
     /// a tenth of the lifetime, at most a minute) for `lifetime`, and never past the CA.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         id: &SpiffeId,
         public_key: &impl PublicKeyData,
@@ -200,7 +200,7 @@ impl Issuer {
 
     /// Signs an SVID for `id` over the public key of `csr_pem` (whose signature must verify;
     /// nothing else of the request is used).
-    pub fn sign_csr(&self, id: &SpiffeId, csr_pem: &str) -> Result<Issued, IssuerError> {
+    pub(crate) fn sign_csr(&self, id: &SpiffeId, csr_pem: &str) -> Result<Issued, IssuerError> {
         if csr_pem.len() > MAX_CSR_BYTES {
             return Err(IssuerError::CsrTooLarge(csr_pem.len()));
         }
@@ -210,7 +210,10 @@ impl Issuer {
     }
 
     /// A fresh key and an SVID for it: the federator's own serving certificate.
-    pub fn issue_identity(&self, id: &SpiffeId) -> Result<(Identity, Validity), IssuerError> {
+    pub(crate) fn issue_identity(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<(Identity, Validity), IssuerError> {
         let key = KeyPair::generate().map_err(|e| IssuerError::Sign(e.to_string()))?;
         let issued = self.issue(id, &key)?;
         let identity = Identity::from_pem(
@@ -233,7 +236,7 @@ pub(crate) fn unix_now() -> i64 {
 
 /// Where the TLS material comes from.
 #[derive(Debug, Clone)]
-pub struct TlsSources {
+pub(crate) struct TlsSources {
     pub cluster: ClusterId,
     pub trust_domain: String,
     pub bundle: Option<PathBuf>,
@@ -245,7 +248,7 @@ pub struct TlsSources {
 }
 
 /// The TLS state at one moment; swapped whole.
-pub struct FederatorTls {
+pub(crate) struct FederatorTls {
     /// The config server's TLS (`None`: no certificate or no bundle: plaintext, lab/dev only).
     pub server: Option<Arc<rustls::ServerConfig>>,
     /// What gateways' client certificates must chain to.
@@ -366,7 +369,7 @@ impl TlsSources {
 
 /// Keeps the TLS state current: reloads on a file change, renews the self-issued certificate
 /// at two thirds of its life.
-pub struct TlsWatcher {
+pub(crate) struct TlsWatcher {
     sources: TlsSources,
     stamp: Stamp,
     self_issued: Option<SelfIssued>,
@@ -375,7 +378,7 @@ pub struct TlsWatcher {
 
 impl TlsWatcher {
     /// The first load; an error here stops the start.
-    pub fn start(
+    pub(crate) fn start(
         sources: TlsSources,
         registry: &prometheus::Registry,
     ) -> Result<(Self, FederatorTls), LoadError> {
@@ -403,7 +406,11 @@ impl TlsWatcher {
 
     /// Until `shutdown`: look at the files every interval; send a new state when they changed
     /// or the self-issued certificate is due.
-    pub async fn run(mut self, tx: watch::Sender<Arc<FederatorTls>>, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        tx: watch::Sender<Arc<FederatorTls>>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -26,14 +26,14 @@ use tokio::sync::Notify;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 /// The longest wait between two attempts of a failing watch.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(3);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// How often a long error streak is logged as a warning again.
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
 /// What a reflector logs, under the caller's module.
 #[derive(Clone, Copy)]
-pub struct WatchLog {
+pub(crate) struct WatchLog {
     /// A watch error: resource, error, how many in a row (1 = the first), whether to warn.
     pub error: fn(&'static str, &watcher::Error, u64, bool),
     /// A streak of errors ended: resource, how many.
@@ -61,7 +61,7 @@ macro_rules! watch_log {
 pub(crate) use watch_log;
 
 /// Whether a watcher error is a 410 Gone / Expired (the watcher relists on its next poll).
-pub fn is_gone(e: &watcher::Error) -> bool {
+pub(crate) fn is_gone(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::WatchError(s) => s.code == 410,
         watcher::Error::WatchFailed(kube::Error::Api(s))
@@ -72,17 +72,17 @@ pub fn is_gone(e: &watcher::Error) -> bool {
 }
 
 /// The watches' backoff: [`FIRST_BACKOFF`] doubling to `max`.
-pub fn backoff(max: Duration) -> Backoff {
+pub(crate) fn backoff(max: Duration) -> Backoff {
     Backoff::new(FIRST_BACKOFF, max)
 }
 
 /// For kube-runtime's `Controller` (its trigger streams): a bounded backoff. A `Backoff` cannot
 /// tell a 410 from other errors, so after a restart the controller waits once for the outage and
 /// once more for the 410; a bound of [`CONTROLLER_MAX_BACKOFF`] keeps both short.
-pub struct ControllerBackoff(Backoff);
+pub(crate) struct ControllerBackoff(Backoff);
 
 /// The longest wait of [`ControllerBackoff`].
-pub const CONTROLLER_MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const CONTROLLER_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Default for ControllerBackoff {
     fn default() -> Self {
@@ -104,7 +104,7 @@ impl kube::runtime::utils::Backoff for ControllerBackoff {
 }
 
 /// Keeps a reflector store in sync, pokes `changed` on every event, counts and logs errors.
-pub async fn reflect<K>(
+pub(crate) async fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     writer: reflector::store::Writer<K>,
@@ -157,7 +157,7 @@ pub async fn reflect<K>(
 
 /// Metrics of the Kubernetes source and sink.
 #[derive(Clone)]
-pub struct KubeMetrics {
+pub(crate) struct KubeMetrics {
     /// `causeway_federator_kube_writes_total{kind, result}`: writes to the Kubernetes API.
     pub writes: IntCounterVec,
     /// `causeway_federator_kube_watch_errors_total{resource}`: failed lists and watches.
@@ -169,7 +169,7 @@ pub struct KubeMetrics {
 
 impl KubeMetrics {
     /// Registers the metrics in `registry` (kept unregistered if the names are taken).
-    pub fn new(registry: &Registry) -> Self {
+    pub(crate) fn new(registry: &Registry) -> Self {
         let vec = |name: &str, help: &str, labels: &[&str]| {
             let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             if let Err(e) = registry.register(Box::new(v.clone())) {
@@ -201,7 +201,7 @@ impl KubeMetrics {
     }
 
     /// Counts one write.
-    pub fn wrote(&self, kind: &str, ok: bool) {
+    pub(crate) fn wrote(&self, kind: &str, ok: bool) {
         self.writes
             .with_label_values(&[kind, if ok { "ok" } else { "error" }])
             .inc();

@@ -17,7 +17,7 @@ pub struct ImportOverride {
 }
 
 /// Import overrides by service.
-pub type ImportOverrides = std::collections::BTreeMap<ServiceKey, ImportOverride>;
+pub(crate) type ImportOverrides = std::collections::BTreeMap<ServiceKey, ImportOverride>;
 
 /// A field of an export's traffic policy (docs/export-files.md, docs/kubernetes.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

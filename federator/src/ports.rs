@@ -6,19 +6,21 @@ use causeway_api::snapshot::ServiceView;
 use causeway_api::{ClusterId, MeshSnapshot, Protocol, ServiceKey, ServiceType};
 
 /// The gateway listener port of each TCP port of each ClusterSetIP import, by (import, port).
-pub type GatewayPorts = std::collections::BTreeMap<(ServiceKey, u16), u16>;
+pub(crate) type GatewayPorts = std::collections::BTreeMap<(ServiceKey, u16), u16>;
 
 /// The gateway listener port of each TCP port of each endpoint of another cluster of a headless
 /// import, by (import, exporter, endpoint DNS label, port): Kubernetes mode, where the endpoint's
 /// derived Service leads there and the gateway sends it on to exactly that endpoint.
-pub type EndpointPorts = std::collections::BTreeMap<(ServiceKey, ClusterId, String, u16), u16>;
+pub(crate) type EndpointPorts =
+    std::collections::BTreeMap<(ServiceKey, ClusterId, String, u16), u16>;
 
 /// Gives every TCP port of every ClusterSetIP import a gateway listener port in
 /// `first..first + count` (Kubernetes mode: derived Services target them, see
 /// docs/kubernetes.md). The same snapshot gives the same ports in every replica: a port's place
 /// is a hash of `ns/name/port`, the next free one on a collision, imports taken in key order.
 /// Ports past `count` get none (and are routed by Host on the egress port).
-pub fn gateway_ports(snap: &MeshSnapshot, first: u16, count: u16) -> GatewayPorts {
+#[cfg(test)]
+pub(crate) fn gateway_ports(snap: &MeshSnapshot, first: u16, count: u16) -> GatewayPorts {
     gateway_port_plan(snap, first, count).0
 }
 
@@ -27,7 +29,7 @@ pub fn gateway_ports(snap: &MeshSnapshot, first: u16, count: u16) -> GatewayPort
 /// not, so that readiness does not move ports): placed the same way, by
 /// `ns/name/cluster/label/port`. ClusterSetIP imports are placed first, so an endpoint never
 /// moves one of theirs.
-pub fn gateway_port_plan(
+pub(crate) fn gateway_port_plan(
     snap: &MeshSnapshot,
     first: u16,
     count: u16,

@@ -30,7 +30,7 @@ use causeway_api::task::AbortOnDrop;
 const MAX_TXN_OPS: usize = 100;
 
 #[derive(Clone)]
-pub struct PublisherConfig {
+pub(crate) struct PublisherConfig {
     pub cluster: ClusterId,
     pub node: String,
     pub etcd: EtcdConfig,
@@ -58,7 +58,7 @@ enum LeadError {
 }
 
 /// Runs until `shutdown`: connect, take a lease, campaign, and publish while leader.
-pub async fn run(
+pub(crate) async fn run(
     cfg: PublisherConfig,
     mut local: watch::Receiver<LocalExports>,
     mut mesh: watch::Receiver<Arc<MeshSnapshot>>,

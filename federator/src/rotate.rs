@@ -49,7 +49,7 @@ pub enum Step {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RotateError {
+pub(crate) enum RotateError {
     #[error(transparent)]
     Certs(#[from] CertsError),
     #[error("{what}: {reason}")]
@@ -89,7 +89,7 @@ fn ca_files(dir: &Path) -> [PathBuf; 4] {
 }
 
 /// Runs one step; returns what it did, for the operator.
-pub fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
+pub(crate) fn rotate(args: &RotateArgs) -> Result<String, RotateError> {
     let layout = Layout::new(&args.out);
     let c = &args.cluster;
     let root_path = layout.cluster_root_cert(c);

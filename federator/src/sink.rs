@@ -1,4 +1,4 @@
 //! Sinks consume the federator's [`MeshSnapshot`](causeway_api::MeshSnapshot)s. The DNS zone and the
 //! gateway config stream live in their own modules; this one holds the Kubernetes sink.
 
-pub mod kube;
+pub(crate) mod kube;

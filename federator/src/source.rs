@@ -1,8 +1,8 @@
 //! Sources of this cluster's exports. Each publishes a complete [`LocalExports`] through a
 //! `watch` channel whenever something changed; the publisher and the gateway-config builder read it.
 
-pub mod file;
-pub mod kube;
+pub(crate) mod file;
+pub(crate) mod kube;
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use causeway_api::{Endpoint, ExportRecord, ServiceKey};
 
 /// One export of this cluster, with what only this cluster needs to know (its endpoints).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalExport {
+pub(crate) struct LocalExport {
     /// What is published under `exports/<ns>/<svc>/<cluster>`.
     pub record: ExportRecord,
     /// All endpoints (ready or not); the gateway's inbound side routes to the ready ones.
@@ -22,7 +22,7 @@ pub struct LocalExport {
 
 /// Everything this cluster exports right now, plus what could not be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalExports {
+pub(crate) struct LocalExports {
     pub exports: BTreeMap<ServiceKey, LocalExport>,
     pub invalid: Vec<InvalidExport>,
     /// False until the source has read its input once.
@@ -43,7 +43,7 @@ pub(crate) fn published_endpoints(
 }
 
 /// Milliseconds since the Unix epoch: the clock exports are stamped with and expire by.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

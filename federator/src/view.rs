@@ -29,7 +29,7 @@ use causeway_api::backoff::Backoff;
 
 /// A change read from etcd.
 #[derive(Debug, Clone)]
-pub enum Change {
+pub(crate) enum Change {
     Put { key: String, value: Vec<u8> },
     Delete { key: String },
 }
@@ -51,7 +51,7 @@ struct ExportEntry {
 
 /// The folded content of `/causeway/v2/`, with the stale-grace rules applied.
 #[derive(Debug, Clone)]
-pub struct MeshState {
+pub(crate) struct MeshState {
     local: ClusterId,
     stale_grace_ms: i64,
     clusters: BTreeMap<ClusterId, ClusterEntry>,
@@ -76,7 +76,7 @@ pub struct MeshState {
 }
 
 impl MeshState {
-    pub fn new(local: ClusterId, stale_grace: Duration) -> Self {
+    pub(crate) fn new(local: ClusterId, stale_grace: Duration) -> Self {
         Self {
             local,
             stale_grace_ms: stale_grace.as_millis() as i64,
@@ -97,19 +97,19 @@ impl MeshState {
     }
 
     /// Snapshots say that other clusters' headless endpoints are reached through the gateway.
-    pub fn with_headless_via_gateway(mut self, on: bool) -> Self {
+    pub(crate) fn with_headless_via_gateway(mut self, on: bool) -> Self {
         self.headless_via_gateway = on;
         self
     }
 
-    pub fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         self.revision
     }
 
     /// Replaces the state with a full list taken at `revision`. What vanished since we last
     /// looked is treated as by the watch: a cluster whose key is gone goes stale with its exports;
     /// exports of a live cluster that are gone were unexported.
-    pub fn apply_list(&mut self, kvs: Vec<(String, Vec<u8>)>, revision: i64, now_ms: i64) {
+    pub(crate) fn apply_list(&mut self, kvs: Vec<(String, Vec<u8>)>, revision: i64, now_ms: i64) {
         let old_clusters = std::mem::take(&mut self.clusters);
         let old_exports = std::mem::take(&mut self.exports);
         self.drills.clear();
@@ -171,7 +171,7 @@ impl MeshState {
     }
 
     /// Applies the events of one watch response (one or more revisions).
-    pub fn apply_events(&mut self, changes: &[Change], revision: i64, now_ms: i64) {
+    pub(crate) fn apply_events(&mut self, changes: &[Change], revision: i64, now_ms: i64) {
         // A lapsed lease deletes the cluster key and its exports in one revision, in no promised
         // order: mark the cluster stale first so its export deletes are not taken as unexports.
         for c in changes {
@@ -407,7 +407,7 @@ impl MeshState {
 
     /// Drops stale clusters and exports whose grace has ended, or that the local gateway reports
     /// down. Returns whether anything changed.
-    pub fn expire(&mut self, now_ms: i64) -> bool {
+    pub(crate) fn expire(&mut self, now_ms: i64) -> bool {
         let grace = self.stale_grace_ms;
         let local_health = self.health.get(&self.local).cloned().unwrap_or_default();
         let expired = |c: &ClusterId, since: i64| {
@@ -508,7 +508,7 @@ impl MeshState {
     }
 
     /// Builds the snapshot: imports merged by the MCS rules, conditions, drains, VIPs.
-    pub fn snapshot(&mut self, version: u64, invalid: Vec<InvalidExport>) -> MeshSnapshot {
+    pub(crate) fn snapshot(&mut self, version: u64, invalid: Vec<InvalidExport>) -> MeshSnapshot {
         self.rebuild_views();
         let services = self.views.clone();
         let clusters = self
@@ -549,7 +549,7 @@ impl MeshState {
 
 // === the watch loop ===
 
-pub struct ViewConfig {
+pub(crate) struct ViewConfig {
     pub cluster: ClusterId,
     pub etcd: EtcdConfig,
     pub stale_grace: Duration,
@@ -566,7 +566,7 @@ enum WatchEnd {
 }
 
 /// Lists and watches until `shutdown`, publishing snapshots to `tx`.
-pub async fn run(
+pub(crate) async fn run(
     cfg: ViewConfig,
     tx: watch::Sender<Arc<MeshSnapshot>>,
     mut local: watch::Receiver<LocalExports>,

@@ -8,7 +8,7 @@ use prometheus::{
 };
 
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: Histogram,
@@ -33,7 +33,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         macro_rules! reg {
             ($m:expr) => {{
@@ -190,12 +190,12 @@ impl Metrics {
     }
 
     /// Counts one refusal (`causeway_gateway_refused_total`).
-    pub fn refuse(&self, listener: &str, reason: &str) {
+    pub(crate) fn refuse(&self, listener: &str, reason: &str) {
         self.refused.with_label_values(&[listener, reason]).inc();
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

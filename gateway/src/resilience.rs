@@ -23,7 +23,7 @@ const MAX_EJECTION: Duration = causeway_api::policy::DEFAULTS.max_ejection;
 /// What the gateway remembers about one (service, cluster): outlier state and the breaker.
 /// Kept across config versions for as long as the pair is configured.
 #[derive(Debug, Default)]
-pub struct ClusterStats {
+pub(crate) struct ClusterStats {
     consecutive_failures: AtomicU32,
     /// How many ejections in a row (no success between); the backoff exponent.
     ejections: AtomicU32,
@@ -35,17 +35,22 @@ pub struct ClusterStats {
 
 /// What an outlier observation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outlier {
+pub(crate) enum Outlier {
     Nothing,
     Ejected(Duration),
 }
 
 impl ClusterStats {
-    pub fn is_ejected(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_ejected(&self) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
     }
 
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if !self.is_ejected() {
             self.ejections.store(0, Ordering::Relaxed);
@@ -53,7 +58,7 @@ impl ClusterStats {
     }
 
     /// A 5xx or connect failure; ejects after `threshold` in a row, for `base * 2^n`.
-    pub fn record_failure(&self, threshold: u32, base: Duration) -> Outlier {
+    pub(crate) fn record_failure(&self, threshold: u32, base: Duration) -> Outlier {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n < threshold.max(1) || self.is_ejected() {
             return Outlier::Nothing;
@@ -66,9 +71,6 @@ impl ClusterStats {
         Outlier::Ejected(length)
     }
 
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
 
     fn try_acquire(&self, max_concurrent: usize) -> bool {
         self.active
@@ -80,7 +82,7 @@ impl ClusterStats {
 
     /// A slot for one request, waiting while at most `max_pending` others wait too;
     /// `None` = overloaded (the breaker is open). `max_concurrent` 0 = unlimited.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         self: &Arc<Self>,
         max_concurrent: u32,
         max_pending: u32,
@@ -121,7 +123,7 @@ impl Drop for PendingGuard<'_> {
 
 /// One active request to a (service, cluster); released on drop.
 #[derive(Debug)]
-pub struct BreakerPermit {
+pub(crate) struct BreakerPermit {
     stats: Arc<ClusterStats>,
 }
 
@@ -137,13 +139,13 @@ impl Drop for BreakerPermit {
 /// Retries may be at most `percent` of active requests of a service, but at least
 /// `min_concurrency` retries may always be in flight (so that a lone client can retry).
 #[derive(Debug, Default)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     active_requests: AtomicUsize,
     active_retries: AtomicUsize,
 }
 
 impl RetryBudget {
-    pub fn start_request(self: &Arc<Self>) -> ActiveGuard {
+    pub(crate) fn start_request(self: &Arc<Self>) -> ActiveGuard {
         self.active_requests.fetch_add(1, Ordering::AcqRel);
         ActiveGuard {
             budget: self.clone(),
@@ -152,7 +154,7 @@ impl RetryBudget {
     }
 
     /// A retry slot, or `None` when the budget is spent.
-    pub fn try_retry(self: &Arc<Self>, percent: u32, min_concurrency: u32) -> Option<ActiveGuard> {
+    pub(crate) fn try_retry(self: &Arc<Self>, percent: u32, min_concurrency: u32) -> Option<ActiveGuard> {
         let active = self.active_requests.load(Ordering::Acquire);
         let allowed = (active * percent as usize / 100).max(min_concurrency as usize);
         self.active_retries
@@ -169,7 +171,7 @@ impl RetryBudget {
 
 /// An active request or retry of a service; counted until dropped.
 #[derive(Debug)]
-pub struct ActiveGuard {
+pub(crate) struct ActiveGuard {
     budget: Arc<RetryBudget>,
     retry: bool,
 }
@@ -189,7 +191,7 @@ impl Drop for ActiveGuard {
 
 /// Token buckets per source cluster for one inbound service.
 #[derive(Debug, Default)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -201,7 +203,7 @@ struct Bucket {
 
 impl RateLimiter {
     /// Takes a token for `source`; `false` = limited. `rps` 0 disables the limit.
-    pub fn allow(&self, source: &str, rps: u32, burst: u32) -> bool {
+    pub(crate) fn allow(&self, source: &str, rps: u32, burst: u32) -> bool {
         if rps == 0 {
             return true;
         }

@@ -172,7 +172,6 @@ mod tests {
     fn svc(candidates: Vec<Candidate>) -> Outbound {
         Outbound {
             name: ServiceKey::new("shop", "cart").unwrap(),
-            vip: None,
             ports: vec![],
             candidates,
             policy: Policy {

@@ -50,24 +50,22 @@ fn service_key(namespace: &str, name: &str, what: &str) -> Result<ServiceKey, Na
 
 /// A peer cluster's gateway.
 #[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub cluster: String,
+pub(crate) struct PeerInfo {
     pub addresses: Vec<String>,
-    pub trust_domain: String,
     pub gateway_id: SpiffeId,
     /// The peer's own bundle; `None` = our local bundle.
     pub bundle: Option<TrustBundle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortSpec {
+pub(crate) struct PortSpec {
     pub port: u16,
     pub app: AppProtocol,
 }
 
 impl PortSpec {
     /// Whether the port carries HTTP (routed per request) rather than opaque TCP.
-    pub fn is_http(&self) -> bool {
+    pub(crate) fn is_http(&self) -> bool {
         matches!(
             self.app,
             AppProtocol::Http | AppProtocol::Http2 | AppProtocol::Grpc
@@ -75,20 +73,20 @@ impl PortSpec {
     }
 
     /// Whether the backend speaks HTTP/2 (h2c or h2 over TLS).
-    pub fn is_h2(&self) -> bool {
+    pub(crate) fn is_h2(&self) -> bool {
         matches!(self.app, AppProtocol::Http2 | AppProtocol::Grpc)
     }
 }
 
 /// A local endpoint: an IP and, when it differs from the service port, a target port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointAddr {
+pub(crate) struct EndpointAddr {
     pub ip: IpAddr,
     pub port: Option<u16>,
 }
 
 impl EndpointAddr {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Some(Self { ip, port: None });
         }
@@ -99,14 +97,14 @@ impl EndpointAddr {
         })
     }
 
-    pub fn socket_addr(&self, service_port: u16) -> SocketAddr {
+    pub(crate) fn socket_addr(&self, service_port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, self.port.unwrap_or(service_port))
     }
 }
 
 /// A service this cluster exports (served at ingress).
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     pub name: ServiceKey,
     pub ports: Vec<PortSpec>,
     /// Ready endpoints only.
@@ -123,7 +121,7 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn port(&self, port: Option<u16>) -> Option<PortSpec> {
+    pub(crate) fn port(&self, port: Option<u16>) -> Option<PortSpec> {
         match port {
             Some(p) => self.ports.iter().find(|s| s.port == p).copied(),
             None => self.ports.first().copied(),
@@ -131,7 +129,7 @@ impl Inbound {
     }
 
     /// The endpoints to try: all, from the next in turn; or with `pinned`, only the one named so.
-    pub fn endpoints_to_try(&self, pinned: Option<&str>) -> Vec<EndpointAddr> {
+    pub(crate) fn endpoints_to_try(&self, pinned: Option<&str>) -> Vec<EndpointAddr> {
         match pinned {
             Some(name) => self
                 .endpoints
@@ -145,7 +143,7 @@ impl Inbound {
     }
 
     /// Ready endpoints in round-robin order, starting at the next one.
-    pub fn endpoints_from_next(&self) -> impl Iterator<Item = EndpointAddr> + '_ {
+    pub(crate) fn endpoints_from_next(&self) -> impl Iterator<Item = EndpointAddr> + '_ {
         let n = self.endpoints.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         self.endpoints
@@ -159,7 +157,7 @@ impl Inbound {
 
 /// Traffic policy with proto3 zeros replaced by defaults.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Until the response headers; `None` = no timeout.
     pub timeout: Option<Duration>,
     pub retry_attempts: u32,
@@ -203,7 +201,7 @@ impl Policy {
 }
 
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub cluster: Arc<str>,
     pub priority: u32,
     pub weight: u32,
@@ -216,13 +214,13 @@ pub struct Candidate {
 }
 
 #[derive(Debug, Clone)]
-pub enum HeaderTarget {
+pub(crate) enum HeaderTarget {
     Pin(Arc<str>),
     Split(Vec<(Arc<str>, u32)>),
 }
 
 #[derive(Debug, Clone)]
-pub struct HeaderRoute {
+pub(crate) struct HeaderRoute {
     pub header: http::HeaderName,
     pub value: String,
     pub target: HeaderTarget,
@@ -230,9 +228,8 @@ pub struct HeaderRoute {
 
 /// A service this cluster imports (routed at egress).
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     pub name: ServiceKey,
-    pub vip: Option<IpAddr>,
     pub ports: Vec<PortSpec>,
     /// Sorted by priority.
     pub candidates: Vec<Candidate>,
@@ -247,7 +244,7 @@ pub struct Outbound {
 
 /// The endpoint a pinned address leads to: its cluster and DNS label there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinnedTarget {
+pub(crate) struct PinnedTarget {
     pub cluster: String,
     pub name: String,
 }
@@ -256,7 +253,7 @@ impl Outbound {
     /// The `:authority` sent to the peer gateway: the service's name, or for a pinned endpoint
     /// its own, `<name>.<cluster>.<svc>.<ns>.svc.clusterset.local:<port>`, which the peer's
     /// ingress sends to that endpoint only.
-    pub fn peer_authority(&self, port: u16) -> String {
+    pub(crate) fn peer_authority(&self, port: u16) -> String {
         match &self.pinned {
             Some(p) => format!(
                 "{}.{}.{}:{port}",
@@ -268,23 +265,22 @@ impl Outbound {
         }
     }
 
-    pub fn port(&self, port: Option<u16>) -> Option<PortSpec> {
+    pub(crate) fn port(&self, port: Option<u16>) -> Option<PortSpec> {
         match port {
             Some(p) => self.ports.iter().find(|s| s.port == p).copied(),
             None => self.ports.first().copied(),
         }
     }
 
-    pub fn candidate(&self, cluster: &str) -> Option<&Candidate> {
+    pub(crate) fn candidate(&self, cluster: &str) -> Option<&Candidate> {
         self.candidates.iter().find(|c| &*c.cluster == cluster)
     }
 }
 
 /// Everything the data path looks up, for one config version.
 #[derive(Debug)]
-pub struct Tables {
+pub(crate) struct Tables {
     pub version: u64,
-    pub cluster: String,
     pub snapshot: ConfigSnapshot,
     pub peers: HashMap<String, PeerInfo>,
     /// Trust domain -> peer cluster.
@@ -301,7 +297,7 @@ pub struct Tables {
 
 /// State that outlives a config version, keyed by what it belongs to.
 #[derive(Debug, Default)]
-pub struct StatsRegistry {
+pub(crate) struct StatsRegistry {
     clusters: Mutex<HashMap<(ServiceKey, String), Arc<ClusterStats>>>,
     budgets: Mutex<HashMap<ServiceKey, Arc<RetryBudget>>>,
     limiters: Mutex<HashMap<ServiceKey, Arc<RateLimiter>>>,
@@ -383,7 +379,7 @@ fn ports(ports: &[proto::Port], what: &str) -> Result<Vec<PortSpec>, NackReason>
 
 impl Tables {
     /// Validates `snapshot` for the gateway of `cluster` and builds its tables.
-    pub fn build(
+    pub(crate) fn build(
         snapshot: ConfigSnapshot,
         cluster: &str,
         vip_range: Option<Cidr>,
@@ -434,9 +430,7 @@ impl Tables {
                 )));
             }
             let info = PeerInfo {
-                cluster: p.cluster.clone(),
                 addresses: p.gateway_addresses.clone(),
-                trust_domain: p.trust_domain.clone(),
                 gateway_id,
                 bundle,
             };
@@ -593,7 +587,6 @@ impl Tables {
             }
             let svc = Arc::new(Outbound {
                 ports: ports(&s.ports, &what)?,
-                vip,
                 candidates,
                 policy: Policy::from_proto(s.policy.as_ref()),
                 header_routes,
@@ -643,7 +636,6 @@ impl Tables {
                 }
                 let pinned = Arc::new(Outbound {
                     name: name.clone(),
-                    vip: ip,
                     ports: svc.ports.clone(),
                     candidates,
                     policy: svc.policy.clone(),
@@ -722,7 +714,6 @@ impl Tables {
 
         let tables = Self {
             version: snapshot.version,
-            cluster: cluster.to_string(),
             snapshot,
             peers,
             trust_domains,

@@ -44,7 +44,7 @@ use crate::ports::{EndpointPorts, GatewayPorts};
 
 /// Label of a remote endpoint's derived Service: the endpoint's DNS label in its cluster (which
 /// [`LABEL_SOURCE_CLUSTER`] names).
-pub const LABEL_ENDPOINT: &str = "causeway.io/endpoint";
+pub(crate) const LABEL_ENDPOINT: &str = "causeway.io/endpoint";
 
 /// Label Kubernetes reads to tie EndpointSlices to their Service.
 const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -91,7 +91,7 @@ impl Default for KubeOptions {
 
 /// Name of the derived Service of import `svc`: `<svc>-clusterset`, shortened with a hash when
 /// that is longer than a DNS label.
-pub fn derived_name(svc: &str) -> String {
+pub(crate) fn derived_name(svc: &str) -> String {
     fit(&format!("{svc}-clusterset"))
 }
 
@@ -104,7 +104,7 @@ fn fit(name: &str) -> String {
 }
 
 /// Name of the derived Service of endpoint `name` of `cluster` of import `svc`.
-pub fn endpoint_service_name(svc: &str, cluster: &str, name: &str) -> String {
+pub(crate) fn endpoint_service_name(svc: &str, cluster: &str, name: &str) -> String {
     fit(&format!("{svc}-clusterset-{cluster}-{name}"))
 }
 
@@ -114,7 +114,7 @@ fn labels(svc: &str) -> Value {
 
 /// A local gateway pod, as the derived Services' EndpointSlices list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayPod {
+pub(crate) struct GatewayPod {
     pub namespace: String,
     pub name: String,
     pub ip: IpAddr,
@@ -150,7 +150,7 @@ fn gateway_pods(pods: &Store<Pod>) -> Vec<GatewayPod> {
 
 /// Everything the sink wants to exist for one import in one namespace.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DesiredImport {
+pub(crate) struct DesiredImport {
     pub key: ServiceKey,
     /// The ServiceImport (apply body, without `status`).
     pub import: Value,
@@ -169,7 +169,7 @@ pub struct DesiredImport {
 /// How a headless import's endpoints of other clusters are reached when pods are not reachable
 /// across clusters: through a derived Service each, leading to the gateway.
 #[derive(Debug, Clone, Default)]
-pub struct RemoteEndpoints {
+pub(crate) struct RemoteEndpoints {
     pub local: Option<causeway_api::ClusterId>,
     /// Gateway ports of the endpoints ([`crate::ports::gateway_port_plan`]).
     pub ports: EndpointPorts,
@@ -277,7 +277,7 @@ fn carried_metadata(name: &str, ns: &str, exported: &causeway_api::Exported, our
 }
 
 /// The objects of one import. `cluster_ip` is the derived Service's ClusterIP once it has one.
-pub fn desired_import(
+pub(crate) fn desired_import(
     view: &ServiceView,
     opts: &KubeOptions,
     cluster_ip: Option<&str>,
@@ -514,7 +514,7 @@ fn endpoint_service(
 
 /// Whether `want` is contained in `have`: every key of an object, every element of an array (same
 /// length), every scalar equal. Fields the server adds (uid, defaults) do not count as changes.
-pub fn contains(have: &Value, want: &Value) -> bool {
+pub(crate) fn contains(have: &Value, want: &Value) -> bool {
     match (have, want) {
         (Value::Object(h), Value::Object(w)) => w
             .iter()
@@ -546,7 +546,7 @@ fn namespace_live(ns: &Namespace) -> bool {
 /// A write of the sink that failed, naming the object.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {object}: {source}")]
-pub struct SinkError {
+pub(crate) struct SinkError {
     action: &'static str,
     object: String,
     source: kube::Error,
@@ -631,7 +631,7 @@ struct Sink {
 
 /// The addresses the derived Services hold in this cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeldAddresses {
+pub(crate) struct HeldAddresses {
     /// ClusterIP each derived Service of a ClusterSetIP import holds, by import.
     pub services: BTreeMap<ServiceKey, IpAddr>,
     /// ClusterIP each remote endpoint's derived Service holds, by (import, cluster, endpoint).
@@ -1269,7 +1269,7 @@ fn is_ours(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 /// its derived Service holds here (with `vips`: only when that is the import's VIP), never an
 /// address the cluster gave to another Service; likewise a remote headless endpoint's address
 /// is its derived Service's ClusterIP.
-pub fn dns_view(snap: &MeshSnapshot, held: &HeldAddresses, vips: bool) -> MeshSnapshot {
+pub(crate) fn dns_view(snap: &MeshSnapshot, held: &HeldAddresses, vips: bool) -> MeshSnapshot {
     let mut out = snap.clone();
     for (key, view) in out.services.iter_mut() {
         if view.import.service_type == ServiceType::Headless {
@@ -1316,7 +1316,7 @@ const WATCH_LOG: crate::kubewatch::WatchLog = crate::kubewatch::watch_log!();
 /// which become the derived Services' ClusterIPs. `held` gets the ClusterIPs the derived Services
 /// hold ([`dns_view`]).
 #[allow(clippy::too_many_arguments)]
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     opts: KubeOptions,
     metrics: KubeMetrics,

@@ -159,7 +159,7 @@ fn yes() -> bool {
 
 /// Parses and validates one export file's text. `default_created_ms` is used when the file has no
 /// `metadata.creationTimestamp`.
-pub fn parse_export(
+pub(crate) fn parse_export(
     text: &str,
     default_created_ms: i64,
 ) -> Result<(ServiceKey, LocalExport), String> {
@@ -330,14 +330,14 @@ struct Stamp {
 
 /// Scans a directory of export files.
 #[derive(Debug)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     dir: PathBuf,
     cache: HashMap<PathBuf, (Stamp, Parsed)>,
     dir_error_logged: bool,
 }
 
 impl FileSource {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             cache: HashMap::new(),
@@ -346,7 +346,7 @@ impl FileSource {
     }
 
     /// Reads what changed since the last scan and returns the complete set.
-    pub fn scan(&mut self) -> LocalExports {
+    pub(crate) fn scan(&mut self) -> LocalExports {
         let mut out = LocalExports {
             loaded: true,
             ..LocalExports::default()
@@ -435,7 +435,7 @@ impl FileSource {
     /// Publishes changes until `tx` has no receivers left. Rescans when the kernel reports a
     /// change in the directory (inotify), and every `interval` anyway: a missed event, a directory
     /// created later or a network file system cannot leave the exports out of date for long.
-    pub async fn run(mut self, interval: Duration, tx: watch::Sender<LocalExports>) {
+    pub(crate) async fn run(mut self, interval: Duration, tx: watch::Sender<LocalExports>) {
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut watcher = None;
         let mut tick = tokio::time::interval(interval);

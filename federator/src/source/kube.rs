@@ -51,23 +51,23 @@ use crate::kubewatch::KubeMetrics;
 use crate::kubewatch::{reflect, ControllerBackoff, WatchLog};
 
 /// Label Kubernetes puts on the EndpointSlices of a Service.
-pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
+pub(crate) const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
 
 /// ServiceExport annotations (see the module docs).
-pub mod annotation {
-    pub const BACKEND_TLS: &str = "causeway.io/backend-tls";
-    pub const ALLOWED_SOURCE_CLUSTERS: &str = "causeway.io/allowed-source-clusters";
-    pub const ALLOWED_IDENTITIES: &str = "causeway.io/allowed-identities";
-    pub const WEIGHT: &str = "causeway.io/weight";
-    pub const TIMEOUT: &str = "causeway.io/timeout";
-    pub const RETRIES: &str = "causeway.io/retries";
-    pub const MAX_CONCURRENT: &str = "causeway.io/max-concurrent";
-    pub const MAX_PENDING: &str = "causeway.io/max-pending";
-    pub const OUTLIER_CONSECUTIVE_ERRORS: &str = "causeway.io/outlier-consecutive-errors";
-    pub const OUTLIER_BASE_EJECTION: &str = "causeway.io/outlier-base-ejection";
-    pub const RATE_LIMIT_RPS: &str = "causeway.io/rate-limit-rps";
-    pub const RATE_LIMIT_BURST: &str = "causeway.io/rate-limit-burst";
-    pub const FAILOVER: &str = "causeway.io/failover";
+pub(crate) mod annotation {
+    pub(crate) const BACKEND_TLS: &str = "causeway.io/backend-tls";
+    pub(crate) const ALLOWED_SOURCE_CLUSTERS: &str = "causeway.io/allowed-source-clusters";
+    pub(crate) const ALLOWED_IDENTITIES: &str = "causeway.io/allowed-identities";
+    pub(crate) const WEIGHT: &str = "causeway.io/weight";
+    pub(crate) const TIMEOUT: &str = "causeway.io/timeout";
+    pub(crate) const RETRIES: &str = "causeway.io/retries";
+    pub(crate) const MAX_CONCURRENT: &str = "causeway.io/max-concurrent";
+    pub(crate) const MAX_PENDING: &str = "causeway.io/max-pending";
+    pub(crate) const OUTLIER_CONSECUTIVE_ERRORS: &str = "causeway.io/outlier-consecutive-errors";
+    pub(crate) const OUTLIER_BASE_EJECTION: &str = "causeway.io/outlier-base-ejection";
+    pub(crate) const RATE_LIMIT_RPS: &str = "causeway.io/rate-limit-rps";
+    pub(crate) const RATE_LIMIT_BURST: &str = "causeway.io/rate-limit-burst";
+    pub(crate) const FAILOVER: &str = "causeway.io/failover";
 }
 
 /// How long the source waits after a change for more before it rebuilds.
@@ -75,7 +75,7 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Why an export is not valid: the `Valid=False` reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
+pub(crate) struct Invalid {
     pub reason: &'static str,
     pub message: String,
 }
@@ -88,7 +88,7 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
 }
 
 /// `ServiceExport <ns>/<name>`: how exports are named in errors and `LocalExport::origin`.
-pub fn origin(se: &ServiceExport) -> String {
+pub(crate) fn origin(se: &ServiceExport) -> String {
     format!(
         "ServiceExport {}/{}",
         se.namespace().unwrap_or_default(),
@@ -99,7 +99,7 @@ pub fn origin(se: &ServiceExport) -> String {
 // === building the exports ===
 
 /// The export a ServiceExport stands for, given its Service and that Service's EndpointSlices.
-pub fn export_of(
+pub(crate) fn export_of(
     se: &ServiceExport,
     svc: Option<&Service>,
     slices: &[Arc<EndpointSlice>],
@@ -375,19 +375,19 @@ pub fn export_of(
 
 /// Read access to the three reflector stores.
 #[derive(Clone)]
-pub struct Stores {
+pub(crate) struct Stores {
     pub exports: Store<ServiceExport>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
 }
 
 impl Stores {
-    pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
+    pub(crate) fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
     }
 
     /// The EndpointSlices of Service `ns/name`.
-    pub fn slices_of(&self, ns: &str, name: &str) -> Vec<Arc<EndpointSlice>> {
+    pub(crate) fn slices_of(&self, ns: &str, name: &str) -> Vec<Arc<EndpointSlice>> {
         let mut out: Vec<Arc<EndpointSlice>> = self
             .slices
             .state()
@@ -402,7 +402,10 @@ impl Stores {
     }
 
     /// The export of one ServiceExport, or why it is invalid.
-    pub fn export_of(&self, se: &ServiceExport) -> Result<(ServiceKey, LocalExport), Invalid> {
+    pub(crate) fn export_of(
+        &self,
+        se: &ServiceExport,
+    ) -> Result<(ServiceKey, LocalExport), Invalid> {
         let ns = se.namespace().unwrap_or_default();
         let name = se.name_any();
         let svc = self.service(&ns, &name);
@@ -411,7 +414,7 @@ impl Stores {
 }
 
 /// Everything this cluster exports, from the objects in the stores.
-pub fn build(stores: &Stores) -> LocalExports {
+pub(crate) fn build(stores: &Stores) -> LocalExports {
     let mut exports = stores.exports.state();
     exports.sort_by_key(|se| (se.namespace(), se.name_any()));
     let mut out = LocalExports {
@@ -476,7 +479,7 @@ fn check_label(key: &str, value: Option<&str>) -> Result<(), String> {
 
 /// The three conditions of an export, as they should be. `observed_generation` is the
 /// ServiceExport's generation.
-pub fn desired_conditions(
+pub(crate) fn desired_conditions(
     outcome: &Result<(ServiceKey, LocalExport), Invalid>,
     snapshot: &MeshSnapshot,
     local: &ClusterId,
@@ -583,7 +586,10 @@ pub fn desired_conditions(
 
 /// Merges `desired` into `current`: conditions of other types stay, a condition whose status did
 /// not change keeps its `lastTransitionTime`. Returns `None` when nothing changed.
-pub fn merge_conditions(current: &[Condition], desired: Vec<Condition>) -> Option<Vec<Condition>> {
+pub(crate) fn merge_conditions(
+    current: &[Condition],
+    desired: Vec<Condition>,
+) -> Option<Vec<Condition>> {
     let mut out: Vec<Condition> = current
         .iter()
         .filter(|c| !desired.iter().any(|d| d.type_ == c.type_))
@@ -647,7 +653,7 @@ impl Ctx {
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing the status of {export}: {source}")]
-pub struct StatusError {
+pub(crate) struct StatusError {
     export: String,
     source: kube::Error,
 }
@@ -701,7 +707,7 @@ const WATCH_LOG: WatchLog = crate::kubewatch::watch_log!();
 
 /// Runs the Kubernetes source until `shutdown`: publishes [`LocalExports`] on `tx` and, while
 /// `leader` is true, writes ServiceExport conditions.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     metrics: KubeMetrics,
     local: ClusterId,
