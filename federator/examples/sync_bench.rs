@@ -24,7 +24,7 @@ use causeway_api::{
     ClusterId, ClusterRecord, ExportRecord, Protocol, ServiceKey, ServicePort, SyncedRecord,
 };
 use causeway_e2e::EtcdServer;
-use causeway_federator::status::admin_get;
+use causeway_federator::cli::status::admin_get;
 use etcd_client::{PutOptions, Txn, TxnOp};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -209,15 +209,27 @@ impl Federator {
             let client = kube::Client::try_default().await?;
             let kube_metrics = crate::kubewatch::KubeMetrics::new(&metrics.registry);
             if let Some(tx) = kube_local_tx {
+                let (stores, writers) = crate::source::kube::stores();
                 tasks.push((
                     "kube-source",
                     tokio::spawn(crate::source::kube::run(
                         client.clone(),
                         kube_metrics.clone(),
-                        cfg.cluster.clone(),
+                        stores.clone(),
+                        writers,
                         tx,
+                        shutdown.clone(),
+                    )),
+                ));
+                tasks.push((
+                    "kube-export-status",
+                    tokio::spawn(crate::sink::status::run(
+                        client.clone(),
+                        kube_metrics.clone(),
+                        stores,
                         snap_rx.clone(),
                         leader_rx.clone(),
+                        cfg.cluster.clone(),
                         shutdown.clone(),
                     )),
                 ));

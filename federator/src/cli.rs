@@ -1,6 +1,12 @@
 //! The operator CLI, `causeway` (bin `causeway`).
 //!
 //! One subcommand per operator task; `main` parses [`Cli`], sets up tracing and calls [`run`].
+//! The larger commands have a module each here: `drill`, `status`, `rotate` (`certs` and
+//! `etcd-auth` live with the code the federator shares with them: `certs`, `etcd`).
+
+pub(crate) mod drill;
+pub(crate) mod rotate;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -19,14 +25,14 @@ pub enum Command {
     /// Write a federation root CA and, per cluster, a CA, gateway and federator certificates.
     Certs(CertsArgs),
     /// Show clusters (up / stale), imports and their conflicts as one federator sees them.
-    Status(crate::status::StatusArgs),
+    Status(status::StatusArgs),
     /// Drain a service in one cluster for a while and report how DNS and traffic moved.
-    Drill(Box<crate::drill::DrillArgs>),
+    Drill(Box<drill::DrillArgs>),
     /// Issue one certificate (a leaf, or with --ca an intermediate) from an existing CA.
     Issue(certs::IssueArgs),
     /// Rotate one cluster's root in three steps (begin, switch, finish) with both roots trusted
     /// in between (docs/certificates.md).
-    RotateRoot(crate::rotate::RotateArgs),
+    RotateRoot(rotate::RotateArgs),
     /// Turn on etcd's auth for a federation: per-cluster roles that write only their own
     /// prefix, an operator role for drills (run as etcd's root, with its client certificate).
     EtcdAuth(crate::etcd::EtcdAuthArgs),
@@ -43,11 +49,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => {
-            print!("{}", crate::status::run(&args).await?);
+            print!("{}", status::run(&args).await?);
             Ok(())
         }
         Command::Drill(args) => {
-            print!("{}", crate::drill::run(*args).await?);
+            print!("{}", drill::run(*args).await?);
             Ok(())
         }
         Command::Issue(args) => {
@@ -55,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateRoot(args) => {
-            println!("{}", crate::rotate::rotate(&args)?);
+            println!("{}", rotate::rotate(&args)?);
             Ok(())
         }
         Command::EtcdAuth(args) => {

@@ -2,3 +2,4 @@
 //! gateway config stream live in their own modules; this one holds the Kubernetes sink.
 
 pub(crate) mod kube;
+pub(crate) mod status;

@@ -71,7 +71,6 @@ impl ClusterStats {
         Outlier::Ejected(length)
     }
 
-
     fn try_acquire(&self, max_concurrent: usize) -> bool {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -154,7 +153,11 @@ impl RetryBudget {
     }
 
     /// A retry slot, or `None` when the budget is spent.
-    pub(crate) fn try_retry(self: &Arc<Self>, percent: u32, min_concurrency: u32) -> Option<ActiveGuard> {
+    pub(crate) fn try_retry(
+        self: &Arc<Self>,
+        percent: u32,
+        min_concurrency: u32,
+    ) -> Option<ActiveGuard> {
         let active = self.active_requests.load(Ordering::Acquire);
         let allowed = (active * percent as usize / 100).max(min_concurrency as usize);
         self.active_retries

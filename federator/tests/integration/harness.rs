@@ -166,7 +166,7 @@ pub(crate) async fn spawn_federator(
 
 /// `GET` on a federator's admin listener: the body of a 200, an error otherwise.
 pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    causeway_federator::status::admin_get(addr, path).await
+    causeway_federator::cli::status::admin_get(addr, path).await
 }
 
 /// An export file for `demo/<name>` with one named port.

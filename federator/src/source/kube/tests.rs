@@ -5,6 +5,9 @@ use causeway_api::{ConflictReason, ExportConditions, Import};
 use serde_json::json;
 
 use super::*;
+use crate::sink::status::{desired_conditions, merge_conditions};
+use causeway_api::MeshSnapshot;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 fn se(annotations: serde_json::Value) -> ServiceExport {
     serde_json::from_value(json!({
