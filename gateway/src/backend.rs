@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::Body;
+use crate::body::{Body, ReplayBody};
 use crate::error::ProxyError;
 use crate::table::{EndpointAddr, Inbound, PortSpec};
 use crate::tls::{self, TlsState};
@@ -265,6 +265,38 @@ impl Backends {
     }
 
     /// A TCP (or mTLS) connection to one endpoint, for opaque TCP.
+    /// The one local origination (egress to a local candidate, ingress to its cluster's
+    /// endpoints): sends the request built by `request` to the first of `endpoints` that takes
+    /// it. A connection refused before the request was written moves on to the next endpoint
+    /// while `body` can be sent again; any other outcome is the answer. Without an endpoint
+    /// tried, [`ProxyError::NoEndpoint`].
+    pub(crate) async fn send_to_first(
+        &self,
+        svc: &Inbound,
+        endpoints: impl IntoIterator<Item = EndpointAddr>,
+        port: PortSpec,
+        h2: bool,
+        body: &mut ReplayBody,
+        request: impl Fn(Body) -> Result<Request<Body>, ProxyError>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut last = ProxyError::NoEndpoint(svc.name.to_string());
+        for endpoint in endpoints {
+            let Some(b) = body.take() else { break };
+            match self.send(svc, endpoint, port, h2, request(b)?).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    tracing::info!(service = %svc.name, error = %e, "endpoint failed");
+                    let again = e.is_connect() && body.replayable() && !e.caused_by_client();
+                    last = e;
+                    if !again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
     pub(crate) async fn connect(
         &self,
         svc: &Inbound,

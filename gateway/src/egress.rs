@@ -679,25 +679,27 @@ async fn send(
             .inbound
             .get(&svc.name)
             .ok_or_else(|| ProxyError::NoEndpoint(svc.name.to_string()))?;
-        let endpoint = inbound
-            .endpoints_from_next()
-            .next()
-            .ok_or_else(|| ProxyError::NoEndpoint(svc.name.to_string()))?;
         let in_port = inbound.port(Some(port.port)).unwrap_or(port);
         let h2 = in_port.is_h2() || is_grpc(&parts.headers);
-        let b = body
-            .take()
-            .ok_or_else(|| ProxyError::NoEndpoint("request body already sent".into()))?;
-        let mut req = clone_head(parts)
-            .uri(path)
-            .body(b)
-            .map_err(|e| request_error(&authority, e))?;
-        if let Ok(v) = HeaderValue::from_str(&authority) {
-            req.headers_mut().insert(header::HOST, v);
-        }
         return shared
             .backends
-            .send(inbound, endpoint, in_port, h2, req)
+            .send_to_first(
+                inbound,
+                inbound.endpoints_from_next(),
+                in_port,
+                h2,
+                body,
+                |b| {
+                    let mut req = clone_head(parts)
+                        .uri(path)
+                        .body(b)
+                        .map_err(|e| request_error(&authority, e))?;
+                    if let Ok(v) = HeaderValue::from_str(&authority) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                    Ok(req)
+                },
+            )
             .await;
     }
 

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{self, Body, ReplayBody};
+use crate::error::ProxyError;
 use crate::peer::PROBE_AUTHORITY;
 use crate::proxy::{self, Record};
 use crate::shared::Shared;
@@ -386,54 +387,49 @@ async fn handle_request(
             )
         }
     };
-    let mut last_error = None;
-    for &endpoint in &endpoints {
-        let Some(b) = body.take() else { break };
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(path.as_str());
-        if let Some(h) = builder.headers_mut() {
-            *h = parts.headers.clone();
-        }
-        let req = match builder.body(b) {
-            Ok(r) => r,
-            Err(e) => {
-                last_error = Some(e.to_string());
-                break;
-            }
-        };
-        match shared
-            .backends
-            .send(&inbound, endpoint, port, h2, req)
-            .await
-        {
-            Ok(resp) => {
-                let status = resp.status();
-                record.finish(&shared, status.as_str(), status.as_u16(), None);
-                let (mut head, incoming) = resp.into_parts();
-                xfcc::strip_hop_by_hop(&mut head.headers);
-                return Response::from_parts(head, body::incoming(incoming));
-            }
-            Err(e) if fault.failed() || e.caused_by_client() => {
-                tracing::debug!(service = %name, peer = %record.source_cluster, error = %e, "the caller's request body failed");
-                shared.metrics.refuse("ingress", "request_body");
-                return refuse(
-                    &record,
-                    StatusCode::BAD_REQUEST,
-                    "request_body",
-                    "the request body is malformed or ended early".to_string(),
-                );
-            }
-            Err(e) => {
-                tracing::info!(service = %name, error = %e, "endpoint failed");
-                let retry = e.is_connect() && body.replayable();
-                last_error = Some(e.summary());
-                if !retry {
-                    break;
+    let sent = shared
+        .backends
+        .send_to_first(
+            &inbound,
+            endpoints.iter().copied(),
+            port,
+            h2,
+            &mut body,
+            |b| {
+                let mut builder = Request::builder()
+                    .method(parts.method.clone())
+                    .uri(path.as_str());
+                if let Some(h) = builder.headers_mut() {
+                    *h = parts.headers.clone();
                 }
-            }
+                builder.body(b).map_err(|e| ProxyError::Request {
+                    target: name.to_string(),
+                    source: e.into(),
+                })
+            },
+        )
+        .await;
+    let last_error = match sent {
+        Ok(resp) => {
+            let status = resp.status();
+            record.finish(&shared, status.as_str(), status.as_u16(), None);
+            let (mut head, incoming) = resp.into_parts();
+            xfcc::strip_hop_by_hop(&mut head.headers);
+            return Response::from_parts(head, body::incoming(incoming));
         }
-    }
+        Err(e) if fault.failed() || e.caused_by_client() => {
+            tracing::debug!(service = %name, peer = %record.source_cluster, error = %e, "the caller's request body failed");
+            shared.metrics.refuse("ingress", "request_body");
+            return refuse(
+                &record,
+                StatusCode::BAD_REQUEST,
+                "request_body",
+                "the request body is malformed or ended early".to_string(),
+            );
+        }
+        Err(ProxyError::NoEndpoint(_)) => None,
+        Err(e) => Some(e.summary()),
+    };
     refuse(
         &record,
         StatusCode::BAD_GATEWAY,

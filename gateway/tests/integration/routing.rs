@@ -116,3 +116,30 @@ async fn weighted_split_within_a_priority() {
         "west {west_hits} north {north_hits}"
     );
 }
+
+/// The local cluster's endpoints are tried in turn, as the ingress tries its own: with one of
+/// two endpoints dead, every request reaches the live one, even a POST, which is never retried on
+/// another cluster (a connection refused before the request was written is safe to move).
+#[tokio::test]
+async fn a_dead_local_endpoint_is_passed_over_for_the_next() {
+    let pki = Pki::new();
+    let east = start_gateway(&pki, "east").await;
+    let live = HttpBackend::start("cart-live").await;
+    let dead = dead_addr().await;
+    let http = || vec![port(80, AppProtocol::Http)];
+    east.apply_config(snapshot(
+        1,
+        "east",
+        vec![],
+        vec![inbound("cart", http(), &[dead, live.addr])],
+        vec![outbound("cart", http(), vec![cand("east", 0)])],
+    ))
+    .unwrap();
+    let mut client = H1::connect(east.egress_addr).await;
+    for i in 0..6 {
+        let a = client.send("POST", HOST, "/", &[], "").await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+        assert_eq!(a.headers["x-backend"], "cart-live");
+    }
+    assert_eq!(live.hits.load(Ordering::SeqCst), 6);
+}
