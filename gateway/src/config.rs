@@ -64,6 +64,9 @@ pub struct Config {
     pub path_check_timeout_ms: u64,
     /// Timeout of a TCP+TLS connect to a peer gateway or a local endpoint.
     pub connect_timeout_ms: u64,
+    /// How long a TLS handshake accepted by the gateway may take (a peer at the peer listener,
+    /// an mTLS caller at the egress); then the connection is closed and counted as `timeout`.
+    pub tls_handshake_timeout_ms: u64,
     /// Reconnect backoff to the federator: from the base, doubling, capped, with jitter.
     pub federator_backoff_base_ms: u64,
     pub federator_backoff_max_ms: u64,
@@ -112,6 +115,7 @@ impl Default for Config {
             path_check_after_ms: 200,
             path_check_timeout_ms: 250,
             connect_timeout_ms: 2_000,
+            tls_handshake_timeout_ms: 10_000,
             federator_backoff_base_ms: 500,
             federator_backoff_max_ms: 30_000,
             min_retry_concurrency: 3,
@@ -185,6 +189,7 @@ impl Config {
             ("reload_interval_ms", self.reload_interval_ms),
             ("probe_interval_ms", self.probe_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
             ("path_check_timeout_ms", self.path_check_timeout_ms),
             ("client_header_timeout_ms", self.client_header_timeout_ms),
             ("federator_backoff_base_ms", self.federator_backoff_base_ms),

@@ -44,30 +44,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, vip: bool) {
-    let shutdown = shared.shutdown.clone();
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "egress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _open = shared.conns.enter();
-            let stop = shared.hard_stop.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = handle_connection(shared.clone(), stream, remote, vip) => {}
-            }
-        });
-    }
+    let what = if vip { "import" } else { "egress" };
+    proxy::serve(shared, listener, what, move |shared, stream, remote| {
+        handle_connection(shared, stream, remote, vip)
+    })
+    .await
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, vip: bool) {
@@ -138,7 +119,7 @@ async fn accept_caller(
         tracing::warn!(%remote, reason = r.reason, detail = %r.detail, "caller's TLS connection refused");
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls.egress.clone()).accept(stream);
-    let stream = match tokio::time::timeout(shared.connect_timeout(), accept).await {
+    let stream = match tokio::time::timeout(shared.tls_handshake_timeout(), accept).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             refuse(crate::tls::classify_handshake_error(&e));

@@ -31,8 +31,6 @@ use crate::table::{Inbound, PortSpec, Tables};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The authenticated peer of one connection.
 struct PeerIdentity {
     cluster: String,
@@ -40,30 +38,7 @@ struct PeerIdentity {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let shutdown = shared.shutdown.clone();
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _open = shared.conns.enter();
-            let stop = shared.hard_stop.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = handle_connection(shared.clone(), stream, remote) => {}
-            }
-        });
-    }
+    proxy::serve(shared, listener, "peer", handle_connection).await
 }
 
 fn refuse(shared: &Shared, remote: SocketAddr, r: &Refusal) {
@@ -77,7 +52,9 @@ fn refuse(shared: &Shared, remote: SocketAddr, r: &Refusal) {
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(shared.tls_handshake_timeout(), acceptor.accept(stream))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return refuse(&shared, remote, &classify_handshake_error(&e)),
         Err(_) => {

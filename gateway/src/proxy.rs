@@ -1,11 +1,14 @@
 //! Helpers both directions share: replies the gateway makes itself, request accounting
 //! (metrics and the JSON access log), and byte pumping for tunnels.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
 use crate::shared::Shared;
@@ -366,6 +369,44 @@ impl Record<'_> {
                 println!("{json}");
             }
         }
+    }
+}
+
+/// The one accept loop of the gateway's listeners (egress, import ports, peer): accepts until
+/// shutdown, counts each open connection for the drain, and drops it at the hard stop. An accept
+/// error (out of descriptors, say) is logged under `what` and retried after 50 ms.
+pub(crate) async fn serve<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, handle) = (shared.clone(), handle.clone());
+        tokio::spawn(async move {
+            let _open = shared.conns.enter();
+            let stop = shared.hard_stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = handle(shared.clone(), stream, remote) => {}
+            }
+        });
     }
 }
 

@@ -88,6 +88,11 @@ impl Shared {
         Duration::from_millis(self.config.connect_timeout_ms)
     }
 
+    /// How long an accepted TLS handshake may take (one setting for every listener).
+    pub(crate) fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.tls_handshake_timeout_ms)
+    }
+
     /// The version of the tables being served (0 before the first).
     pub(crate) fn version(&self) -> u64 {
         self.tables.load().as_ref().map_or(0, |t| t.version)

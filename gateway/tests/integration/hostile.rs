@@ -380,3 +380,51 @@ async fn configuration_on_the_admin_port_answers_this_host_only() {
     let same_host = std::net::SocketAddr::new(neighbour.outside.into(), port);
     assert_eq!(get(same_host, "x", "/peers").await.status, 200);
 }
+
+/// A TLS handshake that stalls is closed after the one `tls_handshake_timeout_ms`, at the peer
+/// listener and at the egress alike, and counted with reason `timeout`.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout_on_every_listener() {
+    let pki = Pki::new();
+    let mut cfg = gateway_config(&pki, "east");
+    cfg.tls_handshake_timeout_ms = 300;
+    let gw = causeway_gateway::Gateway::start(cfg).await.unwrap();
+    for (addr, metric) in [
+        (
+            gw.peer_addr,
+            "causeway_gateway_peer_handshake_failures_total",
+        ),
+        (
+            gw.egress_addr,
+            "causeway_gateway_client_handshake_failures_total",
+        ),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The first bytes of a ClientHello record, then nothing.
+        s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{metric}: the stalled handshake is still open"
+        );
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "{metric}: closed after {waited:?}, before the timeout"
+        );
+        wait_for(&format!("{metric} counted"), 5, || async {
+            (metric_or_zero(&gw, metric, &[("reason", "timeout")]) == 1.0).then_some(())
+        })
+        .await;
+    }
+}
