@@ -182,7 +182,7 @@ struct Ctx {
 
 /// The first retry of a failed status write, doubling to [`STATUS_RETRY_MAX`].
 const STATUS_RETRY_FIRST: Duration = Duration::from_millis(500);
-const STATUS_RETRY_MAX: Duration = Duration::from_secs(60);
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Ctx {
     /// How long export `origin` waits before its next try.
