@@ -551,6 +551,23 @@ impl TcpEcho {
 }
 
 /// An address nothing listens on (bound, then closed).
+/// Reads `s` until the other side closes it (end of stream or an error); whether that
+/// happened within `secs` seconds.
+pub async fn closed_within(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
