@@ -21,7 +21,7 @@ use crate::dump;
 use crate::shared::Shared;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let shutdown = shared.shutdown.clone();
+    let shutdown = shared.proxy.shutdown.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
@@ -41,13 +41,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(),
+        shared.proxy.metrics.render(),
     )
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // Peers refuse an expired certificate: out of service until it is renewed.
-    if let Some(v) = shared.tls.load().validity {
+    if let Some(v) = shared.proxy.tls.load().validity {
         if v.left(crate::tls::unix_now()) <= 0 {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -58,8 +58,8 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             );
         }
     }
-    match shared.version() {
-        0 if shared.tables.load().is_none() => (
+    match shared.proxy.version() {
+        0 if shared.proxy.tables.load().is_none() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no config loaded\n".to_string(),
         ),
@@ -91,7 +91,7 @@ fn local_only(shared: &Shared, caller: Caller, path: &str) -> Option<axum::respo
     if local {
         return None;
     }
-    shared.metrics.refuse("admin", "not_local");
+    shared.proxy.metrics.refuse("admin", "not_local");
     tracing::info!(caller = %caller.remote, path, "admin endpoint refused: answers callers on this host only");
     Some(
         (
@@ -109,7 +109,7 @@ async fn config_dump(
     if let Some(refused) = local_only(&shared, caller, "/config_dump") {
         return refused;
     }
-    match shared.tables.load_full() {
+    match shared.proxy.tables.load_full() {
         Some(t) => {
             let mut dump = dump::snapshot(&t.snapshot);
             dump["certificate"] = shared.certificate_summary();
@@ -126,5 +126,5 @@ async fn peers(
     if let Some(refused) = local_only(&shared, caller, "/peers") {
         return refused;
     }
-    Json(shared.peers.statuses()).into_response()
+    Json(shared.proxy.peers.statuses()).into_response()
 }

@@ -17,10 +17,11 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::peer::{PeerPool, ProbeContext};
-use crate::shared::{ConnCounter, Shared};
+use crate::proxy::{egress, ingress, ConnCounter, Proxy};
+use crate::shared::Shared;
 use crate::table::{NackReason, StatsRegistry, Tables};
 use crate::tls::{TlsFiles, TlsState};
-use crate::{admin, egress, federator, ingress, reload, renew, state};
+use crate::{admin, federator, reload, renew, state};
 
 // === control: applying snapshots, reloading and installing certificates ===
 
@@ -33,7 +34,7 @@ impl Shared {
         match &result {
             Ok(()) => tracing::info!(version, "config applied"),
             Err(reason) => {
-                self.metrics.config_nacks.inc();
+                self.proxy.metrics.config_nacks.inc();
                 tracing::warn!(version, %reason, "config refused; keeping the last good one");
             }
         }
@@ -45,11 +46,11 @@ impl Shared {
         let issuer = snapshot.certificate_issuer.clone();
         let tables = Tables::build(
             snapshot,
-            &self.config.cluster,
-            self.config.vip_range,
-            &self.registry,
+            &self.proxy.config.cluster,
+            self.proxy.config.vip_range,
+            &self.proxy.registry,
         )?;
-        let current = self.tls.load();
+        let current = self.proxy.tls.load();
         let tls = TlsState::build(
             current.identity.clone(),
             current.local_bundle.clone(),
@@ -59,14 +60,14 @@ impl Shared {
         .map_err(|e| NackReason(format!("TLS for the snapshot's peers: {e}")))?;
         let tables = Arc::new(tables);
         // TLS first: a peer of the new tables must find its trust state at once.
-        self.tls.store(Arc::new(tls));
-        self.tables.store(Some(tables.clone()));
-        self.peers.update(&tables, &self.probe_ctx);
-        self.metrics.config_version.set(tables.version as i64);
+        self.proxy.tls.store(Arc::new(tls));
+        self.proxy.tables.store(Some(tables.clone()));
+        self.proxy.peers.update(&tables, &self.probe_ctx);
+        self.proxy.metrics.config_version.set(tables.version as i64);
         self.version_tx.send_replace(tables.version);
         self.wanted_issuer
             .send_if_modified(|w| std::mem::replace(w, issuer.clone()) != issuer);
-        if let Some(dir) = &self.config.state_dir {
+        if let Some(dir) = &self.proxy.config.state_dir {
             if let Err(e) = state::save(dir, &tables.snapshot) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the config");
             }
@@ -93,9 +94,9 @@ impl Shared {
             Some(issued) if issuing => (issued, Some(files)),
             _ => (files, None),
         };
-        let tables = self.tables.load_full();
+        let tables = self.proxy.tables.load_full();
         let tls = TlsState::build(identity, bundle, tables.as_deref(), federator_identity)?;
-        self.tls.store(Arc::new(tls));
+        self.proxy.tls.store(Arc::new(tls));
         Ok(())
     }
 
@@ -113,7 +114,7 @@ impl Shared {
 
     /// What `/config_dump` says of the certificate in use.
     pub(crate) fn certificate_summary(&self) -> serde_json::Value {
-        let tls = self.tls.load();
+        let tls = self.proxy.tls.load();
         serde_json::json!({
             "spiffe_id": tls.own_id.to_string(),
             "not_before": tls.validity.map(|v| v.not_before),
@@ -142,18 +143,18 @@ impl Shared {
         identity: causeway_api::tls::Identity,
     ) -> Result<(), causeway_api::tls::TlsError> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.tls.load_full();
-        let tables = self.tables.load_full();
+        let current = self.proxy.tls.load_full();
+        let tables = self.proxy.tables.load_full();
         let tls = TlsState::build(
             identity.clone(),
             current.local_bundle.clone(),
             tables.as_deref(),
             None,
         )?;
-        self.tls.store(Arc::new(tls));
+        self.proxy.tls.store(Arc::new(tls));
         *self.issued.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity);
         let old_expiry = current.validity.map(|v| v.not_after);
-        self.peers.retire_connections(old_expiry);
+        self.proxy.peers.retire_connections(old_expiry);
         Ok(())
     }
 }
@@ -230,30 +231,35 @@ impl Gateway {
             metrics.spans.clone(),
             hard_stop.clone(),
         );
-        let shared = Arc::new(Shared {
+        let version_tx = watch::channel(0).0;
+        let proxy = Arc::new(Proxy {
             backends: Backends::new(
                 tls.clone(),
                 Duration::from_millis(config.connect_timeout_ms),
             ),
             tables: ArcSwapOption::empty(),
             tls,
-            tls_files,
             registry: StatsRegistry::default(),
             metrics,
             peers: PeerPool::default(),
-            apply_lock: Mutex::new(()),
-            version_tx: watch::channel(0).0,
-            probe_ctx,
+            versions: version_tx.subscribe(),
             shutdown: shutdown.clone(),
             hard_stop,
             conns: ConnCounter::default(),
             tracer,
-            issued: Mutex::new(issued),
-            wanted_issuer: watch::channel(String::new()).0,
             config,
         });
+        let shared = Arc::new(Shared {
+            proxy,
+            tls_files,
+            apply_lock: Mutex::new(()),
+            version_tx,
+            probe_ctx,
+            issued: Mutex::new(issued),
+            wanted_issuer: watch::channel(String::new()).0,
+        });
 
-        if let Some(file) = &shared.config.config_file {
+        if let Some(file) = &shared.proxy.config.config_file {
             let snapshot = state::load(file).map_err(|reason| Error::ConfigFile {
                 path: file.clone(),
                 reason,
@@ -262,7 +268,7 @@ impl Gateway {
                 path: file.clone(),
                 reason: r.0,
             })?;
-        } else if let Some(dir) = &shared.config.state_dir {
+        } else if let Some(dir) = &shared.proxy.config.state_dir {
             let file = state::path(dir);
             if file.exists() {
                 match state::load(&file).map(|s| shared.apply(s)) {
@@ -280,19 +286,19 @@ impl Gateway {
         }
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(egress::serve(shared.clone(), egress_listener));
-        tasks.spawn(egress::manage_vip_listeners(shared.clone()));
-        tasks.spawn(ingress::serve(shared.clone(), peer_listener));
+        tasks.spawn(egress::serve(shared.proxy.clone(), egress_listener));
+        tasks.spawn(egress::manage_vip_listeners(shared.proxy.clone()));
+        tasks.spawn(ingress::serve(shared.proxy.clone(), peer_listener));
         tasks.spawn(admin::serve(shared.clone(), admin_listener));
         tasks.spawn(reload::watch_files(shared.clone(), files_stamp));
-        if let Some(url) = shared.config.federator.clone() {
+        if let Some(url) = shared.proxy.config.federator.clone() {
             if let Ok(parsed) = crate::config::FederatorUrl::parse(&url) {
                 tasks.spawn(renew::run(shared.clone(), parsed));
             }
             tasks.spawn(federator::run(shared.clone(), url, reports_rx));
         }
         tracing::info!(
-            cluster = %shared.config.cluster,
+            cluster = %shared.proxy.config.cluster,
             %egress_addr, %peer_addr, %admin_addr,
             "gateway started"
         );
@@ -323,12 +329,12 @@ impl RunningGateway {
 
     /// The version of the config being served (0: none).
     pub fn config_version(&self) -> u64 {
-        self.shared.version()
+        self.shared.proxy.version()
     }
 
     /// The Prometheus text of this gateway's metrics.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.shared.proxy.metrics.render()
     }
 
     /// Waits until a task fails (panics), which is fatal. Tasks with nothing to do (the VIP
@@ -347,9 +353,9 @@ impl RunningGateway {
     /// `drain_timeout_ms` (HTTP/2 peers get a GOAWAY, idle HTTP/1.1 connections close); then
     /// closes whatever is left and stops every task.
     pub async fn shutdown(mut self) {
-        self.shared.shutdown.cancel();
-        let drain = Duration::from_millis(self.shared.config.drain_timeout_ms);
-        if tokio::time::timeout(drain, self.shared.conns.wait_idle())
+        self.shared.proxy.shutdown.cancel();
+        let drain = Duration::from_millis(self.shared.proxy.config.drain_timeout_ms);
+        if tokio::time::timeout(drain, self.shared.proxy.conns.wait_idle())
             .await
             .is_err()
         {
@@ -358,7 +364,7 @@ impl RunningGateway {
                 "connections still open after the drain; closing them"
             );
         }
-        self.shared.hard_stop.cancel();
+        self.shared.proxy.hard_stop.cancel();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -366,7 +372,7 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        self.shared.shutdown.cancel();
-        self.shared.hard_stop.cancel();
+        self.shared.proxy.shutdown.cancel();
+        self.shared.proxy.hard_stop.cancel();
     }
 }

@@ -74,13 +74,13 @@ pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receive
     };
     let reports = Arc::new(Mutex::new(reports));
     let mut backoff = Backoff::new(
-        Duration::from_millis(shared.config.federator_backoff_base_ms),
-        Duration::from_millis(shared.config.federator_backoff_max_ms),
+        Duration::from_millis(shared.proxy.config.federator_backoff_base_ms),
+        Duration::from_millis(shared.proxy.config.federator_backoff_max_ms),
     );
     loop {
         let session = session(&shared, &url, &reports, &mut backoff);
         let result = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.proxy.shutdown.cancelled() => return,
             r = session => r,
         };
         let delay = backoff.next_wait();
@@ -93,7 +93,7 @@ pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receive
             }
         }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.proxy.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -103,13 +103,15 @@ pub(crate) async fn run(shared: Arc<Shared>, url: String, reports: mpsc::Receive
 pub(crate) async fn channel(shared: &Shared, url: &FederatorUrl) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{}", url.authority()))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(shared.config.connect_timeout_ms))
+        .connect_timeout(Duration::from_millis(
+            shared.proxy.config.connect_timeout_ms,
+        ))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10));
     endpoint
         .connect_with_connector(FederatorConnector {
             url: url.clone(),
-            tls: shared.tls.clone(),
+            tls: shared.proxy.tls.clone(),
         })
         .await
         .map_err(|e| format!("connect: {e}: {}", source_chain(&e)))
@@ -125,9 +127,9 @@ async fn session(
     let channel = channel(shared, url).await?;
     let mut client = ConfigClient::new(channel.clone());
     let hello = GatewayHello {
-        cluster: shared.config.cluster.clone(),
-        node: shared.config.node.clone(),
-        last_applied_version: shared.version(),
+        cluster: shared.proxy.config.cluster.clone(),
+        node: shared.proxy.config.node.clone(),
+        last_applied_version: shared.proxy.version(),
     };
     let mut stream = client
         .watch(hello)
@@ -152,8 +154,8 @@ async fn session(
             Err(reason) => reason.0,
         };
         let ack = AckRequest {
-            cluster: shared.config.cluster.clone(),
-            node: shared.config.node.clone(),
+            cluster: shared.proxy.config.cluster.clone(),
+            node: shared.proxy.config.node.clone(),
             version,
             nack_reason,
         };

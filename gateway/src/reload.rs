@@ -17,7 +17,7 @@ pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
 }
 
 pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
-    let interval = Duration::from_millis(shared.config.reload_interval_ms);
+    let interval = Duration::from_millis(shared.proxy.config.reload_interval_ms);
     let mut health = CertHealth::Fine;
     loop {
         let before = health;
@@ -32,7 +32,7 @@ pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
             }
         }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.proxy.shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         let now = stamp(&shared.tls_files);
@@ -42,11 +42,17 @@ pub(crate) async fn watch_files(shared: Arc<Shared>, mut last: Stamp) {
         last = now;
         match shared.reload_tls() {
             Ok(()) => {
-                shared.metrics.cert_reloads.with_label_values(&["ok"]).inc();
+                shared
+                    .proxy
+                    .metrics
+                    .cert_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
                 tracing::info!("certificates reloaded");
             }
             Err(e) => {
                 shared
+                    .proxy
                     .metrics
                     .cert_reloads
                     .with_label_values(&["error"])
@@ -80,19 +86,19 @@ pub(crate) fn cert_health(v: &causeway_api::tls::Validity, now: i64) -> CertHeal
 /// Sets `causeway_certificate_expiry_timestamp_seconds` for this gateway and every peer seen,
 /// and logs when the own certificate's state changes from `before`. Returns the new state.
 fn observe_certificates(shared: &Shared, before: CertHealth) -> CertHealth {
-    let gauge = &shared.metrics.cert_expiry;
-    for p in shared.peers.statuses() {
+    let gauge = &shared.proxy.metrics.cert_expiry;
+    for p in shared.proxy.peers.statuses() {
         if let Some(t) = p.certificate_not_after {
             gauge
                 .with_label_values(&["peer_gateway", &p.cluster])
                 .set(t);
         }
     }
-    let Some(v) = shared.tls.load().validity else {
+    let Some(v) = shared.proxy.tls.load().validity else {
         return before;
     };
     gauge
-        .with_label_values(&["gateway", &shared.config.cluster])
+        .with_label_values(&["gateway", &shared.proxy.config.cluster])
         .set(v.not_after);
     let now = crate::tls::unix_now();
     let health = cert_health(&v, now);

@@ -73,7 +73,7 @@ pub(crate) async fn run(shared: Arc<Shared>, url: FederatorUrl) {
         let due = if issuer.is_empty() {
             None
         } else {
-            let tls = shared.tls.load();
+            let tls = shared.proxy.tls.load();
             let from_issuer = tls.identity.issuer_fingerprint().as_deref() == Some(&issuer)
                 && shared.has_issued_identity();
             match tls.validity {
@@ -83,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, url: FederatorUrl) {
         };
         let wait = due.map(|at| Duration::from_secs((at - unix_now()).max(0) as u64));
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.proxy.shutdown.cancelled() => return,
             r = wanted.changed() => {
                 if r.is_err() { return; }
                 continue;
@@ -93,6 +93,7 @@ pub(crate) async fn run(shared: Arc<Shared>, url: FederatorUrl) {
         match renew(&shared, &url).await {
             Ok(v) => {
                 shared
+                    .proxy
                     .metrics
                     .cert_renewals
                     .with_label_values(&["ok"])
@@ -106,18 +107,20 @@ pub(crate) async fn run(shared: Arc<Shared>, url: FederatorUrl) {
             }
             Err(e) => {
                 shared
+                    .proxy
                     .metrics
                     .cert_renewals
                     .with_label_values(&[e.label()])
                     .inc();
                 let left = shared
+                    .proxy
                     .tls
                     .load()
                     .validity
                     .map(|v| Duration::from_secs(v.left(unix_now()).max(0) as u64));
                 tracing::warn!(error = %e, ?left, retry_in = ?retry, "gateway certificate renewal failed; the current certificate stays in use");
                 tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
+                    _ = shared.proxy.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(retry) => {}
                 }
                 retry = (retry * 2).min(RETRY_MAX);
@@ -146,8 +149,8 @@ async fn renew(shared: &Arc<Shared>, url: &FederatorUrl) -> Result<Validity, Ren
             .map_err(RenewError::Unreachable)?;
         ConfigClient::new(channel)
             .certify(CertifyRequest {
-                cluster: shared.config.cluster.clone(),
-                node: shared.config.node.clone(),
+                cluster: shared.proxy.config.cluster.clone(),
+                node: shared.proxy.config.node.clone(),
                 csr_pem: csr,
             })
             .await
@@ -164,7 +167,7 @@ async fn renew(shared: &Arc<Shared>, url: &FederatorUrl) -> Result<Validity, Ren
         "issued",
     )
     .map_err(|e| RenewError::Unusable(e.to_string()))?;
-    let current = shared.tls.load();
+    let current = shared.proxy.tls.load();
     check(&identity, &current.own_id, &current.local_bundle)?;
     let validity = identity
         .validity()
@@ -172,7 +175,7 @@ async fn renew(shared: &Arc<Shared>, url: &FederatorUrl) -> Result<Validity, Ren
     shared
         .install_identity(identity)
         .map_err(|e| RenewError::Unusable(e.to_string()))?;
-    if let Some(dir) = &shared.config.state_dir {
+    if let Some(dir) = &shared.proxy.config.state_dir {
         if let Err(e) = persist(dir, &resp.certificate_chain_pem, &key_pem) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the renewed certificate in the state directory");
         }

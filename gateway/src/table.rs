@@ -174,7 +174,7 @@ pub(crate) struct Policy {
 }
 
 impl Policy {
-    fn from_proto(p: Option<&proto::TrafficPolicy>) -> Self {
+    pub(crate) fn from_proto(p: Option<&proto::TrafficPolicy>) -> Self {
         let p = p.cloned().unwrap_or_default();
         let or = |v: u32, d: u32| if v == 0 { d } else { v };
         Self {

@@ -136,6 +136,38 @@ async fn service_timeout_answers_504() {
 }
 
 #[tokio::test]
+async fn a_request_whose_caller_leaves_is_counted_as_cancelled_on_both_sides() {
+    let mesh = Pair::start().await;
+    let backend = HttpBackend::start("cart-west").await;
+    mesh.configure(
+        1,
+        &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
+        |_, _| {},
+    );
+    let egress = mesh.east.egress_addr;
+    let caller = tokio::spawn(async move { get(egress, HOST, "/hold").await });
+    wait_for("the request to reach the backend", 10, || async {
+        (backend.held.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // The caller goes away while the backend holds its answer.
+    caller.abort();
+    for (gw, direction) in [(&mesh.east, "egress"), (&mesh.west, "ingress")] {
+        wait_for(
+            &format!("the {direction} to count the request"),
+            10,
+            || async {
+                let labels = [("direction", direction), ("code", "cancelled")];
+                (metric_or_zero(gw, "causeway_gateway_requests_total", &labels) == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    backend.release();
+}
+
+#[tokio::test]
 async fn drained_and_unauthorised_exports_are_refused() {
     let mesh = Pair::start().await;
     let backend = HttpBackend::start("cart-west").await;

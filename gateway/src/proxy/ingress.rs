@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use causeway_api::authority::{parse_authority, parse_pinned_authority};
 use causeway_api::spiffe::SpiffeId;
@@ -22,11 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::Proxy;
+use super::Record;
 use crate::body::{self, Body, ReplayBody};
 use crate::error::ProxyError;
 use crate::peer::PROBE_AUTHORITY;
-use crate::proxy::{self, Record};
-use crate::shared::Shared;
 use crate::table::{Inbound, PortSpec, Tables};
 use crate::tls::{authenticate_peer, classify_handshake_error, Refusal};
 use crate::xfcc;
@@ -37,12 +37,12 @@ struct PeerIdentity {
     id: SpiffeId,
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    proxy::serve(shared, listener, "peer", handle_connection).await
+pub(crate) async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    super::serve(proxy, listener, "peer", handle_connection).await
 }
 
-fn refuse(shared: &Shared, remote: SocketAddr, r: &Refusal) {
-    shared
+fn refuse(proxy: &Proxy, remote: SocketAddr, r: &Refusal) {
+    proxy
         .metrics
         .handshake_failures
         .with_label_values(&[r.reason])
@@ -50,16 +50,16 @@ fn refuse(shared: &Shared, remote: SocketAddr, r: &Refusal) {
     tracing::warn!(%remote, reason = r.reason, detail = %r.detail, "peer connection refused");
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
-    let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
-    let tls = match tokio::time::timeout(shared.tls_handshake_timeout(), acceptor.accept(stream))
+async fn handle_connection(proxy: Arc<Proxy>, stream: TcpStream, remote: SocketAddr) {
+    let acceptor = TlsAcceptor::from(proxy.tls.load().server.clone());
+    let tls = match tokio::time::timeout(proxy.tls_handshake_timeout(), acceptor.accept(stream))
         .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(&shared, remote, &classify_handshake_error(&e)),
+        Ok(Err(e)) => return refuse(&proxy, remote, &classify_handshake_error(&e)),
         Err(_) => {
             let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out");
-            return refuse(&shared, remote, &classify_handshake_error(&e));
+            return refuse(&proxy, remote, &classify_handshake_error(&e));
         }
     };
     // Peers speak HTTP/2 and say so (ALPN `h2`); rustls lets a client that offers no ALPN at
@@ -69,7 +69,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             reason: "no_alpn",
             detail: "the peer did not negotiate ALPN h2".into(),
         };
-        return refuse(&shared, remote, &r);
+        return refuse(&proxy, remote, &r);
     }
     let (peer, expires_in) = {
         let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
@@ -78,16 +78,16 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
             .first()
             .and_then(|c| causeway_api::tls::Validity::of(c).ok())
             .map(|v| Duration::from_secs(v.left(crate::tls::unix_now()).max(0) as u64));
-        let Some(tables) = shared.tables.load_full() else {
+        let Some(tables) = proxy.tables.load_full() else {
             let r = Refusal {
                 reason: "unknown_cluster",
                 detail: "no config loaded: no peer is known yet".into(),
             };
-            return refuse(&shared, remote, &r);
+            return refuse(&proxy, remote, &r);
         };
-        match authenticate_peer(certs, &tables, &shared.tls.load()) {
+        match authenticate_peer(certs, &tables, &proxy.tls.load()) {
             Ok((cluster, id)) => (Arc::new(PeerIdentity { cluster, id }), expires_in),
-            Err(r) => return refuse(&shared, remote, &r),
+            Err(r) => return refuse(&proxy, remote, &r),
         }
     };
     let expired = async move {
@@ -97,11 +97,11 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         }
     };
     tracing::debug!(%remote, peer = %peer.id, "peer gateway connected");
-    let draining = shared.shutdown.clone();
+    let draining = proxy.shutdown.clone();
     let service = service_fn(move |req| {
-        let shared = shared.clone();
+        let proxy = proxy.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle_request(shared, peer, req).await) }
+        async move { Ok::<_, Infallible>(handle_request(proxy, peer, req).await) }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -111,7 +111,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
         .max_concurrent_streams(4096)
         // A peer's heads are within the egress's limits (plus what it adds); with hyper's
         // default (16 KiB) a larger one was a connection error that failed every stream of the
-        // shared connection.
+        // proxy connection.
         .max_header_list_size(crate::config::H2_MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
@@ -136,58 +136,29 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socke
 }
 
 async fn handle_request(
-    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
     peer: Arc<PeerIdentity>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let start = Instant::now();
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let authority = super::request_authority(&req).unwrap_or_default();
     if authority == PROBE_AUTHORITY {
         return Response::new(body::full("ok"));
     }
     let method = req.method().clone();
-    let (path, traceparent) = proxy::path_and_traceparent(&req);
-    let own = shared.config.cluster.clone();
-    let mut record = Record {
-        direction: "ingress",
-        method: &method,
-        authority: &authority,
-        path: &path,
-        service: "",
-        source_cluster: &peer.cluster,
-        destination_cluster: &own,
-        attempts: 1,
-        traceparent: traceparent.as_deref(),
-        start,
-        span: shared.tracer.start(traceparent.as_deref()),
-    };
-    let refuse = |record: &Record<'_>, status: StatusCode, error: &'static str, msg: String| {
-        record.finish(&shared, status.as_str(), status.as_u16(), Some(error));
-        proxy::reply(status, error, msg)
-    };
+    let (path, traceparent) = super::path_and_traceparent(&req);
+    let own = proxy.config.cluster.clone();
+    let mut record =
+        Record::new(&proxy, "ingress", &method, &authority, &path).traced(traceparent.as_deref());
+    record.source_cluster = &peer.cluster;
+    record.destination_cluster = Arc::from(own.as_str());
+    record.attempts = 1;
 
-    if let Some(why) = proxy::malformed_host(&req) {
-        shared.metrics.refuse("ingress", "malformed_host");
-        return refuse(
-            &record,
-            StatusCode::BAD_REQUEST,
-            "malformed_host",
-            why.into(),
-        );
+    if let Some(why) = super::malformed_host(&req) {
+        proxy.metrics.refuse("ingress", "malformed_host");
+        return record.refuse(StatusCode::BAD_REQUEST, "malformed_host", why.into());
     }
-    let Some(tables) = shared.tables.load_full() else {
-        return refuse(
-            &record,
+    let Some(tables) = proxy.tables.load_full() else {
+        return record.refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_config",
             "no config loaded".into(),
@@ -203,8 +174,7 @@ async fn handle_request(
                 .map(|p| (p.service, p.port, Some(p.endpoint)))
         });
     let Some((name, port, pinned)) = parsed else {
-        return refuse(
-            &record,
+        return record.refuse(
             StatusCode::NOT_FOUND,
             "unknown_service",
             format!("{authority:?} is not a clusterset service name"),
@@ -214,8 +184,7 @@ async fn handle_request(
         Some(svc) => match svc.port(port) {
             Some(p) => (svc.clone(), p),
             None => {
-                return refuse(
-                    &record,
+                return record.refuse(
                     StatusCode::NOT_FOUND,
                     "unknown_port",
                     format!("{name} has no port {port:?} in cluster {own}"),
@@ -223,16 +192,14 @@ async fn handle_request(
             }
         },
         None => {
-            return refuse(
-                &record,
+            return record.refuse(
                 StatusCode::NOT_FOUND,
                 "unknown_service",
                 format!("{name} is not exported by cluster {own}"),
             )
         }
     };
-    let service = name.to_string();
-    record.service = &service;
+    record.service = name.to_string();
 
     // A peer vouches for callers of its own trust domain only.
     let stripped = xfcc::keep_trust_domain(req.headers_mut(), peer.id.trust_domain());
@@ -242,7 +209,7 @@ async fn handle_request(
             (stripped.malformed, "xfcc_malformed"),
         ] {
             if n > 0 {
-                shared
+                proxy
                     .metrics
                     .refused
                     .with_label_values(&["ingress", reason])
@@ -259,16 +226,10 @@ async fn handle_request(
     }
     let caller = xfcc::first_uri(req.headers()).unwrap_or_else(|| peer.id.to_string());
     if let Err(denied) = authorise(&tables, &inbound, &peer.cluster, &caller) {
-        return refuse(
-            &record,
-            StatusCode::FORBIDDEN,
-            denied.reason,
-            denied.message,
-        );
+        return record.refuse(StatusCode::FORBIDDEN, denied.reason, denied.message);
     }
     if inbound.drained {
-        return refuse(
-            &record,
+        return record.refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "drained",
             format!("{name} is drained in cluster {own}"),
@@ -276,9 +237,8 @@ async fn handle_request(
     }
     let (rps, burst) = inbound.rate_limit;
     if !inbound.limiter.allow(&peer.cluster, rps, burst) {
-        shared.metrics.rate_limited.inc();
-        return refuse(
-            &record,
+        proxy.metrics.rate_limited.inc();
+        return record.refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
@@ -288,8 +248,7 @@ async fn handle_request(
         );
     }
     if inbound.endpoints.is_empty() {
-        return refuse(
-            &record,
+        return record.refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_endpoint",
             format!("{name} has no ready endpoint in cluster {own}"),
@@ -298,8 +257,7 @@ async fn handle_request(
 
     let endpoints = inbound.endpoints_to_try(pinned.as_deref());
     if endpoints.is_empty() {
-        return refuse(
-            &record,
+        return record.refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_endpoint",
             format!(
@@ -313,12 +271,11 @@ async fn handle_request(
             peer_cluster: peer.cluster.clone(),
             caller,
         };
-        return tunnel(&shared, &inbound, &endpoints, port, who, req, record).await;
+        return tunnel(&proxy, &inbound, &endpoints, port, who, req, record).await;
     }
     if !port.is_http() {
-        shared.metrics.refuse("ingress", "http_to_tcp_port");
-        return refuse(
-            &record,
+        proxy.metrics.refuse("ingress", "http_to_tcp_port");
+        return record.refuse(
             StatusCode::BAD_REQUEST,
             "http_to_tcp_port",
             format!("port {} of {name} is opaque TCP: use CONNECT", port.port),
@@ -333,7 +290,7 @@ async fn handle_request(
     }
     xfcc::append(
         &mut parts.headers,
-        &xfcc::element(&shared.tls.load().own_id.to_string(), &peer.id.to_string()),
+        &xfcc::element(&proxy.tls.load().own_id.to_string(), &peer.id.to_string()),
     );
     if let Some(span) = &record.span {
         parts.headers.insert(
@@ -341,30 +298,25 @@ async fn handle_request(
             span.traceparent(),
         );
     }
-    let h2 = port.is_h2()
-        || parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let h2 = port.is_h2() || super::is_grpc(&parts.headers);
     if !h2 {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    let idempotent = proxy::is_idempotent(&parts.method);
+    let idempotent = super::is_idempotent(&parts.method);
     let (client_body, fault) = body::from_client(incoming);
     let mut body = match ReplayBody::new(client_body, idempotent).await {
         Ok(b) => b,
         Err(e) => {
-            return refuse(
-                &record,
+            return record.refuse(
                 StatusCode::BAD_REQUEST,
                 "request_body",
                 format!("cannot read the request body: {e}"),
             )
         }
     };
-    let sent = shared
+    let sent = proxy
         .backends
         .send_to_first(
             &inbound,
@@ -389,16 +341,15 @@ async fn handle_request(
     let last_error = match sent {
         Ok(resp) => {
             let status = resp.status();
-            record.finish(&shared, status.as_str(), status.as_u16(), None);
+            record.finish(status.as_str(), status.as_u16(), None);
             let (mut head, incoming) = resp.into_parts();
             xfcc::strip_hop_by_hop(&mut head.headers);
             return Response::from_parts(head, body::incoming(incoming));
         }
         Err(e) if fault.failed() || e.caused_by_client() => {
             tracing::debug!(service = %name, peer = %record.source_cluster, error = %e, "the caller's request body failed");
-            shared.metrics.refuse("ingress", "request_body");
-            return refuse(
-                &record,
+            proxy.metrics.refuse("ingress", "request_body");
+            return record.refuse(
                 StatusCode::BAD_REQUEST,
                 "request_body",
                 "the request body is malformed or ended early".to_string(),
@@ -407,8 +358,7 @@ async fn handle_request(
         Err(ProxyError::NoEndpoint(_)) => None,
         Err(e) => Some(e.summary()),
     };
-    refuse(
-        &record,
+    record.refuse(
         StatusCode::BAD_GATEWAY,
         "upstream",
         // The endpoints' addresses stay in the log.
@@ -485,15 +435,16 @@ impl TunnelCaller {
 /// ztunnel's connection manager does): one the new config no longer allows is closed, both
 /// ways, and counted in `causeway_gateway_tunnels_closed_total{reason}`.
 async fn carry_tunnel(
-    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
     name: ServiceKey,
     port: u16,
     who: TunnelCaller,
-    peer: impl proxy::Io,
-    upstream: impl proxy::Io,
+    peer: impl super::Io,
+    upstream: impl super::Io,
 ) {
-    let mut versions = shared.version_tx.subscribe();
-    let pump = proxy::pump(peer, upstream);
+    let mut versions = proxy.versions.clone();
+    versions.mark_unchanged();
+    let pump = super::pump(peer, upstream);
     tokio::pin!(pump);
     loop {
         tokio::select! {
@@ -503,9 +454,9 @@ async fn carry_tunnel(
                     // The gateway is going away: the drain ends the tunnel.
                     return pump.await;
                 }
-                let Some(tables) = shared.tables.load_full() else { continue };
+                let Some(tables) = proxy.tables.load_full() else { continue };
                 if let Err(denied) = who.still_allowed(&tables, &name, port) {
-                    shared
+                    proxy
                         .metrics
                         .tunnels_closed
                         .with_label_values(&[denied.reason])
@@ -526,7 +477,7 @@ async fn carry_tunnel(
 }
 
 async fn tunnel(
-    shared: &Arc<Shared>,
+    proxy: &Arc<Proxy>,
     inbound: &Arc<Inbound>,
     endpoints: &[crate::table::EndpointAddr],
     port: PortSpec,
@@ -537,14 +488,14 @@ async fn tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let mut last = None;
     for &endpoint in endpoints {
-        match shared.backends.connect(inbound, endpoint, port).await {
+        match proxy.backends.connect(inbound, endpoint, port).await {
             Ok(upstream) => {
-                record.finish(shared, "tcp", 200, None);
-                let (shared, name) = (shared.clone(), inbound.name.clone());
+                record.finish("tcp", 200, None);
+                let (proxy, name) = (proxy.clone(), inbound.name.clone());
                 tokio::spawn(async move {
                     match on_upgrade.await {
                         Ok(peer) => {
-                            carry_tunnel(shared, name, port.port, who, TokioIo::new(peer), upstream)
+                            carry_tunnel(proxy, name, port.port, who, TokioIo::new(peer), upstream)
                                 .await
                         }
                         Err(e) => tracing::debug!(error = %e, "peer CONNECT upgrade failed"),
@@ -558,8 +509,8 @@ async fn tunnel(
             }
         }
     }
-    record.finish(shared, "tcp_error", 502, Some("upstream"));
-    proxy::reply(
+    record.finish("tcp_error", 502, Some("upstream"));
+    super::reply(
         StatusCode::BAD_GATEWAY,
         "upstream",
         format!(
