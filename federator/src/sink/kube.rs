@@ -579,6 +579,13 @@ struct Failures<'a> {
 }
 
 impl Failures<'_> {
+    /// Counts a failed [`Sink::apply`] (a successful one counted itself).
+    fn note_write<T>(&mut self, kind: &str, r: Result<T, SinkError>) {
+        if let Err(e) = r {
+            self.note(kind, Err(e));
+        }
+    }
+
     fn note(&mut self, kind: &str, r: Result<(), SinkError>) {
         self.metrics.wrote(kind, r.is_ok());
         if let Err(e) = r {
@@ -658,7 +665,118 @@ fn is_refused_ip(e: &kube::Error) -> bool {
             || s.message.contains("clusterIPs")))
 }
 
+/// The kind of a Kubernetes object type, as logs and metrics name it.
+fn kind_of<K: kube::Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// Deletes `ns/name` (already gone is fine); an error names the object and `action`.
+async fn delete<K>(
+    api: &Api<K>,
+    ns: &str,
+    name: &str,
+    action: &'static str,
+) -> Result<(), SinkError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::background())
+        .await
+        .map(|_| ())
+        .or_else(ignore_not_found)
+        .map_err(err(action, format!("{} {ns}/{name}", kind_of::<K>())))
+}
+
+/// Whether `body` asks for another ClusterIP than the object holds: it cannot change, so the
+/// object is replaced (deleted, and made again by the next pass).
+fn ip_changes(body: &Value, have: Option<&str>) -> bool {
+    matches!((body["spec"]["clusterIP"].as_str(), have), (Some(want), Some(have)) if want != have)
+}
+
+/// The names of the objects of `store` in `ns` made by us for import `svc` (only per-endpoint
+/// Services with `endpoints`) that `wanted` no longer names.
+fn stale_of<K>(
+    store: &Store<K>,
+    ns: &str,
+    svc: &str,
+    endpoints: bool,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| {
+            o.namespace().as_deref() == Some(ns)
+                && is_ours(o.meta())
+                && (!endpoints || o.labels().contains_key(LABEL_ENDPOINT))
+                && o.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc)
+        })
+        .map(|o| o.name_any())
+        .filter(|n| !wanted(n))
+        .collect()
+}
+
 impl Sink {
+    /// Applies `body` to the object `name` of import `import` (now `have`; `None`: absent)
+    /// unless it already holds it or our last write of it is still to be seen, and remembers
+    /// the write. `Ok(None)`: nothing to write. The one write path of every object kind.
+    async fn apply<K>(
+        &mut self,
+        api: &Api<K>,
+        import: &ServiceKey,
+        name: &str,
+        have: Option<&Value>,
+        body: &Value,
+    ) -> Result<Option<K>, SinkError>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let kind = kind_of::<K>();
+        let key = (import.clone(), format!("{kind}/{name}"));
+        if !self.needs_write(&key, have, body) {
+            return Ok(None);
+        }
+        let ns = import.namespace.as_str();
+        let written = api
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map_err(err("applying", format!("{kind} {ns}/{name}")))?;
+        self.metrics.wrote(&kind, true);
+        let after = written.meta().resource_version.clone();
+        self.wrote(key, body, have, after);
+        Ok(Some(written))
+    }
+
+    /// Deletes the objects `stale` of import `import`, forgetting what was written to them.
+    async fn prune<K>(
+        &mut self,
+        api: &Api<K>,
+        import: &ServiceKey,
+        ns: &str,
+        stale: Vec<String>,
+        failures: &mut Failures<'_>,
+    ) where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let kind = kind_of::<K>();
+        for name in stale {
+            self.written
+                .remove(&(import.clone(), format!("{kind}/{name}")));
+            failures.note(&kind, delete(api, ns, &name, "deleting").await);
+        }
+    }
+
     /// Whether `body` must be written over `current` (`None`: the object does not exist).
     fn needs_write(&self, key: &WrittenKey, current: Option<&Value>, body: &Value) -> bool {
         let Some(current) = current else {
@@ -698,7 +816,6 @@ impl Sink {
     /// With `vips`, ClusterSetIP imports wait for their VIP, so that their Service is made once,
     /// with it, instead of with any ClusterIP first and replaced when the VIP comes.
     async fn sync(&mut self, stores: &Stores, snap: &MeshSnapshot) -> usize {
-        let apply = PatchParams::apply(MANAGER).force();
         let metrics = self.metrics.clone();
         let mut failures = Failures {
             failed: 0,
@@ -756,37 +873,24 @@ impl Sink {
             let imports: Api<ServiceImport> = Api::namespaced(client.clone(), ns);
 
             // The ServiceImport first: the derived objects carry its uid.
-            let import_key = ((*key).clone(), "ServiceImport".to_string());
             let current = stores.imports.get(&ObjectRef::new(svc).within(ns));
             let current_value = current.as_deref().map(to_value);
-            let import = if self.needs_write(&import_key, current_value.as_ref(), &want.import) {
-                match imports
-                    .patch(svc, &apply, &Patch::Apply(&want.import))
-                    .await
-                    .map_err(err("applying", format!("ServiceImport {key}")))
-                {
-                    Ok(si) => {
-                        failures.metrics.wrote("ServiceImport", true);
-                        if current.is_none() {
-                            tracing::info!(import = %key, "ServiceImport created");
-                        }
-                        self.wrote(
-                            import_key,
-                            &want.import,
-                            current_value.as_ref(),
-                            si.metadata.resource_version.clone(),
-                        );
-                        Arc::new(si)
+            let written = self
+                .apply(&imports, key, svc, current_value.as_ref(), &want.import)
+                .await;
+            let import = match (written, current) {
+                (Ok(Some(si)), current) => {
+                    if current.is_none() {
+                        tracing::info!(import = %key, "ServiceImport created");
                     }
-                    Err(e) => {
-                        failures.note("ServiceImport", Err(e));
-                        continue;
-                    }
+                    Arc::new(si)
                 }
-            } else if let Some(current) = current {
-                current
-            } else {
-                continue;
+                (Ok(None), Some(current)) => current,
+                (Ok(None), None) => continue,
+                (Err(e), _) => {
+                    failures.note("ServiceImport", Err(e));
+                    continue;
+                }
             };
 
             // Ready, as the MCS API (v0.5.0) defines it for ServiceImports.
@@ -867,44 +971,27 @@ impl Sink {
             let mut service = want.service.clone();
             service["metadata"]["ownerReferences"] = owner.clone();
             let services: Api<Service> = Api::namespaced(client.clone(), ns);
-            if let (Some(want_ip), Some(have_ip)) =
-                (service["spec"]["clusterIP"].as_str(), cluster_ip.as_deref())
-            {
-                if want_ip != have_ip {
-                    // A ClusterIP cannot change: replace the Service (the next pass recreates it).
-                    failures.note(
-                        "Service",
-                        services
-                            .delete(&derived, &DeleteParams::background())
-                            .await
-                            .map(|_| ())
-                            .or_else(ignore_not_found)
-                            .map_err(err("replacing", format!("Service {ns}/{derived}"))),
-                    );
-                    continue;
-                }
+            if ip_changes(&service, cluster_ip.as_deref()) {
+                failures.note(
+                    "Service",
+                    delete(&services, ns, &derived, "replacing").await,
+                );
+                continue;
             }
-            let service_key = ((*key).clone(), format!("Service/{derived}"));
             let have = current_svc.as_deref().map(to_value);
             let refused_wait = refused.as_ref().is_some_and(|r| now < r.retry_at);
-            if !refused_wait && self.needs_write(&service_key, have.as_ref(), &service) {
-                match services
-                    .patch(&derived, &apply, &Patch::Apply(&service))
+            if !refused_wait {
+                match self
+                    .apply(&services, key, &derived, have.as_ref(), &service)
                     .await
                 {
-                    Ok(s) => {
-                        failures.metrics.wrote("Service", true);
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
                         if self.refused.remove(*key).is_some() {
                             tracing::info!(import = %key, "derived Service got its ClusterSetIP");
                         }
-                        self.wrote(
-                            service_key,
-                            &service,
-                            have.as_ref(),
-                            s.metadata.resource_version.clone(),
-                        );
                     }
-                    Err(e) if is_refused_ip(&e) => {
+                    Err(SinkError { source: e, .. }) if is_refused_ip(&e) => {
                         failures.metrics.wrote("Service", false);
                         let message = match &e {
                             kube::Error::Api(s) => s.message.clone(),
@@ -933,10 +1020,7 @@ impl Sink {
                             },
                         );
                     }
-                    Err(e) => failures.note(
-                        "Service",
-                        Err(err("applying", format!("Service {ns}/{derived}"))(e)),
-                    ),
+                    Err(e) => failures.note("Service", Err(e)),
                 }
             }
 
@@ -949,111 +1033,34 @@ impl Sink {
                     .as_ref()
                     .and_then(|s| s.spec.as_ref())
                     .and_then(|s| s.cluster_ip.clone());
-                if let (Some(want_ip), Some(have_ip)) =
-                    (body["spec"]["clusterIP"].as_str(), &have_ip)
-                {
-                    if want_ip != have_ip {
-                        // A ClusterIP cannot change: replace the Service (the next pass recreates it).
-                        failures.note(
-                            "Service",
-                            services
-                                .delete(name, &DeleteParams::background())
-                                .await
-                                .map(|_| ())
-                                .or_else(ignore_not_found)
-                                .map_err(err("replacing", format!("Service {ns}/{name}"))),
-                        );
-                        continue;
-                    }
+                if ip_changes(&body, have_ip.as_deref()) {
+                    failures.note("Service", delete(&services, ns, name, "replacing").await);
+                    continue;
                 }
-                let service_key = ((*key).clone(), format!("Service/{name}"));
                 let have = have_svc.as_deref().map(to_value);
-                if self.needs_write(&service_key, have.as_ref(), &body) {
-                    match services.patch(name, &apply, &Patch::Apply(&body)).await {
-                        Ok(s) => {
-                            failures.metrics.wrote("Service", true);
-                            self.wrote(
-                                service_key,
-                                &body,
-                                have.as_ref(),
-                                s.metadata.resource_version.clone(),
-                            );
-                        }
-                        Err(e) => failures.note(
-                            "Service",
-                            Err(err("applying", format!("Service {ns}/{name}"))(e)),
-                        ),
-                    }
-                }
+                let r = self.apply(&services, key, name, have.as_ref(), &body).await;
+                failures.note_write("Service", r);
             }
-            for old in stores.services.state() {
-                let mine = old.namespace().as_deref() == Some(ns)
-                    && is_ours(&old.metadata)
-                    && old.labels().contains_key(LABEL_ENDPOINT)
-                    && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
-                if mine && !want.endpoint_services.contains_key(&old.name_any()) {
-                    self.written
-                        .remove(&((*key).clone(), format!("Service/{}", old.name_any())));
-                    failures.note(
-                        "Service",
-                        services
-                            .delete(&old.name_any(), &DeleteParams::background())
-                            .await
-                            .map(|_| ())
-                            .or_else(ignore_not_found)
-                            .map_err(err("deleting", format!("Service {ns}/{}", old.name_any()))),
-                    );
-                }
-            }
+            let stale = stale_of(&stores.services, ns, svc, true, |n| {
+                want.endpoint_services.contains_key(n)
+            });
+            self.prune(&services, key, ns, stale, &mut failures).await;
 
             let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
             for (name, slice) in &want.slices {
                 let mut slice = slice.clone();
                 slice["metadata"]["ownerReferences"] = owner.clone();
-                let slice_key = ((*key).clone(), format!("EndpointSlice/{name}"));
                 let have = stores
                     .slices
                     .get(&ObjectRef::new(name).within(ns))
                     .map(|s| to_value(&*s));
-                if self.needs_write(&slice_key, have.as_ref(), &slice) {
-                    match slices.patch(name, &apply, &Patch::Apply(&slice)).await {
-                        Ok(s) => {
-                            failures.metrics.wrote("EndpointSlice", true);
-                            self.wrote(
-                                slice_key,
-                                &slice,
-                                have.as_ref(),
-                                s.metadata.resource_version.clone(),
-                            );
-                        }
-                        Err(e) => failures.note(
-                            "EndpointSlice",
-                            Err(err("applying", format!("EndpointSlice {ns}/{name}"))(e)),
-                        ),
-                    }
-                }
+                let r = self.apply(&slices, key, name, have.as_ref(), &slice).await;
+                failures.note_write("EndpointSlice", r);
             }
-            for old in stores.slices.state() {
-                let mine = old.namespace().as_deref() == Some(ns)
-                    && is_ours(&old.metadata)
-                    && old.labels().get(LABEL_SERVICE_NAME).map(String::as_str) == Some(svc);
-                if mine && !want.slices.contains_key(&old.name_any()) {
-                    self.written
-                        .remove(&((*key).clone(), format!("EndpointSlice/{}", old.name_any())));
-                    failures.note(
-                        "EndpointSlice",
-                        slices
-                            .delete(&old.name_any(), &DeleteParams::background())
-                            .await
-                            .map(|_| ())
-                            .or_else(ignore_not_found)
-                            .map_err(err(
-                                "deleting",
-                                format!("EndpointSlice {ns}/{}", old.name_any()),
-                            )),
-                    );
-                }
-            }
+            let stale = stale_of(&stores.slices, ns, svc, false, |n| {
+                want.slices.contains_key(n)
+            });
+            self.prune(&slices, key, ns, stale, &mut failures).await;
         }
 
         // What no import wants any more. Deleting the ServiceImport lets the garbage collector
@@ -1069,14 +1076,7 @@ impl Sink {
                 continue;
             }
             let api: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
-            failures.note(
-                "ServiceImport",
-                api.delete(&name, &DeleteParams::background())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(err("deleting", format!("ServiceImport {ns}/{name}"))),
-            );
+            failures.note("ServiceImport", delete(&api, &ns, &name, "deleting").await);
             tracing::info!(import = %format!("{ns}/{name}"), "ServiceImport removed");
         }
         for svc in stores.services.state() {
@@ -1094,11 +1094,7 @@ impl Sink {
             let api: Api<Service> = Api::namespaced(client.clone(), &ns);
             failures.note(
                 "Service",
-                api.delete(&svc.name_any(), &DeleteParams::background())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(err("deleting", format!("Service {ns}/{}", svc.name_any()))),
+                delete(&api, &ns, &svc.name_any(), "deleting").await,
             );
         }
         for slice in stores.slices.state() {
@@ -1110,17 +1106,8 @@ impl Sink {
                 continue;
             }
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-            failures.note(
-                "EndpointSlice",
-                api.delete(&slice.name_any(), &DeleteParams::background())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(err(
-                        "deleting",
-                        format!("EndpointSlice {ns}/{}", slice.name_any()),
-                    )),
-            );
+            let r = delete(&api, &ns, &slice.name_any(), "deleting").await;
+            failures.note("EndpointSlice", r);
         }
         self.written
             .retain(|(import, _), _| wanted.contains_key(import));
