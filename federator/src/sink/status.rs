@@ -314,3 +314,6 @@ pub(crate) async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests;

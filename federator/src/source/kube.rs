@@ -584,4 +584,4 @@ pub(crate) async fn run(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
