@@ -61,6 +61,44 @@ pub struct ServiceView {
 }
 
 impl ServiceView {
+    /// The view of `key` exported as `records` (by cluster), merged by the MCS rules
+    /// ([`crate::merge`]): the import with each export's conflicts; not stale, not drained, no
+    /// VIP yet. `None` when no export makes an import. The federator's view and tests build
+    /// their views with it, so that no hand-made import disagrees with the rules.
+    pub fn merged(
+        key: &crate::ServiceKey,
+        records: impl IntoIterator<Item = (ClusterId, crate::ExportRecord)>,
+    ) -> Option<Self> {
+        let records: BTreeMap<ClusterId, crate::ExportRecord> = records.into_iter().collect();
+        let mut merged = crate::merge::merge(records.iter().map(|(cluster, export)| {
+            crate::merge::ExportInput {
+                service: key,
+                cluster,
+                export,
+            }
+        }));
+        let import = merged.imports.remove(key)?;
+        let mut conditions = merged.conditions.remove(key).unwrap_or_default();
+        let exports = records
+            .into_iter()
+            .map(|(c, record)| {
+                let view = ExportView {
+                    record,
+                    conditions: conditions.remove(&c).unwrap_or_default(),
+                    stale: false,
+                    drained: false,
+                };
+                (c, view)
+            })
+            .collect();
+        Some(Self {
+            import,
+            vip: None,
+            exports,
+            endpoint_vips: BTreeMap::new(),
+        })
+    }
+
     /// The traffic policy of the import: the one of its oldest export (the MCS rules' winner,
     /// ordered by creation time, then cluster ID), among the clusters in the import.
     pub fn traffic_policy(&self) -> Option<&crate::TrafficPolicy> {

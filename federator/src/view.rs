@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use causeway_api::keys::{self, Key};
-use causeway_api::merge::{self, ExportInput};
-use causeway_api::snapshot::{ClusterState, ClusterView, ExportView, InvalidExport, ServiceView};
+use causeway_api::snapshot::{ClusterState, ClusterView, InvalidExport, ServiceView};
 use causeway_api::{
     ClusterId, ClusterRecord, DrillRecord, ExportRecord, HealthRecord, MeshSnapshot, ServiceKey,
     SyncedRecord, VipRecord,
@@ -477,34 +476,22 @@ impl MeshState {
     /// One service's import merged by the MCS rules, with its exports' conditions and drains.
     fn service_view(&self, key: &ServiceKey) -> Option<ServiceView> {
         let by_cluster = self.exports.get(key)?;
-        let mut merged = merge::merge(by_cluster.iter().map(|(cluster, e)| ExportInput {
-            service: key,
-            cluster,
-            export: &e.record,
-        }));
-        let import = merged.imports.remove(key)?;
-        let conds = merged.conditions.remove(key).unwrap_or_default();
-        let exports = by_cluster
+        let records = by_cluster
             .iter()
-            .map(|(c, e)| {
-                let view = ExportView {
-                    record: e.record.clone(),
-                    conditions: conds.get(c).cloned().unwrap_or_default(),
-                    stale: e.stale_since_ms.is_some(),
-                    drained: self
-                        .drills
-                        .values()
-                        .any(|d| &d.service == key && &d.cluster == c),
-                };
-                (c.clone(), view)
-            })
-            .collect();
-        Some(ServiceView {
-            import,
-            vip: self.vips.get(key).copied(),
-            exports,
-            endpoint_vips: self.endpoint_vips.get(key).cloned().unwrap_or_default(),
-        })
+            .map(|(c, e)| (c.clone(), e.record.clone()));
+        let mut view = ServiceView::merged(key, records)?;
+        for (c, export) in &mut view.exports {
+            export.stale = by_cluster
+                .get(c)
+                .is_some_and(|e| e.stale_since_ms.is_some());
+            export.drained = self
+                .drills
+                .values()
+                .any(|d| &d.service == key && &d.cluster == c);
+        }
+        view.vip = self.vips.get(key).copied();
+        view.endpoint_vips = self.endpoint_vips.get(key).cloned().unwrap_or_default();
+        Some(view)
     }
 
     /// Builds the snapshot: imports merged by the MCS rules, conditions, drains, VIPs.

@@ -1,9 +1,6 @@
 use std::collections::BTreeMap;
 
-use causeway_api::snapshot::ExportView;
-use causeway_api::{
-    ClusterId, Endpoint, ExportConditions, ExportRecord, Import, Protocol, ServicePort,
-};
+use causeway_api::{ClusterId, Endpoint, ExportRecord, Protocol, ServicePort};
 
 use super::*;
 
@@ -15,44 +12,23 @@ fn view(service_type: ServiceType) -> ServiceView {
         port: 80,
         app_protocol: Some("http".into()),
     }];
-    let mut exports = BTreeMap::new();
-    for (c, ip) in [("east", "10.1.0.5"), ("west", "fd00::5")] {
-        exports.insert(
-            ClusterId::new(c).unwrap(),
-            ExportView {
-                record: ExportRecord {
-                    ports: ports.clone(),
-                    service_type,
-                    created_unix_ms: 1,
-                    ready_endpoints: 1,
-                    endpoints: vec![Endpoint {
-                        address: ip.parse().unwrap(),
-                        port: None,
-                        ready: true,
-                        hostname: Some("pod-0".into()),
-                    }],
-                    ..ExportRecord::default()
-                },
-                conditions: ExportConditions::default(),
-                stale: false,
-                drained: false,
-            },
-        );
-    }
-    ServiceView {
-        import: Import {
-            key,
+    let records = [("east", "10.1.0.5"), ("west", "fd00::5")].map(|(c, ip)| {
+        let record = ExportRecord {
+            ports: ports.clone(),
             service_type,
-            ports,
-            session_affinity: SessionAffinity::None,
-            clusters: exports.keys().cloned().collect(),
-            conflict: false,
-            exported: Default::default(),
-        },
-        vip: None,
-        exports,
-        endpoint_vips: Default::default(),
-    }
+            created_unix_ms: 1,
+            ready_endpoints: 1,
+            endpoints: vec![Endpoint {
+                address: ip.parse().unwrap(),
+                port: None,
+                ready: true,
+                hostname: Some("pod-0".into()),
+            }],
+            ..ExportRecord::default()
+        };
+        (ClusterId::new(c).unwrap(), record)
+    });
+    ServiceView::merged(&key, records).unwrap()
 }
 
 #[test]

@@ -1,57 +1,36 @@
 //! The ServiceExport conditions the status controller writes, from the mesh snapshot.
 
-use std::collections::BTreeMap;
-
-use causeway_api::snapshot::{ExportView, ServiceView};
-use causeway_api::{
-    ConflictReason, ExportConditions, Import, ServiceType, SessionAffinity,
-};
+use causeway_api::snapshot::ServiceView;
 use serde_json::json;
 
 use super::*;
 use crate::source::kube::export_of;
 use crate::source::kube::tests::{se, svc};
 
-fn snapshot_with(conflicts: Vec<ConflictReason>) -> MeshSnapshot {
+/// `demo/echo` exported by west (first) and east; east's export names port `http` `east_port`
+/// and, with `east_client_ip`, asks for ClientIP affinity: what differs from west's export
+/// (`http` 80, no affinity) is east's conflict, by the MCS rules.
+fn snapshot_with(east_port: u16, east_client_ip: bool) -> MeshSnapshot {
     let key: ServiceKey = "demo/echo".parse().unwrap();
-    let s = svc(json!({"ports": [{"port": 80}]}));
-    let (_, e) = export_of(&se(json!({})), Some(&s), &[]).unwrap();
-    let mut exports = BTreeMap::new();
-    for (c, created) in [("east", 2), ("west", 1)] {
-        let mut record = e.record.clone();
-        record.created_unix_ms = created;
-        exports.insert(
-            ClusterId::new(c).unwrap(),
-            ExportView {
-                record,
-                conditions: ExportConditions {
-                    conflicts: conflicts.clone(),
-                },
-                stale: false,
-                drained: false,
-            },
-        );
-    }
+    let record = |port: u16, client_ip: bool, created: i64| {
+        let affinity = if client_ip { "ClientIP" } else { "None" };
+        let s =
+            svc(json!({"ports": [{"name": "http", "port": port}], "sessionAffinity": affinity}));
+        let (_, mut e) = export_of(&se(json!({})), Some(&s), &[]).unwrap();
+        e.record.created_unix_ms = created;
+        e.record
+    };
+    let records = [
+        (ClusterId::new("west").unwrap(), record(80, false, 1)),
+        (
+            ClusterId::new("east").unwrap(),
+            record(east_port, east_client_ip, 2),
+        ),
+    ];
+    let view = ServiceView::merged(&key, records).unwrap();
     let mut snap = MeshSnapshot::default();
-    snap.services.insert(
-        key.clone(),
-        ServiceView {
-            import: Import {
-                key,
-                service_type: ServiceType::ClusterSetIP,
-                ports: e.record.ports.clone(),
-                session_affinity: SessionAffinity::None,
-                clusters: exports.keys().cloned().collect(),
-                conflict: !conflicts.is_empty(),
-                exported: Default::default(),
-            },
-            vip: None,
-            exports,
-            endpoint_vips: Default::default(),
-        }
-        // `ServiceView` or `Arc<ServiceView>`, whichever the snapshot holds.
-        .into(),
-    );
+    // `ServiceView` or `Arc<ServiceView>`, whichever the snapshot holds.
+    snap.services.insert(key, view.into());
     snap
 }
 
@@ -69,24 +48,16 @@ fn conditions_follow_the_mesh_snapshot() {
     assert_eq!(find(&pending, "Valid").status, "True");
     assert_eq!(find(&pending, "Ready").reason, "Pending");
 
-    let ok = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(3));
+    let ok = desired_conditions(&outcome, &snapshot_with(80, false), &east, Some(3));
     assert_eq!(find(&ok, "Ready").reason, "Exported");
     assert_eq!(find(&ok, "Conflict").status, "False");
     assert_eq!(find(&ok, "Conflict").observed_generation, Some(3));
 
-    let conflict = desired_conditions(
-        &outcome,
-        &snapshot_with(vec![
-            ConflictReason::PortConflict,
-            ConflictReason::TypeConflict,
-        ]),
-        &east,
-        Some(3),
-    );
+    let conflict = desired_conditions(&outcome, &snapshot_with(81, true), &east, Some(3));
     let c = find(&conflict, "Conflict");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
-        ("True", "PortConflict,TypeConflict")
+        ("True", "PortConflict,SessionAffinityConflict")
     );
     assert!(c.message.contains("of cluster west, wins"), "{}", c.message);
 
@@ -108,7 +79,7 @@ fn merging_conditions_keeps_transition_times_and_other_types() {
     let east = ClusterId::new("east").unwrap();
     let s = svc(json!({"ports": [{"port": 80}]}));
     let outcome = export_of(&se(json!({})), Some(&s), &[]);
-    let mut first = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(1));
+    let mut first = desired_conditions(&outcome, &snapshot_with(80, false), &east, Some(1));
     first.push(Condition {
         type_: "Other".into(),
         status: "True".into(),
@@ -117,14 +88,9 @@ fn merging_conditions_keeps_transition_times_and_other_types() {
         observed_generation: None,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     });
-    let again = desired_conditions(&outcome, &snapshot_with(vec![]), &east, Some(1));
+    let again = desired_conditions(&outcome, &snapshot_with(80, false), &east, Some(1));
     assert!(merge_conditions(&first, again).is_none(), "nothing changed");
-    let moved = desired_conditions(
-        &outcome,
-        &snapshot_with(vec![ConflictReason::PortConflict]),
-        &east,
-        Some(1),
-    );
+    let moved = desired_conditions(&outcome, &snapshot_with(81, false), &east, Some(1));
     let merged = merge_conditions(&first, moved).expect("Conflict changed");
     assert_eq!(merged.len(), 4);
     assert_eq!(
