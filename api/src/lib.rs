@@ -18,6 +18,8 @@ pub mod prom;
 pub mod snapshot;
 pub mod spiffe;
 pub mod task;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub mod proto {

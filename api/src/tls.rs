@@ -704,6 +704,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Ca, Leaf};
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -713,91 +714,7 @@ mod tests {
 
     const H2: &[u8] = b"h2";
 
-    // === test PKI ===
-
-    struct Ca {
-        issuer: CertifiedIssuer<'static, KeyPair>,
-    }
-
-    impl Ca {
-        fn root(name: &str) -> Self {
-            let mut params = CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let issuer =
-                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-            Self { issuer }
-        }
-
-        fn intermediate(&self, name: &str) -> Self {
-            let mut params = CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            params.use_authority_key_identifier_extension = true;
-            // The cluster CA of trust domain `<name>.causeway.mesh` says so.
-            let td = format!("spiffe://{name}.causeway.mesh");
-            params.subject_alt_names = vec![SanType::URI(td.try_into().unwrap())];
-            let issuer =
-                CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.issuer)
-                    .unwrap();
-            Self { issuer }
-        }
-
-        fn bundle(&self) -> TrustBundle {
-            TrustBundle::new(vec![self.issuer.der().clone()])
-        }
-    }
-
-    struct Leaf<'a> {
-        uris: Vec<String>,
-        ekus: Vec<ExtendedKeyUsagePurpose>,
-        expired: bool,
-        chain: Option<&'a Ca>,
-    }
-
-    impl<'a> Leaf<'a> {
-        fn spiffe(id: &SpiffeId) -> Self {
-            Self {
-                uris: vec![id.to_string()],
-                ekus: vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ],
-                expired: false,
-                chain: None,
-            }
-        }
-
-        /// Signs the leaf by `ca`; `chain` appends that intermediate to the chain.
-        fn issue(self, ca: &Ca) -> Identity {
-            let mut params = CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params.subject_alt_names = self
-                .uris
-                .iter()
-                .map(|u| SanType::URI(u.clone().try_into().unwrap()))
-                .collect();
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = self.ekus;
-            params.use_authority_key_identifier_extension = true;
-            if self.expired {
-                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-            }
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &ca.issuer).unwrap();
-            let mut chain = vec![cert.der().clone()];
-            if let Some(via) = self.chain {
-                chain.push(via.issuer.der().clone());
-            }
-            let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-            Identity::new(chain, key)
-        }
-    }
+    // === test PKI (crate::testing) ===
 
     fn gateway(td: &str) -> SpiffeId {
         SpiffeId::gateway(td).unwrap()
@@ -814,15 +731,15 @@ mod tests {
     impl Pki {
         fn new() -> Self {
             let root = Ca::root("federation root");
-            let east = root.intermediate("east");
-            let west = root.intermediate("west");
+            let east = root.intermediate_of("east", Some("east.causeway.mesh"));
+            let west = root.intermediate_of("west", Some("west.causeway.mesh"));
             Self { root, east, west }
         }
 
         fn gateway_east(&self) -> Identity {
             Leaf {
                 chain: Some(&self.east),
-                ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+                ..Leaf::spiffe(gateway("east.causeway.mesh"))
             }
             .issue(&self.east)
         }
@@ -830,7 +747,7 @@ mod tests {
         fn gateway_west(&self) -> Identity {
             Leaf {
                 chain: Some(&self.west),
-                ..Leaf::spiffe(&gateway("west.causeway.mesh"))
+                ..Leaf::spiffe(gateway("west.causeway.mesh"))
             }
             .issue(&self.west)
         }
@@ -962,10 +879,10 @@ mod tests {
         // west's gateway ID, issued by east's CA (chained), and by the root itself.
         let by_east = Leaf {
             chain: Some(&pki.east),
-            ..Leaf::spiffe(&gateway("west.causeway.mesh"))
+            ..Leaf::spiffe(gateway("west.causeway.mesh"))
         }
         .issue(&pki.east);
-        let by_root = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&pki.root);
+        let by_root = Leaf::spiffe(gateway("west.causeway.mesh")).issue(&pki.root);
         for (forged, want) in [
             (&by_east, "ForeignIssuer"),
             (&by_root, "UnboundTrustDomain"),
@@ -1003,7 +920,7 @@ mod tests {
         let west_root = Ca {
             issuer: CertifiedIssuer::self_signed(with_td, KeyPair::generate().unwrap()).unwrap(),
         };
-        let own = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&west_root);
+        let own = Leaf::spiffe(gateway("west.causeway.mesh")).issue(&west_root);
         let both = TrustBundle::new(vec![
             pki.root.issuer.der().clone(),
             west_root.issuer.der().clone(),
@@ -1013,7 +930,7 @@ mod tests {
         let out = handshake(server, client).await;
         assert_eq!(out.server.unwrap(), Some(gateway("west.causeway.mesh")));
         // ... and it cannot mint east's.
-        let east_by_west = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&west_root);
+        let east_by_west = Leaf::spiffe(gateway("east.causeway.mesh")).issue(&west_root);
         let server = server_config(&pki.gateway_west(), &both, &[H2]).unwrap();
         let client = client_config(&east_by_west, &both, ExpectedPeer::AnyGateway, &[H2]).unwrap();
         let err = handshake(server, client).await.server.unwrap_err();
@@ -1032,13 +949,13 @@ mod tests {
         // west's CA minting east's gateway ID (what the config stream of east must refuse).
         let forged = Leaf {
             chain: Some(&pki.west),
-            ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+            ..Leaf::spiffe(gateway("east.causeway.mesh"))
         }
         .issue(&pki.west);
         let err = verify_client_chain(&bundle, &forged.cert_chain).unwrap_err();
         assert!(matches!(err, TlsError::ForeignIssuer { .. }), "{err}");
         assert!(err.to_string().contains("west.causeway.mesh"), "{err}");
-        let rogue = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&Ca::root("rogue"));
+        let rogue = Leaf::spiffe(gateway("east.causeway.mesh")).issue(&Ca::root("rogue"));
         let err = verify_client_chain(&bundle, &rogue.cert_chain).unwrap_err();
         assert!(matches!(err, TlsError::ChainRejected(_)), "{err}");
         assert!(matches!(
@@ -1052,7 +969,7 @@ mod tests {
         let pki = Pki::new();
         let bundle = pki.root.bundle();
         let rogue_root = Ca::root("rogue root");
-        let rogue = Leaf::spiffe(&gateway("west.causeway.mesh")).issue(&rogue_root);
+        let rogue = Leaf::spiffe(gateway("west.causeway.mesh")).issue(&rogue_root);
         let server = server_config(&pki.gateway_east(), &bundle, &[H2]).unwrap();
         // The rogue client trusts the real bundle, so only the server can refuse.
         let client = client_config(&rogue, &bundle, ExpectedPeer::AnyGateway, &[H2]).unwrap();
@@ -1068,7 +985,7 @@ mod tests {
         let bundle = pki.root.bundle();
         let federator = Leaf {
             chain: Some(&pki.east),
-            ..Leaf::spiffe(&SpiffeId::federator("east.causeway.mesh").unwrap())
+            ..Leaf::spiffe(SpiffeId::federator("east.causeway.mesh").unwrap())
         }
         .issue(&pki.east);
         let server = server_config(&federator, &bundle, &[H2]).unwrap();
@@ -1108,7 +1025,7 @@ mod tests {
         let pki = Pki::new();
         let bundle = pki.root.bundle();
         let rogue_root = Ca::root("rogue root");
-        let rogue = Leaf::spiffe(&gateway("east.causeway.mesh")).issue(&rogue_root);
+        let rogue = Leaf::spiffe(gateway("east.causeway.mesh")).issue(&rogue_root);
         let server = server_config(&rogue, &bundle, &[H2]).unwrap();
         let client = client_config(
             &pki.gateway_west(),
@@ -1129,7 +1046,7 @@ mod tests {
             Leaf {
                 expired: true,
                 chain: Some(ca),
-                ..Leaf::spiffe(&gateway(td))
+                ..Leaf::spiffe(gateway(td))
             }
             .issue(ca)
         };
@@ -1192,7 +1109,7 @@ mod tests {
         let client_only = Leaf {
             ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
             chain: Some(&pki.east),
-            ..Leaf::spiffe(&gateway("east.causeway.mesh"))
+            ..Leaf::spiffe(gateway("east.causeway.mesh"))
         }
         .issue(&pki.east);
         let server = server_config(&client_only, &bundle, &[H2]).unwrap();
@@ -1221,21 +1138,21 @@ mod tests {
 
         let none = Leaf {
             uris: vec![],
-            ..Leaf::spiffe(&gateway("x"))
+            ..Leaf::spiffe(gateway("x"))
         }
         .issue(&pki.east);
         assert!(matches!(none.spiffe_id(), Err(TlsError::NoSpiffeId)));
 
         let two = Leaf {
             uris: vec!["spiffe://a/x".into(), "spiffe://b/y".into()],
-            ..Leaf::spiffe(&gateway("x"))
+            ..Leaf::spiffe(gateway("x"))
         }
         .issue(&pki.east);
         assert!(matches!(two.spiffe_id(), Err(TlsError::MultipleUriSans(2))));
 
         let bad = Leaf {
             uris: vec!["https://example.org/x".into()],
-            ..Leaf::spiffe(&gateway("x"))
+            ..Leaf::spiffe(gateway("x"))
         }
         .issue(&pki.east);
         let err = bad.spiffe_id().unwrap_err();

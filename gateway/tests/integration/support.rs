@@ -19,10 +19,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -68,75 +64,8 @@ pub fn metric_or_zero(gw: &RunningGateway, name: &str, labels: &[(&str, &str)]) 
 
 // === PKI ===
 
-pub struct Ca {
-    pub issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-fn ca_params(cn: &str, path_len: u8) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p
-}
-
-impl Ca {
-    pub fn root(cn: &str) -> Self {
-        let issuer =
-            CertifiedIssuer::self_signed(ca_params(cn, 1), KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    pub fn intermediate(&self, cn: &str) -> Self {
-        self.intermediate_of(cn, None)
-    }
-
-    /// A CA of trust domain `td` (URI SAN `spiffe://<td>`), as `causeway certs` makes them.
-    pub fn intermediate_of(&self, cn: &str, td: Option<&str>) -> Self {
-        let mut p = ca_params(cn, 0);
-        p.use_authority_key_identifier_extension = true;
-        if let Some(td) = td {
-            p.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
-        }
-        let issuer =
-            CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), &self.issuer).unwrap();
-        Self { issuer }
-    }
-
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf X.509-SVID: (chain PEM with this CA appended when `chain`, key PEM).
-    pub fn svid(&self, spiffe: &str, expired: bool, chain: bool) -> (String, String) {
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, "svid");
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.use_authority_key_identifier_extension = true;
-        p.subject_alt_names = vec![SanType::URI(spiffe.to_string().try_into().unwrap())];
-        let now = time::OffsetDateTime::now_utc();
-        if expired {
-            p.not_before = now - time::Duration::days(10);
-            p.not_after = now - time::Duration::days(1);
-        } else {
-            p.not_before = now - time::Duration::minutes(5);
-            p.not_after = now + time::Duration::days(1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        let pem = if chain {
-            format!("{}{}", cert.pem(), self.pem())
-        } else {
-            cert.pem()
-        };
-        (pem, key.serialize_pem())
-    }
-}
+/// The test PKI is the one of causeway-api (`testing`).
+pub use causeway_api::testing::Ca;
 
 /// The federation PKI: one root, a CA per cluster, files in a temporary directory.
 pub struct Pki {
