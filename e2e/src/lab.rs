@@ -44,7 +44,7 @@ pub use state::{
     FederatorInfo, GatewayInfo, LabState, Mode, Replica, StatefulDemo, LAB_STATE_SCHEMA,
 };
 
-use process::ProcessRecord;
+use process::{ProcessRecord, Spawn as _};
 
 /// Where `causeway-lab up` keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/tmp/causeway-lab";

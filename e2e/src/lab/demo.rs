@@ -20,12 +20,9 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The response header (and gRPC trailer) naming the cluster that answered.
-pub const CLUSTER_HEADER: &str = "x-causeway-cluster";
+pub use causeway_probe::CLUSTER_HEADER;
 
-/// The response header naming the replica that answered (servers started with a hostname: the
-/// lab's stateful demo).
-pub const HOSTNAME_HEADER: &str = "x-causeway-hostname";
+pub use causeway_probe::HOSTNAME_HEADER;
 
 /// `grpc.health.v1.Health/Check`, the method the demo gRPC service implements.
 pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _};
 
 /// Where `ip netns add` puts its namespace handles.
-const NETNS_RUN_DIR: &str = "/run/netns";
+const NETNS_RUN_DIR: &str = causeway_probe::netns::RUN_DIR;
 /// Where `ip netns exec` finds per-namespace /etc files (resolv.conf).
 const NETNS_ETC_DIR: &str = "/etc/netns";
 
@@ -165,12 +165,7 @@ pub fn write_resolv_conf(name: &str, nameservers: &[std::net::IpAddr]) -> anyhow
 /// Moves the calling thread into the network namespace `name`. Sockets it opens afterwards live
 /// there; other threads are not affected.
 pub fn enter_netns(name: &str) -> anyhow::Result<()> {
-    let path = Path::new(NETNS_RUN_DIR).join(name);
-    let file = std::fs::File::open(&path)
-        .with_context(|| format!("opening {} (no such network namespace?)", path.display()))?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace {name}"))?;
-    Ok(())
+    causeway_probe::netns::enter(name)
 }
 
 /// Runs `f` on a thread of its own inside the network namespace `netns` (None: this process's

@@ -3,57 +3,30 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use super::net;
 
 /// How long [`stop`] waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// A process of the lab, as lab.json records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessRecord {
-    /// Unique in the lab: `etcd-0`, `east/federator-0`, `east/gateway`, `east/demo-echo`, ...
-    pub name: String,
-    /// The network namespace it runs in (None: the caller's).
-    pub netns: Option<String>,
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    /// Extra environment.
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Receives stdout and stderr (appended across restarts).
-    pub log: PathBuf,
-    /// Of the running instance; None once stopped.
-    pub pid: Option<u32>,
+pub use causeway_probe::lab::ProcessRecord;
+
+/// Starting a [`ProcessRecord`] (its data is causeway-probe's, shared with `causeway drill`).
+pub trait Spawn {
+    fn spawn(&mut self) -> anyhow::Result<Child>;
 }
 
-impl ProcessRecord {
-    /// The command line, for messages.
-    pub fn command_line(&self) -> String {
-        let mut s = String::new();
-        if let Some(ns) = &self.netns {
-            s.push_str(&format!("ip netns exec {ns} "));
-        }
-        s.push_str(&self.program.display().to_string());
-        for a in &self.args {
-            s.push(' ');
-            s.push_str(a);
-        }
-        s
-    }
-
+impl Spawn for ProcessRecord {
     /// Starts it (inside its namespace through `ip netns exec`, which execs the program, so the
     /// pid is the program's) in a process group of its own, so that a Ctrl-C meant for
     /// `causeway-lab` does not reach the lab it leaves running.
-    pub fn spawn(&mut self) -> anyhow::Result<Child> {
+    fn spawn(&mut self) -> anyhow::Result<Child> {
         if let Some(dir) = self.log.parent() {
             std::fs::create_dir_all(dir)?;
         }

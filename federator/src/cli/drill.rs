@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,15 +23,14 @@ use anyhow::{anyhow, bail, Context as _};
 use causeway_api::keys::drill_key;
 use causeway_api::model::{ClusterId, DrillRecord, ServiceKey, SCHEMA_VERSION};
 use causeway_api::net::Cidr;
+use causeway_probe::lab::{LabState, Mode};
+use causeway_probe::metrics::{gateway_counters, Counters};
+use causeway_probe::prober::{ProbeTarget, Prober, Sample, Timeline};
 use etcd_client::{Client, PutOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::config::parse_duration;
 
-/// Response header of the lab's demo services naming the cluster that answered.
-pub(crate) const CLUSTER_HEADER: &str = "x-causeway-cluster";
 /// Set when the drill re-ran itself inside the client's network namespace.
 const IN_NETNS_ENV: &str = "CAUSEWAY_DRILL_IN_NETNS";
 /// How long the client calls the service before the drill starts.
@@ -103,7 +102,7 @@ pub struct DrillArgs {
 pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
     let target = Target::resolve(&args)?;
     if let Some(ns) = &target.netns {
-        if std::env::var_os(IN_NETNS_ENV).is_none() && !in_netns(ns) {
+        if std::env::var_os(IN_NETNS_ENV).is_none() && !causeway_probe::netns::is_current(ns) {
             return rerun_in_netns(ns);
         }
     }
@@ -118,10 +117,10 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
     let client = if args.no_client {
         None
     } else {
-        Some(Caller::start(&args, &target))
+        Some(Prober::start(None, target.probe(&args))?)
     };
     if let Some(c) = &client {
-        c.wait_until(BASELINE).await;
+        tokio::time::sleep(BASELINE.saturating_sub(c.now())).await;
         let base = c.samples();
         anyhow::ensure!(
             base.iter().any(|s| s.ok()),
@@ -132,7 +131,9 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
         );
     }
     let metrics_before = match args.gateway_admin.or(target.gateway_admin) {
-        Some(a) => gateway_counters(a, &args.service).await.ok(),
+        Some(a) => gateway_counters(a, &args.service, REQUEST_TIMEOUT)
+            .await
+            .ok(),
         None => None,
     };
 
@@ -209,15 +210,20 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
         }
     };
     let metrics_after = match args.gateway_admin.or(target.gateway_admin) {
-        Some(a) => gateway_counters(a, &args.service).await.ok(),
+        Some(a) => gateway_counters(a, &args.service, REQUEST_TIMEOUT)
+            .await
+            .ok(),
         None => None,
     };
-    let samples = client.stop().await;
+    // Stopping waits for the request in flight (at most REQUEST_TIMEOUT per step).
+    let timeline = tokio::task::spawn_blocking(move || client.stop())
+        .await
+        .context("stopping the drill's client")?;
     let report = Report::build(
         &args,
         &target,
         &id,
-        &samples,
+        &timeline,
         start,
         end,
         interrupted,
@@ -311,10 +317,7 @@ impl Target {
             );
         }
         if let Some(path) = &args.lab {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {} (is the lab up?)", path.display()))?;
-            let lab: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", path.display()))?;
+            let lab = LabState::load(path).context("is the lab up?")?;
             t.apply_lab(&lab, args)
                 .with_context(|| format!("using {}", path.display()))?;
         }
@@ -325,66 +328,61 @@ impl Target {
         Ok(t)
     }
 
-    fn apply_lab(&mut self, lab: &serde_json::Value, args: &DrillArgs) -> anyhow::Result<()> {
-        let addr = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<SocketAddr>().ok());
+    fn apply_lab(&mut self, lab: &LabState, args: &DrillArgs) -> anyhow::Result<()> {
         if args.etcd.etcd_endpoints.is_empty() {
-            let endpoints: Vec<String> = lab["etcd"]["endpoints"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|e| e.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !endpoints.is_empty() {
-                self.etcd.endpoints = endpoints;
+            if !lab.etcd.endpoints.is_empty() {
+                self.etcd.endpoints = lab.etcd.endpoints.clone();
             }
             // The lab's etcd wants the operator's client certificate.
-            let path = |v: &serde_json::Value| v.as_str().map(PathBuf::from);
-            let tls = &lab["etcd"]["tls"];
-            if args.etcd.etcd_ca.is_none() {
-                self.etcd.ca_file = path(&tls["ca"]);
-            }
-            if args.etcd.etcd_cert.is_none() {
-                self.etcd.cert_file = path(&tls["operator_cert"]);
-                self.etcd.key_file = path(&tls["operator_key"]);
+            if let Some(tls) = &lab.etcd.tls {
+                if args.etcd.etcd_ca.is_none() {
+                    self.etcd.ca_file = Some(tls.ca.clone());
+                }
+                if args.etcd.etcd_cert.is_none() {
+                    self.etcd.cert_file = Some(tls.operator_cert.clone());
+                    self.etcd.key_file = Some(tls.operator_key.clone());
+                }
             }
         }
-        let clusters = lab["clusters"].as_array().context("no clusters")?;
-        let from = clusters
+        let from = lab
+            .clusters
             .iter()
-            .find(|c| c["name"].as_str() == Some(self.from.as_str()))
+            .find(|c| c.name == self.from)
             .ok_or_else(|| anyhow!("the lab has no cluster {:?}", self.from))?;
-        self.netns = from["netns"].as_str().map(String::from);
-        if self.dns.is_none() {
-            self.dns = addr(&from["dns"]);
-        }
-        if self.gateway_admin.is_none() {
-            self.gateway_admin = addr(&from["gateway"]["admin"]);
-        }
-        let loopback = lab["mode"].as_str() == Some("loopback");
-        if loopback && self.proxy.is_none() {
+        self.netns = from.netns.clone();
+        self.dns = self.dns.or(Some(from.dns));
+        self.gateway_admin = self.gateway_admin.or(Some(from.gateway.admin));
+        if lab.mode == Mode::Loopback && self.proxy.is_none() {
             // No ClusterSetIPs without namespaces: go through the gateway's egress.
-            self.proxy = addr(&from["gateway"]["egress"]);
+            self.proxy = Some(from.gateway.egress);
         }
         if args.port.is_none() {
-            let port = clusters
+            let demo = lab
+                .clusters
                 .iter()
-                .flat_map(|c| c["demo"].as_array().cloned().unwrap_or_default())
-                .find(|d| {
-                    d["name"].as_str() == Some(args.service.name.as_str())
-                        && d["namespace"].as_str() == Some(args.service.namespace.as_str())
-                })
-                .and_then(|d| d["port"].as_u64())
-                .and_then(|p| u16::try_from(p).ok());
-            if let Some(p) = port {
-                self.port = p;
+                .flat_map(|c| &c.demo)
+                .find(|d| d.name == args.service.name && d.namespace == args.service.namespace);
+            if let Some(d) = demo {
+                self.port = d.port;
             }
         }
         if self.vip_range.is_none() {
-            self.vip_range = lab["vip_range"].as_str().and_then(|r| r.parse().ok());
+            self.vip_range = lab.vip_range.parse().ok();
         }
         Ok(())
+    }
+
+    /// What the drill's client calls, and how often.
+    fn probe(&self, args: &DrillArgs) -> ProbeTarget {
+        ProbeTarget {
+            dns: self.dns.into_iter().collect(),
+            name: self.name.clone(),
+            port: self.port,
+            path: args.path.clone(),
+            proxy: self.proxy,
+            interval: args.interval,
+            timeout: REQUEST_TIMEOUT,
+        }
     }
 
     fn is_vip(&self, ip: IpAddr) -> bool {
@@ -409,17 +407,6 @@ impl Target {
     }
 }
 
-/// Whether this process already runs in the network namespace `ns` (`ip netns` name).
-fn in_netns(ns: &str) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let mine = std::fs::metadata("/proc/self/ns/net");
-    let theirs = std::fs::metadata(format!("/run/netns/{ns}"));
-    match (mine, theirs) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 /// Runs this very command again inside `ns` (`ip netns exec`), so that the client asks the
 /// cluster's DNS and connects from the cluster, as an application there would.
 fn rerun_in_netns(ns: &str) -> anyhow::Result<String> {
@@ -438,286 +425,6 @@ fn rerun_in_netns(ns: &str) -> anyhow::Result<String> {
     } else {
         bail!("the drill in {ns} failed ({status})")
     }
-}
-
-// === the client ===
-
-/// One request of the drill's client.
-#[derive(Debug, Clone)]
-struct Sample {
-    at: Duration,
-    dns: Option<IpAddr>,
-    status: Option<u16>,
-    cluster: Option<String>,
-    error: Option<String>,
-}
-
-impl Sample {
-    fn ok(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
-    }
-}
-
-/// The client task: resolves and calls the service every interval until stopped.
-struct Caller {
-    started: Instant,
-    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Caller {
-    fn start(args: &DrillArgs, target: &Target) -> Caller {
-        let started = Instant::now();
-        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let (t, s, interval, path) = (
-            target.clone(),
-            samples.clone(),
-            args.interval,
-            args.path.clone(),
-        );
-        let task = tokio::spawn(async move {
-            loop {
-                let begun = Instant::now();
-                let sample = call_once(&t, &path, begun - started).await;
-                s.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(begun + interval) => {}
-                    _ = stopped.changed() => return,
-                }
-            }
-        });
-        Caller {
-            started,
-            samples,
-            stop,
-            task,
-        }
-    }
-
-    fn now(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    async fn wait_until(&self, at: Duration) {
-        tokio::time::sleep_until(self.started + at).await;
-    }
-
-    fn samples(&self) -> Vec<Sample> {
-        self.samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    async fn stop(self) -> Vec<Sample> {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.clone()
-    }
-}
-
-async fn call_once(t: &Target, path: &str, at: Duration) -> Sample {
-    let mut s = Sample {
-        at,
-        dns: None,
-        status: None,
-        cluster: None,
-        error: None,
-    };
-    if let Some(server) = t.dns {
-        match dns_a(server, &t.name).await {
-            Ok(ip) => s.dns = Some(ip),
-            Err(e) => {
-                s.error = Some(format!("DNS: {e:#}"));
-                if t.proxy.is_none() {
-                    return s;
-                }
-            }
-        }
-    }
-    let (connect, absolute) = match (t.proxy, s.dns) {
-        (Some(proxy), _) => (proxy, true),
-        (None, Some(ip)) => (SocketAddr::new(ip, t.port), false),
-        (None, None) => return s,
-    };
-    match http_get(connect, &t.authority(), path, absolute).await {
-        Ok((status, cluster)) => {
-            s.status = Some(status);
-            s.cluster = cluster;
-            if !(200..300).contains(&status) {
-                s.error = Some(format!("HTTP {status}"));
-            }
-        }
-        Err(e) => s.error = Some(format!("{e:#}")),
-    }
-    s
-}
-
-/// One A query over UDP; returns the first address.
-async fn dns_a(server: SocketAddr, name: &str) -> anyhow::Result<IpAddr> {
-    let id: u16 = rand::random();
-    let mut q = Vec::with_capacity(64);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
-    for label in name.trim_end_matches('.').split('.') {
-        anyhow::ensure!(!label.is_empty() && label.len() < 64, "bad name {name:?}");
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
-    sock.send(&q).await?;
-    let mut buf = [0u8; 1500];
-    let n = timeout(REQUEST_TIMEOUT, async {
-        loop {
-            let n = sock.recv(&mut buf).await?;
-            if n >= 12 && buf[..2] == id.to_be_bytes() {
-                return Ok::<_, std::io::Error>(n);
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow!("no answer from {server}"))??;
-    parse_a(&buf[..n]).with_context(|| format!("answer of {server} for {name}"))
-}
-
-/// The first A record of a DNS response.
-fn parse_a(m: &[u8]) -> anyhow::Result<IpAddr> {
-    let rcode = m.get(3).context("short message")? & 0x0f;
-    anyhow::ensure!(rcode == 0, "rcode {rcode}");
-    let qd = u16::from_be_bytes([m[4], m[5]]) as usize;
-    let an = u16::from_be_bytes([m[6], m[7]]) as usize;
-    let mut i = 12;
-    let skip_name = |mut i: usize| -> anyhow::Result<usize> {
-        loop {
-            let len = *m.get(i).context("truncated name")? as usize;
-            if len == 0 {
-                return Ok(i + 1);
-            }
-            if len & 0xc0 == 0xc0 {
-                return Ok(i + 2);
-            }
-            i += 1 + len;
-        }
-    };
-    for _ in 0..qd {
-        i = skip_name(i)? + 4;
-    }
-    for _ in 0..an {
-        i = skip_name(i)?;
-        let h = m.get(i..i + 10).context("truncated record")?;
-        let (rtype, rdlen) = (
-            u16::from_be_bytes([h[0], h[1]]),
-            u16::from_be_bytes([h[8], h[9]]) as usize,
-        );
-        i += 10;
-        let data = m.get(i..i + rdlen).context("truncated record data")?;
-        if rtype == 1 && rdlen == 4 {
-            return Ok(IpAddr::V4(Ipv4Addr::new(
-                data[0], data[1], data[2], data[3],
-            )));
-        }
-        i += rdlen;
-    }
-    bail!("no A record (NODATA)")
-}
-
-/// One HTTP/1.1 GET on a new connection; returns the status and the cluster header. With
-/// `absolute`, the request line carries the full URL (an HTTP proxy request).
-async fn http_get(
-    addr: SocketAddr,
-    authority: &str,
-    path: &str,
-    absolute: bool,
-) -> anyhow::Result<(u16, Option<String>)> {
-    let (status, headers, _) = timeout(REQUEST_TIMEOUT, async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let target = if absolute {
-            format!("http://{authority}{path}")
-        } else {
-            path.to_string()
-        };
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: causeway-drill\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await?;
-        read_response(&mut stream).await
-    })
-    .await
-    .map_err(|_| anyhow!("no answer from {addr} within {REQUEST_TIMEOUT:?}"))??;
-    Ok((status, headers.get(CLUSTER_HEADER).cloned()))
-}
-
-/// Reads a `Connection: close` response: status, headers (lower-case names), body.
-async fn read_response(
-    stream: &mut TcpStream,
-) -> anyhow::Result<(u16, BTreeMap<String, String>, Vec<u8>)> {
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .await
-        .context("reading the response")?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers in the response")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, raw[end + 4..].to_vec()))
-}
-
-/// Request counts by (direction, destination cluster, code).
-type Counters = BTreeMap<(String, String, String), f64>;
-
-/// `causeway_gateway_requests_total` of one service by (direction, destination cluster, code).
-async fn gateway_counters(admin: SocketAddr, service: &ServiceKey) -> anyhow::Result<Counters> {
-    let (status, body) = timeout(REQUEST_TIMEOUT, async {
-        let mut stream = TcpStream::connect(admin).await?;
-        let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let (status, _, body) = read_response(&mut stream).await?;
-        Ok::<_, anyhow::Error>((status, body))
-    })
-    .await
-    .map_err(|_| anyhow!("no answer from {admin}"))??;
-    anyhow::ensure!(status == 200, "{admin}/metrics answered {status}");
-    let wanted = service.to_string();
-    let mut out = BTreeMap::new();
-    let text = String::from_utf8_lossy(&body);
-    for s in causeway_api::prom::samples(&text)
-        .filter(|s| s.name == "causeway_gateway_requests_total")
-        .filter(|s| s.has(&[("service", &wanted)]))
-    {
-        let label = |k| s.label(k).unwrap_or_default().to_string();
-        let key = (
-            label("direction"),
-            label("destination_cluster"),
-            label("code"),
-        );
-        *out.entry(key).or_insert(0.0) += s.value;
-    }
-    Ok(out)
 }
 
 // === the report ===
@@ -741,8 +448,8 @@ impl Phase {
             if !s.ok() {
                 p.failed += 1;
             }
-            if s.dns.is_some() {
-                p.dns = s.dns;
+            if s.ip.is_some() {
+                p.dns = s.ip;
             }
             if let (true, Some(c)) = (s.ok(), &s.cluster) {
                 *p.clusters.entry(c.clone()).or_insert(0) += 1;
@@ -766,27 +473,8 @@ impl Phase {
         from: Duration,
         answer: Option<IpAddr>,
     ) -> Option<Duration> {
-        settled(samples, from, Duration::MAX, |s| s.dns == answer)
+        Timeline::new(samples.to_vec()).settled(from, Duration::MAX, |s| s.ip == answer)
     }
-}
-
-/// How long after `from` the samples in `[from, to)` settled on `pred`: the start of the first
-/// sample from which all until `to` satisfy it. None when the last one does not.
-fn settled(
-    samples: &[Sample],
-    from: Duration,
-    to: Duration,
-    pred: impl Fn(&Sample) -> bool,
-) -> Option<Duration> {
-    let window: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.at >= from && s.at < to)
-        .collect();
-    let first_good = match window.iter().rposition(|s| !pred(s)) {
-        None => 0,
-        Some(i) => i + 1,
-    };
-    window.get(first_good).map(|s| s.at - from)
 }
 
 struct Report {
@@ -809,7 +497,7 @@ impl Report {
         args: &DrillArgs,
         target: &Target,
         id: &str,
-        samples: &[Sample],
+        timeline: &Timeline,
         start: Duration,
         end: Duration,
         interrupted: bool,
@@ -819,18 +507,15 @@ impl Report {
         counters: Option<(Counters, Counters)>,
     ) -> Report {
         let drained = args.cluster.to_string();
+        let samples = &timeline.samples;
         let base = Phase::of(samples, Duration::ZERO, start);
         let during = Phase::of(samples, start, end);
         let after = Phase::of(samples, end, Duration::MAX);
 
         let dns_moved = expect_dns_move
-            .then(|| {
-                settled(samples, start, end, |s| {
-                    s.dns.is_some() && s.dns != base.dns
-                })
-            })
+            .then(|| timeline.settled(start, end, |s| s.ip.is_some() && s.ip != base.dns))
             .flatten();
-        let traffic_moved = settled(samples, start, end, |s| {
+        let traffic_moved = timeline.settled(start, end, |s| {
             s.ok() && s.cluster.as_deref() != Some(drained.as_str())
         });
         let dns_back = expect_dns_move
@@ -1000,10 +685,11 @@ mod tests {
     fn s(ms: u64, dns: [u8; 4], cluster: &str) -> Sample {
         Sample {
             at: Duration::from_millis(ms),
-            dns: Some(IpAddr::from(dns)),
+            ip: Some(IpAddr::from(dns)),
             status: Some(200),
             cluster: Some(cluster.into()),
             error: None,
+            took: Duration::from_millis(1),
         }
     }
 
@@ -1018,18 +704,6 @@ mod tests {
         let id = drill_id(&long, &c, 1_732_000_000_000);
         assert!(id.len() <= 63, "{id}");
         causeway_api::keys::Key::parse(&drill_key(&id)).unwrap();
-    }
-
-    #[test]
-    fn parses_a_records_with_compression() {
-        // Header (id 1, response, 1 question, 1 answer), question, answer with a pointer.
-        let mut m = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
-        m.extend_from_slice(&[4, b'e', b'c', b'h', b'o', 0, 0, 1, 0, 1]);
-        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 255, 0, 7]);
-        assert_eq!(parse_a(&m).unwrap(), IpAddr::from([10, 255, 0, 7]));
-        let mut nx = m.clone();
-        nx[3] = 0x83;
-        assert!(parse_a(&nx).unwrap_err().to_string().contains("rcode 3"));
     }
 
     #[test]
@@ -1081,7 +755,7 @@ mod tests {
             &args,
             &target,
             "x",
-            &samples,
+            &Timeline::new(samples),
             Duration::from_millis(1000),
             Duration::from_millis(2000),
             false,
