@@ -128,10 +128,16 @@ impl Zone {
         let owner = Name::from(qname);
         let mut answers = Vec::new();
         self.records(snapshot, &node, &owner, qtype, &mut answers);
-        let authority = if answers.is_empty() {
-            vec![self.soa(snapshot)]
-        } else {
+        let authority = if !answers.is_empty() {
             Vec::new()
+        } else if self.awaits_address(snapshot, &node) {
+            // A ClusterSetIP import whose address is not there yet (this cluster's VIP is being
+            // written, or its derived Service does not hold it yet): a passing state, which
+            // resolvers must not cache for the zone's TTL (RFC 2308 5: the SOA's TTL and minimum
+            // bound the negative answer's).
+            vec![self.soa_ttl(snapshot, 0)]
+        } else {
+            vec![self.soa(snapshot)]
         };
         Answer {
             rcode: ResponseCode::NoError,
@@ -147,12 +153,24 @@ impl Zone {
             .unwrap_or(self.default_policy)
     }
 
+    /// Whether `node` is a ClusterSetIP import with no address to answer at all.
+    fn awaits_address(&self, snapshot: &MeshSnapshot, node: &Node<'_>) -> bool {
+        matches!(*node, Node::Service(key, view)
+            if view.import.service_type == ServiceType::ClusterSetIP
+                && self.service_address(snapshot, key, view).is_none())
+    }
+
     fn soa(&self, snapshot: &MeshSnapshot) -> Record {
+        self.soa_ttl(snapshot, self.ttl)
+    }
+
+    /// The zone's SOA with `ttl` as its TTL and minimum (the negative answers' TTL).
+    fn soa_ttl(&self, snapshot: &MeshSnapshot, ttl: u32) -> Record {
         // The serial follows the snapshot, so a secondary looking at it sees the data change.
         let serial = snapshot.version as u32;
         Record::from_rdata(
             Name::from(&self.origin),
-            self.ttl,
+            ttl,
             RData::SOA(SOA::new(
                 self.mname.clone(),
                 self.rname.clone(),
@@ -160,7 +178,7 @@ impl Zone {
                 SOA_REFRESH,
                 SOA_RETRY,
                 SOA_EXPIRE,
-                self.ttl,
+                ttl,
             )),
         )
     }

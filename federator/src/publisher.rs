@@ -232,8 +232,22 @@ async fn lead(
             }
         }
         let desired = local.borrow().clone();
-        match w.reconcile(&desired).await {
-            Ok(()) => dirty = false,
+        // The ClusterSetIP of an import this cluster's export makes new, in the same
+        // transaction as the export: DNS has an address the moment the import exists.
+        let early = match vips.as_ref() {
+            Some(v) => v.for_new_imports(&cfg.cluster, &desired, &w.published, &mesh.borrow()),
+            None => Vec::new(),
+        };
+        let extra = early
+            .iter()
+            .map(|(owner, _, value)| TxnOp::put(owner.key(&cfg.cluster), value.clone(), None));
+        match w.reconcile_with(&desired, extra.collect()).await {
+            Ok(()) => {
+                dirty = false;
+                if let Some(v) = vips.as_mut() {
+                    v.record(early);
+                }
+            }
             Err(LeadError::Etcd(e)) => {
                 tracing::warn!(error = %e, "publishing exports failed; will retry");
                 dirty = true;
@@ -410,10 +424,19 @@ impl Writer {
 
     /// Puts what changed and deletes what is no longer exported.
     async fn reconcile(&mut self, desired: &LocalExports) -> Result<(), LeadError> {
+        self.reconcile_with(desired, Vec::new()).await
+    }
+
+    /// [`Writer::reconcile`], with `extra` in its first transaction (when it writes anything).
+    async fn reconcile_with(
+        &mut self,
+        desired: &LocalExports,
+        extra: Vec<TxnOp>,
+    ) -> Result<(), LeadError> {
         if !desired.loaded {
             return Ok(());
         }
-        let mut ops = Vec::new();
+        let mut ops = extra;
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
         for (key, export) in &desired.exports {
@@ -448,6 +471,21 @@ impl Writer {
 }
 
 // === VIPs ===
+
+/// The first address of `range` no key holds, searched from a start `owner` hashes to (so an
+/// owner tends to get the same address again after it was freed).
+fn free_address(
+    range: VipRange,
+    owner: &Owner,
+    used: &std::collections::HashSet<std::net::IpAddr>,
+) -> Option<std::net::IpAddr> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut h);
+    let start = h.finish() as u32;
+    (0..range.size().min(1 << 20))
+        .map(|i| range.nth(start.wrapping_add(i)))
+        .find(|ip| !used.contains(ip))
+}
 
 /// The address schema v1 gave `key`, if its key is there and readable (a role without read on
 /// `/causeway/v1/` simply finds none).
@@ -520,6 +558,55 @@ impl Vips {
 
     fn forget_held(&mut self) {
         self.held = None;
+    }
+
+    /// The ClusterSetIPs to write with the exports `desired` publishes for the first time:
+    /// one per ClusterSetIP export of a service the mesh does not import yet, when what etcd
+    /// holds is known (listed, and only the leader writes here). Each: (owner, address, value).
+    fn for_new_imports(
+        &self,
+        cluster: &ClusterId,
+        desired: &LocalExports,
+        published: &BTreeMap<ServiceKey, Option<ExportRecord>>,
+        snap: &MeshSnapshot,
+    ) -> Vec<(Owner, std::net::IpAddr, Vec<u8>)> {
+        let Some(held) = &self.held else {
+            return Vec::new();
+        };
+        let mut used: std::collections::HashSet<std::net::IpAddr> =
+            held.values().map(|(ip, _)| *ip).collect();
+        let mut out = Vec::new();
+        for (key, export) in &desired.exports {
+            let owner = Owner::Service(key.clone());
+            let new = export.record.service_type == causeway_api::ServiceType::ClusterSetIP
+                && !published.contains_key(key)
+                && !snap.services.contains_key(key)
+                && !held.contains_key(&owner);
+            if !new {
+                continue;
+            }
+            let Some(ip) = free_address(self.range, &owner, &used) else {
+                continue;
+            };
+            used.insert(ip);
+            let rec = VipRecord {
+                schema: causeway_api::SCHEMA_VERSION,
+                ip,
+            };
+            tracing::debug!(owner = %owner, %ip, %cluster, "address allocated with its first export");
+            out.push((owner, ip, keys::encode(&rec)));
+        }
+        out
+    }
+
+    /// Addresses written by [`Vips::for_new_imports`]'s transaction.
+    fn record(&mut self, written: Vec<(Owner, std::net::IpAddr, Vec<u8>)>) {
+        if let Some(held) = self.held.as_mut() {
+            for (owner, ip, value) in written {
+                tracing::info!(owner = %owner, %ip, from = "allocated with its first export", "address");
+                held.insert(owner, (ip, value));
+            }
+        }
     }
 
     async fn list(
@@ -640,14 +727,7 @@ impl Vips {
                     .filter(|ip| range.contains(*ip) && !used.contains(ip)),
                 Owner::Endpoint(..) => None,
             };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            owner.hash(&mut h);
-            let start = h.finish() as u32;
-            let Some(ip) = adopted.or_else(|| {
-                (0..range.size().min(1 << 20))
-                    .map(|i| range.nth(start.wrapping_add(i)))
-                    .find(|ip| !used.contains(ip))
-            }) else {
+            let Some(ip) = adopted.or_else(|| free_address(range, &owner, &used)) else {
                 tracing::warn!(owner = %owner, "VIP range exhausted");
                 continue;
             };

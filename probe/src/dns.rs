@@ -4,7 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use hickory_proto::op::{Message, Query, ResponseCode};
+/// A DNS response code (NoError, NXDomain, ...), as [`dns_query_a`] returns it.
+pub use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;

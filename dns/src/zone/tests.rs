@@ -299,6 +299,21 @@ fn no_address_at_all_is_nodata_with_soa() {
     assert_eq!(a.rcode, ResponseCode::NoError);
     assert!(a.answers.is_empty());
     assert_eq!(a.authority[0].record_type(), RecordType::SOA);
+    // Awaiting its address is a passing state: not to be cached.
+    assert_eq!(a.authority[0].ttl, 0);
+    match &a.authority[0].data {
+        RData::SOA(soa) => assert_eq!(soa.minimum, 0),
+        other => panic!("{other:?}"),
+    }
+    // An IPv4 ClusterSetIP asked for AAAA is NODATA as the zone's TTL says.
+    let aaaa = ask(
+        &zone(AnswerPolicy::LocalFirst),
+        &snapshot(),
+        "web.prod.svc.clusterset.local.",
+        RecordType::AAAA,
+    );
+    assert!(aaaa.answers.is_empty());
+    assert!(aaaa.authority[0].ttl > 0);
 }
 
 #[test]

@@ -168,6 +168,112 @@ async fn under_churn_no_clusterset_ip_is_held_twice_and_all_are_freed() -> anyho
     Ok(())
 }
 
+/// The mod revision of `key` (None: no such key).
+async fn mod_revision(client: &mut etcd_client::Client, key: &str) -> Option<i64> {
+    let resp = client.get(key, None).await.ok()?;
+    resp.kvs().first().map(|kv| kv.mod_revision())
+}
+
+#[tokio::test]
+async fn a_new_imports_clusterset_ip_is_written_in_the_transaction_of_its_first_export(
+) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let exports = tempfile::tempdir()?;
+    let fed = Fed::start(
+        "east",
+        &etcd.endpoint(),
+        exports.path(),
+        &[
+            "--vip-range",
+            "10.250.0.0/24",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await?;
+    let dns: std::net::SocketAddr = fed.dns.as_deref().expect("DNS listens").parse()?;
+    let mut client = etcd.client().await?;
+    let vip = |n: &str| format!("/causeway/v2/clusters/east/vips/churn/{n}");
+    let export_key = |n: &str| format!("/causeway/v2/clusters/east/exports/churn/{n}");
+    // The first one: the leader learns what etcd holds.
+    write_file(&exports.path().join("first.yaml"), &export("first", false));
+    wait_for(
+        "the first import's ClusterSetIP",
+        Duration::from_secs(20),
+        || {
+            let (mut c, k) = (client.clone(), vip("first"));
+            async move { mod_revision(&mut c, &k).await }
+        },
+    )
+    .await?;
+    for name in ["second", "third"] {
+        // Asked all along, DNS goes from "no such name" straight to the address: never
+        // NODATA (the name known, its address not yet), which resolvers would cache.
+        let asking = tokio::spawn(async move {
+            let fqdn = format!("{name}.churn.svc.clusterset.local");
+            let t = Duration::from_millis(500);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let mut seen = Vec::new();
+            while tokio::time::Instant::now() < deadline {
+                if let Ok((code, ips)) = causeway_probe::dns::dns_query_a(dns, &fqdn, t).await {
+                    seen.push((code, ips.len()));
+                    if !ips.is_empty() {
+                        return seen;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        });
+        write_file(
+            &exports.path().join(format!("{name}.yaml")),
+            &export(name, false),
+        );
+        let exported = wait_for(
+            "the export to be published",
+            Duration::from_secs(20),
+            || {
+                let (mut c, k) = (client.clone(), export_key(name));
+                async move { mod_revision(&mut c, &k).await }
+            },
+        )
+        .await?;
+        let addressed = mod_revision(&mut client, &vip(name)).await;
+        assert_eq!(
+            addressed,
+            Some(exported),
+            "{name}: the ClusterSetIP is written with the export, not a round trip later"
+        );
+        let seen = asking.await?;
+        assert!(
+            seen.last().is_some_and(|(_, n)| *n > 0),
+            "{name}: never answered: {seen:?}"
+        );
+        let nodata = seen
+            .iter()
+            .filter(|(code, n)| *code == causeway_probe::dns::ResponseCode::NoError && *n == 0)
+            .count();
+        assert_eq!(nodata, 0, "{name}: NODATA before the address: {seen:?}");
+    }
+    // A headless export gets none, in that transaction or later.
+    write_file(&exports.path().join("db.yaml"), &export("db", true));
+    wait_for(
+        "the headless export to be published",
+        Duration::from_secs(20),
+        || {
+            let (mut c, k) = (client.clone(), export_key("db"));
+            async move { mod_revision(&mut c, &k).await }
+        },
+    )
+    .await?;
+    assert_eq!(mod_revision(&mut client, &vip("db")).await, None);
+    let all = held(&mut client).await?;
+    assert_unique(&all);
+    assert_eq!(all.len(), 3, "{all:?}");
+    drop(fed);
+    Ok(())
+}
+
 fn stateful(ready: [bool; 3]) -> String {
     let mut y = "apiVersion: causeway.io/v1\nkind: ServiceExport\nmetadata:\n  name: db\n  namespace: demo\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\nspec:\n  type: Headless\n  ports:\n    - name: http\n      protocol: TCP\n      port: 80\n  endpoints:\n".to_string();
     for (i, r) in ready.iter().enumerate() {
