@@ -64,6 +64,10 @@ pub struct Config {
     pub path_check_timeout_ms: u64,
     /// Timeout of a TCP+TLS connect to a peer gateway or a local endpoint.
     pub connect_timeout_ms: u64,
+    /// Streams one pooled connection to a peer gateway carries before another is dialled
+    /// (ztunnel's pool: 100), well under the peer's HTTP/2 limit (4,096), so that streams do not
+    /// queue on one connection and one TCP connection's window and loss do not bound them all.
+    pub peer_streams_per_connection: u32,
     /// How long a TLS handshake accepted by the gateway may take (a peer at the peer listener,
     /// an mTLS caller at the egress); then the connection is closed and counted as `timeout`.
     pub tls_handshake_timeout_ms: u64,
@@ -115,6 +119,7 @@ impl Default for Config {
             path_check_after_ms: 200,
             path_check_timeout_ms: 250,
             connect_timeout_ms: 2_000,
+            peer_streams_per_connection: 100,
             tls_handshake_timeout_ms: 10_000,
             federator_backoff_base_ms: 500,
             federator_backoff_max_ms: 30_000,
@@ -198,6 +203,10 @@ impl Config {
                 u64::from(self.max_request_headers_bytes),
             ),
             ("max_request_headers", u64::from(self.max_request_headers)),
+            (
+                "peer_streams_per_connection",
+                u64::from(self.peer_streams_per_connection),
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0"));

@@ -1,5 +1,9 @@
-//! The peer transport: one pooled mTLS HTTP/2 connection per peer cluster's gateway, dialled on
-//! demand and re-dialled when it drops, and the active probes that tell whether a peer is up.
+//! The peer transport: a pool of mTLS HTTP/2 connections per peer cluster's gateway, dialled on
+//! demand and re-dialled when they drop, and the active probes that tell whether a peer is up.
+//!
+//! A stream goes on the pooled connection with the fewest open streams; when every one carries
+//! `peer_streams_per_connection` (100, ztunnel's figure), another is dialled, long before the
+//! peer's own stream limit (4,096) would make streams queue on one connection.
 //!
 //! Probes are `GET /` streams with `:authority` [`PROBE_AUTHORITY`] over the pooled connection
 //! (so they test exactly what requests use); a peer is down after `probe_misses` misses in a
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use causeway_api::proto::PeerHealth;
 use http::{Request, Version};
 use hyper::client::conn::http2::SendRequest;
@@ -59,15 +63,86 @@ pub(crate) struct PeerStatus {
     pub(crate) last_error: Option<String>,
     /// When the peer's certificate expires (Unix seconds), as last seen when dialling it.
     pub(crate) certificate_not_after: Option<i64>,
+    /// Open connections of the pool, and the streams they carry.
+    pub(crate) connections: usize,
+    pub(crate) streams: usize,
 }
 
 // === impl PeerConn ===
 
-/// The pooled connection to one peer cluster's gateway.
+/// Most connections a pool keeps to one peer; past them, streams share the least busy one.
+const MAX_CONNECTIONS_PER_PEER: usize = 64;
+
+/// One connection of a peer's pool and the streams open on it.
+struct Pooled {
+    sender: Sender,
+    streams: Arc<AtomicUsize>,
+    /// Fails the connection's socket (and so its streams) at once.
+    kill: CancellationToken,
+}
+
+/// A stream's place on a pooled connection, counted until dropped: a request until its
+/// response has ended, a tunnel until it closes.
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An I/O stream that holds its [`StreamSlot`] for as long as it lives (a tunnel).
+pub(crate) struct Slotted<T> {
+    pub(crate) inner: T,
+    pub(crate) _slot: StreamSlot,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection pool to one peer cluster's gateway.
 pub(crate) struct PeerConn {
     pub(crate) cluster: String,
     addresses: Vec<String>,
-    sender: ArcSwapOption<Sender>,
+    /// The connections in use (retired ones are not here; they finish their streams).
+    pool: ArcSwap<Vec<Arc<Pooled>>>,
     connecting: tokio::sync::Mutex<()>,
     next_address: AtomicUsize,
     /// Routable: not marked down by the probes (optimistic until the first misses).
@@ -83,8 +158,6 @@ pub(crate) struct PeerConn {
     /// The peer leaf's notAfter from the last handshake (0: not dialled yet).
     cert_not_after: std::sync::atomic::AtomicI64,
     cancel: CancellationToken,
-    /// Kills the current connection's socket when the peer is marked down.
-    conn_kill: Mutex<Option<CancellationToken>>,
     /// The roots of the peer's bundle its connection was verified with (`None`: ours).
     bundle: Mutex<Option<Vec<rustls_pki_types::CertificateDer<'static>>>>,
 }
@@ -97,7 +170,7 @@ impl PeerConn {
         Self {
             cluster,
             addresses,
-            sender: ArcSwapOption::empty(),
+            pool: ArcSwap::from_pointee(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             next_address: AtomicUsize::new(0),
             up: AtomicBool::new(true),
@@ -109,7 +182,6 @@ impl PeerConn {
             last_error: Mutex::new(None),
             cert_not_after: std::sync::atomic::AtomicI64::new(0),
             cancel,
-            conn_kill: Mutex::new(None),
             bundle: Mutex::new(None),
         }
     }
@@ -174,14 +246,8 @@ impl PeerConn {
     /// Drops the pooled connection. Streams in flight on it fail at once (and idempotent
     /// requests are retried elsewhere) instead of hanging on a dead path until a timeout.
     fn close(&self) {
-        self.sender.store(None);
-        if let Some(kill) = self
-            .conn_kill
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            kill.cancel();
+        for c in self.pool.swap(Arc::new(Vec::new())).iter() {
+            c.kill.cancel();
         }
     }
 
@@ -190,23 +256,26 @@ impl PeerConn {
     /// it once its last stream and sender are gone. Its socket is closed at `close_at` (Unix
     /// seconds: when the certificate it was made with expires) at the latest.
     fn retire(&self, close_at: Option<i64>) {
-        self.sender.store(None);
-        let kill = self
-            .conn_kill
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(kill) = kill {
-            let left = close_at.map_or(300, |t| (t - crate::tls::unix_now()).max(0));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(left as u64)).await;
-                kill.cancel();
-            });
+        let retired = self.pool.swap(Arc::new(Vec::new()));
+        if retired.is_empty() {
+            return;
         }
+        let kills: Vec<CancellationToken> = retired.iter().map(|c| c.kill.clone()).collect();
+        let left = close_at.map_or(300, |t| (t - crate::tls::unix_now()).max(0));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(left as u64)).await;
+            for kill in kills {
+                kill.cancel();
+            }
+        });
     }
 
     pub(crate) fn status(&self) -> PeerStatus {
-        let connected = self.sender.load().as_ref().is_some_and(|s| !s.is_closed());
+        let pool = self.pool.load();
+        let open: Vec<&Arc<Pooled>> = pool.iter().filter(|c| !c.sender.is_closed()).collect();
+        let connected = !open.is_empty();
+        let streams = open.iter().map(|c| c.streams.load(Ordering::Relaxed)).sum();
+        let connections = open.len();
         let probed = self.probed.load(Ordering::Relaxed);
         PeerStatus {
             cluster: self.cluster.clone(),
@@ -223,6 +292,8 @@ impl PeerConn {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             certificate_not_after: self.certificate_not_after(),
+            connections,
+            streams,
         }
     }
 
@@ -231,34 +302,66 @@ impl PeerConn {
         Some(self.cert_not_after.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
-    /// A sender on the pooled connection, dialling it first if there is none.
+    /// A sender on the pooled connection with the fewest streams, and the stream's slot on
+    /// it; a new connection is dialled first when every one carries `per_connection` streams
+    /// (and the pool is not full). Probes pass `usize::MAX`: any open connection will do.
     pub(crate) async fn sender(
         &self,
         tls: &ArcSwap<TlsState>,
         connect_timeout: Duration,
-    ) -> Result<Sender, ProxyError> {
-        if let Some(s) = self.sender.load().as_ref() {
-            if !s.is_closed() {
-                return Ok((**s).clone());
-            }
+        per_connection: usize,
+    ) -> Result<(Sender, StreamSlot), ProxyError> {
+        if let Some(s) = self.take_slot(per_connection) {
+            return Ok(s);
         }
-        // One dial at a time; the others wait for it and share the result.
+        // One dial at a time; the others wait for it and take its room.
         let _dialing = self.connecting.lock().await;
-        if let Some(s) = self.sender.load().as_ref() {
-            if !s.is_closed() {
-                return Ok((**s).clone());
-            }
+        if let Some(s) = self.take_slot(per_connection) {
+            return Ok(s);
         }
-        let sender = self.dial(tls, connect_timeout).await?;
-        self.sender.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        match self.dial(tls, connect_timeout).await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                conn.streams.fetch_add(1, Ordering::AcqRel);
+                let slot = (conn.sender.clone(), StreamSlot(conn.streams.clone()));
+                let old = self.pool.load_full();
+                let (open, closed): (Vec<_>, Vec<_>) =
+                    old.iter().cloned().partition(|c| !c.sender.is_closed());
+                // A closed connection's socket goes too.
+                for c in closed {
+                    c.kill.cancel();
+                }
+                let mut pool = open;
+                pool.push(conn);
+                self.pool.store(Arc::new(pool));
+                Ok(slot)
+            }
+            // Cannot add one: share a busy one rather than fail the stream.
+            Err(e) => self.take_slot(usize::MAX).ok_or(e),
+        }
+    }
+
+    /// A slot on the open connection with the fewest streams, if it has fewer than `limit` (or
+    /// the pool is full).
+    fn take_slot(&self, limit: usize) -> Option<(Sender, StreamSlot)> {
+        let pool = self.pool.load();
+        let open = pool.iter().filter(|c| !c.sender.is_closed());
+        let best = open
+            .clone()
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
+        let full = open.count() >= MAX_CONNECTIONS_PER_PEER;
+        if best.streams.load(Ordering::Relaxed) >= limit && !full {
+            return None;
+        }
+        best.streams.fetch_add(1, Ordering::AcqRel);
+        Some((best.sender.clone(), StreamSlot(best.streams.clone())))
     }
 
     async fn dial(
         &self,
         tls: &ArcSwap<TlsState>,
         connect_timeout: Duration,
-    ) -> Result<Sender, ProxyError> {
+    ) -> Result<Pooled, ProxyError> {
         let err = |target: &str, e: crate::body::BoxError| ProxyError::Connect {
             target: format!("gateway of {} at {target}", self.cluster),
             source: e,
@@ -334,17 +437,12 @@ impl PeerConn {
                     tracing::debug!(peer = %cluster, error = %e, "peer connection closed");
                 }
             });
-            let old = self
-                .conn_kill
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .replace(kill);
-            // The previous connection (if any) had closed; make sure its socket is gone too.
-            if let Some(old) = old {
-                old.cancel();
-            }
             tracing::debug!(peer = %self.cluster, %addr, "connected to peer gateway");
-            return Ok(sender);
+            return Ok(Pooled {
+                sender,
+                streams: Arc::new(AtomicUsize::new(0)),
+                kill,
+            });
         }
         Err(last.expect("at least one address was tried"))
     }
@@ -358,8 +456,8 @@ impl PeerConn {
     ) -> Result<Duration, String> {
         let start = Instant::now();
         let attempt = async {
-            let mut sender = self
-                .sender(tls, connect_timeout)
+            let (mut sender, _slot) = self
+                .sender(tls, connect_timeout, usize::MAX)
                 .await
                 .map_err(|e| e.to_string())?;
             let req = Request::get(format!("https://{PROBE_AUTHORITY}/"))

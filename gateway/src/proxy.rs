@@ -70,6 +70,11 @@ impl Proxy {
         Duration::from_millis(self.config.tls_handshake_timeout_ms)
     }
 
+    /// Streams a pooled peer connection carries before another is dialled.
+    pub(crate) fn streams_per_connection(&self) -> usize {
+        self.config.peer_streams_per_connection as usize
+    }
+
     /// The version of the tables being served (0 before the first).
     pub(crate) fn version(&self) -> u64 {
         self.tables.load().as_ref().map_or(0, |t| t.version)

@@ -17,6 +17,7 @@ mod hostile;
 mod http_proxy;
 mod limits;
 mod peer_auth;
+mod pool;
 mod routing;
 mod tcp;
 mod tracing;

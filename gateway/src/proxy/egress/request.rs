@@ -167,7 +167,7 @@ pub(super) async fn forward(
                     outlier_failure(proxy, svc, cand);
                     if retries.may_resend(n, &body) {
                         // Keep the failed response: it is the answer if no retry does better.
-                        last = Some((resp.map(body::incoming), cand.cluster.clone()));
+                        last = Some((resp, cand.cluster.clone()));
                         continue;
                     }
                 } else if !fault.failed() {
@@ -180,7 +180,7 @@ pub(super) async fn forward(
                 if let Some(g) = retries.into_guard() {
                     guards.push(Box::new(g));
                 }
-                let body = Guarded::wrap(body::incoming(incoming), guards);
+                let body = Guarded::wrap(incoming, guards);
                 record.destination_cluster = cand.cluster.clone();
                 record.finish(status.as_str(), status.as_u16(), None);
                 return Response::from_parts(head, body);
@@ -240,7 +240,7 @@ enum Attempt {
     /// The peer missed a probe while the attempt waited; a retry was allowed.
     PathLost(crate::resilience::ActiveGuard),
     Done(
-        Result<Response<Incoming>, ProxyError>,
+        Result<Response<Body>, ProxyError>,
         crate::resilience::BreakerPermit,
     ),
 }
@@ -281,7 +281,7 @@ async fn send(
     cand: &Candidate,
     parts: &http::request::Parts,
     body: &mut ReplayBody,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Body>, ProxyError> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = svc.peer_authority(port.port);
     if cand.local {
@@ -310,7 +310,8 @@ async fn send(
                     Ok(req)
                 },
             )
-            .await;
+            .await
+            .map(|r| r.map(body::incoming));
     }
 
     let peer = proxy
@@ -320,7 +321,13 @@ async fn send(
             target: format!("cluster {}", cand.cluster),
             source: "not a configured peer".into(),
         })?;
-    let mut sender = peer.sender(&proxy.tls, proxy.connect_timeout()).await?;
+    let (mut sender, slot) = peer
+        .sender(
+            &proxy.tls,
+            proxy.connect_timeout(),
+            proxy.streams_per_connection(),
+        )
+        .await?;
     let b = body
         .take()
         .ok_or_else(|| ProxyError::NoEndpoint("request body already sent".into()))?;
@@ -333,7 +340,8 @@ async fn send(
         .body(b)
         .map_err(|e| request_error(&authority, e))?;
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok(resp),
+        // The stream keeps its place on the connection until its response has ended.
+        Ok(resp) => Ok(resp.map(|b| Guarded::wrap(body::incoming(b), vec![Box::new(slot)]))),
         Err(mut e) => {
             let target = format!("{authority} via cluster {}", cand.cluster);
             match e.take_message() {

@@ -49,7 +49,13 @@ async fn open_tunnel(
             target: format!("cluster {}", cand.cluster),
             source: "not a configured peer".into(),
         })?;
-    let mut sender = peer.sender(&proxy.tls, proxy.connect_timeout()).await?;
+    let (mut sender, slot) = peer
+        .sender(
+            &proxy.tls,
+            proxy.connect_timeout(),
+            proxy.streams_per_connection(),
+        )
+        .await?;
     let authority = svc.peer_authority(port.port);
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -80,7 +86,10 @@ async fn open_tunnel(
             target,
             source: e.into(),
         })?;
-    Ok(Box::new(TokioIo::new(upgraded)))
+    Ok(Box::new(crate::peer::Slotted {
+        inner: TokioIo::new(upgraded),
+        _slot: slot,
+    }))
 }
 
 /// Tries the planned clusters until one accepts the tunnel.
