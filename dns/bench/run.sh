@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# DNS benchmark (not a test): dnsperf against Causeway DNS and against Knot, same names, same
+# DNS benchmark (not a test): dnsperf against Causeway DNS, Knot and NSD, same names, same
 # machine, one run, one worker each. Prints queries per second, latency percentiles and the
-# ratio. Needs the Debian packages dnsperf and knot (installed if missing).
+# ratios. Needs the Debian packages dnsperf, knot and nsd (installed if missing).
 #
 #   dns/bench/run.sh [seconds per run, default 10] [fixed rate for the latency runs, default 20000]
 #                    [rounds, default 3]
@@ -24,12 +24,14 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 CW_PORT=${CW_PORT:-15353}
 KNOT_PORT=${KNOT_PORT:-15354}
+NSD_PORT=${NSD_PORT:-15355}
 SERVER_PID=""
 trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
 
 need() { command -v "$1" >/dev/null 2>&1 || apt-get install -y "$2" >/dev/null; }
 need dnsperf dnsperf
 need knotd knot
+need nsd nsd
 
 if [ "$(nproc)" -ge 2 ]; then SRV_CPU="taskset -c 0"; PERF_CPU="taskset -c 1"; else SRV_CPU=""; PERF_CPU=""; fi
 
@@ -57,6 +59,26 @@ template:
 zone:
   - domain: clusterset.local
     file: "$WORK/clusterset.local.zone"
+CONF
+
+cat > "$WORK/nsd.conf" <<CONF
+server:
+    ip-address: 127.0.0.1@$NSD_PORT
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$WORK"
+    pidfile: "$WORK/nsd.pid"
+    xfrdfile: "$WORK/xfrd.state"
+    zonelistfile: "$WORK/zone.list"
+    database: ""
+    logfile: "$WORK/nsd.log"
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: clusterset.local
+    zonefile: "$WORK/clusterset.local.zone"
 CONF
 
 wait_ready() { # port
@@ -124,23 +146,32 @@ stop_server() {
 }
 
 echo "== machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== $(dnsperf -h 2>&1 | grep -m1 Version), knotd $(knotd -V | awk '{print $NF}')"
+echo "== $(dnsperf -h 2>&1 | grep -m1 Version), knotd $(knotd -V | awk '{print $NF}'), $(nsd -v 2>&1 | head -n1)"
 
 start_causeway() { run_server causeway "$BIN" serve "127.0.0.1:$CW_PORT"; wait_ready "$CW_PORT"; }
 start_knot() { run_server knot knotd -c "$WORK/knot.conf"; wait_ready "$KNOT_PORT"; }
+# -d: in the foreground, as the other two; one server process (server-count 1).
+start_nsd() { run_server nsd nsd -d -c "$WORK/nsd.conf"; wait_ready "$NSD_PORT"; }
 
 start_causeway; CW_DIGEST=$(check_same_answers "$CW_PORT"); stop_server
 start_knot; KNOT_DIGEST=$(check_same_answers "$KNOT_PORT")
 echo "knotd threads: $(for t in /proc/"$SERVER_PID"/task/*; do printf '%s(cpu %s) ' "$(cat "$t/comm")" "$(taskset -p -c "$(basename "$t")" | awk '{print $NF}')"; done)"
 stop_server
+start_nsd; NSD_DIGEST=$(check_same_answers "$NSD_PORT"); stop_server
 if [ "$CW_DIGEST" = "$KNOT_DIGEST" ]; then SAME="yes"; else SAME="NO ($CW_DIGEST vs $KNOT_DIGEST)"; fi
-echo "same answers to the first 200 queries: $SAME"
+echo "same answers to the first 200 queries (causeway, knot): $SAME"
+if [ "$CW_DIGEST" = "$NSD_DIGEST" ]; then SAME="yes"; else SAME="NO ($CW_DIGEST vs $NSD_DIGEST)"; fi
+echo "same answers to the first 200 queries (causeway, nsd): $SAME"
 
 : > "$WORK/rounds"
 printf "%-6s %-14s %12s %10s %10s %10s %14s %8s\n" round server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms" "lost@$RATE/s" "steal %"
 for round in $(seq 1 "$ROUNDS"); do
-    for server in causeway knot; do
-        if [ "$server" = causeway ]; then start_causeway; port=$CW_PORT; else start_knot; port=$KNOT_PORT; fi
+    for server in causeway knot nsd; do
+        case $server in
+            causeway) start_causeway; port=$CW_PORT ;;
+            knot) start_knot; port=$KNOT_PORT ;;
+            nsd) start_nsd; port=$NSD_PORT ;;
+        esac
         qps=$(throughput "$port" "$server")
         read -r p50 p99 p999 lost steal < <(latency "$port" "$server")
         tlost=$(awk '/Queries lost/ {print $3}' "$WORK/$server.tput")
@@ -158,8 +189,11 @@ median() { # server column
 echo
 echo "median of $ROUNDS rounds, $SECS s each, load average now $(cut -d' ' -f1-3 /proc/loadavg):"
 printf "%-14s %12s %10s %10s %10s\n" server "qps(max)" "p50 ms" "p99 ms" "p99.9 ms"
-for server in causeway knot; do
+for server in causeway knot nsd; do
     printf "%-14s %12.0f %10s %10s %10s\n" "$server" "$(median "$server" 2)" "$(median "$server" 3)" "$(median "$server" 4)" "$(median "$server" 5)"
 done
-awk -v a="$(median causeway 2)" -v b="$(median knot 2)" 'BEGIN { if (b > 0) printf "qps ratio causeway/knot (medians): %.2f\n", a / b }'
-echo "queries lost in all runs: causeway $(awk '$1 == "causeway" {s += $6 + $7} END {print s + 0}' "$WORK/rounds"), knot $(awk '$1 == "knot" {s += $6 + $7} END {print s + 0}' "$WORK/rounds")"
+for peer in knot nsd; do
+    awk -v a="$(median causeway 2)" -v b="$(median $peer 2)" -v pa="$(median causeway 4)" -v pb="$(median $peer 4)" -v p="$peer" \
+        'BEGIN { if (b > 0 && pb > 0) printf "causeway/%s (medians): qps %.2fx, p99 %.2fx (lower is better)\n", p, a / b, pa / pb }'
+done
+echo "queries lost in all runs: causeway $(awk '$1 == "causeway" {s += $6 + $7} END {print s + 0}' "$WORK/rounds"), knot $(awk '$1 == "knot" {s += $6 + $7} END {print s + 0}' "$WORK/rounds"), nsd $(awk '$1 == "nsd" {s += $6 + $7} END {print s + 0}' "$WORK/rounds")"

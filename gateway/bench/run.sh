@@ -20,8 +20,10 @@
 #   ENVOY=/tmp/envoy-venv/bin/envoy bash gateway/bench/run.sh
 #
 # Environment: ENVOY (envoy binary), SERVICES (1000), SECS (10), CONNS (32), RATE (1000),
-# PROXIES ("causeway envoy nginx haproxy"), WORK (a temporary directory), SKIP_BUILD (use the
-# binaries already in target/).
+# PROXIES ("direct causeway envoy nginx haproxy"; `direct` is the client straight to the
+# backend, no proxy: the limit of this machine), CLIENT (h1: HTTP/1.1 from the client; h2:
+# HTTP/2 with prior knowledge, STREAMS (1) concurrent streams per connection), WORK (a
+# temporary directory), SKIP_BUILD (use the binaries already in target/).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -32,7 +34,14 @@ SERVICES=${SERVICES:-1000}
 SECS=${SECS:-10}
 CONNS=${CONNS:-32}
 RATE=${RATE:-1000}
-PROXIES=${PROXIES:-causeway envoy nginx haproxy}
+PROXIES=${PROXIES:-direct causeway envoy nginx haproxy}
+CLIENT=${CLIENT:-h1}
+STREAMS=${STREAMS:-1}
+case $CLIENT in
+  h1) CLIENT_FLAGS=(--h1) ;;
+  h2) CLIENT_FLAGS=(-m "$STREAMS") ;;
+  *) echo "CLIENT must be h1 or h2" >&2; exit 2 ;;
+esac
 WORK=${WORK:-$(mktemp -d /tmp/causeway-gw-bench.XXXXXX)}
 HOST=echo.bench.svc.clusterset.local
 
@@ -107,13 +116,25 @@ http {
     listen 127.0.0.1:$P_BACKEND;
     location / { return 200 "ok\n"; }
   }
+  # h2c with prior knowledge, for the direct row of CLIENT=h2.
+  server {
+    listen 127.0.0.1:$((P_BACKEND + 1)) http2;
+    location / { return 200 "ok\n"; }
+  }
 }
 EOF
 nginx -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+BACKEND_PID=$!
+pids+=("$BACKEND_PID")
 wait_port $P_BACKEND
 
 # === proxy configurations ===
+
+# No proxy: the client talks to the backend itself (h2load then counts only the backend).
+start_direct() {
+  A_PID=$BACKEND_PID
+  B_PID=$BACKEND_PID
+}
 
 start_causeway() {
   local d=$WORK/causeway
@@ -263,7 +284,7 @@ EOF
       cat <<EOF
   upstream $name { server 127.0.0.1:$P_B; keepalive 64; }
   server {
-    listen 127.0.0.1:$P_A;
+    listen 127.0.0.1:$P_A$([[ $CLIENT == h2 ]] && echo " http2");
     server_name $name.bench.svc.clusterset.local;
     location / {
       proxy_pass https://$name;
@@ -323,7 +344,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend egress
-  bind 127.0.0.1:$P_A
+  bind 127.0.0.1:$P_A$([[ $CLIENT == h2 ]] && echo " proto h2")
   use_backend %[req.hdr(host),field(1,:),lower,map($d/hosts.map)]
   # Responses from an HTTP/2 server have no reason phrase, and h2load does not count a
   # status line without one.
@@ -372,22 +393,31 @@ results=()
 for proxy in $PROXIES; do
   log "=== $proxy ==="
   "start_$proxy"
-  pids+=("$A_PID" "$B_PID")
-  wait_port $P_B
-  wait_port $P_A
+  TARGET=$P_A
+  if [[ $proxy == direct ]]; then
+    TARGET=$P_BACKEND
+    if [[ $CLIENT == h2 ]]; then TARGET=$((P_BACKEND + 1)); fi
+  else
+    pids+=("$A_PID" "$B_PID")
+    wait_port $P_B
+  fi
+  wait_port "$TARGET"
   # Ready when a request goes through end to end.
   for _ in $(seq 1 200); do
-    code=$(h2load --h1 -n 1 -c 1 -H ":authority: $HOST" "http://127.0.0.1:$P_A/" 2>/dev/null |
+    code=$(h2load "${CLIENT_FLAGS[@]}" -n 1 -c 1 -H ":authority: $HOST" "http://127.0.0.1:$TARGET/" 2>/dev/null |
       awk '/^status codes:/ {print $3}')
     [[ $code == 1 ]] && break
     sleep 0.1
   done
-  h2load --h1 -n 5000 -c "$CONNS" -H ":authority: $HOST" "http://127.0.0.1:$P_A/" >/dev/null
+  h2load "${CLIENT_FLAGS[@]}" -n 5000 -c "$CONNS" -H ":authority: $HOST" "http://127.0.0.1:$TARGET/" >/dev/null
 
   # Full load.
-  cpu0=$(($(cpu_ticks "$A_PID") + $(cpu_ticks "$B_PID")))
-  out=$(h2load --h1 -c "$CONNS" -t 1 -D "$SECS" -H ":authority: $HOST" "http://127.0.0.1:$P_A/")
-  cpu1=$(($(cpu_ticks "$A_PID") + $(cpu_ticks "$B_PID")))
+  proxy_ticks() {
+    if [[ $proxy == direct ]]; then echo 0; else echo $(($(cpu_ticks "$A_PID") + $(cpu_ticks "$B_PID"))); fi
+  }
+  cpu0=$(proxy_ticks)
+  out=$(h2load "${CLIENT_FLAGS[@]}" -c "$CONNS" -t 1 -D "$SECS" -H ":authority: $HOST" "http://127.0.0.1:$TARGET/")
+  cpu1=$(proxy_ticks)
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
   ok=$(awk '/^requests:/ {print $8}' <<<"$out")
   failed=$(awk '/^requests:/ {print $10}' <<<"$out")
@@ -397,8 +427,8 @@ for proxy in $PROXIES; do
 
   # Fixed rate: RATE req/s from 10 clients for SECS s; latency of every request.
   lat=$WORK/$proxy-latency.log
-  h2load --h1 -c 10 -t 1 --rps $((RATE / 10)) -D "$SECS" -H ":authority: $HOST" \
-    --log-file="$lat" "http://127.0.0.1:$P_A/" >/dev/null
+  h2load "${CLIENT_FLAGS[@]}" -c 10 -t 1 --rps $((RATE / 10)) -D "$SECS" -H ":authority: $HOST" \
+    --log-file="$lat" "http://127.0.0.1:$TARGET/" >/dev/null
   awk '{print $3}' "$lat" | sort -n >"$lat.sorted"
   p50=$(percentile "$lat.sorted" 50)
   p99=$(percentile "$lat.sorted" 99)
@@ -415,12 +445,26 @@ for proxy in $PROXIES; do
     "$proxy" "$rps" "$failed" "$cpu_s" "$per10k" "$per_cpu_s" "$p50" "$p99" "$rss_a" "$rss_b")")
   log "$proxy: $rps req/s, $ok ok, $failed failed; CPU $cpu_s s; p50 $p50 ms p99 $p99 ms ($rate_n requests at fixed rate); RSS A $rss_a MiB B $rss_b MiB"
 
-  kill "$A_PID" "$B_PID" 2>/dev/null || true
-  wait "$A_PID" "$B_PID" 2>/dev/null || true
+  if [[ $proxy != direct ]]; then
+    kill "$A_PID" "$B_PID" 2>/dev/null || true
+    wait "$A_PID" "$B_PID" 2>/dev/null || true
+  fi
 done
 
 echo
-echo "client -> A -> mTLS -> B -> backend; $SERVICES services imported at A; $CONNS connections for $SECS s; fixed rate $RATE req/s"
+echo "client ($CLIENT) -> A -> mTLS -> B -> backend; $SERVICES services imported at A; $CONNS connections ($STREAMS streams each with h2) for $SECS s; fixed rate $RATE req/s; direct = no proxy"
+# Ratios against HAProxy (requests per proxy CPU-second, p50, p99), when both ran.
+ratio_line() {
+  local ours theirs
+  ours=$(printf '%s\n' "${results[@]}" | awk '$1 == "causeway"')
+  theirs=$(printf '%s\n' "${results[@]}" | awk '$1 == "haproxy"')
+  [[ -n $ours && -n $theirs ]] || return 0
+  awk -v a="$ours" -v b="$theirs" 'BEGIN {
+    split(a, x, " +"); split(b, y, " +");
+    printf "causeway / haproxy: req/cpu_s %.2fx, p50 %.2fx, p99 %.2fx (latency: lower is better)\n",
+      x[6] / y[6], x[7] / y[7], x[8] / y[8] }'
+}
 printf '%-9s %9s %8s %10s %12s %9s %9s %8s %8s %7s\n' \
   proxy "req/s" failed "cpu_s(A+B)" "cpu_s/10k" "req/cpu_s" "p50_ms" "p99_ms" "rssA_MiB" "rssB_MiB"
 printf '%s\n' "${results[@]}"
+ratio_line
