@@ -38,7 +38,9 @@ pub struct ClusterView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportView {
-    pub record: ExportRecord,
+    /// Shared with the federator's folded etcd state and the snapshots before (one copy of
+    /// each export however many snapshots hold it).
+    pub record: std::sync::Arc<ExportRecord>,
     pub conditions: ExportConditions,
     /// Kept from a cluster whose keys vanished, within the stale grace.
     pub stale: bool,
@@ -60,6 +62,13 @@ pub struct ServiceView {
     pub endpoint_vips: BTreeMap<ClusterId, BTreeMap<String, IpAddr>>,
 }
 
+impl ExportView {
+    /// The record to change (a copy of it when snapshots share it).
+    pub fn record_mut(&mut self) -> &mut crate::ExportRecord {
+        std::sync::Arc::make_mut(&mut self.record)
+    }
+}
+
 impl ServiceView {
     /// The view of `key` exported as `records` (by cluster), merged by the MCS rules
     /// ([`crate::merge`]): the import with each export's conflicts; not stale, not drained, no
@@ -67,9 +76,10 @@ impl ServiceView {
     /// their views with it, so that no hand-made import disagrees with the rules.
     pub fn merged(
         key: &crate::ServiceKey,
-        records: impl IntoIterator<Item = (ClusterId, crate::ExportRecord)>,
+        records: impl IntoIterator<Item = (ClusterId, impl Into<std::sync::Arc<crate::ExportRecord>>)>,
     ) -> Option<Self> {
-        let records: BTreeMap<ClusterId, crate::ExportRecord> = records.into_iter().collect();
+        let records: BTreeMap<ClusterId, std::sync::Arc<crate::ExportRecord>> =
+            records.into_iter().map(|(c, r)| (c, r.into())).collect();
         let mut merged = crate::merge::merge(records.iter().map(|(cluster, export)| {
             crate::merge::ExportInput {
                 service: key,
@@ -231,7 +241,8 @@ mod tests {
             record: ExportRecord {
                 ready_endpoints: ready,
                 ..ExportRecord::default()
-            },
+            }
+            .into(),
             conditions: ExportConditions::default(),
             stale: false,
             drained: flagged,

@@ -74,6 +74,10 @@ server:
     database: ""
     logfile: "$WORK/nsd.log"
     verbosity: 0
+    # Debian's NSD has response rate limiting on (200 answers a second per source): off, as
+    # the other two have none.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
 remote-control:
     control-enable: no
 zone:

@@ -33,12 +33,12 @@ fn vip(i: u32) -> IpAddr {
 
 fn export(service_ip: IpAddr) -> ExportView {
     ExportView {
-        record: ExportRecord {
+        record: std::sync::Arc::new(ExportRecord {
             created_unix_ms: 1,
             ready_endpoints: 1,
             service_ip: Some(service_ip),
             ..ExportRecord::default()
-        },
+        }),
         conditions: ExportConditions::default(),
         stale: false,
         drained: false,

@@ -353,7 +353,7 @@ mod tests {
             exports.insert(
                 c(name),
                 ExportView {
-                    record: record(ready),
+                    record: (record(ready)).into(),
                     conditions: ExportConditions::default(),
                     stale: false,
                     drained: name == "north",
@@ -426,12 +426,19 @@ mod tests {
             ready,
             hostname: Some(host.into()),
         };
-        view.exports.get_mut(&c("west")).unwrap().record.endpoints = vec![
+        view.exports
+            .get_mut(&c("west"))
+            .unwrap()
+            .record_mut()
+            .endpoints = vec![
             ep("10.1.0.10", "db-0", true),
             ep("10.1.0.11", "db-1", false),
         ];
-        view.exports.get_mut(&c("east")).unwrap().record.endpoints =
-            vec![ep("10.0.0.10", "db-5", true)];
+        view.exports
+            .get_mut(&c("east"))
+            .unwrap()
+            .record_mut()
+            .endpoints = vec![ep("10.0.0.10", "db-5", true)];
         view.endpoint_vips = BTreeMap::from([
             (
                 c("west"),
@@ -645,7 +652,7 @@ mod tests {
         for (cluster, created, timeout) in
             [("east", 5, 1000), ("west", 2, 2000), ("north", 3, 3000)]
         {
-            let r = &mut view.exports.get_mut(&c(cluster)).unwrap().record;
+            let r = view.exports.get_mut(&c(cluster)).unwrap().record_mut();
             r.created_unix_ms = created;
             r.traffic_policy.timeout_ms = Some(timeout);
             r.traffic_policy.retry_attempts = Some(0);
@@ -698,7 +705,7 @@ mod tests {
         // east is local; west shares its region, north does not. The oldest export (north's)
         // asks for north first.
         for (cluster, created) in [("east", 5), ("west", 4), ("north", 1)] {
-            let r = &mut view.exports.get_mut(&c(cluster)).unwrap().record;
+            let r = view.exports.get_mut(&c(cluster)).unwrap().record_mut();
             r.created_unix_ms = created;
             r.traffic_policy.failover = vec![c("north")];
         }
@@ -726,9 +733,9 @@ mod tests {
         let key = ServiceKey::new("demo", "echo").unwrap();
         let view = std::sync::Arc::make_mut(snap.services.get_mut(&key).unwrap());
         for e in view.exports.values_mut() {
-            e.record.traffic_policy.timeout_ms = Some(9000);
-            e.record.traffic_policy.max_pending = Some(3);
-            e.record.traffic_policy.failover = vec![c("west")];
+            e.record_mut().traffic_policy.timeout_ms = Some(9000);
+            e.record_mut().traffic_policy.max_pending = Some(3);
+            e.record_mut().traffic_policy.failover = vec![c("west")];
         }
         let over = ImportOverride {
             policy: causeway_api::TrafficPolicy {

@@ -44,7 +44,7 @@ struct ClusterEntry {
 
 #[derive(Debug, Clone)]
 struct ExportEntry {
-    record: ExportRecord,
+    record: std::sync::Arc<ExportRecord>,
     stale_since_ms: Option<i64>,
 }
 
@@ -278,7 +278,7 @@ impl MeshState {
                 self.exports.entry(service).or_default().insert(
                     cluster,
                     ExportEntry {
-                        record,
+                        record: record.into(),
                         stale_since_ms: None,
                     },
                 );

@@ -28,13 +28,13 @@ fn port(name: &str, protocol: Protocol, port: u16) -> ServicePort {
 
 fn export(ready: u32, service_ip: Option<&str>, endpoints: Vec<Endpoint>) -> ExportView {
     ExportView {
-        record: ExportRecord {
+        record: std::sync::Arc::new(ExportRecord {
             created_unix_ms: 1,
             ready_endpoints: ready,
             endpoints,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
             ..ExportRecord::default()
-        },
+        }),
         conditions: ExportConditions::default(),
         stale: false,
         drained: false,
@@ -130,7 +130,7 @@ fn snapshot() -> MeshSnapshot {
             ep("fd00::1", true, Some("db-0")),
         ],
     );
-    east.record.service_type = ServiceType::Headless;
+    east.record_mut().service_type = ServiceType::Headless;
     let mut west = export(
         1,
         None,
@@ -139,7 +139,7 @@ fn snapshot() -> MeshSnapshot {
             ep("10.1.1.9", true, None),
         ],
     );
-    west.record.service_type = ServiceType::Headless;
+    west.record_mut().service_type = ServiceType::Headless;
     s.services.insert(
         db.clone(),
         service(
@@ -195,7 +195,7 @@ fn local_first_answers_the_local_address_while_it_serves() {
         .exports
         .get_mut(&east)
         .unwrap()
-        .record
+        .record_mut()
         .ready_endpoints = 0;
     assert_eq!(
         rdata(&ask(
@@ -288,7 +288,7 @@ fn no_address_at_all_is_nodata_with_soa() {
     view.exports
         .get_mut(&cid("east"))
         .unwrap()
-        .record
+        .record_mut()
         .ready_endpoints = 0;
     let a = ask(
         &zone(AnswerPolicy::LocalFirst),
@@ -556,7 +556,7 @@ fn a_headless_service_without_ready_endpoints_does_not_exist() {
     let key = ServiceKey::new("prod", "db").unwrap();
     let view = std::sync::Arc::make_mut(s.services.get_mut(&key).unwrap());
     for e in view.exports.values_mut() {
-        for ep in &mut e.record.endpoints {
+        for ep in &mut e.record_mut().endpoints {
             ep.ready = false;
         }
     }

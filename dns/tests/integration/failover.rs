@@ -51,7 +51,7 @@ async fn local_endpoints_gone_moves_the_answer_to_the_clusterset_ip() {
         .exports
         .get_mut(&cid("east"))
         .unwrap()
-        .record
+        .record_mut()
         .ready_endpoints = 0;
     // Computed per query: the very next answer has moved.
     assert_eq!(publish_and_wait(&server, s, WEB_VIP).await, 1);

@@ -80,7 +80,7 @@ pub(crate) fn export(
     endpoints: Vec<Endpoint>,
 ) -> ExportView {
     ExportView {
-        record: ExportRecord {
+        record: std::sync::Arc::new(ExportRecord {
             ports: ports.to_vec(),
             service_type: ty,
             created_unix_ms: 1_700_000_000_000,
@@ -88,7 +88,7 @@ pub(crate) fn export(
             endpoints,
             service_ip: service_ip.map(|s| s.parse().unwrap()),
             ..ExportRecord::default()
-        },
+        }),
         conditions: ExportConditions::default(),
         stale: false,
         drained: false,
