@@ -906,6 +906,191 @@ async fn the_helm_chart_renders_configs_the_binaries_accept() -> anyhow::Result<
     Ok(())
 }
 
+/// The names of the metrics the code registers: every `"causeway_..."` literal of the crates'
+/// sources, and the short names a file registers under `format!("causeway_federator_{name}")`
+/// through its `gauge(` / `counter(` helpers.
+fn exported_metric_names(root: &Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    fn ident(rest: &str) -> &str {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(rest.len());
+        &rest[..end]
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs: Vec<std::path::PathBuf> = ["api", "dns", "federator", "gateway"]
+        .iter()
+        .map(|c| root.join(c).join("src"))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            for (i, _) in text.match_indices("\"causeway_") {
+                let name = ident(&text[i + 1..]);
+                if !name.ends_with('_') {
+                    names.insert(name.to_string());
+                }
+            }
+            if text.contains("format!(\"causeway_federator_{name}\")") {
+                for helper in ["gauge(", "counter("] {
+                    for (i, _) in text.match_indices(helper) {
+                        let rest = text[i + helper.len()..].trim_start();
+                        if let Some(rest) = rest.strip_prefix('"') {
+                            names.insert(format!("causeway_federator_{}", ident(rest)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The metric names `expr` reads that are not in `exported` (a histogram's `_bucket`, `_sum`
+/// and `_count` series count as its own).
+fn unknown_metrics(expr: &str, exported: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in expr.match_indices("causeway_") {
+        let before = expr[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = expr[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        if !exported.contains(&name) && !exported.contains(base) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Every query in a Grafana dashboard (panels, rows' panels, their targets).
+fn dashboard_queries(dash: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut panels: Vec<&Value> = dash["panels"].as_array().into_iter().flatten().collect();
+    while let Some(p) = panels.pop() {
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push((p["title"].as_str().unwrap_or("").to_string(), e.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The chart's Grafana dashboards query only metrics the code exports, and the chart renders each
+/// as a ConfigMap with the dashboard sidecar's label when asked (and none by default).
+#[tokio::test]
+async fn the_grafana_dashboards_query_only_metrics_the_code_exports() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let exported = exported_metric_names(&root)?;
+    for known in [
+        "causeway_gateway_requests_total",
+        "causeway_federator_leader",
+        "causeway_dns_queries_total",
+    ] {
+        assert!(exported.contains(known), "{known} not found in the sources");
+    }
+    // The check can fail: a name the code does not export is named.
+    assert_eq!(
+        unknown_metrics(
+            "rate(causeway_gateway_nope_total[5m]) / causeway_up",
+            &exported
+        ),
+        ["causeway_gateway_nope_total"]
+    );
+    let chart = root.join("helm/causeway");
+    let mut dashboards = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(chart.join("dashboards"))? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{file} is not JSON"))?;
+        assert!(
+            dash["uid"].as_str().is_some_and(|u| !u.is_empty()),
+            "{file}: uid"
+        );
+        assert!(
+            dash["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{file}: title"
+        );
+        let queries = dashboard_queries(&dash);
+        assert!(
+            queries.len() >= 10,
+            "{file}: only {} queries",
+            queries.len()
+        );
+        for (panel, expr) in &queries {
+            let unknown = unknown_metrics(expr, &exported);
+            assert!(
+                unknown.is_empty(),
+                "{file}: panel {panel:?} queries {unknown:?}, which the code does not export: {expr}"
+            );
+        }
+        dashboards.insert(file, dash);
+    }
+    assert_eq!(dashboards.len(), 2, "{:?}", dashboards.keys());
+
+    let render = |set: &'static [&'static str]| {
+        let chart = chart.clone();
+        async move {
+            let out = Command::new(helm())
+                .args(["template", "east"])
+                .arg(&chart)
+                .args(["--namespace", "causeway-system"])
+                .args(set)
+                .output()
+                .await
+                .context("running helm (scripts/setup.sh installs it)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout)?;
+            let maps: Vec<Value> = text
+                .split("\n---\n")
+                .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
+                .filter(|o| {
+                    o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1"
+                })
+                .collect();
+            Ok::<_, anyhow::Error>(maps)
+        }
+    };
+    assert!(render(&[]).await?.is_empty(), "no dashboards unless asked");
+    let maps = render(&["--set", "grafanaDashboards.enabled=true"]).await?;
+    assert_eq!(maps.len(), dashboards.len());
+    for m in &maps {
+        let (file, text) = m["data"]
+            .as_object()
+            .and_then(|d| d.iter().next())
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .expect("one dashboard per ConfigMap");
+        let rendered: Value = serde_json::from_str(&text)?;
+        assert_eq!(
+            Some(&rendered),
+            dashboards.get(&file),
+            "{file} renders as it is"
+        );
+    }
+    Ok(())
+}
+
 /// Gateway pods `gateway-<i>` in causeway-system (labels the federators' `gateway_selector`
 /// selects), each Ready with its IP, as the kubelet reports them. Returns the IPs, sorted.
 fn gateway_pods(api: &KubeApiServer, ips: &[&str]) -> anyhow::Result<Vec<String>> {
