@@ -1,8 +1,11 @@
-//! Admin HTTP: `/metrics`, `/ready`, `/live`, `/debug/snapshot`.
+//! Admin HTTP: `/metrics`, `/ready`, `/live`, `/debug/snapshot`, `/dashboard`.
 //!
 //! `/debug/snapshot` holds every import, endpoint and gateway address of the mesh: it answers
 //! callers on this host only (loopback or the host's own address; `kubectl port-forward` arrives
 //! on loopback) and `403` anyone else, counted in `causeway_federator_admin_refused_total`.
+//! `/dashboard` is a read-only page built into the binary (no assets fetched from anywhere)
+//! that polls `/debug/snapshot` every second: clusters, who sees whom, imports with their
+//! clusters, drains and conflicts, drills; the same callers only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/live", get(|| async { "live\n" }))
         .route("/debug/snapshot", get(snapshot))
+        .route("/dashboard", get(dashboard))
         .with_state(state)
 }
 
@@ -79,21 +83,56 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// `403` (counted, logged) unless `caller` is on this host.
+fn local_only(s: &AdminState, caller: Caller, path: &str) -> Option<Response> {
+    let local = caller
+        .local
+        .is_some_and(|l| causeway_api::net::is_local_caller(caller.remote.ip(), l.ip()));
+    if local {
+        return None;
+    }
+    s.metrics.admin_refused.inc();
+    tracing::info!(caller = %caller.remote, path, "admin request refused: answers callers on this host only");
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!("{path} answers callers on this host only (e.g. kubectl port-forward)\n"),
+        )
+            .into_response(),
+    )
+}
+
+/// The dashboard page: HTML, CSS and script in one file, built in.
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
+
+async fn dashboard(
+    State(s): State<AdminState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+) -> Response {
+    if let Some(refused) = local_only(&s, caller, "/dashboard") {
+        return refused;
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing but its own inline script and style, and fetches back to this port.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
 async fn snapshot(
     State(s): State<AdminState>,
     ConnectInfo(caller): ConnectInfo<Caller>,
 ) -> Response {
-    let local = caller
-        .local
-        .is_some_and(|l| causeway_api::net::is_local_caller(caller.remote.ip(), l.ip()));
-    if !local {
-        s.metrics.admin_refused.inc();
-        tracing::info!(caller = %caller.remote, "/debug/snapshot refused: answers callers on this host only");
-        return (
-            StatusCode::FORBIDDEN,
-            "/debug/snapshot answers callers on this host only (e.g. kubectl port-forward)\n",
-        )
-            .into_response();
+    if let Some(refused) = local_only(&s, caller, "/debug/snapshot") {
+        return refused;
     }
     let snap = s.snapshots.borrow().clone();
     let leader = *s.leader.borrow();

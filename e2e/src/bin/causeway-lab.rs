@@ -343,6 +343,17 @@ fn print_summary(state: &LabState) {
             );
         }
     }
+    if let Some(first) = state.clusters.first() {
+        // The admin port answers callers on its own host: inside the cluster's namespace.
+        let url = format!("http://{}/dashboard", first.federator_admin);
+        match state.mode {
+            Mode::Netns => println!(
+                "  {me} exec {} -- chromium --headless=new --dump-dom {url}   # the dashboard (any browser run there)",
+                first.name
+            ),
+            Mode::Loopback => println!("  open {url}   # the dashboard"),
+        }
+    }
     println!("  {me} drill --cluster east --for 10s");
     println!("  {me} status");
     println!("  {me} down");

@@ -1,6 +1,7 @@
 //! The federator's integration tests: one binary, a module per topic (STYLE.md "Tests").
 
 mod certs;
+mod dashboard;
 mod federation;
 mod harness;
 mod issuer;
