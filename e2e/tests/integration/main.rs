@@ -2,6 +2,7 @@
 //!
 //! They run against a real etcd: see docs/testing.md for how it is found.
 
+mod dashboard;
 mod etcd;
 mod failures;
 mod hostile;
