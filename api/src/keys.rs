@@ -31,9 +31,22 @@ const SYNCED: &str = "synced";
 const HEALTH: &str = "health";
 const VIPS: &str = "vips";
 const ELECTION: &str = "election";
+/// Under a cluster: the drills its federator runs for Drill resources, and its observers'
+/// reports of drills.
+const CLUSTER_DRILLS: &str = "drills";
+const DRILL_REPORTS: &str = "drill-reports";
 
 const TOP: [&str; 2] = [CLUSTERS, DRILLS];
-const KINDS: [&str; 6] = [INFO, EXPORTS, SYNCED, HEALTH, VIPS, ELECTION];
+const KINDS: [&str; 8] = [
+    INFO,
+    EXPORTS,
+    SYNCED,
+    HEALTH,
+    VIPS,
+    ELECTION,
+    CLUSTER_DRILLS,
+    DRILL_REPORTS,
+];
 
 // === impl Key ===
 
@@ -60,6 +73,16 @@ pub enum Key {
     },
     /// `drills/<id>`, the ID an RFC 1123 label.
     Drill(String),
+    /// `clusters/<cluster>/drills/<id>`: a drill `cluster`'s federator runs for a Drill resource
+    /// (with its own etcd user, under its own prefix).
+    ClusterDrill { cluster: ClusterId, id: String },
+    /// `clusters/<observer>/drill-reports/<creator>/<id>`: what `observer` measured of the drill
+    /// `clusters/<creator>/drills/<id>`.
+    DrillReport {
+        observer: ClusterId,
+        creator: ClusterId,
+        id: String,
+    },
     /// `clusters/<cluster>/vips/<ns>/<svc>`: the address `cluster` gives an import.
     Vip {
         cluster: ClusterId,
@@ -175,6 +198,24 @@ impl Key {
                             cluster: cluster("cluster", peer)?,
                         })
                     }
+                    CLUSTER_DRILLS => {
+                        let [id] = segments(CLUSTER_DRILLS, tail, ["<id>"]).map_err(err)?;
+                        validate_dns_label("drill ID", id).map_err(|e| err(e.to_string()))?;
+                        Ok(Key::ClusterDrill {
+                            cluster: owner,
+                            id: id.to_string(),
+                        })
+                    }
+                    DRILL_REPORTS => {
+                        let [creator, id] =
+                            segments(DRILL_REPORTS, tail, ["<creator>", "<id>"]).map_err(err)?;
+                        validate_dns_label("drill ID", id).map_err(|e| err(e.to_string()))?;
+                        Ok(Key::DrillReport {
+                            observer: owner,
+                            creator: cluster("creator", creator)?,
+                            id: id.to_string(),
+                        })
+                    }
                     ELECTION => match tail {
                         Some(suffix) => Ok(Key::Election {
                             cluster: owner,
@@ -207,7 +248,8 @@ impl Key {
             Key::Export { .. } => EXPORTS,
             Key::Synced(_) => SYNCED,
             Key::Health { .. } => HEALTH,
-            Key::Drill(_) => DRILLS,
+            Key::Drill(_) | Key::ClusterDrill { .. } => DRILLS,
+            Key::DrillReport { .. } => DRILL_REPORTS,
             Key::Vip { .. } | Key::EndpointVip { .. } => VIPS,
             Key::Election { .. } => ELECTION,
         }
@@ -222,8 +264,9 @@ impl Key {
             | Key::Export { cluster: c, .. }
             | Key::Vip { cluster: c, .. }
             | Key::EndpointVip { cluster: c, .. }
-            | Key::Election { cluster: c, .. } => Some(c),
-            Key::Health { observer, .. } => Some(observer),
+            | Key::Election { cluster: c, .. }
+            | Key::ClusterDrill { cluster: c, .. } => Some(c),
+            Key::Health { observer, .. } | Key::DrillReport { observer, .. } => Some(observer),
             Key::Drill(_) => None,
         }
     }
@@ -277,6 +320,12 @@ impl fmt::Display for Key {
             Key::Synced(c) => f.write_str(&synced_key(c)),
             Key::Health { observer, cluster } => f.write_str(&health_key(observer, cluster)),
             Key::Drill(id) => f.write_str(&drill_key(id)),
+            Key::ClusterDrill { cluster, id } => f.write_str(&cluster_drill_key(cluster, id)),
+            Key::DrillReport {
+                observer,
+                creator,
+                id,
+            } => f.write_str(&drill_report_key(observer, creator, id)),
             Key::Vip { cluster, service } => f.write_str(&vip_key(cluster, service)),
             Key::EndpointVip {
                 cluster,
@@ -323,6 +372,16 @@ pub fn health_key(observer: &ClusterId, c: &ClusterId) -> String {
 
 pub fn drill_key(id: &str) -> String {
     format!("{PREFIX}{DRILLS}/{id}")
+}
+
+/// `clusters/<c>/drills/<id>`: a drill cluster `c`'s federator runs for a Drill resource.
+pub fn cluster_drill_key(c: &ClusterId, id: &str) -> String {
+    format!("{PREFIX}{CLUSTERS}/{c}/{CLUSTER_DRILLS}/{id}")
+}
+
+/// `clusters/<observer>/drill-reports/<creator>/<id>`.
+pub fn drill_report_key(observer: &ClusterId, creator: &ClusterId, id: &str) -> String {
+    format!("{PREFIX}{CLUSTERS}/{observer}/{DRILL_REPORTS}/{creator}/{id}")
 }
 
 pub fn vip_key(c: &ClusterId, s: &ServiceKey) -> String {
@@ -489,6 +548,15 @@ mod tests {
                 cluster: c("west"),
             },
             Key::Drill("drill-0a1b".to_string()),
+            Key::ClusterDrill {
+                cluster: c("east"),
+                id: "echo-demo-east-17".to_string(),
+            },
+            Key::DrillReport {
+                observer: c("west"),
+                creator: c("east"),
+                id: "echo-demo-east-17".to_string(),
+            },
             Key::Vip {
                 cluster: c("east"),
                 service: svc("shop", "cart"),
@@ -534,6 +602,14 @@ mod tests {
             "/causeway/v2/clusters/east/health/west"
         );
         assert_eq!(drill_key("d1"), "/causeway/v2/drills/d1");
+        assert_eq!(
+            cluster_drill_key(&east, "d1"),
+            "/causeway/v2/clusters/east/drills/d1"
+        );
+        assert_eq!(
+            drill_report_key(&west, &east, "d1"),
+            "/causeway/v2/clusters/west/drill-reports/east/d1"
+        );
         assert_eq!(
             vip_key(&east, &cart),
             "/causeway/v2/clusters/east/vips/shop/cart"
@@ -584,7 +660,16 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "info", "exports", "synced", "health", "drills", "vips", "election", "election",
+                "info",
+                "exports",
+                "synced",
+                "health",
+                "drills",
+                "drills",
+                "drill-reports",
+                "vips",
+                "election",
+                "election",
                 "election"
             ]
         );
@@ -643,6 +728,16 @@ mod tests {
             ("/causeway/v2/clusters/east/health/west/x", "found 2"),
             ("/causeway/v2/drills", "found 0"),
             ("/causeway/v2/drills/a/b", "found 2"),
+            ("/causeway/v2/clusters/east/drills/a/b", "found 2"),
+            ("/causeway/v2/clusters/east/drill-reports/west", "found 1"),
+            (
+                "/causeway/v2/clusters/east/drill-reports/West/d1",
+                "invalid cluster ID \"West\"",
+            ),
+            (
+                "/causeway/v2/clusters/east/drills/Drill",
+                "invalid drill ID",
+            ),
             (
                 "/causeway/v2/clusters/east/vips/shop",
                 "expected 2 segment(s)",

@@ -459,7 +459,9 @@ pub struct HealthRecord {
     pub observed_unix_ms: i64,
 }
 
-/// Value of `drills/<id>`: drain `service` in `cluster` while the key lives.
+/// Value of `drills/<id>` (an operator's `causeway drill`) and of `clusters/<c>/drills/<id>` (a
+/// Drill resource run by `c`'s federator): drain `service` in `cluster` while the key lives,
+/// unless it is still `pending`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillRecord {
     #[serde(default = "schema_v2")]
@@ -468,6 +470,106 @@ pub struct DrillRecord {
     pub cluster: ClusterId,
     pub start_unix_ms: i64,
     pub end_unix_ms: i64,
+    /// Announced, not draining yet: the observers take their baseline meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// The clusters whose federators probe the service during the drill and report to
+    /// `clusters/<observer>/drill-reports/<creator>/<id>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observers: Vec<ClusterId>,
+    /// What the observers call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<DrillProbe>,
+    /// The Drill resource it runs for, `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
+}
+
+impl DrillRecord {
+    /// Whether this drill drains `service` in `cluster` now: the one rule DNS, the gateway
+    /// config and the view ask.
+    pub fn drains(&self, service: &ServiceKey, cluster: &ClusterId) -> bool {
+        !self.pending && &self.service == service && &self.cluster == cluster
+    }
+}
+
+/// What a drill's observers call: `GET <path>` on the service's port, every `interval_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillProbe {
+    pub port: u16,
+    pub path: String,
+    pub interval_ms: u64,
+}
+
+/// The longest path a drill probe may GET, and the most timeline events a report keeps.
+pub const DRILL_PATH_MAX: usize = 256;
+pub const DRILL_TIMELINE_MAX: usize = 64;
+
+/// Value of `clusters/<observer>/drill-reports/<creator>/<id>`: what one observer measured,
+/// the fields `causeway drill` prints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillReport {
+    #[serde(default = "schema_v2")]
+    pub schema: u32,
+    /// `Probing` while the drill runs, `Done` with the results.
+    pub phase: String,
+    /// The observer's client could not run (no DNS answer before the drill, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    #[serde(default)]
+    pub interrupted: bool,
+    #[serde(default)]
+    pub baseline: DrillPhase,
+    #[serde(default)]
+    pub failover: DrillPhase,
+    #[serde(default)]
+    pub failback: DrillPhase,
+    /// The client's DNS answer had to move (it was the cluster's own address, not the
+    /// ClusterSetIP).
+    #[serde(default)]
+    pub dns_expected_to_move: bool,
+    /// After the drain began (failover) or ended (failback): when every DNS answer had moved,
+    /// when traffic had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_moved_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_moved_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_back_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_back_ms: Option<u64>,
+    #[serde(default)]
+    pub passed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verdict: String,
+    /// What changed, in order: DNS answers, who answered, failures (at most
+    /// [`DRILL_TIMELINE_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<DrillEvent>,
+}
+
+/// The requests of one phase of a drill, summarised.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillPhase {
+    /// The last DNS answer of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<IpAddr>,
+    /// Successful answers by cluster.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub failed: u64,
+}
+
+/// One change a drill's client saw, `at_ms` after the drain began (negative: before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillEvent {
+    pub at_ms: i64,
+    pub event: String,
 }
 
 /// Value of `vips/<ns>/<svc>`.

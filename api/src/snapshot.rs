@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ClusterId, ClusterRecord, DrillRecord, ExportConditions, ExportRecord, HealthRecord, Import,
-    ServiceKey,
+    ClusterId, ClusterRecord, DrillRecord, DrillReport, ExportConditions, ExportRecord,
+    HealthRecord, Import, ServiceKey,
 };
 
 /// Whether a cluster's control plane is present in etcd.
@@ -142,7 +142,11 @@ pub struct MeshSnapshot {
     pub clusters: BTreeMap<ClusterId, ClusterView>,
     /// Shared between snapshots while unchanged (`Arc`), so a change costs one service's merge.
     pub services: BTreeMap<ServiceKey, Arc<ServiceView>>,
+    /// Live drills: `drills/<id>` by `<id>`, a cluster's `clusters/<c>/drills/<id>` by `<c>/<id>`.
     pub drills: BTreeMap<String, DrillRecord>,
+    /// The observers' reports of the cluster drills, by `<creator>/<id>`, then observer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drill_reports: BTreeMap<String, BTreeMap<ClusterId, DrillReport>>,
     /// observer -> observed cluster -> what the observer's gateway sees.
     pub health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
     /// Whether this cluster reaches other clusters' headless endpoints through its gateway (at
@@ -196,9 +200,7 @@ impl MeshSnapshot {
     }
 
     fn drilled(&self, service: &ServiceKey, cluster: &ClusterId) -> bool {
-        self.drills
-            .values()
-            .any(|d| &d.service == service && &d.cluster == cluster)
+        self.drills.values().any(|d| d.drains(service, cluster))
     }
 
     /// What `observer`'s gateway last reported of `cluster`'s gateway, if anything.
@@ -275,6 +277,10 @@ mod tests {
                     cluster: west.clone(),
                     start_unix_ms: 0,
                     end_unix_ms: i64::MAX,
+                    pending: false,
+                    observers: Vec::new(),
+                    probe: None,
+                    origin: String::new(),
                 },
             );
         }

@@ -234,6 +234,21 @@ impl Federator {
                     )),
                 ));
             }
+            tasks.push((
+                "drill-controller",
+                tokio::spawn(crate::drill::controller::run(
+                    client.clone(),
+                    crate::drill::controller::ControllerConfig {
+                        cluster: cfg.cluster.clone(),
+                        etcd: c.etcd.clone(),
+                        options: c.drills.clone(),
+                    },
+                    snap_rx.clone(),
+                    leader_rx.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )),
+            ));
             if c.kube_sink {
                 let (held_tx, held_rx) = watch::channel(Arc::new(Default::default()));
                 tasks.push((
@@ -280,6 +295,23 @@ impl Federator {
                 }),
             ));
         }
+
+        tasks.push((
+            "drill-observer",
+            tokio::spawn(crate::drill::observer::run(
+                crate::drill::observer::ObserverConfig {
+                    cluster: cfg.cluster.clone(),
+                    etcd: c.etcd.clone(),
+                    dns: dns_addr,
+                    vip_range: c.vip_range.as_deref().and_then(|r| r.parse().ok()),
+                    options: c.drills.clone(),
+                },
+                snap_rx.clone(),
+                leader_rx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )),
+        ));
 
         let mut config_addr = None;
         if let Some(listen) = c.config_listen {

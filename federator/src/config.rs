@@ -116,6 +116,40 @@ pub struct Config {
     /// How often the trust bundle, issuer and certificate files are looked at for changes.
     #[serde(with = "duration_str")]
     pub tls_reload_interval: Duration,
+    /// Drill resources and observing drills (docs/drills.md).
+    pub drills: DrillOptions,
+}
+
+/// `drills:` of the config: how this federator runs Drill resources (Kubernetes mode) and how it
+/// observes drills that name its cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillOptions {
+    /// `host:port` of this cluster's gateway egress: an observer sends its requests through it
+    /// as an HTTP proxy, as a meshed client would. Without it the observer connects to the DNS
+    /// answer (a ClusterSetIP, which kube-proxy leads to the gateway).
+    pub gateway_egress: Option<String>,
+    /// The longest drill a Drill resource may ask for.
+    #[serde(with = "duration_str")]
+    pub max_duration: Duration,
+    /// TTL of a drill's etcd lease, kept alive while it runs: when the federator running it
+    /// dies the drain ends within this.
+    #[serde(with = "duration_str")]
+    pub lease_ttl: Duration,
+    /// How long an observer waits for DNS and traffic to come back after the drain.
+    #[serde(with = "duration_str")]
+    pub failback_timeout: Duration,
+}
+
+impl Default for DrillOptions {
+    fn default() -> Self {
+        Self {
+            gateway_egress: None,
+            max_duration: Duration::from_secs(3600),
+            lease_ttl: Duration::from_secs(5),
+            failback_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Config {
@@ -150,6 +184,7 @@ impl Default for Config {
             cert_file: None,
             key_file: None,
             issuer: None,
+            drills: DrillOptions::default(),
             tls_reload_interval: Duration::from_secs(5),
         }
     }
@@ -375,6 +410,21 @@ impl Config {
         }
         if self.exports_poll_interval.is_zero() {
             return Err(invalid("exports_poll_interval", "must be more than 0"));
+        }
+        if self.drills.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("drills.lease_ttl", "must be at least 2s"));
+        }
+        if self.drills.max_duration < Duration::from_secs(2) {
+            return Err(invalid("drills.max_duration", "must be at least 2s"));
+        }
+        if let Some(egress) = &self.drills.gateway_egress {
+            let port = egress.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p != 0) {
+                return Err(invalid(
+                    "drills.gateway_egress",
+                    format!("{egress:?} is not host:port"),
+                ));
+            }
         }
         if self.source == SourceKind::Kube && self.exports_dir.is_some() {
             return Err(invalid(

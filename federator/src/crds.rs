@@ -212,10 +212,141 @@ pub(crate) struct ClusterPropertySpec {
     pub value: String,
 }
 
+/// A failover drill as a Kubernetes resource, `causeway.io/v1alpha1` (docs/drills.md): drain
+/// `service` (of the Drill's namespace) in `cluster` for `duration`, while the federators of
+/// `observeFrom` call it as a client in their cluster would and report what moved.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "causeway.io",
+    version = "v1alpha1",
+    kind = "Drill",
+    doc = "Drill drains an exported service in one cluster for a while and measures how the clusterset fails over and back.",
+    plural = "drills",
+    shortname = "drill",
+    namespaced,
+    status = "DrillStatus",
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service"}"#,
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.cluster"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DrillSpec {
+    /// The exported Service to drain, in the Drill's namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+    /// The cluster to drain it in.
+    #[schemars(length(min = 1, max = 63))]
+    pub cluster: String,
+    /// How long the drain lasts, e.g. `30s` (2 s to the federator's `drills.max_duration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The clusters whose federators call the service during the drill (default: the drained
+    /// cluster and the one the Drill is created in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub observe_from: Vec<String>,
+    /// The service port to call (default: the import's first port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The path to GET (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub path: Option<String>,
+    /// The pause between requests, e.g. `50ms` (default; at least 10 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// What the federator that runs a Drill reports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DrillStatus {
+    /// `Rejected`, `Baseline` (the observers take a baseline), `Running` (draining),
+    /// `FailingBack`, `Succeeded`, `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `Accepted` (the spec checked against the clusterset) and `Passed` (traffic moved away
+    /// and came back, seen from every observer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The etcd key of the drain, `clusters/<c>/drills/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_id: Option<String>,
+    /// When the drain began and ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// What each observer measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cluster"]))]
+    pub observers: Vec<DrillObserverStatus>,
+    /// The report as `causeway drill` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// One observer's measurements (the fields of `causeway drill --json`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DrillObserverStatus {
+    pub cluster: String,
+    /// `Waiting` (no report yet), `Probing`, `Done`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub passed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub dns_expected_to_move: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_moved_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_moved_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_back_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_back_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<DrillPhaseStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<DrillPhaseStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback: Option<DrillPhaseStatus>,
+    /// What changed, in order (ms after the drain began).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub timeline: Vec<DrillEventStatus>,
+}
+
+/// The requests of one phase.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DrillPhaseStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub clusters: std::collections::BTreeMap<String, u64>,
+    pub requests: u64,
+    pub failed: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DrillEventStatus {
+    pub at_ms: i64,
+    pub event: String,
+}
+
 /// Name of the ClusterProperty that holds the cluster's ID (KEP-2149).
 pub(crate) const CLUSTER_ID_PROPERTY: &str = "cluster.clusterset.k8s.io";
 
-/// The CRDs the chart installs: ServiceExport, ServiceImport, ClusterProperty.
+/// The CRDs the chart installs: ServiceExport, ServiceImport, ClusterProperty, Drill.
 pub(crate) fn definitions() -> Vec<CustomResourceDefinition> {
     let mut about = ClusterProperty::crd();
     // `*.k8s.io` groups are protected: a real API server refuses a CRD of one without this
@@ -229,6 +360,7 @@ pub(crate) fn definitions() -> Vec<CustomResourceDefinition> {
         with_v1beta1(ServiceExport::crd()),
         with_v1beta1(ServiceImport::crd()),
         about,
+        Drill::crd(),
     ]
 }
 
@@ -298,14 +430,14 @@ mod tests {
     }
 
     /// The chart ships what the code generates; regenerate with
-    /// `cargo run -p causeway-federator --bin causeway -- crds > helm/causeway/crds/multicluster.x-k8s.io.yaml`.
+    /// `cargo run -p causeway-federator --bin causeway -- crds > helm/causeway/crds/crds.yaml`.
     #[test]
     fn committed_crds_equal_the_generated_ones() {
-        let committed = include_str!("../../helm/causeway/crds/multicluster.x-k8s.io.yaml");
+        let committed = include_str!("../../helm/causeway/crds/crds.yaml");
         let generated = yaml().expect("CRDs serialise");
         assert!(
             committed == generated,
-            "helm/causeway/crds/multicluster.x-k8s.io.yaml is out of date: run `causeway crds > helm/causeway/crds/multicluster.x-k8s.io.yaml`"
+            "helm/causeway/crds/crds.yaml is out of date: run `causeway crds > helm/causeway/crds/crds.yaml`"
         );
     }
 

@@ -395,6 +395,10 @@ mod tests {
                     cluster: c("north"),
                     start_unix_ms: 0,
                     end_unix_ms: 1,
+                    pending: false,
+                    observers: Vec::new(),
+                    probe: None,
+                    origin: String::new(),
                 },
             )]),
             health: BTreeMap::from([(
@@ -411,6 +415,7 @@ mod tests {
             )]),
             headless_via_gateway: false,
             invalid_exports: vec![],
+            drill_reports: BTreeMap::new(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod config_server;
 pub(crate) mod crds;
+pub(crate) mod drill;
 pub mod etcd;
 pub(crate) mod gwconfig;
 pub(crate) mod issuer;

@@ -23,6 +23,12 @@ pub struct Metrics {
     /// `causeway_federator_task_exits_total{task}`: tasks that ended before shutdown (each ends
     /// the federator, for its supervisor to restart it).
     pub task_exits: IntCounterVec,
+    /// `causeway_federator_drills_total{result}`: Drill resources this federator ran, by how
+    /// they ended (`rejected`, `passed`, `failed`, `deleted`, `interrupted`).
+    pub drills: IntCounterVec,
+    /// `causeway_federator_drill_observations_total{result}`: drills this cluster observed, by
+    /// result (`passed`, `failed`, `error`).
+    pub drill_observations: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,7 +83,30 @@ impl Metrics {
         registry
             .register(Box::new(task_exits.clone()))
             .expect("unique metric");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(
+                Opts::new(format!("causeway_federator_{name}"), help),
+                &[label],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let drills = counter_vec(
+            "drills_total",
+            "Drill resources this federator ran, by how they ended (rejected, passed, failed, deleted, interrupted).",
+            "result",
+        );
+        let drill_observations = counter_vec(
+            "drill_observations_total",
+            "Drills this cluster's federator observed as a client, by result (passed, failed, error).",
+            "result",
+        );
         Self {
+            drills,
+            drill_observations,
             task_exits,
             cert_expiry,
             etcd_up: gauge(

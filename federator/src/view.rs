@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use causeway_api::keys::{self, Key};
 use causeway_api::snapshot::{ClusterState, ClusterView, InvalidExport, ServiceView};
 use causeway_api::{
-    ClusterId, ClusterRecord, DrillRecord, ExportRecord, HealthRecord, MeshSnapshot, ServiceKey,
-    SyncedRecord, VipRecord,
+    ClusterId, ClusterRecord, DrillRecord, DrillReport, ExportRecord, HealthRecord, MeshSnapshot,
+    ServiceKey, SyncedRecord, VipRecord,
 };
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
@@ -48,6 +48,16 @@ struct ExportEntry {
     stale_since_ms: Option<i64>,
 }
 
+/// The name of a drill in [`MeshSnapshot::drills`]: `<id>` of an operator's `drills/<id>`,
+/// `<cluster>/<id>` of a cluster's (no operator's ID has a `/`).
+fn drill_name(key: &Key) -> String {
+    match key {
+        Key::ClusterDrill { cluster, id } => format!("{cluster}/{id}"),
+        Key::Drill(id) => id.clone(),
+        _ => String::new(),
+    }
+}
+
 /// The folded content of `/causeway/v2/`, with the stale-grace rules applied.
 #[derive(Debug, Clone)]
 pub(crate) struct MeshState {
@@ -56,6 +66,7 @@ pub(crate) struct MeshState {
     clusters: BTreeMap<ClusterId, ClusterEntry>,
     exports: BTreeMap<ServiceKey, BTreeMap<ClusterId, ExportEntry>>,
     drills: BTreeMap<String, DrillRecord>,
+    drill_reports: BTreeMap<String, BTreeMap<ClusterId, DrillReport>>,
     health: BTreeMap<ClusterId, BTreeMap<ClusterId, HealthRecord>>,
     vips: BTreeMap<ServiceKey, IpAddr>,
     /// This cluster's addresses for other clusters' endpoints of headless imports.
@@ -82,6 +93,7 @@ impl MeshState {
             clusters: BTreeMap::new(),
             exports: BTreeMap::new(),
             drills: BTreeMap::new(),
+            drill_reports: BTreeMap::new(),
             health: BTreeMap::new(),
             vips: BTreeMap::new(),
             endpoint_vips: BTreeMap::new(),
@@ -112,6 +124,7 @@ impl MeshState {
         let old_clusters = std::mem::take(&mut self.clusters);
         let old_exports = std::mem::take(&mut self.exports);
         self.drills.clear();
+        self.drill_reports.clear();
         self.health.clear();
         self.vips.clear();
         self.endpoint_vips.clear();
@@ -240,6 +253,7 @@ impl MeshState {
                 return;
             }
         };
+        let drill = drill_name(&key);
         match (key, value) {
             (Key::Cluster(id), Some(v)) => {
                 let Some(rec) = self.decode::<ClusterRecord>(key_str, v) else {
@@ -327,17 +341,43 @@ impl MeshState {
                     }
                 }
             }
-            (Key::Drill(id), Some(v)) => {
+            (Key::Drill(_) | Key::ClusterDrill { .. }, Some(v)) => {
                 if let Some(rec) = self.decode::<DrillRecord>(key_str, v) {
                     self.dirty.insert(rec.service.clone());
-                    if let Some(old) = self.drills.insert(id, rec) {
+                    if let Some(old) = self.drills.insert(drill, rec) {
                         self.dirty.insert(old.service);
                     }
                 }
             }
-            (Key::Drill(id), None) => {
-                if let Some(old) = self.drills.remove(&id) {
+            (Key::Drill(_) | Key::ClusterDrill { .. }, None) => {
+                if let Some(old) = self.drills.remove(&drill) {
                     self.dirty.insert(old.service);
+                }
+            }
+            (
+                Key::DrillReport {
+                    observer,
+                    creator,
+                    id,
+                },
+                v,
+            ) => {
+                let name = format!("{creator}/{id}");
+                match v.and_then(|v| self.decode::<DrillReport>(key_str, v)) {
+                    Some(report) => {
+                        self.drill_reports
+                            .entry(name)
+                            .or_default()
+                            .insert(observer, report);
+                    }
+                    None => {
+                        if let Some(m) = self.drill_reports.get_mut(&name) {
+                            m.remove(&observer);
+                            if m.is_empty() {
+                                self.drill_reports.remove(&name);
+                            }
+                        }
+                    }
                 }
             }
             // A cluster's ClusterSetIPs are its own: the others' are not read.
@@ -484,10 +524,7 @@ impl MeshState {
             export.stale = by_cluster
                 .get(c)
                 .is_some_and(|e| e.stale_since_ms.is_some());
-            export.drained = self
-                .drills
-                .values()
-                .any(|d| &d.service == key && &d.cluster == c);
+            export.drained = self.drills.values().any(|d| d.drains(key, c));
         }
         view.vip = self.vips.get(key).copied();
         view.endpoint_vips = self.endpoint_vips.get(key).cloned().unwrap_or_default();
@@ -527,6 +564,7 @@ impl MeshState {
             clusters,
             services,
             drills: self.drills.clone(),
+            drill_reports: self.drill_reports.clone(),
             health: self.health.clone(),
             headless_via_gateway: self.headless_via_gateway,
             invalid_exports: invalid,
@@ -910,6 +948,10 @@ mod tests {
             cluster: c("east"),
             start_unix_ms: 0,
             end_unix_ms: 1,
+            pending: false,
+            observers: Vec::new(),
+            probe: None,
+            origin: String::new(),
         };
         s.apply_events(
             &[Change::Put {

@@ -217,6 +217,10 @@ fn local_first_answers_the_local_address_while_it_serves() {
             cluster: east.clone(),
             start_unix_ms: 0,
             end_unix_ms: 1,
+            pending: false,
+            observers: Vec::new(),
+            probe: None,
+            origin: String::new(),
         },
     );
     assert_eq!(

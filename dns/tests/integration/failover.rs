@@ -78,6 +78,10 @@ async fn a_drill_moves_the_answer_and_its_end_moves_it_back() {
             cluster: cid("east"),
             start_unix_ms: 0,
             end_unix_ms: 60_000,
+            pending: false,
+            observers: Vec::new(),
+            probe: None,
+            origin: String::new(),
         },
     );
     s.services

@@ -116,6 +116,16 @@ pub const RESOURCES: &[ResourceType] = &[
         short_names: &["svcex"],
     },
     ResourceType {
+        group: "causeway.io",
+        version: "v1alpha1",
+        plural: "drills",
+        singular: "drill",
+        kind: "Drill",
+        namespaced: true,
+        status: true,
+        short_names: &["drill"],
+    },
+    ResourceType {
         group: "multicluster.x-k8s.io",
         version: "v1beta1",
         plural: "serviceimports",

@@ -13,7 +13,6 @@
 //! client's DNS server, its gateway and its network namespace come from the lab; the drill
 //! re-runs itself inside that namespace.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,15 +20,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
 use causeway_api::keys::drill_key;
-use causeway_api::model::{ClusterId, DrillRecord, ServiceKey, SCHEMA_VERSION};
+use causeway_api::model::{ClusterId, DrillPhase, DrillRecord, ServiceKey, SCHEMA_VERSION};
 use causeway_api::net::Cidr;
 use causeway_probe::lab::{LabState, Mode};
 use causeway_probe::metrics::{gateway_counters, Counters};
-use causeway_probe::prober::{ProbeTarget, Prober, Sample, Timeline};
+use causeway_probe::prober::{ProbeTarget, Prober, Timeline};
 use etcd_client::{Client, PutOptions};
 use tokio::time::Instant;
 
 use crate::config::parse_duration;
+use crate::drill::report;
+
+mod kube;
 
 /// Set when the drill re-ran itself inside the client's network namespace.
 const IN_NETNS_ENV: &str = "CAUSEWAY_DRILL_IN_NETNS";
@@ -58,7 +60,9 @@ pub struct DrillArgs {
     /// network namespace.
     #[arg(long, value_name = "FILE")]
     pub lab: Option<PathBuf>,
-    /// The cluster the client calls from (with --lab; default: the drained cluster).
+    /// The cluster the client calls from (with --lab; default: the drained cluster). With
+    /// --kube, the clusters that observe, comma-separated (default: the drained cluster and
+    /// the kubeconfig's).
     #[arg(long, value_name = "CLUSTER")]
     pub from: Option<String>,
     /// The client cluster's DNS server, `ip:port` (the lab's, with --lab).
@@ -95,11 +99,30 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run the drill as a Drill resource through the Kubernetes API (`KUBECONFIG`, or the
+    /// pod's): the federator of that cluster runs it, every cluster of `--from` observes.
+    #[arg(long)]
+    pub kube: bool,
+    /// The kubeconfig to use (implies --kube).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (implies --kube).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl DrillArgs {
+    fn is_kube(&self) -> bool {
+        self.kube || self.kubeconfig.is_some() || self.context.is_some()
+    }
 }
 
 /// Runs a drill. Returns the report's text; fails when failover or failback did not happen
 /// (after printing the report).
 pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
+    if args.is_kube() {
+        return kube::run(&args).await;
+    }
     let target = Target::resolve(&args)?;
     if let Some(ns) = &target.netns {
         if std::env::var_os(IN_NETNS_ENV).is_none() && !causeway_probe::netns::is_current(ns) {
@@ -146,6 +169,10 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
         cluster: args.cluster.clone(),
         start_unix_ms: now_ms,
         end_unix_ms: now_ms + ttl * 1000,
+        pending: false,
+        observers: Vec::new(),
+        probe: None,
+        origin: String::new(),
     };
     let lease = etcd
         .lease_grant(ttl, None)
@@ -185,20 +212,23 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
         return Ok(format!("drill {id}: done (no client)\n"));
     };
     let (start, end) = (start.unwrap_or_default(), end.unwrap_or_default());
-    let base = Phase::of(&client.samples(), Duration::ZERO, start);
+    let base = report::phase(&client.samples(), Duration::ZERO, start);
     let drained = args.cluster.to_string();
-    let expect_dns_move = target.dns_must_move(&base);
-    let expect_traffic_back = base.clusters.contains_key(&drained);
+    let mut window = report::Window {
+        expect_dns_move: target.dns_must_move(&base),
+        expect_traffic_back: base.clusters.contains_key(&drained),
+        drained,
+        start,
+        end,
+        interrupted,
+        came_back: false,
+    };
 
     // Fail back: DNS answers what it answered before, traffic reaches the drained cluster.
-    let back = {
+    window.came_back = {
         let deadline = Instant::now() + args.failback_timeout;
         loop {
-            let s = client.samples();
-            let after = Phase::of(&s, end, Duration::MAX);
-            let dns_ok = !expect_dns_move || after.dns_back_after(&s, end, base.dns).is_some();
-            let traffic_ok = !expect_traffic_back || after.first_from(&s, end, &drained).is_some();
-            if dns_ok && traffic_ok {
+            if report::is_back(&client.samples(), &window, base.dns) {
                 // Take a few more requests after failing back: failures right after count.
                 tokio::time::sleep(args.interval * 10).await;
                 break true;
@@ -224,12 +254,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
         &target,
         &id,
         &timeline,
-        start,
-        end,
-        interrupted,
-        expect_dns_move,
-        expect_traffic_back,
-        back,
+        &window,
         metrics_before.zip(metrics_after),
     );
     let text = if args.json {
@@ -391,7 +416,7 @@ impl Target {
 
     /// Whether DNS must move: the answer before the drill was the client cluster's own
     /// address of the service (local-first), not the ClusterSetIP. Unknown without the range.
-    fn dns_must_move(&self, base: &Phase) -> bool {
+    fn dns_must_move(&self, base: &DrillPhase) -> bool {
         match base.dns {
             Some(ip) => self.vip_range.is_some() && !self.is_vip(ip),
             None => false,
@@ -429,54 +454,6 @@ fn rerun_in_netns(ns: &str) -> anyhow::Result<String> {
 
 // === the report ===
 
-/// The samples of one phase, summarised.
-#[derive(Debug, Default)]
-struct Phase {
-    total: usize,
-    failed: usize,
-    /// The last DNS answer of the phase.
-    dns: Option<IpAddr>,
-    /// Successful answers by cluster.
-    clusters: BTreeMap<String, usize>,
-}
-
-impl Phase {
-    fn of(samples: &[Sample], from: Duration, to: Duration) -> Phase {
-        let mut p = Phase::default();
-        for s in samples.iter().filter(|s| s.at >= from && s.at < to) {
-            p.total += 1;
-            if !s.ok() {
-                p.failed += 1;
-            }
-            if s.ip.is_some() {
-                p.dns = s.ip;
-            }
-            if let (true, Some(c)) = (s.ok(), &s.cluster) {
-                *p.clusters.entry(c.clone()).or_insert(0) += 1;
-            }
-        }
-        p
-    }
-
-    /// Time after `from` of the first request answered by `cluster`.
-    fn first_from(&self, samples: &[Sample], from: Duration, cluster: &str) -> Option<Duration> {
-        samples
-            .iter()
-            .find(|s| s.at >= from && s.ok() && s.cluster.as_deref() == Some(cluster))
-            .map(|s| s.at - from)
-    }
-
-    /// Time after `from` from which every DNS answer was `answer` again.
-    fn dns_back_after(
-        &self,
-        samples: &[Sample],
-        from: Duration,
-        answer: Option<IpAddr>,
-    ) -> Option<Duration> {
-        Timeline::new(samples.to_vec()).settled(from, Duration::MAX, |s| s.ip == answer)
-    }
-}
-
 struct Report {
     text: String,
     json: serde_json::Value,
@@ -484,68 +461,17 @@ struct Report {
     verdict: String,
 }
 
-fn secs(d: Option<Duration>) -> String {
-    match d {
-        Some(d) => format!("{:.3} s", d.as_secs_f64()),
-        None => "never".to_string(),
-    }
-}
-
 impl Report {
-    #[allow(clippy::too_many_arguments)]
     fn build(
         args: &DrillArgs,
         target: &Target,
         id: &str,
         timeline: &Timeline,
-        start: Duration,
-        end: Duration,
-        interrupted: bool,
-        expect_dns_move: bool,
-        expect_traffic_back: bool,
-        came_back: bool,
+        window: &report::Window,
         counters: Option<(Counters, Counters)>,
     ) -> Report {
-        let drained = args.cluster.to_string();
-        let samples = &timeline.samples;
-        let base = Phase::of(samples, Duration::ZERO, start);
-        let during = Phase::of(samples, start, end);
-        let after = Phase::of(samples, end, Duration::MAX);
-
-        let dns_moved = expect_dns_move
-            .then(|| timeline.settled(start, end, |s| s.ip.is_some() && s.ip != base.dns))
-            .flatten();
-        let traffic_moved = timeline.settled(start, end, |s| {
-            s.ok() && s.cluster.as_deref() != Some(drained.as_str())
-        });
-        let dns_back = expect_dns_move
-            .then(|| after.dns_back_after(samples, end, base.dns))
-            .flatten();
-        let traffic_back = after.first_from(samples, end, &drained);
-
-        let failover_ok = traffic_moved.is_some() && (!expect_dns_move || dns_moved.is_some());
-        let failback_ok = came_back
-            && (!expect_dns_move || dns_back.is_some())
-            && (!expect_traffic_back || traffic_back.is_some());
-        let passed = failover_ok && failback_ok;
-        let verdict = match (failover_ok, failback_ok) {
-            (true, true) => "PASS: traffic moved away and came back".to_string(),
-            (false, _) => format!("FAIL: traffic did not move away from {drained}"),
-            (true, false) => format!("FAIL: traffic did not come back to {drained}"),
-        };
-
-        let clusters = |p: &Phase| {
-            if p.clusters.is_empty() {
-                "nobody".to_string()
-            } else {
-                p.clusters
-                    .iter()
-                    .map(|(c, n)| format!("{c} ({n})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        let ip = |ip: Option<IpAddr>| ip.map_or("-".to_string(), |i| i.to_string());
+        let r = report::analyse(timeline, window);
+        let drained = window.drained.as_str();
         let mut t = String::new();
         let _ = writeln!(
             t,
@@ -556,67 +482,12 @@ impl Report {
             target.from,
             target.authority()
         );
-        let _ = writeln!(
-            t,
-            "  before:   DNS -> {}, answered by {}; {} of {} failed",
-            ip(base.dns),
-            clusters(&base),
-            base.failed,
-            base.total
-        );
-        let _ = writeln!(t, "  failover:");
-        if expect_dns_move {
-            let _ = writeln!(
-                t,
-                "    DNS moved after        {} (-> {})",
-                secs(dns_moved),
-                ip(during.dns)
-            );
-        } else {
-            let _ = writeln!(
-                t,
-                "    DNS moved after        n/a (the answer was already the ClusterSetIP)"
-            );
-        }
-        let _ = writeln!(
-            t,
-            "    traffic moved after    {} (answered by {})",
-            secs(traffic_moved),
-            clusters(&during)
-        );
-        let _ = writeln!(
-            t,
-            "    failed requests        {} of {}",
-            during.failed, during.total
-        );
-        let _ = writeln!(
-            t,
-            "  fail back (the drain {} after {:.1} s):",
-            if interrupted {
-                "was revoked"
-            } else {
-                "lease ended"
-            },
-            (end - start).as_secs_f64()
-        );
-        if expect_dns_move {
-            let _ = writeln!(
-                t,
-                "    DNS back after         {} (-> {})",
-                secs(dns_back),
-                ip(after.dns)
-            );
-        }
-        if expect_traffic_back {
-            let _ = writeln!(t, "    traffic back after     {}", secs(traffic_back));
-        }
-        let _ = writeln!(
-            t,
-            "    failed requests        {} of {} (answered by {})",
-            after.failed,
-            after.total,
-            clusters(&after)
-        );
+        t.push_str(&report::text(
+            &r,
+            drained,
+            Some(window.end - window.start),
+            "  ",
+        ));
         let mut gateway = serde_json::Map::new();
         if let Some((before, after)) = &counters {
             let mut lines = Vec::new();
@@ -639,41 +510,41 @@ impl Report {
                 }
             );
         }
-        let _ = writeln!(t, "  result:   {verdict}");
+        let _ = writeln!(t, "  result:   {}", r.verdict);
 
-        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
         let json = serde_json::json!({
             "id": id,
             "service": args.service.to_string(),
             "cluster": drained,
             "from": target.from,
             "duration_s": args.duration.as_secs_f64().ceil(),
-            "interrupted": interrupted,
-            "baseline": {"dns": base.dns, "clusters": base.clusters, "requests": base.total, "failed": base.failed},
+            "interrupted": r.interrupted,
+            "baseline": {"dns": r.baseline.dns, "clusters": r.baseline.clusters, "requests": r.baseline.requests, "failed": r.baseline.failed},
             "failover": {
-                "dns_expected_to_move": expect_dns_move,
-                "dns_moved_ms": ms(dns_moved),
-                "traffic_moved_ms": ms(traffic_moved),
-                "requests": during.total,
-                "failed": during.failed,
-                "clusters": during.clusters,
+                "dns_expected_to_move": r.dns_expected_to_move,
+                "dns_moved_ms": r.dns_moved_ms,
+                "traffic_moved_ms": r.traffic_moved_ms,
+                "requests": r.failover.requests,
+                "failed": r.failover.failed,
+                "clusters": r.failover.clusters,
             },
             "failback": {
-                "dns_back_ms": ms(dns_back),
-                "traffic_back_ms": ms(traffic_back),
-                "requests": after.total,
-                "failed": after.failed,
-                "clusters": after.clusters,
+                "dns_back_ms": r.dns_back_ms,
+                "traffic_back_ms": r.traffic_back_ms,
+                "requests": r.failback.requests,
+                "failed": r.failback.failed,
+                "clusters": r.failback.clusters,
             },
+            "timeline": r.timeline,
             "gateway_requests": gateway,
-            "passed": passed,
-            "verdict": verdict,
+            "passed": r.passed,
+            "verdict": r.verdict,
         });
         Report {
             text: t,
             json,
-            passed,
-            verdict,
+            passed: r.passed,
+            verdict: r.verdict,
         }
     }
 }
@@ -681,6 +552,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use causeway_probe::prober::Sample;
 
     fn s(ms: u64, dns: [u8; 4], cluster: &str) -> Sample {
         Sample {
@@ -739,6 +611,9 @@ mod tests {
             failback_timeout: Duration::from_secs(1),
             no_client: false,
             json: false,
+            kube: false,
+            kubeconfig: None,
+            context: None,
         };
         let target = Target {
             etcd: Default::default(),
@@ -751,19 +626,16 @@ mod tests {
             from: "east".into(),
             vip_range: Some("10.255.0.0/16".parse().unwrap()),
         };
-        let r = Report::build(
-            &args,
-            &target,
-            "x",
-            &Timeline::new(samples),
-            Duration::from_millis(1000),
-            Duration::from_millis(2000),
-            false,
-            true,
-            true,
-            true,
-            None,
-        );
+        let window = report::Window {
+            drained: "east".into(),
+            start: Duration::from_millis(1000),
+            end: Duration::from_millis(2000),
+            interrupted: false,
+            expect_dns_move: true,
+            expect_traffic_back: true,
+            came_back: true,
+        };
+        let r = Report::build(&args, &target, "x", &Timeline::new(samples), &window, None);
         assert!(r.passed, "{}", r.text);
         assert_eq!(r.json["failover"]["dns_moved_ms"], 100);
         assert_eq!(r.json["failover"]["traffic_moved_ms"], 100);

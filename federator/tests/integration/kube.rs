@@ -777,12 +777,11 @@ async fn causeway_crds_prints_the_charts_crds() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let committed = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../helm/causeway/crds/multicluster.x-k8s.io.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/causeway/crds/crds.yaml"),
     )?;
     assert!(
         String::from_utf8(out.stdout)? == committed,
-        "helm/causeway/crds/multicluster.x-k8s.io.yaml differs from `causeway crds`"
+        "helm/causeway/crds/crds.yaml differs from `causeway crds`"
     );
     // The API server takes them (about.k8s.io is a protected group: its CRD needs the approval
     // annotation, which a real kube-apiserver checks and so does the test server) ...
