@@ -3,6 +3,7 @@
 //! They run against a real etcd: see docs/testing.md for how it is found.
 
 mod dashboard;
+mod drills;
 mod etcd;
 mod failures;
 mod hostile;

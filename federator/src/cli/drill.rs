@@ -215,7 +215,7 @@ pub(crate) async fn run(args: DrillArgs) -> anyhow::Result<String> {
     let base = report::phase(&client.samples(), Duration::ZERO, start);
     let drained = args.cluster.to_string();
     let mut window = report::Window {
-        expect_dns_move: target.dns_must_move(&base),
+        expect_dns_move: target.dns_must_move(&base, &drained),
         expect_traffic_back: base.clusters.contains_key(&drained),
         drained,
         start,
@@ -416,7 +416,12 @@ impl Target {
 
     /// Whether DNS must move: the answer before the drill was the client cluster's own
     /// address of the service (local-first), not the ClusterSetIP. Unknown without the range.
-    fn dns_must_move(&self, base: &DrillPhase) -> bool {
+    fn dns_must_move(&self, base: &DrillPhase, drained: &str) -> bool {
+        // Only the drained cluster's own clients were answered its local address: elsewhere
+        // the answer is that cluster's own ClusterIP (it exports too) or the ClusterSetIP.
+        if self.from != drained {
+            return false;
+        }
         match base.dns {
             Some(ip) => self.vip_range.is_some() && !self.is_vip(ip),
             None => false,

@@ -99,6 +99,9 @@ pub(crate) fn analyse(timeline: &Timeline, w: &Window) -> DrillReport {
         && (!w.expect_dns_move || dns_back.is_some())
         && (!w.expect_traffic_back || traffic_back.is_some());
     let verdict = match (failover_ok, failback_ok) {
+        (true, true) if !w.expect_traffic_back && !w.expect_dns_move => {
+            format!("PASS: not served by {drained} before the drill, nor during it")
+        }
         (true, true) => "PASS: traffic moved away and came back".to_string(),
         (false, _) => format!("FAIL: traffic did not move away from {drained}"),
         (true, false) => format!("FAIL: traffic did not come back to {drained}"),
