@@ -24,6 +24,8 @@ const T: Duration = Duration::from_secs(60);
 const DRILLS: &str = "causeway.io/v1alpha1";
 const NAME: &str = "echo.demo.svc.clusterset.local";
 const VIP_RANGE: &str = "10.96.128.0/20";
+/// `drills.lease_ttl`: how soon a drain ends after the federator running it dies.
+const DRILL_LEASE_TTL_S: u64 = 3;
 
 /// One cluster: its API, federator, gateway and echo backend. Processes are killed on drop.
 struct Cluster {
@@ -33,7 +35,7 @@ struct Cluster {
     fed_admin: SocketAddr,
     egress: SocketAddr,
     gw_admin: SocketAddr,
-    _fed: Child,
+    fed: Child,
     _gw: Child,
     _backend: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -109,7 +111,7 @@ impl Cluster {
                  kube:\n  gateway_selector: {{app: causeway-gateway}}\n  gateway_namespace: causeway-system\n  \
                  gateway_port: {egress_port}\n  gateway_port_first: {port_first}\n  gateway_port_count: 20\n\
                  vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n\
-                 drills:\n  gateway_egress: \"{egress}\"\n  failback_timeout: 10s\n"
+                 drills:\n  gateway_egress: \"{egress}\"\n  failback_timeout: 10s\n  lease_ttl: {DRILL_LEASE_TTL_S}s\n"
             ),
         )?;
         let certs = pki.join(name);
@@ -188,7 +190,7 @@ impl Cluster {
             fed_admin,
             egress,
             gw_admin,
-            _fed: fed,
+            fed,
             _gw: gw,
             _backend: backend,
             _dir: dir,
@@ -441,6 +443,7 @@ fn condition<'a>(drill: &'a Value, type_: &str) -> &'a Value {
 async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() -> anyhow::Result<()>
 {
     let m = mesh().await?;
+    let mut m = m;
     let (east, west) = (&m.east, &m.west);
 
     // 1. A Drill created in west with kubectl drains echo in east for 3 s.
@@ -668,5 +671,49 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         || async { drill_keys(&m.etcd).await.ok()?.is_empty().then_some(()) },
     )
     .await?;
+
+    // 5. The federator running a Drill dies (SIGKILL, no goodbye): its lease lapses and the
+    // drain ends with it.
+    kubectl(
+        &west.api,
+        &["apply", "--validate=false", "-f", "-"],
+        &drill_yaml("orphan", "echo", "east", "5m"),
+    )
+    .await?;
+    wait_for("the orphaned Drill to drain east", T, || async {
+        let d = west.drill("orphan")?;
+        (d["status"]["phase"] == "Running" && east.resolve().await? == m.vip).then_some(())
+    })
+    .await?;
+    m.west.fed.start_kill()?;
+    m.west.fed.wait().await?;
+    let killed = Instant::now();
+    let limit = Duration::from_secs(DRILL_LEASE_TTL_S) + Duration::from_secs(2);
+    let east = &m.east;
+    wait_for(
+        "east's DNS to answer its own ClusterIP after west's federator died",
+        limit,
+        || async { (east.resolve().await? == m.east_local_ip).then_some(()) },
+    )
+    .await?;
+    let dns_back = killed.elapsed();
+    wait_for(
+        "east's callers to be served by east after west's federator died",
+        limit,
+        || async { (east.call().await? == "east").then_some(()) },
+    )
+    .await?;
+    result(
+        "drill_orphaned",
+        &[
+            ("lease_ttl_ms", (DRILL_LEASE_TTL_S * 1000).to_string()),
+            ("dns_back_ms", dns_back.as_millis().to_string()),
+            ("traffic_back_ms", killed.elapsed().as_millis().to_string()),
+        ],
+    );
+    assert!(
+        drill_keys(&m.etcd).await?.is_empty(),
+        "the dead federator's drill key outlived its lease"
+    );
     Ok(())
 }
