@@ -5,7 +5,9 @@
 //! Condition types and reasons follow the upstream API (sigs.k8s.io/mcs-api): `Valid`, `Ready` and
 //! `Conflict` on a ServiceExport.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -356,12 +358,61 @@ pub(crate) fn definitions() -> Vec<CustomResourceDefinition> {
         "https://github.com/kubernetes/enhancements/tree/master/keps/sig-multicluster/2149-clusterid"
             .to_string(),
     )]));
-    vec![
+    let mut crds = vec![
         with_v1beta1(ServiceExport::crd()),
         with_v1beta1(ServiceImport::crd()),
         about,
         Drill::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for v in &mut crd.spec.versions {
+            if let Some(schema) = v
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// schemars names Rust's unsigned integers `uint16`, `uint64`...; an API server knows only
+/// `int32` and `int64` for integers and warns about the rest ("unrecognized format", seen on
+/// kube-apiserver v1.36 with the Drill CRD). Each becomes the signed format that holds it, with
+/// the bounds that keep it unsigned.
+fn kubernetes_formats(schema: &mut JSONSchemaProps) {
+    let Ok(mut v) = serde_json::to_value(&*schema) else {
+        return;
+    };
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let bounds = match m.get("format").and_then(|f| f.as_str()) {
+                    Some("uint8") => Some(("int32", Some(u8::MAX as u64))),
+                    Some("uint16") => Some(("int32", Some(u16::MAX as u64))),
+                    Some("uint32") => Some(("int64", Some(u32::MAX as u64))),
+                    Some("uint64" | "uint") => Some(("int64", None)),
+                    _ => None,
+                };
+                if let Some((format, max)) = bounds {
+                    m.insert("format".into(), format.into());
+                    m.insert("minimum".into(), 0.0.into());
+                    if let Some(max) = max {
+                        m.entry("maximum").or_insert((max as f64).into());
+                    }
+                }
+                m.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    if let Ok(fixed) = serde_json::from_value(v) {
+        *schema = fixed;
+    }
 }
 
 /// The MCS API v0.5.0 serves `v1beta1` beside `v1alpha1` with the same schema, and stores
@@ -411,6 +462,78 @@ mod tests {
             assert_eq!(v, [("v1beta1", true, true), ("v1alpha1", true, false)]);
             assert_eq!(crd.spec.versions[0].schema, crd.spec.versions[1].schema);
         }
+    }
+
+    /// The formats kube-apiserver v1.36 recognises (apiextensions-apiserver's
+    /// `GetUnrecognizedFormats`): it warns on a CRD with any other, and ignores it.
+    #[test]
+    fn every_schema_format_is_one_an_api_server_recognises() {
+        const STRING: &[&str] = &[
+            "bsonobjectid",
+            "uri",
+            "email",
+            "hostname",
+            "ipv4",
+            "ipv6",
+            "cidr",
+            "mac",
+            "uuid",
+            "uuid3",
+            "uuid4",
+            "uuid5",
+            "isbn",
+            "isbn10",
+            "isbn13",
+            "creditcard",
+            "ssn",
+            "hexcolor",
+            "rgbcolor",
+            "byte",
+            "password",
+            "date",
+            "duration",
+            "datetime",
+            "k8s-short-name",
+            "k8s-long-name",
+        ];
+        fn walk(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
+                        let ok = match m.get("type").and_then(|t| t.as_str()) {
+                            Some("integer") => matches!(f, "int32" | "int64"),
+                            Some("number") => matches!(f, "float" | "double"),
+                            None | Some("string") => {
+                                STRING.contains(&f.replace('-', "").as_str()) || STRING.contains(&f)
+                            }
+                            _ => false,
+                        };
+                        if !ok {
+                            bad.push(format!("{at}: {f}"));
+                        }
+                    }
+                    for (k, v) in m {
+                        walk(v, &format!("{at}.{k}"), bad);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, at, bad)),
+                _ => {}
+            }
+        }
+        let mut bad = Vec::new();
+        for crd in definitions() {
+            let v = serde_json::to_value(&crd.spec.versions).unwrap();
+            walk(&v, &crd.spec.names.kind, &mut bad);
+        }
+        assert!(bad.is_empty(), "unrecognised formats: {bad:#?}");
+        // Unsigned stays unsigned: the Drill's port is 0..=65535.
+        let drill = definitions().pop().unwrap();
+        let port = serde_json::to_value(&drill.spec.versions[0].schema).unwrap()["openAPIV3Schema"]
+            ["properties"]["spec"]["properties"]["port"]
+            .clone();
+        assert_eq!(port["format"], "int32", "{port}");
+        assert_eq!(port["minimum"], 0.0, "{port}");
+        assert_eq!(port["maximum"], 65535.0, "{port}");
     }
 
     /// A real API server refuses a CRD of a `*.k8s.io` group without the approval annotation.
