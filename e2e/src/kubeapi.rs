@@ -24,6 +24,8 @@
 //!   [`KubeApiServer::compact`]);
 //! - JSON (and YAML for apply patches) only: a protobuf body gets 415, so kubectl's typed
 //!   generators (`kubectl create namespace ...`) do not work; `kubectl apply -f` does;
+//! - EndpointSlices and Endpoints with a loopback address get 422, as from a real API server
+//!   (unless [`KubeApiServerBuilder::loopback_endpoints`]);
 //! - Services get a ClusterIP from 10.96.0.0/16 unless `None` or `ExternalName`; namespaces
 //!   `default` and `kube-system` exist from the start; objects in a missing namespace are refused.
 //!
@@ -121,6 +123,7 @@ pub struct KubeApiServer {
 pub struct KubeApiServerBuilder {
     bookmark_interval: Duration,
     forbidden: bool,
+    loopback_endpoints: bool,
 }
 
 impl Default for KubeApiServerBuilder {
@@ -128,6 +131,7 @@ impl Default for KubeApiServerBuilder {
         Self {
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
             forbidden: false,
+            loopback_endpoints: false,
         }
     }
 }
@@ -136,6 +140,13 @@ impl KubeApiServerBuilder {
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK event (default 1 s).
     pub fn bookmark_interval(mut self, d: Duration) -> Self {
         self.bookmark_interval = d;
+        self
+    }
+
+    /// Takes endpoint addresses on loopback (127.0.0.0/8, ::1), which a real API server refuses
+    /// with 422: for tests whose backends can only listen there. Off by default.
+    pub fn loopback_endpoints(mut self) -> Self {
+        self.loopback_endpoints = true;
         self
     }
 
@@ -150,8 +161,10 @@ impl KubeApiServerBuilder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let mut store = Store::new();
+        store.loopback_endpoints = self.loopback_endpoints;
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new()),
+            store: Mutex::new(store),
             addr,
             bookmark_interval: self.bookmark_interval,
             connections: Mutex::new(shutdown.child_token()),

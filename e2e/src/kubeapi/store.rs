@@ -134,6 +134,9 @@ pub(super) struct Store {
     tx: broadcast::Sender<Arc<Event>>,
     next_uid: u64,
     next_cluster_ip: u32,
+    /// Take EndpointSlices and Endpoints with loopback addresses, which a real API server
+    /// refuses (see [`Store::defaults`]).
+    pub(super) loopback_endpoints: bool,
 }
 
 impl Default for Store {
@@ -154,6 +157,7 @@ impl Store {
             next_uid: 1,
             // 10.96.0.1 is the API server's own Service in a real cluster; start after it.
             next_cluster_ip: u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)),
+            loopback_endpoints: false,
         };
         for ns in ["default", "kube-system"] {
             let ns_rt = &RESOURCES[0];
@@ -797,6 +801,46 @@ impl Store {
                     ));
                 }
             }
+            "EndpointSlice" | "Endpoints" if !self.loopback_endpoints => {
+                // kube-apiserver v1.36 refuses endpoint addresses in the loopback range (seen
+                // there); with the same message.
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let (what, groups, inner, field) = if rt.kind == "EndpointSlice" {
+                    (
+                        "EndpointSlice.discovery.k8s.io",
+                        "endpoints",
+                        "addresses",
+                        "",
+                    )
+                } else {
+                    ("Endpoints", "subsets", "addresses", ".ip")
+                };
+                for (i, g) in obj[groups].as_array().into_iter().flatten().enumerate() {
+                    for (j, a) in g[inner].as_array().into_iter().flatten().enumerate() {
+                        let text = if field.is_empty() {
+                            a.as_str()
+                        } else {
+                            a["ip"].as_str()
+                        };
+                        let loopback = text
+                            .and_then(|t| t.parse::<std::net::IpAddr>().ok())
+                            .is_some_and(|ip| ip.is_loopback());
+                        if loopback {
+                            return Err(ApiError::new(
+                                422,
+                                "Invalid",
+                                format!(
+                                    "{what} \"{name}\" is invalid: {groups}[{i}].{inner}[{j}]{field}: Invalid value: \"{}\": may not be in the loopback range (127.0.0.0/8, ::1/128)",
+                                    text.unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
             "Service" => {
                 // ClusterIPs of the other Services: an IP is given out once.
                 let me = (
@@ -1050,6 +1094,54 @@ mod tests {
 
     fn svc(name: &str) -> Value {
         json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})
+    }
+
+    /// As kube-apiserver v1.36 answers: 422 for a loopback endpoint, in creates and updates.
+    #[test]
+    fn loopback_endpoint_addresses_are_refused_like_a_real_api_server() {
+        let mut s = Store::new();
+        let rt = find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let slice = |ip: &str| {
+            json!({"metadata": {"name": "x-1"}, "addressType": "IPv4",
+                   "endpoints": [{"addresses": ["10.1.0.1"]}, {"addresses": [ip]}]})
+        };
+        let e = s.create(rt, "default", slice("127.0.0.1")).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message.contains("endpoints[1].addresses[0]: Invalid value: \"127.0.0.1\": may not be in the loopback range"),
+            "{}",
+            e.message
+        );
+        s.create(rt, "default", slice("10.1.0.2")).unwrap();
+        let e = s
+            .patch(
+                rt,
+                "default",
+                "x-1",
+                slice("127.0.0.5"),
+                &PatchKind::Merge,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        let ep = find("", "v1", "endpoints").unwrap();
+        let e = s
+            .create(
+                ep,
+                "default",
+                json!({"metadata": {"name": "y"}, "subsets": [{"addresses": [{"ip": "::1"}]}]}),
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("subsets[0].addresses[0].ip"),
+            "{}",
+            e.message
+        );
+        let mut allowed = Store {
+            loopback_endpoints: true,
+            ..Store::new()
+        };
+        allowed.create(rt, "default", slice("127.0.0.1")).unwrap();
     }
 
     #[test]

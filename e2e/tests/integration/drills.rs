@@ -94,7 +94,11 @@ async fn spawn_printing(
 
 impl Cluster {
     async fn start(name: &str, etcd: &str, pki: &Path) -> anyhow::Result<Cluster> {
-        let api = KubeApiServer::start().await?;
+        // The backends listen on loopback, which a real API server refuses in EndpointSlices.
+        let api = KubeApiServer::builder()
+            .loopback_endpoints()
+            .start()
+            .await?;
         let dir = tempfile::tempdir()?;
         let (egress_port, peer_port, gw_admin_port) = (free_port()?, free_port()?, free_port()?);
         let egress: SocketAddr = format!("127.0.0.1:{egress_port}").parse()?;
