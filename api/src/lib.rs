@@ -4,6 +4,10 @@
 //!
 //! No I/O beyond loading files and timers.
 
+/// Response header naming the cluster whose backend answered: set by the gateway's egress on
+/// every proxied HTTP response (overwriting a backend's), read by drills and tests.
+pub const CLUSTER_HEADER: &str = "x-causeway-cluster";
+
 pub mod authority;
 pub mod backoff;
 pub mod duration;

@@ -14,7 +14,8 @@ pub mod metrics;
 pub mod netns;
 pub mod prober;
 
-/// The header the demo services answer with: the cluster whose backend answered.
-pub const CLUSTER_HEADER: &str = "x-causeway-cluster";
+/// The cluster whose backend answered: the gateway's egress sets it on every proxied response
+/// (the demo services set it too).
+pub use causeway_api::CLUSTER_HEADER;
 /// The header the demo services answer with: the replica (pod hostname) that answered.
 pub const HOSTNAME_HEADER: &str = "x-causeway-hostname";

@@ -71,6 +71,8 @@ async fn hundred_gets_all_from_north(east: &RunningGateway) {
             .await;
         assert_eq!(a.status, 200, "request {i}: {}", a.body);
         assert_eq!(a.headers["x-backend"], "cart-north", "request {i}");
+        // The egress names the cluster that answered (the backend does not).
+        assert_eq!(a.headers["x-causeway-cluster"], "north", "request {i}");
     }
 }
 
@@ -113,6 +115,7 @@ async fn a_down_peer_gateway_is_skipped_after_probes_miss() {
     let m = three(vec![west_backend.addr], vec![north_backend.addr]).await;
     let a = get(m.east.egress_addr, "cart.shop.svc.clusterset.local", "/").await;
     assert_eq!(a.headers["x-backend"], "cart-west");
+    assert_eq!(a.headers["x-causeway-cluster"], "west");
 
     let Three { east, west, .. } = m;
     west.shutdown().await;

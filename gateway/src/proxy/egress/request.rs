@@ -176,6 +176,7 @@ pub(super) async fn forward(
                 }
                 let (mut head, incoming) = resp.into_parts();
                 xfcc::strip_hop_by_hop(&mut head.headers);
+                name_the_cluster(&mut head.headers, &cand.cluster);
                 let mut guards: Vec<Guard> = vec![Box::new(permit), Box::new(active)];
                 if let Some(g) = retries.into_guard() {
                     guards.push(Box::new(g));
@@ -207,7 +208,8 @@ pub(super) async fn forward(
             }
         }
     }
-    if let Some((resp, cluster)) = last {
+    if let Some((mut resp, cluster)) = last {
+        name_the_cluster(resp.headers_mut(), &cluster);
         let status = resp.status();
         record.destination_cluster = cluster.clone();
         record.finish(status.as_str(), status.as_u16(), None);
@@ -232,6 +234,14 @@ pub(super) async fn forward(
     record.destination_cluster = cluster.clone();
     record.finish(status.as_str(), status.as_u16(), Some("upstream"));
     crate::proxy::reply(status, "upstream", message)
+}
+
+/// Tells the caller which cluster answered ([`causeway_api::CLUSTER_HEADER`]): drills count
+/// by it. The gateway's word replaces a backend's.
+fn name_the_cluster(headers: &mut http::HeaderMap, cluster: &str) {
+    if let Ok(v) = HeaderValue::from_str(cluster) {
+        headers.insert(causeway_api::CLUSTER_HEADER, v);
+    }
 }
 
 enum Attempt {
