@@ -523,7 +523,9 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     );
     let report = done["status"]["report"].as_str().unwrap_or_default();
     assert!(
-        report.contains("from east:") && report.contains("PASS"),
+        report.contains("from east:")
+            && report.contains("PASS")
+            && report.contains("never went to east"),
         "{report}"
     );
     assert!(

@@ -446,10 +446,23 @@ pub(crate) async fn run(
             if !phase.is_empty() {
                 // Running, but not by this replica: the one that ran it stopped and its lease
                 // ended the drain.
+                // A merge patch replaces the list: keep the other conditions (Accepted).
+                let mut conditions: Vec<Condition> = d
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                conditions.retain(|c| c.type_ != PASSED);
+                conditions.push(condition(
+                    PASSED,
+                    false,
+                    reason::INTERRUPTED,
+                    "the federator running the drill stopped; its lease ended the drain early",
+                    d.metadata.generation,
+                ));
                 let status = serde_json::json!({"status": {
                     "phase": phase::FAILED,
-                    "conditions": [condition(PASSED, false, reason::INTERRUPTED,
-                        "the federator running the drill stopped; its lease ended the drain early", d.metadata.generation)],
+                    "conditions": conditions,
                 }});
                 if patch_status(&api, &name, status).await {
                     metrics.drills.with_label_values(&["interrupted"]).inc();

@@ -232,17 +232,28 @@ pub(crate) fn text(
             ip(r.failover.dns)
         );
     } else {
+        // The answer was the ClusterSetIP already, or this client's own cluster's address
+        // (it exports the service too): nothing of the drained cluster's to move away from.
         let _ = writeln!(
             t,
-            "{indent}  DNS moved after        n/a (the answer was already the ClusterSetIP)"
+            "{indent}  DNS moved after        n/a ({} is not {drained}'s own address)",
+            ip(base.dns)
         );
     }
-    let _ = writeln!(
-        t,
-        "{indent}  traffic moved after    {} (answered by {})",
-        secs(r.traffic_moved_ms),
-        clusters(&r.failover)
-    );
+    if base.clusters.contains_key(drained) || r.failover.clusters.contains_key(drained) {
+        let _ = writeln!(
+            t,
+            "{indent}  traffic moved after    {} (answered by {})",
+            secs(r.traffic_moved_ms),
+            clusters(&r.failover)
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "{indent}  traffic                never went to {drained} (answered by {})",
+            clusters(&r.failover)
+        );
+    }
     let _ = writeln!(
         t,
         "{indent}  failed requests        {} of {}",
