@@ -578,6 +578,44 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         "{stdout}"
     );
 
+    // 2b. Ctrl-C on the CLI deletes its Drill: the drain ends at once.
+    let mut cli = Command::new(bin("causeway")?)
+        .args(["drill", "--kubeconfig"])
+        .arg(east.api.kubeconfig())
+        .args(["--service", "demo/echo", "--cluster", "east", "--for", "5m"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for("the CLI's Drill to drain east", T, || async {
+        (east.resolve().await? == m.vip).then_some(())
+    })
+    .await?;
+    let pid = nix::unistd::Pid::from_raw(cli.id().context("the CLI's pid")? as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+    let interrupted = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(10), cli.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("interrupted") && stderr.contains("deleted"),
+        "{:?}: {stderr}",
+        out.status
+    );
+    wait_for(
+        "east's DNS to answer its own ClusterIP after Ctrl-C",
+        Duration::from_secs(2),
+        || async { (east.resolve().await? == m.east_local_ip).then_some(()) },
+    )
+    .await?;
+    let ctrl_c_back = interrupted.elapsed();
+    // Only the first CLI run's Drill is left in east, finished.
+    let left = east.api.list(DRILLS, "drills", "demo");
+    assert!(
+        left.len() == 1 && left[0]["status"]["phase"] == "Succeeded",
+        "the CLI's Drill is still there after Ctrl-C: {left:#?}"
+    );
+
     // 3. West does not export `solo`: a Drill of it in west is rejected and drains nothing.
     let solo_backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let solo_port = solo_backend.local_addr()?.port();
@@ -661,6 +699,10 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         &[
             ("dns_back_ms", dns_back.as_millis().to_string()),
             ("traffic_back_ms", traffic_back.as_millis().to_string()),
+            (
+                "dns_back_after_ctrl_c_ms",
+                ctrl_c_back.as_millis().to_string(),
+            ),
         ],
     );
     assert!(

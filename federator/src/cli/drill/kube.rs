@@ -84,6 +84,10 @@ pub(super) async fn run(args: &DrillArgs) -> anyhow::Result<String> {
     let mut prefix: String = args.service.name.chars().take(40).collect();
     prefix.push_str("-drill-");
     drill.metadata.generate_name = Some(prefix);
+    // Listen before creating: a Ctrl-C (or SIGTERM) from then on deletes the Drill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let created = api
         .create(&PostParams::default(), &drill)
         .await
@@ -98,14 +102,16 @@ pub(super) async fn run(args: &DrillArgs) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + args.duration + args.failback_timeout + GRACE;
     let mut shown = String::new();
     let status = loop {
-        let tick = tokio::time::sleep(POLL);
-        tokio::select! {
-            _ = tick => {}
-            _ = tokio::signal::ctrl_c() => {
-                api.delete(&name, &DeleteParams::default()).await
-                    .with_context(|| format!("deleting Drill {ns}/{name}"))?;
-                bail!("interrupted: Drill {ns}/{name} deleted, the drain ended");
-            }
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        if stop {
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting Drill {ns}/{name}"))?;
+            bail!("interrupted: Drill {ns}/{name} deleted, the drain ended");
         }
         let now = match api.get_opt(&name).await {
             Ok(Some(d)) => d,
