@@ -579,7 +579,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     );
 
     // 2b. Ctrl-C on the CLI deletes its Drill: the drain ends at once.
-    let mut cli = Command::new(bin("causeway")?)
+    let cli = Command::new(bin("causeway")?)
         .args(["drill", "--kubeconfig"])
         .arg(east.api.kubeconfig())
         .args(["--service", "demo/echo", "--cluster", "east", "--for", "5m"])
