@@ -4,8 +4,10 @@
 //! callers on this host only (loopback or the host's own address; `kubectl port-forward` arrives
 //! on loopback) and `403` anyone else, counted in `causeway_federator_admin_refused_total`.
 //! `/dashboard` is a read-only page built into the binary (no assets fetched from anywhere)
-//! that polls `/debug/snapshot` every second: clusters, who sees whom, imports with their
-//! clusters, drains and conflicts, drills; the same callers only.
+//! that polls `/debug/snapshot` every second: clusters, who sees whom, the traffic of this
+//! cluster's gateways to and from each peer (`traffic`, from their health reports), imports
+//! with their clusters, drains and conflicts, drills and the last hour's drill reports; the
+//! same callers only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
+use crate::traffic::TrafficBook;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -29,6 +32,10 @@ pub(crate) struct AdminState {
     pub local: watch::Receiver<LocalExports>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+    /// What this cluster's gateways carry to and from each peer.
+    pub traffic: Arc<TrafficBook>,
+    /// What they last reported of each peer (fresh RTTs; etcd gets only state changes).
+    pub health: watch::Receiver<crate::config_server::PeerHealthMap>,
 }
 
 /// Both ends of an admin connection; serve the router with
@@ -136,7 +143,14 @@ async fn snapshot(
     }
     let snap = s.snapshots.borrow().clone();
     let leader = *s.leader.borrow();
-    let body = serde_json::json!({ "leader": leader, "snapshot": &*snap });
+    let traffic = s.traffic.rates(std::time::Instant::now());
+    let local_health = s.health.borrow().clone();
+    let body = serde_json::json!({
+        "leader": leader,
+        "snapshot": &*snap,
+        "traffic": traffic,
+        "local_health": local_health,
+    });
     (
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::to_string_pretty(&body).unwrap_or_default(),

@@ -156,6 +156,7 @@ impl Federator {
         }));
         let (leader_tx, leader_rx) = watch::channel(false);
         let (health_tx, health_rx) = watch::channel(PeerHealthMap::new());
+        let traffic = Arc::new(crate::traffic::TrafficBook::default());
 
         let view_cfg = ViewConfig {
             cluster: cfg.cluster.clone(),
@@ -195,7 +196,7 @@ impl Federator {
                 pub_cfg,
                 local_rx.clone(),
                 snap_rx.clone(),
-                health_rx,
+                health_rx.clone(),
                 leader_tx,
                 metrics.clone(),
                 shutdown.clone(),
@@ -345,6 +346,7 @@ impl Federator {
                 tls_rx.clone(),
                 cfg_rx,
                 health_tx,
+                traffic.clone(),
                 &metrics,
                 shutdown.clone(),
             )
@@ -378,6 +380,8 @@ impl Federator {
             local: local_rx,
             leader: leader_rx.clone(),
             metrics: metrics.clone(),
+            traffic,
+            health: health_rx,
         });
         let stop = shutdown.clone();
         tasks.push((

@@ -32,6 +32,7 @@ use crate::gwconfig;
 use crate::issuer::FederatorTls;
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
+use crate::traffic::{Counts, StreamGuard, TrafficBook};
 
 /// What gateways of this cluster report of peer clusters.
 pub(crate) type PeerHealthMap = BTreeMap<ClusterId, HealthRecord>;
@@ -61,6 +62,7 @@ struct Svc {
     tls: watch::Receiver<Arc<FederatorTls>>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,
     health: watch::Sender<PeerHealthMap>,
+    traffic: Arc<TrafficBook>,
     metrics: Arc<ServerMetrics>,
 }
 
@@ -186,6 +188,10 @@ impl HealthRpc for Svc {
     ) -> Result<Response<ReportResponse>, Status> {
         self.authorise(&req)?;
         let mut stream = req.into_inner();
+        let guard = StreamGuard {
+            book: &self.traffic,
+            stream: self.traffic.stream(),
+        };
         while let Some(msg) = stream.next().await {
             let h = msg?;
             let Ok(peer) = ClusterId::new(h.cluster.as_str()) else {
@@ -198,6 +204,18 @@ impl HealthRpc for Svc {
                 rtt_micros: h.rtt_micros,
                 observed_unix_ms: h.observed_at_unix_ms,
             };
+            let counts = Counts {
+                egress_requests: h.egress_requests,
+                egress_errors: h.egress_errors,
+                ingress_requests: h.ingress_requests,
+                ingress_errors: h.ingress_errors,
+            };
+            guard.book.record(
+                guard.stream,
+                peer.clone(),
+                counts,
+                std::time::Instant::now(),
+            );
             self.health.send_if_modified(|m| {
                 let changed = m.get(&peer).is_none_or(|old| old.up != rec.up);
                 m.insert(peer, rec);
@@ -301,6 +319,7 @@ pub(crate) async fn serve(
     tls: watch::Receiver<Arc<FederatorTls>>,
     configs: watch::Receiver<Arc<ConfigSnapshot>>,
     health: watch::Sender<PeerHealthMap>,
+    traffic: Arc<TrafficBook>,
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
@@ -363,6 +382,7 @@ pub(crate) async fn serve(
         tls: tls.clone(),
         configs,
         health,
+        traffic,
         metrics: server_metrics.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)

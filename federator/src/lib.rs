@@ -19,4 +19,5 @@ pub(crate) mod ports;
 pub(crate) mod publisher;
 pub(crate) mod sink;
 pub(crate) mod source;
+pub(crate) mod traffic;
 pub(crate) mod view;

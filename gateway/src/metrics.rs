@@ -32,6 +32,15 @@ pub(crate) struct Metrics {
     pub cert_expiry: IntGaugeVec,
 }
 
+/// Requests to and from one peer cluster, cumulative ([`Metrics::traffic_with`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerTraffic {
+    pub egress_requests: u64,
+    pub egress_errors: u64,
+    pub ingress_requests: u64,
+    pub ingress_errors: u64,
+}
+
 impl Metrics {
     pub(crate) fn new() -> Self {
         let registry = Registry::new();
@@ -190,6 +199,47 @@ impl Metrics {
     }
 
     /// Counts one refusal (`causeway_gateway_refused_total`).
+    /// What this gateway carried to `peer` (egress, by destination cluster) and from it
+    /// (ingress, by source cluster) since it started, summed from
+    /// `causeway_gateway_requests_total`: a failure is a 5xx or `tcp_error`. Read every few
+    /// seconds by the peer's prober for its health report, never on a request's path.
+    pub(crate) fn traffic_with(&self, peer: &str) -> PeerTraffic {
+        use prometheus::core::Collector;
+        let mut t = PeerTraffic::default();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let (mut direction, mut source, mut destination, mut code) = ("", "", "", "");
+                for l in m.get_label() {
+                    match l.get_name() {
+                        "direction" => direction = l.get_value(),
+                        "source_cluster" => source = l.get_value(),
+                        "destination_cluster" => destination = l.get_value(),
+                        "code" => code = l.get_value(),
+                        _ => {}
+                    }
+                }
+                let n = m.get_counter().get_value() as u64;
+                let failed = if code == "tcp_error" || code.starts_with('5') {
+                    n
+                } else {
+                    0
+                };
+                match direction {
+                    "egress" if destination == peer => {
+                        t.egress_requests += n;
+                        t.egress_errors += failed;
+                    }
+                    "ingress" if source == peer => {
+                        t.ingress_requests += n;
+                        t.ingress_errors += failed;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        t
+    }
+
     pub(crate) fn refuse(&self, listener: &str, reason: &str) {
         self.refused.with_label_values(&[listener, reason]).inc();
     }
@@ -206,5 +256,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod traffic_tests {
+    use super::*;
+
+    #[test]
+    fn traffic_with_a_peer_sums_its_egress_and_ingress_and_their_failures() {
+        let m = Metrics::new();
+        let count = |labels: [&str; 5], n: u64| m.requests.with_label_values(&labels).inc_by(n);
+        count(["egress", "shop/cart", "", "west", "200"], 7);
+        count(["egress", "shop/cart", "", "west", "503"], 2);
+        count(["egress", "shop/db", "", "west", "tcp"], 1);
+        count(["egress", "shop/db", "", "west", "tcp_error"], 1);
+        count(["egress", "shop/cart", "", "north", "200"], 5);
+        count(["ingress", "shop/cart", "west", "east", "200"], 4);
+        count(["ingress", "shop/cart", "west", "east", "500"], 1);
+        count(["ingress", "shop/cart", "north", "east", "200"], 9);
+        assert_eq!(
+            m.traffic_with("west"),
+            PeerTraffic {
+                egress_requests: 11,
+                egress_errors: 3,
+                ingress_requests: 5,
+                ingress_errors: 1,
+            }
+        );
+        assert_eq!(m.traffic_with("south"), PeerTraffic::default());
     }
 }

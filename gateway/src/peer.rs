@@ -44,8 +44,10 @@ use crate::tls::{self, TlsState};
 /// `:authority` of probe requests; the ingress answers them itself.
 pub const PROBE_AUTHORITY: &str = "probe.causeway.internal";
 
-/// How often a peer's state is reported to the federator when it does not change.
-const REPORT_EVERY: u32 = 10;
+/// How often (in probes, one a second by default) a peer's state and the traffic to and from
+/// it are reported to the federator when the state does not change: its dashboard's rates are
+/// this fresh. The federator writes to etcd only when the state changes.
+const REPORT_EVERY: u32 = 2;
 
 pub(crate) type Sender = SendRequest<Body>;
 
@@ -697,12 +699,17 @@ fn spawn_prober(peer: Arc<PeerConn>, ctx: ProbeContext) {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
                 // A full queue means the federator is away; the next report carries the state.
+                let traffic = ctx.metrics.traffic_with(&peer.cluster);
                 let _ = ctx.reports.try_send(PeerHealth {
                     observer: ctx.observer.clone(),
                     cluster: peer.cluster.clone(),
                     up,
                     rtt_micros: peer.rtt_micros.load(Ordering::Relaxed),
                     observed_at_unix_ms,
+                    egress_requests: traffic.egress_requests,
+                    egress_errors: traffic.egress_errors,
+                    ingress_requests: traffic.ingress_requests,
+                    ingress_errors: traffic.ingress_errors,
                 });
             }
             was_up = Some(up);

@@ -38,6 +38,44 @@ async fn page_text(lab: &Lab, cluster: &str) -> anyhow::Result<String> {
     Ok(text_of(&dom))
 }
 
+/// With `CAUSEWAY_DASHBOARD_SCREENSHOTS=<dir>`, a PNG of `cluster`'s page as `<dir>/<name>.png`
+/// (docs/ holds the ones of a run: `dashboard-drill.png`, `dashboard-down.png`).
+async fn screenshot(lab: &Lab, cluster: &str, name: &str) -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os("CAUSEWAY_DASHBOARD_SCREENSHOTS") else {
+        return Ok(());
+    };
+    let url = format!("http://{}/dashboard", lab.cluster(cluster).federator_admin);
+    let ns = lab.netns(cluster).context("the lab runs in namespaces")?;
+    let profile = tempfile::tempdir()?;
+    let path = std::path::Path::new(&dir).join(format!("{name}.png"));
+    let out = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+        ])
+        .args([
+            "--disable-gpu",
+            "--virtual-time-budget=1500",
+            "--hide-scrollbars",
+        ])
+        .args(["--window-size=1100,1500"])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success() && path.is_file(),
+        "chromium --screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The visible text of a DOM: no scripts, styles or tags; runs of white space as one space.
 fn text_of(dom: &str) -> String {
     let mut s = dom.to_string();
@@ -65,6 +103,22 @@ fn text_of(dom: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The traffic table's "sent to it" rate per peer, from the page's text: after its header, rows
+/// of six cells (peer, sent, failed, taken, failed, gateways).
+fn sent_rates(text: &str) -> Vec<(String, f64)> {
+    let Some(i) = text.find("gateways reporting") else {
+        return Vec::new();
+    };
+    let rest = &text[i + "gateways reporting".len()..];
+    let end = rest.find("Imports").unwrap_or(rest.len());
+    let cells: Vec<&str> = rest[..end].split_whitespace().collect();
+    cells
+        .chunks(6)
+        .filter(|c| c.len() == 6)
+        .filter_map(|c| Some((c[0].to_string(), c[1].parse().ok()?)))
+        .collect()
 }
 
 /// Asks the page until `want` holds of its text; the time it took, or None after `limit`.
@@ -132,6 +186,7 @@ async fn the_dashboard_shows_the_clusterset_a_drill_and_a_cut_wan_link() {
     })
     .await;
     assert!(drained.is_some(), "the drain never showed");
+    screenshot(&lab, "north", "dashboard-drill").await.unwrap();
     let out = drill
         .join()
         .expect("the drill ran")
@@ -147,6 +202,23 @@ async fn the_dashboard_shows_the_clusterset_a_drill_and_a_cut_wan_link() {
     .await;
     assert!(cleared.is_some(), "the drain never cleared");
 
+    // Traffic: a client in north calls echo (served by east and west); the page shows north's
+    // gateway sending to them, from its health reports.
+    let ns = lab.netns("north").expect("the lab runs in namespaces");
+    let mut client = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg("for i in $(seq 1 300); do curl -s -o /dev/null -m 2 http://echo.demo.svc.clusterset.local/; sleep 0.05; done")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl in north");
+    let sending = until(&lab, "north", Duration::from_secs(15), |t| {
+        sent_rates(t)
+            .iter()
+            .any(|(peer, rps)| (peer == "east" || peer == "west") && *rps > 0.0)
+    })
+    .await;
+    assert!(sending.is_some(), "no traffic from north shown");
+
     // west's WAN link cut: north's gateway sees it down.
     lab.set_wan_link("west", false).unwrap();
     // North's row of the matrix (columns east, north, west): "north up … · DOWN".
@@ -154,7 +226,11 @@ async fn the_dashboard_shows_the_clusterset_a_drill_and_a_cut_wan_link() {
         t.contains("· DOWN")
     })
     .await;
+    if down.is_some() {
+        screenshot(&lab, "north", "dashboard-down").await.unwrap();
+    }
     lab.set_wan_link("west", true).unwrap();
+    let _ = client.kill().await;
     assert!(down.is_some(), "the cut link never showed as down");
     result(
         "dashboard",
@@ -162,6 +238,7 @@ async fn the_dashboard_shows_the_clusterset_a_drill_and_a_cut_wan_link() {
             ("drained_shown_after", secs(drained)),
             ("cleared_after_end", secs(cleared)),
             ("down_shown_after", secs(down)),
+            ("traffic_shown_after", secs(sending)),
         ],
     );
 }

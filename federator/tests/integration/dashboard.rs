@@ -92,6 +92,126 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         export["drained"], true,
         "the drilled cluster shows as drained"
     );
+
+    // A drill report (a Drill resource's observer writes one): the fields the page shows.
+    let report = serde_json::json!({
+        "schema": 2, "phase": "Done", "passed": true, "verdict": "PASS: traffic moved away and came back",
+        "baseline": {"requests": 20, "failed": 0, "clusters": {"east": 20}},
+        "failover": {"requests": 60, "failed": 0, "clusters": {"west": 60}},
+        "failback": {"requests": 10, "failed": 0, "clusters": {"east": 10}},
+        "dnsExpectedToMove": true, "dnsMovedMs": 9, "trafficMovedMs": 60, "dnsBackMs": 30, "trafficBackMs": 30,
+        "timeline": [{"atMs": 0, "event": "drain of east began"}],
+    });
+    client
+        .put(
+            "/causeway/v2/clusters/east/drill-reports/east/echo-east-1",
+            report.to_string(),
+            None,
+        )
+        .await?;
+    let body = wait_for(
+        "the drill report in the snapshot",
+        Duration::from_secs(20),
+        || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["snapshot"]["drill_reports"]["east/echo-east-1"]["east"]
+                .is_object()
+                .then_some(v)
+        },
+    )
+    .await?;
+    let r = &body["snapshot"]["drill_reports"]["east/echo-east-1"]["east"];
+    for field in [
+        "phase",
+        "passed",
+        "verdict",
+        "dnsMovedMs",
+        "trafficMovedMs",
+        "dnsBackMs",
+        "trafficBackMs",
+    ] {
+        assert!(!r[field].is_null(), "drill report {field}: {r:#}");
+    }
+    for phase in ["baseline", "failover", "failback"] {
+        assert!(
+            r[phase]["failed"].is_u64() && r[phase]["requests"].is_u64(),
+            "{r:#}"
+        );
+    }
+    assert!(r["timeline"][0]["atMs"].is_i64() && r["timeline"][0]["event"].is_string());
+
+    // Traffic: a gateway of east reports its counters to and from west with its peer health;
+    // the snapshot carries the rates between its last two reports.
+    use causeway_api::proto::health_client::HealthClient;
+    use causeway_api::proto::PeerHealth;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut health = HealthClient::connect(format!("http://{}", fed.config)).await?;
+    let stream = tokio::spawn(async move {
+        health
+            .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let counts = |egress: u64, egress_errors: u64, ingress: u64| PeerHealth {
+        observer: "east".into(),
+        cluster: "west".into(),
+        up: true,
+        rtt_micros: 800,
+        observed_at_unix_ms: 1,
+        egress_requests: egress,
+        egress_errors,
+        ingress_requests: ingress,
+        ingress_errors: 0,
+    };
+    let traffic = |body: &serde_json::Value| body["traffic"]["west"].clone();
+    tx.send(counts(100, 0, 50)).await?;
+    wait_for(
+        "the first traffic report",
+        Duration::from_secs(10),
+        || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (traffic(&v)["egress_requests"] == 100).then_some(())
+        },
+    )
+    .await?;
+    tx.send(counts(300, 20, 50)).await?;
+    let t = wait_for(
+        "rates from two reports",
+        Duration::from_secs(10),
+        || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let t = traffic(&v);
+            (t["egress_requests"] == 300).then_some(t)
+        },
+    )
+    .await?;
+    let (rps, errors) = (
+        t["egress_rps"].as_f64().unwrap_or(0.0),
+        t["egress_errors_rps"].as_f64().unwrap_or(0.0),
+    );
+    assert!(rps > 0.0 && errors > 0.0 && errors < rps, "{t:#}");
+    assert_eq!(t["ingress_rps"], 0.0, "{t:#}");
+    assert_eq!(t["gateways"], 1, "{t:#}");
+    // The live RTT of this cluster's own reports (etcd gets only state changes).
+    let body: serde_json::Value =
+        serde_json::from_str(&http_get(&fed.admin, "/debug/snapshot").await?)?;
+    assert_eq!(body["local_health"]["west"]["rtt_micros"], 800, "{body:#}");
+    // The gateway goes away: its counters with it.
+    drop(tx);
+    stream.await??;
+    let gone = wait_for(
+        "the ended stream's traffic to go",
+        Duration::from_secs(10),
+        || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["traffic"].as_object()?.is_empty().then_some(())
+        },
+    )
+    .await;
+    assert!(gone.is_ok(), "{gone:?}");
     drop(fed);
     Ok(())
 }

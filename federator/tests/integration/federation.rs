@@ -493,6 +493,7 @@ async fn gateways_get_config_snapshots_and_their_health_reports_reach_peers() ->
         up: false,
         rtt_micros: 0,
         observed_at_unix_ms: 1,
+        ..Default::default()
     };
     let reports = tokio_stream::iter(vec![report]);
     health.report(reports).await?;
