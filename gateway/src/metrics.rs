@@ -210,11 +210,11 @@ impl Metrics {
             for m in family.get_metric() {
                 let (mut direction, mut source, mut destination, mut code) = ("", "", "", "");
                 for l in m.get_label() {
-                    match l.get_name() {
-                        "direction" => direction = l.get_value(),
-                        "source_cluster" => source = l.get_value(),
-                        "destination_cluster" => destination = l.get_value(),
-                        "code" => code = l.get_value(),
+                    match l.name() {
+                        "direction" => direction = l.value(),
+                        "source_cluster" => source = l.value(),
+                        "destination_cluster" => destination = l.value(),
+                        "code" => code = l.value(),
                         _ => {}
                     }
                 }
