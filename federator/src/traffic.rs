@@ -189,7 +189,7 @@ mod tests {
         let s = book.stream();
         let now = Instant::now();
         for i in 0..MAX_ENTRIES + 10 {
-            let peer = ClusterId::new(&format!("c{i}")).unwrap();
+            let peer = ClusterId::new(format!("c{i}")).unwrap();
             book.record(s, peer, Counts::default(), now);
         }
         assert_eq!(book.rates(now).len(), MAX_ENTRIES);
