@@ -453,6 +453,9 @@ pub struct HealthRecord {
     #[serde(default = "schema_v2")]
     pub schema: u32,
     pub up: bool,
+    /// Up, but a probe missed (or a request found the path dead): not yet down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspect: bool,
     #[serde(default)]
     pub rtt_micros: u64,
     #[serde(default)]

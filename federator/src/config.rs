@@ -139,6 +139,10 @@ pub struct DrillOptions {
     /// How long an observer waits for DNS and traffic to come back after the drain.
     #[serde(with = "duration_str")]
     pub failback_timeout: Duration,
+    /// The most Drills this federator runs at once, and the most drills it observes at once
+    /// (each observation is a client calling every `interval`): more are rejected
+    /// (`TooManyDrills`) / not observed, so one namespace's Drills cannot load the cluster.
+    pub max_concurrent: usize,
 }
 
 impl Default for DrillOptions {
@@ -148,6 +152,7 @@ impl Default for DrillOptions {
             max_duration: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),
             failback_timeout: Duration::from_secs(30),
+            max_concurrent: 8,
         }
     }
 }

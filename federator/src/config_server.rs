@@ -201,6 +201,7 @@ impl HealthRpc for Svc {
             let rec = HealthRecord {
                 schema: SCHEMA_VERSION,
                 up: h.up,
+                suspect: h.up && h.suspect,
                 rtt_micros: h.rtt_micros,
                 observed_unix_ms: h.observed_at_unix_ms,
             };
@@ -217,7 +218,11 @@ impl HealthRpc for Svc {
                 std::time::Instant::now(),
             );
             self.health.send_if_modified(|m| {
-                let changed = m.get(&peer).is_none_or(|old| old.up != rec.up);
+                // State changes only (up, down, suspect): RTTs alone would write etcd all the
+                // time.
+                let changed = m
+                    .get(&peer)
+                    .is_none_or(|old| (old.up, old.suspect) != (rec.up, rec.suspect));
                 m.insert(peer, rec);
                 changed
             });

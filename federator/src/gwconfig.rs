@@ -408,6 +408,7 @@ mod tests {
                     HealthRecord {
                         schema: causeway_api::SCHEMA_VERSION,
                         up: false,
+                        suspect: false,
                         rtt_micros: 0,
                         observed_unix_ms: 0,
                     },

@@ -27,7 +27,7 @@ pub struct Metrics {
     /// they ended (`rejected`, `passed`, `failed`, `deleted`, `interrupted`).
     pub drills: IntCounterVec,
     /// `causeway_federator_drill_observations_total{result}`: drills this cluster observed, by
-    /// result (`passed`, `failed`, `error`).
+    /// result (`passed`, `failed`, `error`; `refused`: over `drills.max_concurrent`).
     pub drill_observations: IntCounterVec,
 }
 
@@ -101,7 +101,7 @@ impl Metrics {
         );
         let drill_observations = counter_vec(
             "drill_observations_total",
-            "Drills this cluster's federator observed as a client, by result (passed, failed, error).",
+            "Drills this cluster's federator observed as a client, by result (passed, failed, error, refused).",
             "result",
         );
         Self {

@@ -968,6 +968,7 @@ mod tests {
         let down = HealthRecord {
             schema: causeway_api::SCHEMA_VERSION,
             up: false,
+            suspect: false,
             rtt_micros: 0,
             observed_unix_ms: 200,
         };

@@ -710,6 +710,7 @@ fn spawn_prober(peer: Arc<PeerConn>, ctx: ProbeContext) {
                     egress_errors: traffic.egress_errors,
                     ingress_requests: traffic.ingress_requests,
                     ingress_errors: traffic.ingress_errors,
+                    suspect: peer.is_suspect(),
                 });
             }
             was_up = Some(up);

@@ -504,6 +504,7 @@ fn headless_answers_ready_endpoints_of_serving_clusters() {
         HealthRecord {
             schema: causeway_api::SCHEMA_VERSION,
             up: false,
+            suspect: false,
             rtt_micros: 0,
             observed_unix_ms: 0,
         },

@@ -115,7 +115,7 @@ impl Cluster {
                  kube:\n  gateway_selector: {{app: causeway-gateway}}\n  gateway_namespace: causeway-system\n  \
                  gateway_port: {egress_port}\n  gateway_port_first: {port_first}\n  gateway_port_count: 20\n\
                  vip_range: \"{VIP_RANGE}\"\nlease_ttl: 3s\nkeepalive_interval: 1s\n\
-                 drills:\n  gateway_egress: \"{egress}\"\n  failback_timeout: 10s\n  lease_ttl: {DRILL_LEASE_TTL_S}s\n"
+                 drills:\n  gateway_egress: \"{egress}\"\n  failback_timeout: 10s\n  lease_ttl: {DRILL_LEASE_TTL_S}s\n  max_concurrent: 1\n"
             ),
         )?;
         let certs = pki.join(name);
@@ -673,6 +673,23 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         (d["status"]["phase"] == "Running" && east.resolve().await? == m.vip).then_some(())
     })
     .await?;
+    // drills.max_concurrent is 1 here: a second Drill meanwhile is turned away.
+    kubectl(
+        &west.api,
+        &["apply", "--validate=false", "-f", "-"],
+        &drill_yaml("second", "echo", "west", "30s"),
+    )
+    .await?;
+    let second = wait_for("the second Drill to be turned away", T, || async {
+        let d = west.drill("second")?;
+        (d["status"]["phase"] == "Rejected").then_some(d)
+    })
+    .await?;
+    assert_eq!(
+        condition(&second, "Accepted")["reason"],
+        "TooManyDrills",
+        "{second:#}"
+    );
     let deleted = Instant::now();
     kubectl(
         &west.api,

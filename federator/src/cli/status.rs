@@ -101,7 +101,8 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// Who sees whom: a row per observing cluster (its gateways' probes, from `health/`), a column
-/// per observed cluster; `up 1.2ms`, `DOWN`, `-` (no report), `.` (itself).
+/// per observed cluster; `up 1.2ms`, `suspect 1.2ms` (a probe missed), `DOWN`, `-` (no report),
+/// `.` (itself).
 fn health_matrix(out: &mut String, s: &MeshSnapshot) {
     if s.health.is_empty() {
         return;
@@ -118,9 +119,11 @@ fn health_matrix(out: &mut String, s: &MeshSnapshot) {
                     ".".to_string()
                 } else {
                     match s.health.get(*observer).and_then(|m| m.get(*observed)) {
-                        Some(h) if h.up => {
-                            format!("up {:.1}ms", h.rtt_micros as f64 / 1000.0)
-                        }
+                        Some(h) if h.up => format!(
+                            "{} {:.1}ms",
+                            if h.suspect { "suspect" } else { "up" },
+                            h.rtt_micros as f64 / 1000.0
+                        ),
                         Some(_) => "DOWN".to_string(),
                         None => "-".to_string(),
                     }
@@ -340,6 +343,7 @@ mod tests {
         let h = |up: bool, rtt_micros: u64| causeway_api::HealthRecord {
             schema: causeway_api::SCHEMA_VERSION,
             up,
+            suspect: false,
             rtt_micros,
             observed_unix_ms: 0,
         };
@@ -353,7 +357,17 @@ mod tests {
                     id("east"),
                     [(id("west"), h(true, 1200)), (id("north"), h(false, 0))].into(),
                 ),
-                (id("north"), [(id("west"), h(true, 800))].into()),
+                (
+                    id("north"),
+                    [(
+                        id("west"),
+                        causeway_api::HealthRecord {
+                            suspect: true,
+                            ..h(true, 800)
+                        },
+                    )]
+                    .into(),
+                ),
             ]
             .into(),
             ..Default::default()
@@ -381,5 +395,11 @@ mod tests {
             .find(|l| l.starts_with("west"))
             .unwrap();
         assert!(west.contains('-'), "no report from west: {text}");
+        let north = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SEEN BY"))
+            .find(|l| l.starts_with("north"))
+            .unwrap();
+        assert!(north.contains("suspect 0.8ms"), "{text}");
     }
 }

@@ -52,6 +52,7 @@ pub(crate) mod reason {
     pub(crate) const UNKNOWN_CLUSTER: &str = "UnknownCluster";
     pub(crate) const OVERLAPPING_DRILL: &str = "OverlappingDrill";
     pub(crate) const NO_FAILOVER_TARGET: &str = "NoFailoverTarget";
+    pub(crate) const TOO_MANY_DRILLS: &str = "TooManyDrills";
     pub(crate) const INTERRUPTED: &str = "Interrupted";
 }
 
@@ -79,6 +80,14 @@ pub(crate) struct Plan {
     pub duration: Duration,
     pub observers: Vec<ClusterId>,
     pub probe: DrillProbe,
+}
+
+/// A Drill this federator runs.
+struct Run {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// What it drains, for the overlap check before the snapshot shows it.
+    drains: (ServiceKey, ClusterId),
 }
 
 /// Why a Drill cannot run: the `Accepted=False` condition's reason and message.
@@ -382,8 +391,7 @@ pub(crate) async fn run(
     .boxed();
     let mut snaps = snapshots.clone();
     // Runs by the Drill's UID.
-    let mut runs: BTreeMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
-        BTreeMap::new();
+    let mut runs: BTreeMap<String, Run> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -398,7 +406,7 @@ pub(crate) async fn run(
             r = snaps.changed() => if r.is_err() { return },
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
-                for (_, (stop, _)) in std::mem::take(&mut runs) {
+                for (_, Run { stop, .. }) in std::mem::take(&mut runs) {
                     stop.cancel();
                 }
                 return;
@@ -406,10 +414,10 @@ pub(crate) async fn run(
         }
         let leading = *leader.borrow_and_update();
         let snap = snaps.borrow_and_update().clone();
-        runs.retain(|_, (_, task)| !task.is_finished());
+        runs.retain(|_, r| !r.task.is_finished());
         let drills = store.state();
         // Deleted Drills (or no longer leading): stop their runs, which revoke the lease.
-        runs.retain(|uid, (stop, _)| {
+        runs.retain(|uid, Run { stop, .. }| {
             let live = leading
                 && drills.iter().any(|d| {
                     d.uid().as_deref() == Some(uid.as_str())
@@ -469,7 +477,34 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-            match validate(&ns, &d.spec, &snap, &cfg.cluster, &cfg.options) {
+            let checked = if runs.len() >= cfg.options.max_concurrent {
+                Err(reject(
+                    reason::TOO_MANY_DRILLS,
+                    format!(
+                        "this cluster's federator runs {} drills already (drills.max_concurrent)",
+                        runs.len()
+                    ),
+                ))
+            } else {
+                validate(&ns, &d.spec, &snap, &cfg.cluster, &cfg.options).and_then(|plan| {
+                    // Accepted in this pass but not in the snapshot yet.
+                    let overlapping = runs
+                        .values()
+                        .any(|r| r.drains == (plan.service.clone(), plan.cluster.clone()));
+                    if overlapping {
+                        Err(reject(
+                            reason::OVERLAPPING_DRILL,
+                            format!(
+                                "another Drill drains {} in {} already",
+                                plan.service, plan.cluster
+                            ),
+                        ))
+                    } else {
+                        Ok(plan)
+                    }
+                })
+            };
+            match checked {
                 Err(r) => {
                     tracing::info!(drill = %format!("{ns}/{name}"), reason = r.reason, message = %r.message, "Drill rejected");
                     let status = serde_json::json!({"status": {
@@ -482,6 +517,7 @@ pub(crate) async fn run(
                 }
                 Ok(plan) => {
                     let stop = shutdown.child_token();
+                    let drains = (plan.service.clone(), plan.cluster.clone());
                     let task = tokio::spawn(run_one(
                         cfg.clone(),
                         api,
@@ -492,7 +528,7 @@ pub(crate) async fn run(
                         metrics.clone(),
                         stop.clone(),
                     ));
-                    runs.insert(uid, (stop, task));
+                    runs.insert(uid, Run { stop, task, drains });
                 }
             }
         }

@@ -59,6 +59,8 @@ pub(crate) async fn run(
             tokio::task::JoinHandle<()>,
         ),
     > = BTreeMap::new();
+    // Drills not observed for the cap, warned of once.
+    let mut refused: std::collections::BTreeSet<String> = Default::default();
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let leading = *leader.borrow_and_update();
@@ -76,6 +78,16 @@ pub(crate) async fn run(
                         *r = Some(record.clone());
                         changed
                     });
+                }
+                None if leading && running.len() >= cfg.options.max_concurrent => {
+                    let first_time = refused.insert(name.clone());
+                    if first_time {
+                        metrics
+                            .drill_observations
+                            .with_label_values(&["refused"])
+                            .inc();
+                        tracing::warn!(drill = %name, observing = running.len(), "not observing a drill: as many as drills.max_concurrent observed already");
+                    }
                 }
                 None if leading => {
                     let Ok(creator) = ClusterId::new(creator) else {
@@ -95,6 +107,7 @@ pub(crate) async fn run(
                 None => {}
             }
         }
+        refused.retain(|name| snap.drills.contains_key(name));
         // Drills whose key is gone are told so; finished observations are forgotten.
         running.retain(|name, (tx, task)| {
             if !snap.drills.contains_key(name) {

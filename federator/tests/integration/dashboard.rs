@@ -152,7 +152,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
             .report(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let counts = |egress: u64, egress_errors: u64, ingress: u64| PeerHealth {
+    let counts = |egress: u64, egress_errors: u64, ingress: u64, suspect: bool| PeerHealth {
         observer: "east".into(),
         cluster: "west".into(),
         up: true,
@@ -162,9 +162,10 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         egress_errors,
         ingress_requests: ingress,
         ingress_errors: 0,
+        suspect,
     };
     let traffic = |body: &serde_json::Value| body["traffic"]["west"].clone();
-    tx.send(counts(100, 0, 50)).await?;
+    tx.send(counts(100, 0, 50, false)).await?;
     wait_for(
         "the first traffic report",
         Duration::from_secs(10),
@@ -175,7 +176,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         },
     )
     .await?;
-    tx.send(counts(300, 20, 50)).await?;
+    tx.send(counts(300, 20, 50, true)).await?;
     let t = wait_for(
         "rates from two reports",
         Duration::from_secs(10),
@@ -198,6 +199,17 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
     let body: serde_json::Value =
         serde_json::from_str(&http_get(&fed.admin, "/debug/snapshot").await?)?;
     assert_eq!(body["local_health"]["west"]["rtt_micros"], 800, "{body:#}");
+    // Suspect is a state change: published, so every cluster sees it.
+    wait_for(
+        "east's suspicion of west in etcd",
+        Duration::from_secs(10),
+        || async {
+            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["snapshot"]["health"]["east"]["west"]["suspect"] == true).then_some(())
+        },
+    )
+    .await?;
     // The gateway goes away: its counters with it.
     drop(tx);
     stream.await??;
