@@ -15,6 +15,7 @@ use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::cache::AnswerCache;
 use crate::metrics::Metrics;
 use crate::zone::Zone;
 use crate::{DnsConfig, DnsError};
@@ -34,6 +35,8 @@ pub struct DnsHandler {
     zone: Zone,
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     metrics: Metrics,
+    /// Responses of the current snapshot by request ([`crate::cache`]).
+    cache: std::sync::Mutex<AnswerCache>,
 }
 
 /// The response to one request, before encoding.
@@ -59,6 +62,7 @@ impl DnsHandler {
             zone: Zone::new(config),
             snapshots,
             metrics: Metrics::register(registry)?,
+            cache: Default::default(),
         })
     }
 
@@ -66,6 +70,22 @@ impl DnsHandler {
     /// request: `None` when the server would not answer at all (shorter than a header, or a
     /// response rather than a query), else the encoded response.
     pub fn handle_bytes(&self, raw: &[u8], src: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        // Taken before the answer is computed: a response is only ever kept under the snapshot
+        // it was computed from or an older one (which the next lookup clears).
+        let snapshot = Arc::clone(&*self.snapshots.borrow());
+        let cacheable = raw.len() >= 12 && raw.len() <= crate::cache::MAX_REQUEST;
+        if cacheable {
+            let hit = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&snapshot, raw, tcp);
+            if let Some((response, qtype, rcode)) = hit {
+                self.metrics.observe(qtype, rcode, start.elapsed());
+                return Some(response);
+            }
+        }
         let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
         let request = match Request::from_bytes(raw.to_vec(), src, protocol) {
             Ok(request) => request,
@@ -76,7 +96,6 @@ impl DnsHandler {
         if request.metadata.message_type == MessageType::Response {
             return None;
         }
-        let start = Instant::now();
         let prepared = self.prepare(&request);
         let max_size = if tcp {
             u16::MAX
@@ -103,7 +122,19 @@ impl DnsHandler {
             start.elapsed(),
         );
         match sent {
-            Ok(_) => Some(bytes),
+            Ok(_) => {
+                if cacheable {
+                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                        &snapshot,
+                        raw,
+                        tcp,
+                        &bytes,
+                        prepared.qtype,
+                        prepared.metadata.response_code,
+                    );
+                }
+                Some(bytes)
+            }
             Err(error) => {
                 warn!(%error, "cannot encode DNS response");
                 None

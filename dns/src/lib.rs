@@ -17,6 +17,7 @@
 //! health change alters the very next answer. docs/dns.md describes the records, the answer
 //! policies, the metrics and the behaviour under failure.
 
+mod cache;
 mod config;
 mod error;
 mod handler;
