@@ -4,7 +4,11 @@
 //! exporting `echo.bench` to the backend).
 //!
 //!     cargo run --release -p causeway-gateway --example bench_config -- \
-//!         OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES
+//!         OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES [TCP_PORT TCP_BACKEND]
+//!
+//! With TCP_PORT and TCP_BACKEND (gateway/bench/tcp.sh) a second service, `sink.bench`, has one
+//! opaque TCP port: A listens on TCP_PORT for it (a gateway port, as in Kubernetes mode) and
+//! B sends it to TCP_BACKEND.
 
 use causeway_api::proto::{
     self, AppProtocol, BackendTlsMode, Candidate, ConfigSnapshot, Endpoint, InboundService,
@@ -14,11 +18,18 @@ use prost::Message;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [out, bundle, a_peer, b_peer, backend, services] = args.as_slice() else {
-        eprintln!(
-            "usage: bench_config OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES"
-        );
-        std::process::exit(64);
+    let (fixed, tcp) = match args.len() {
+        6 => (&args[..6], None),
+        8 => (&args[..6], Some((&args[6], &args[7]))),
+        _ => {
+            eprintln!(
+                "usage: bench_config OUT_DIR BUNDLE_PEM A_PEER_ADDR B_PEER_ADDR BACKEND_ADDR SERVICES [TCP_PORT TCP_BACKEND]"
+            );
+            std::process::exit(64);
+        }
+    };
+    let [out, bundle, a_peer, b_peer, backend, services] = fixed else {
+        unreachable!("six arguments");
     };
     let bundle = std::fs::read_to_string(bundle).expect("read the trust bundle");
     let services: usize = services.parse().expect("SERVICES is a number");
@@ -59,6 +70,37 @@ fn main() {
             endpoints: vec![],
         })
         .collect();
+    let mut outbound: Vec<OutboundService> = outbound;
+    let mut sink_inbound = Vec::new();
+    if let Some((tcp_port, tcp_backend)) = tcp {
+        let sink_port = proto::Port {
+            name: "tcp".into(),
+            protocol: proto::Protocol::Tcp as i32,
+            port: 5201,
+            app_protocol: AppProtocol::Opaque as i32,
+            gateway_port: tcp_port.parse().expect("TCP_PORT is a port"),
+        };
+        let mut sink = outbound[0].clone();
+        sink.name = "sink".into();
+        sink.vip = "240.1.0.1".into();
+        sink.ports = vec![sink_port.clone()];
+        outbound.push(sink);
+        sink_inbound.push(InboundService {
+            namespace: "bench".into(),
+            name: "sink".into(),
+            ports: vec![proto::Port {
+                gateway_port: 0,
+                ..sink_port
+            }],
+            endpoints: vec![Endpoint {
+                address: tcp_backend.clone(),
+                ready: true,
+                hostname: String::new(),
+            }],
+            backend_tls_mode: BackendTlsMode::Plaintext as i32,
+            ..Default::default()
+        });
+    }
     let a = ConfigSnapshot {
         version: 1,
         cluster: "east".into(),
@@ -82,7 +124,10 @@ fn main() {
             }],
             backend_tls_mode: BackendTlsMode::Plaintext as i32,
             ..Default::default()
-        }],
+        }]
+        .into_iter()
+        .chain(sink_inbound)
+        .collect(),
         outbound: vec![],
         ..Default::default()
     };

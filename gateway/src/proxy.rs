@@ -158,9 +158,17 @@ pub(crate) async fn serve<F, Fut>(
     }
 }
 
+/// Buffer of each direction of a tunnel: 32 KiB, 64 KiB a tunnel (tokio's default is 8 KiB).
+/// Fewer, larger reads and HTTP/2 DATA frames: opaque TCP through two gateways took 0.65x
+/// HAProxy's bytes per CPU-second with 8 KiB, 0.86-0.96x with 32 KiB, no better with 64 KiB
+/// (gateway/bench/tcp.sh, docs/benchmarks.md); larger would cost memory per idle tunnel.
+const PUMP_BUFFER: usize = 32 << 10;
+
 /// Copies both ways until either side closes, then shuts the other down.
 pub(crate) async fn pump(mut a: impl Io, mut b: impl Io) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, PUMP_BUFFER, PUMP_BUFFER).await;
+    if let Err(e) = copied {
         tracing::debug!(error = %e, "tunnel ended");
     }
 }
