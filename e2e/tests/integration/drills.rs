@@ -467,6 +467,9 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         "True",
         "{running:#}"
     );
+    for who in ["east", "west"] {
+        assert_eq!(observer(&running, who)["phase"], "Probing", "{running:#}");
+    }
     wait_for(
         "east's DNS to answer the ClusterSetIP during the drill",
         T,

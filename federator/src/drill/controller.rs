@@ -675,6 +675,14 @@ async fn run_one(
         let _ = etcd.lease_revoke(lease).await;
         return;
     }
+    // The observers that reported their baseline are probing now.
+    let probing: Vec<DrillObserverStatus> = {
+        let r = reports(&snapshots.borrow_and_update());
+        plan.observers
+            .iter()
+            .map(|o| observer_status(o, r.get(o)))
+            .collect()
+    };
     patch_status(
         &api,
         &name,
@@ -682,6 +690,7 @@ async fn run_one(
             "phase": phase::RUNNING,
             "startTime": rfc3339(start),
             "endTime": rfc3339(record.end_unix_ms),
+            "observers": probing,
         }}),
     )
     .await;
