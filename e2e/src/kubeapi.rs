@@ -228,6 +228,34 @@ impl KubeApiServer {
         cmd
     }
 
+    /// Runs the real kubectl against this server with `stdin` as its input, within 30 s: its
+    /// stdout, or an error with what it printed.
+    pub async fn run_kubectl(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl (scripts/setup.sh installs it)")?;
+        let mut input = child.stdin.take().context("kubectl's stdin")?;
+        let text = stdin.to_string();
+        tokio::spawn(async move {
+            let _ = input.write_all(text.as_bytes()).await;
+        });
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The current resourceVersion (one counter for all objects, as etcd's revision).
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()

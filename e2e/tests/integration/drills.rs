@@ -15,7 +15,7 @@ use causeway_e2e::kubeapi::KubeApiServer;
 use causeway_e2e::lab::demo::{serve_http_echo, Demo};
 use causeway_e2e::{wait_for, EtcdServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::lab_support::{self, result};
@@ -181,8 +181,7 @@ impl Cluster {
         let backend = tokio::spawn(async move {
             let _ = serve_http_echo(listener, demo).await;
         });
-        kubectl(
-            &api,
+        api.run_kubectl(
             &["apply", "--validate=false", "-f", "-"],
             &exported("echo", backend_port),
         )
@@ -257,29 +256,6 @@ fn drill_yaml(name: &str, service: &str, cluster: &str, duration: &str) -> Strin
         "apiVersion: {DRILLS}\nkind: Drill\nmetadata:\n  name: {name}\n  namespace: demo\n\
          spec:\n  service: {service}\n  cluster: {cluster}\n  duration: {duration}\n  observeFrom: [east, west]\n  interval: 50ms\n"
     )
-}
-
-async fn kubectl(api: &KubeApiServer, args: &[&str], stdin: &str) -> anyhow::Result<String> {
-    let mut child = api
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running kubectl (scripts/setup.sh installs it)")?;
-    let mut input = child.stdin.take().context("stdin")?;
-    let text = stdin.to_string();
-    tokio::spawn(async move {
-        let _ = input.write_all(text.as_bytes()).await;
-    });
-    let out = tokio::time::timeout(T, child.wait_with_output()).await??;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The drill keys in etcd, of every cluster.
@@ -451,12 +427,12 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     let (east, west) = (&m.east, &m.west);
 
     // 1. A Drill created in west with kubectl drains echo in east for 3 s.
-    kubectl(
-        &west.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &drill_yaml("echo-east", "echo", "east", "3s"),
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &drill_yaml("echo-east", "echo", "east", "3s"),
+        )
+        .await?;
     let running = wait_for("the Drill to run", T, || async {
         let d = west.drill("echo-east")?;
         (d["status"]["phase"] == "Running").then_some(d)
@@ -622,12 +598,12 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     // 3. West does not export `solo`: a Drill of it in west is rejected and drains nothing.
     let solo_backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let solo_port = solo_backend.local_addr()?.port();
-    kubectl(
-        &east.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &exported("solo", solo_port),
-    )
-    .await?;
+    east.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &exported("solo", solo_port),
+        )
+        .await?;
     wait_for("west to see east's export of solo", T, || async {
         let snap = west.snapshot().await?;
         snap["snapshot"]["services"]["demo/solo"]["exports"]["east"]
@@ -635,12 +611,12 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
             .then_some(())
     })
     .await?;
-    kubectl(
-        &west.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &drill_yaml("solo-west", "solo", "west", "30s"),
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &drill_yaml("solo-west", "solo", "west", "30s"),
+        )
+        .await?;
     let rejected = wait_for("the Drill of solo to be rejected", T, || async {
         let d = west.drill("solo-west")?;
         (d["status"]["phase"] == "Rejected").then_some(d)
@@ -665,24 +641,24 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     );
 
     // 4. A long Drill, deleted while it runs: routing comes back within a second.
-    kubectl(
-        &west.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &drill_yaml("long", "echo", "east", "5m"),
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &drill_yaml("long", "echo", "east", "5m"),
+        )
+        .await?;
     wait_for("the long Drill to drain east", T, || async {
         let d = west.drill("long")?;
         (d["status"]["phase"] == "Running" && east.resolve().await? == m.vip).then_some(())
     })
     .await?;
     // drills.max_concurrent is 1 here: a second Drill meanwhile is turned away.
-    kubectl(
-        &west.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &drill_yaml("second", "echo", "west", "30s"),
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &drill_yaml("second", "echo", "west", "30s"),
+        )
+        .await?;
     let second = wait_for("the second Drill to be turned away", T, || async {
         let d = west.drill("second")?;
         (d["status"]["phase"] == "Rejected").then_some(d)
@@ -694,12 +670,12 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
         "{second:#}"
     );
     let deleted = Instant::now();
-    kubectl(
-        &west.api,
-        &["delete", "drill", "-n", "demo", "long", "--wait=false"],
-        "",
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["delete", "drill", "-n", "demo", "long", "--wait=false"],
+            "",
+        )
+        .await?;
     wait_for(
         "east's DNS to answer its own ClusterIP again",
         Duration::from_secs(5),
@@ -742,12 +718,12 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
 
     // 5. The federator running a Drill dies (SIGKILL, no goodbye): its lease lapses and the
     // drain ends with it.
-    kubectl(
-        &west.api,
-        &["apply", "--validate=false", "-f", "-"],
-        &drill_yaml("orphan", "echo", "east", "5m"),
-    )
-    .await?;
+    west.api
+        .run_kubectl(
+            &["apply", "--validate=false", "-f", "-"],
+            &drill_yaml("orphan", "echo", "east", "5m"),
+        )
+        .await?;
     wait_for("the orphaned Drill to drain east", T, || async {
         let d = west.drill("orphan")?;
         (d["status"]["phase"] == "Running" && east.resolve().await? == m.vip).then_some(())

@@ -318,33 +318,6 @@ async fn a_watch_from_a_compacted_version_gets_410_gone() -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn kubectl(
-    api: &KubeApiServer,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = api.kubectl();
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let mut input = child.stdin.take().expect("piped");
-    let text = stdin.unwrap_or("").to_string();
-    tokio::spawn(async move {
-        let _ = input.write_all(text.as_bytes()).await;
-    });
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[tokio::test]
 async fn kubectl_applies_gets_patches_and_deletes() -> anyhow::Result<()> {
     let api = KubeApiServer::start().await?;
@@ -370,12 +343,9 @@ metadata:
   name: echo
   namespace: demo
 "#;
-    let out = kubectl(
-        &api,
-        &["apply", "--validate=false", "-f", "-"],
-        Some(manifest),
-    )
-    .await?;
+    let out = api
+        .run_kubectl(&["apply", "--validate=false", "-f", "-"], manifest)
+        .await?;
     assert!(out.contains("service/echo created"), "{out}");
     assert!(
         out.contains("serviceexport.multicluster.x-k8s.io/echo created"),
@@ -392,12 +362,9 @@ metadata:
 
     // Apply again with a change: client-side apply patches.
     let changed = manifest.replace("port: 80", "port: 8080");
-    let out = kubectl(
-        &api,
-        &["apply", "--validate=false", "-f", "-"],
-        Some(&changed),
-    )
-    .await?;
+    let out = api
+        .run_kubectl(&["apply", "--validate=false", "-f", "-"], &changed)
+        .await?;
     assert!(out.contains("service/echo configured"), "{out}");
     let svc = api
         .get("v1", "services", "demo", "echo")
@@ -405,66 +372,56 @@ metadata:
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
 
     // Server-side apply.
-    let out = kubectl(
-        &api,
-        &[
-            "apply",
-            "--server-side",
-            "--validate=false",
-            "--field-manager=ops",
-            "-f",
-            "-",
-        ],
-        Some(&manifest.replace("port: 80", "port: 9090")),
-    )
-    .await?;
+    let out = api
+        .run_kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "--field-manager=ops",
+                "-f",
+                "-",
+            ],
+            &manifest.replace("port: 80", "port: 9090"),
+        )
+        .await?;
     assert!(out.contains("serverside-applied"), "{out}");
     let svc = api
         .get("v1", "services", "demo", "echo")
         .expect("the Service");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
 
-    let out = kubectl(
-        &api,
-        &["-n", "demo", "get", "serviceexports", "-o", "json"],
-        None,
-    )
-    .await?;
+    let out = api
+        .run_kubectl(&["-n", "demo", "get", "serviceexports", "-o", "json"], "")
+        .await?;
     let list: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(list["items"][0]["metadata"]["name"], "echo");
-    let out = kubectl(
-        &api,
-        &[
-            "-n",
-            "demo",
-            "get",
-            "svcex",
-            "echo",
-            "-o",
-            "jsonpath={.metadata.name}",
-        ],
-        None,
-    )
-    .await?;
+    let out = api
+        .run_kubectl(
+            &[
+                "-n",
+                "demo",
+                "get",
+                "svcex",
+                "echo",
+                "-o",
+                "jsonpath={.metadata.name}",
+            ],
+            "",
+        )
+        .await?;
     assert_eq!(out, "echo");
 
-    kubectl(
-        &api,
-        &["-n", "demo", "label", "service", "echo", "team=mesh"],
-        None,
-    )
-    .await?;
+    api.run_kubectl(&["-n", "demo", "label", "service", "echo", "team=mesh"], "")
+        .await?;
     let svc = api
         .get("v1", "services", "demo", "echo")
         .expect("the Service");
     assert_eq!(svc["metadata"]["labels"]["team"], "mesh");
 
-    let out = kubectl(
-        &api,
-        &["-n", "demo", "delete", "serviceexport", "echo"],
-        None,
-    )
-    .await?;
+    let out = api
+        .run_kubectl(&["-n", "demo", "delete", "serviceexport", "echo"], "")
+        .await?;
     assert!(out.contains("deleted"), "{out}");
     assert!(api
         .get(
@@ -477,17 +434,17 @@ metadata:
 
     // The chart's CRDs apply too.
     let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/causeway/crds");
-    let out = kubectl(
-        &api,
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            &crds.display().to_string(),
-        ],
-        None,
-    )
-    .await?;
+    let out = api
+        .run_kubectl(
+            &[
+                "apply",
+                "--validate=false",
+                "-f",
+                &crds.display().to_string(),
+            ],
+            "",
+        )
+        .await?;
     assert!(
         out.contains("serviceexports.multicluster.x-k8s.io created"),
         "{out}"

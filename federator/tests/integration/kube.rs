@@ -3,14 +3,12 @@
 //! `causeway_e2e::kubeapi` test fixture), driven with the real kubectl.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
 use causeway_e2e::kubeapi::KubeApiServer;
 use causeway_e2e::{wait_for, EtcdServer};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
 use crate::harness::{dig_a, http_get, spawn_federator};
@@ -125,30 +123,9 @@ impl TwoClusters {
 
 /// `kubectl apply --validate=false -f -` of `yaml`.
 async fn apply(api: &KubeApiServer, yaml: &str) -> anyhow::Result<()> {
-    kubectl(api, &["apply", "--validate=false", "-f", "-"], yaml).await
-}
-
-async fn kubectl(api: &KubeApiServer, args: &[&str], stdin: &str) -> anyhow::Result<()> {
-    let mut child = api
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running kubectl (scripts/setup.sh installs it)")?;
-    let mut input = child.stdin.take().context("stdin")?;
-    let text = stdin.to_string();
-    tokio::spawn(async move {
-        let _ = input.write_all(text.as_bytes()).await;
-    });
-    let out = tokio::time::timeout(T, child.wait_with_output()).await??;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    api.run_kubectl(&["apply", "--validate=false", "-f", "-"], yaml)
+        .await
+        .map(|_| ())
 }
 
 fn namespace(ns: &str) -> String {
@@ -347,12 +324,9 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
     .await?;
 
     // Unexport: everything goes in west.
-    kubectl(
-        &east_api,
-        &["-n", "demo", "delete", "serviceexport", "echo"],
-        "",
-    )
-    .await?;
+    east_api
+        .run_kubectl(&["-n", "demo", "delete", "serviceexport", "echo"], "")
+        .await?;
     wait_for(
         "west's ServiceImport and derived Service to go",
         T,
@@ -525,12 +499,9 @@ async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Resu
     assert!(endpoint_services.is_empty(), "{endpoint_services:?}");
 
     // Unexport: the slices go with the import.
-    kubectl(
-        &east_api,
-        &["-n", "demo", "delete", "serviceexport", "db"],
-        "",
-    )
-    .await?;
+    east_api
+        .run_kubectl(&["-n", "demo", "delete", "serviceexport", "db"], "")
+        .await?;
     wait_for("west's slices of demo/db to go", T, || async {
         west_api
             .list("discovery.k8s.io/v1", "endpointslices", "demo")
@@ -720,12 +691,9 @@ async fn remote_headless_endpoints_get_derived_services_leading_to_the_gateway(
     .await?;
 
     // Unexport: everything goes with the import.
-    kubectl(
-        &east_api,
-        &["-n", "demo", "delete", "serviceexport", "db"],
-        "",
-    )
-    .await?;
+    east_api
+        .run_kubectl(&["-n", "demo", "delete", "serviceexport", "db"], "")
+        .await?;
     wait_for("west's endpoint Services of demo/db to go", T, || async {
         endpoint_services().is_empty().then_some(())
     })
