@@ -65,6 +65,46 @@ where
     )
 }
 
+/// Spawns `cmd` (stdout piped, killed on drop) and waits up to 20 s for a stdout line starting
+/// with each of `prefixes` (`"admin listening on "`, ...): the child and the rest of each such
+/// line, trimmed, in the order of `prefixes`. Its stdout is drained afterwards, so it never
+/// blocks on a full pipe. The caller sets the environment and stderr.
+pub async fn spawn_printing(
+    cmd: &mut tokio::process::Command,
+    prefixes: &[&str],
+) -> anyhow::Result<(tokio::process::Child, Vec<String>)> {
+    use anyhow::Context as _;
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {:?}", cmd.as_std().get_program()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while found.iter().any(Option::is_none) {
+            let Some(line) = lines.next_line().await? else {
+                anyhow::bail!("exited before it printed {prefixes:?}");
+            };
+            for (i, p) in prefixes.iter().enumerate() {
+                if let Some(rest) = line.strip_prefix(p) {
+                    found[i] = Some(rest.trim().to_string());
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("waiting for {prefixes:?}"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((
+        child,
+        found.into_iter().map(Option::unwrap_or_default).collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};

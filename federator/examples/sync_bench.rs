@@ -15,7 +15,6 @@
 //!    until the federator's `snapshot_revision` metric passes the put's revision), `--probes` times.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -26,7 +25,6 @@ use causeway_api::{
 use causeway_e2e::EtcdServer;
 use causeway_federator::cli::status::admin_get;
 use etcd_client::{PutOptions, Txn, TxnOp};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -55,21 +53,11 @@ fn federator_bin() -> anyhow::Result<PathBuf> {
 }
 
 async fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let admin = loop {
-        let line = lines.next_line().await?.context("federator exited")?;
-        if let Some(a) = line.strip_prefix("admin listening on ") {
-            break a.to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, admin))
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env("RUST_LOG", "error");
+    let (child, mut addrs) =
+        causeway_e2e::spawn_printing(&mut cmd, &["admin listening on "]).await?;
+    Ok((child, addrs.pop().unwrap_or_default()))
 }
 
 async fn metric(addr: &str, name: &str) -> Option<f64> {

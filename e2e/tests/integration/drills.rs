@@ -15,7 +15,6 @@ use causeway_e2e::kubeapi::KubeApiServer;
 use causeway_e2e::lab::demo::{serve_http_echo, Demo};
 use causeway_e2e::{wait_for, EtcdServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::lab_support::{self, result};
@@ -52,44 +51,17 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(causeway_e2e::lab::default_bin_dir()?.join(name))
 }
 
-/// Spawns `cmd` and waits for one stdout line starting with each of `prefixes`; returns the
-/// child and the rest of those lines, in the order of `prefixes`.
+/// `causeway_e2e::spawn_printing` with the tests' log level and stderr.
 async fn spawn_printing(
     mut cmd: Command,
     prefixes: &[&str],
 ) -> anyhow::Result<(Child, Vec<String>)> {
-    let mut child = cmd
-        .env(
-            "RUST_LOG",
-            std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while found.iter().any(Option::is_none) {
-            let Some(line) = lines.next_line().await? else {
-                anyhow::bail!("exited before it printed {prefixes:?}");
-            };
-            for (i, p) in prefixes.iter().enumerate() {
-                if let Some(rest) = line.strip_prefix(p) {
-                    found[i] = Some(rest.trim().to_string());
-                }
-            }
-        }
-        Ok(())
-    })
-    .await
-    .context("waiting for the listen addresses")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((
-        child,
-        found.into_iter().map(Option::unwrap_or_default).collect(),
-    ))
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stderr(Stdio::inherit());
+    causeway_e2e::spawn_printing(&mut cmd, prefixes).await
 }
 
 impl Cluster {

@@ -2,11 +2,9 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub(crate) const FEDERATOR: &str = env!("CARGO_BIN_EXE_causeway-federator");
@@ -123,44 +121,31 @@ pub(crate) async fn spawn_federator(
 ) -> anyhow::Result<(Child, String, String, Option<String>)> {
     let want_dns = args.iter().any(|a| a == "--dns-listen");
     let want_config = args.iter().any(|a| a == "--config-listen");
-    let mut child = Command::new(FEDERATOR)
-        .args(args)
+    let mut prefixes = vec!["admin listening on "];
+    if want_config {
+        prefixes.push("config listening on ");
+    }
+    if want_dns {
+        prefixes.push("dns listening on ");
+    }
+    let mut cmd = Command::new(FEDERATOR);
+    cmd.args(args)
         .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("CAUSEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning causeway-federator")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (admin, config, dns) = tokio::time::timeout(Duration::from_secs(20), async {
-        let (mut admin, mut config, mut dns) = (None, None, None);
-        while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("admin listening on ") {
-                admin = Some(addr.trim().to_string());
-            }
-            if let Some(addr) = line.strip_prefix("config listening on ") {
-                config = Some(addr.trim().to_string());
-            }
-            if let Some(addr) = line.strip_prefix("dns listening on ") {
-                dns = Some(addr.trim().to_string());
-            }
-            if let Some(a) = &admin {
-                if (config.is_some() || !want_config) && (dns.is_some() || !want_dns) {
-                    return Ok((a.clone(), config.clone().unwrap_or_default(), dns.clone()));
-                }
-            }
-        }
-        bail!("causeway-federator exited before it listened")
-    })
-    .await
-    .context("waiting for the admin and config addresses")??;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .stderr(Stdio::inherit());
+    let (child, mut addrs) = causeway_e2e::spawn_printing(&mut cmd, &prefixes)
+        .await
+        .context("waiting for the admin and config addresses")?;
+    let dns = want_dns.then(|| addrs.pop().unwrap_or_default());
+    let config = if want_config {
+        addrs.pop().unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let admin = addrs.pop().unwrap_or_default();
     Ok((child, admin, config, dns))
 }
 
