@@ -9,8 +9,10 @@ use causeway_e2e::lab::{Lab, LabState};
 
 use crate::lab_support::{self, result, secs};
 
-/// The text the page shows after its script ran for a second and a half of virtual time.
-async fn page_text(lab: &Lab, cluster: &str) -> anyhow::Result<String> {
+/// Headless Chromium inside `cluster`'s namespace on its federator's dashboard, after the
+/// page's script ran for a second and a half of virtual time, with `what` (`--dump-dom`,
+/// `--screenshot=...`): its stdout.
+async fn chromium(lab: &Lab, cluster: &str, what: &[String]) -> anyhow::Result<Vec<u8>> {
     let url = format!("http://{}/dashboard", lab.cluster(cluster).federator_admin);
     let ns = lab.netns(cluster).context("the lab runs in namespaces")?;
     let profile = tempfile::tempdir()?;
@@ -23,7 +25,8 @@ async fn page_text(lab: &Lab, cluster: &str) -> anyhow::Result<String> {
             "--headless=new",
             "--no-sandbox",
         ])
-        .args(["--disable-gpu", "--virtual-time-budget=1500", "--dump-dom"])
+        .args(["--disable-gpu", "--virtual-time-budget=1500"])
+        .args(what)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&url)
         .output()
@@ -31,11 +34,16 @@ async fn page_text(lab: &Lab, cluster: &str) -> anyhow::Result<String> {
         .context("running chromium (scripts/setup.sh installs it)")?;
     anyhow::ensure!(
         out.status.success(),
-        "chromium: {}",
+        "chromium {what:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(text_of(&dom))
+    Ok(out.stdout)
+}
+
+/// The text the page shows.
+async fn page_text(lab: &Lab, cluster: &str) -> anyhow::Result<String> {
+    let dom = chromium(lab, cluster, &["--dump-dom".to_string()]).await?;
+    Ok(text_of(&String::from_utf8_lossy(&dom)))
 }
 
 /// With `CAUSEWAY_DASHBOARD_SCREENSHOTS=<dir>`, a PNG of `cluster`'s page as `<dir>/<name>.png`
@@ -44,35 +52,14 @@ async fn screenshot(lab: &Lab, cluster: &str, name: &str) -> anyhow::Result<()> 
     let Some(dir) = std::env::var_os("CAUSEWAY_DASHBOARD_SCREENSHOTS") else {
         return Ok(());
     };
-    let url = format!("http://{}/dashboard", lab.cluster(cluster).federator_admin);
-    let ns = lab.netns(cluster).context("the lab runs in namespaces")?;
-    let profile = tempfile::tempdir()?;
     let path = std::path::Path::new(&dir).join(format!("{name}.png"));
-    let out = tokio::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "chromium",
-            "--headless=new",
-            "--no-sandbox",
-        ])
-        .args([
-            "--disable-gpu",
-            "--virtual-time-budget=1500",
-            "--hide-scrollbars",
-        ])
-        .args(["--window-size=1100,1500"])
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success() && path.is_file(),
-        "chromium --screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let what = [
+        "--hide-scrollbars".to_string(),
+        "--window-size=1100,1500".to_string(),
+        format!("--screenshot={}", path.display()),
+    ];
+    chromium(lab, cluster, &what).await?;
+    anyhow::ensure!(path.is_file(), "chromium wrote no {}", path.display());
     Ok(())
 }
 
