@@ -64,40 +64,12 @@ trap cleanup EXIT
 
 log() { echo "[bench] $*" >&2; }
 
-wait_port() {
-  local port=$1 i
-  for i in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $port did not open" >&2
-  return 1
-}
-
-# utime + stime of a process and its children (nginx's workers).
-cpu_ticks() {
-  local p t=0
-  for p in "$1" $(ps -o pid= --ppid "$1"); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# shellcheck source=gateway/bench/common.sh
+source "$ROOT/gateway/bench/common.sh"
 
 # === build and PKI ===
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  log "building (release): causeway-gateway, bench_config; causeway (certs)"
-  cargo build --release -q -p causeway-gateway --bin causeway-gateway --example bench_config
-  cargo build -q -p causeway-federator --bin causeway
-fi
-GW=$ROOT/target/release/causeway-gateway
-BENCH_CONFIG=$ROOT/target/release/examples/bench_config
-PKI=$WORK/pki
-"$ROOT/target/debug/causeway" certs --out "$PKI" --clusters east,west >/dev/null
-for c in east west; do
-  cat "$PKI/$c/gateway.pem" "$PKI/$c/gateway.key" >"$PKI/$c/combined.pem"
-done
+build_and_pki
 EAST_ID=spiffe://east.causeway.mesh/ns/causeway-system/sa/causeway-gateway
 WEST_ID=spiffe://west.causeway.mesh/ns/causeway-system/sa/causeway-gateway
 

@@ -42,27 +42,10 @@ need() { command -v "$1" >/dev/null 2>&1 || apt-get install -y "$2" >/dev/null; 
 need iperf3 iperf3
 need haproxy haproxy
 
-wait_port() {
-  local i
-  for i in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# shellcheck source=gateway/bench/common.sh
+source "$ROOT/gateway/bench/common.sh"
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-  log "building (release): causeway-gateway, bench_config; causeway (certs)"
-  cargo build --release -q -p causeway-gateway --bin causeway-gateway --example bench_config
-  cargo build -q -p causeway-federator --bin causeway
-fi
-GW=$ROOT/target/release/causeway-gateway
-BENCH_CONFIG=$ROOT/target/release/examples/bench_config
-PKI=$WORK/pki
-"$ROOT/target/debug/causeway" certs --out "$PKI" --clusters east,west >/dev/null
-for c in east west; do cat "$PKI/$c/gateway.pem" "$PKI/$c/gateway.key" >"$PKI/$c/combined.pem"; done
+build_and_pki
 
 iperf3 -s -p $P_SERVER >"$WORK/iperf-server.log" 2>&1 &
 pids+=($!)
