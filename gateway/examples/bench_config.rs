@@ -16,6 +16,22 @@ use causeway_api::proto::{
 };
 use prost::Message;
 
+/// B's service `bench/<name>` on `port`, its one endpoint `address`, in plaintext.
+fn inbound(name: &str, port: proto::Port, address: &str) -> InboundService {
+    InboundService {
+        namespace: "bench".into(),
+        name: name.into(),
+        ports: vec![port],
+        endpoints: vec![Endpoint {
+            address: address.into(),
+            ready: true,
+            hostname: String::new(),
+        }],
+        backend_tls_mode: BackendTlsMode::Plaintext as i32,
+        ..Default::default()
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (fixed, tcp) = match args.len() {
@@ -85,21 +101,11 @@ fn main() {
         sink.vip = "240.1.0.1".into();
         sink.ports = vec![sink_port.clone()];
         outbound.push(sink);
-        sink_inbound.push(InboundService {
-            namespace: "bench".into(),
-            name: "sink".into(),
-            ports: vec![proto::Port {
-                gateway_port: 0,
-                ..sink_port
-            }],
-            endpoints: vec![Endpoint {
-                address: tcp_backend.clone(),
-                ready: true,
-                hostname: String::new(),
-            }],
-            backend_tls_mode: BackendTlsMode::Plaintext as i32,
-            ..Default::default()
-        });
+        let port = proto::Port {
+            gateway_port: 0,
+            ..sink_port
+        };
+        sink_inbound.push(inbound("sink", port, tcp_backend));
     }
     let a = ConfigSnapshot {
         version: 1,
@@ -113,21 +119,9 @@ fn main() {
         version: 1,
         cluster: "west".into(),
         peers: vec![peer("east", a_peer)],
-        inbound: vec![InboundService {
-            namespace: "bench".into(),
-            name: "echo".into(),
-            ports: vec![port],
-            endpoints: vec![Endpoint {
-                address: backend.clone(),
-                ready: true,
-                hostname: String::new(),
-            }],
-            backend_tls_mode: BackendTlsMode::Plaintext as i32,
-            ..Default::default()
-        }]
-        .into_iter()
-        .chain(sink_inbound)
-        .collect(),
+        inbound: std::iter::once(inbound("echo", port, backend))
+            .chain(sink_inbound)
+            .collect(),
         outbound: vec![],
         ..Default::default()
     };

@@ -378,28 +378,21 @@ mod tests {
             .find(|l| l.starts_with("SEEN BY"))
             .expect(&text);
         assert!(header.contains("east") && header.contains("west"), "{text}");
-        let east = text
-            .lines()
-            .skip_while(|l| !l.starts_with("SEEN BY"))
-            .find(|l| l.starts_with("east"))
-            .unwrap();
-        let cells: Vec<&str> = east
+        // A cluster's row of the matrix (below its header).
+        let row = |c: &str| {
+            text.lines()
+                .skip_while(|l| !l.starts_with("SEEN BY"))
+                .find(|l| l.starts_with(c))
+                .unwrap()
+        };
+        let cells: Vec<&str> = row("east")
             .split("  ")
             .map(str::trim)
             .filter(|c| !c.is_empty())
             .collect();
         assert_eq!(cells, ["east", ".", "DOWN", "up 1.2ms"], "{text}");
-        let west = text
-            .lines()
-            .skip_while(|l| !l.starts_with("SEEN BY"))
-            .find(|l| l.starts_with("west"))
-            .unwrap();
-        assert!(west.contains('-'), "no report from west: {text}");
-        let north = text
-            .lines()
-            .skip_while(|l| !l.starts_with("SEEN BY"))
-            .find(|l| l.starts_with("north"))
-            .unwrap();
+        assert!(row("west").contains('-'), "no report from west: {text}");
+        let north = row("north");
         assert!(north.contains("suspect 0.8ms"), "{text}");
     }
 }

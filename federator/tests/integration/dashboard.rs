@@ -59,8 +59,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         "the import and the drill in the snapshot",
         Duration::from_secs(20),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             let s = &v["snapshot"];
             (s["services"]["demo/echo"].is_object() && !s["drills"].as_object()?.is_empty())
                 .then_some(v)
@@ -113,8 +112,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         "the drill report in the snapshot",
         Duration::from_secs(20),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             v["snapshot"]["drill_reports"]["east/echo-east-1"]["east"]
                 .is_object()
                 .then_some(v)
@@ -170,8 +168,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         "the first traffic report",
         Duration::from_secs(10),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             (traffic(&v)["egress_requests"] == 100).then_some(())
         },
     )
@@ -181,8 +178,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         "rates from two reports",
         Duration::from_secs(10),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             let t = traffic(&v);
             (t["egress_requests"] == 300).then_some(t)
         },
@@ -196,16 +192,16 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
     assert_eq!(t["ingress_rps"], 0.0, "{t:#}");
     assert_eq!(t["gateways"], 1, "{t:#}");
     // The live RTT of this cluster's own reports (etcd gets only state changes).
-    let body: serde_json::Value =
-        serde_json::from_str(&http_get(&fed.admin, "/debug/snapshot").await?)?;
+    let body = snapshot(&fed)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
     assert_eq!(body["local_health"]["west"]["rtt_micros"], 800, "{body:#}");
     // Suspect is a state change: published, so every cluster sees it.
     wait_for(
         "east's suspicion of west in etcd",
         Duration::from_secs(10),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             (v["snapshot"]["health"]["east"]["west"]["suspect"] == true).then_some(())
         },
     )
@@ -217,8 +213,7 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
         "the ended stream's traffic to go",
         Duration::from_secs(10),
         || async {
-            let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = snapshot(&fed).await?;
             v["traffic"].as_object()?.is_empty().then_some(())
         },
     )
@@ -226,4 +221,10 @@ async fn the_dashboard_is_built_in_and_its_snapshot_has_what_it_shows() -> anyho
     assert!(gone.is_ok(), "{gone:?}");
     drop(fed);
     Ok(())
+}
+
+/// `/debug/snapshot` of `fed` as JSON (None while it does not answer).
+async fn snapshot(fed: &Fed) -> Option<serde_json::Value> {
+    let body = http_get(&fed.admin, "/debug/snapshot").await.ok()?;
+    serde_json::from_str(&body).ok()
 }
