@@ -256,6 +256,13 @@ impl KubeApiServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl apply --validate=false -f -` of `yaml`.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        self.run_kubectl(&["apply", "--validate=false", "-f", "-"], yaml)
+            .await
+            .map(|_| ())
+    }
+
     /// The current resourceVersion (one counter for all objects, as etcd's revision).
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()

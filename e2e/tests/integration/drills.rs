@@ -153,11 +153,7 @@ impl Cluster {
         let backend = tokio::spawn(async move {
             let _ = serve_http_echo(listener, demo).await;
         });
-        api.run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &exported("echo", backend_port),
-        )
-        .await?;
+        api.apply(&exported("echo", backend_port)).await?;
         Ok(Cluster {
             name: name.to_string(),
             api,
@@ -400,10 +396,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
 
     // 1. A Drill created in west with kubectl drains echo in east for 3 s.
     west.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &drill_yaml("echo-east", "echo", "east", "3s"),
-        )
+        .apply(&drill_yaml("echo-east", "echo", "east", "3s"))
         .await?;
     let running = wait_for("the Drill to run", T, || async {
         let d = west.drill("echo-east")?;
@@ -570,12 +563,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     // 3. West does not export `solo`: a Drill of it in west is rejected and drains nothing.
     let solo_backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let solo_port = solo_backend.local_addr()?.port();
-    east.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &exported("solo", solo_port),
-        )
-        .await?;
+    east.api.apply(&exported("solo", solo_port)).await?;
     wait_for("west to see east's export of solo", T, || async {
         let snap = west.snapshot().await?;
         snap["snapshot"]["services"]["demo/solo"]["exports"]["east"]
@@ -584,10 +572,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     })
     .await?;
     west.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &drill_yaml("solo-west", "solo", "west", "30s"),
-        )
+        .apply(&drill_yaml("solo-west", "solo", "west", "30s"))
         .await?;
     let rejected = wait_for("the Drill of solo to be rejected", T, || async {
         let d = west.drill("solo-west")?;
@@ -614,10 +599,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
 
     // 4. A long Drill, deleted while it runs: routing comes back within a second.
     west.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &drill_yaml("long", "echo", "east", "5m"),
-        )
+        .apply(&drill_yaml("long", "echo", "east", "5m"))
         .await?;
     wait_for("the long Drill to drain east", T, || async {
         let d = west.drill("long")?;
@@ -626,10 +608,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     .await?;
     // drills.max_concurrent is 1 here: a second Drill meanwhile is turned away.
     west.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &drill_yaml("second", "echo", "west", "30s"),
-        )
+        .apply(&drill_yaml("second", "echo", "west", "30s"))
         .await?;
     let second = wait_for("the second Drill to be turned away", T, || async {
         let d = west.drill("second")?;
@@ -691,10 +670,7 @@ async fn drills_as_kubernetes_resources_drain_report_reject_and_end_on_delete() 
     // 5. The federator running a Drill dies (SIGKILL, no goodbye): its lease lapses and the
     // drain ends with it.
     west.api
-        .run_kubectl(
-            &["apply", "--validate=false", "-f", "-"],
-            &drill_yaml("orphan", "echo", "east", "5m"),
-        )
+        .apply(&drill_yaml("orphan", "echo", "east", "5m"))
         .await?;
     wait_for("the orphaned Drill to drain east", T, || async {
         let d = west.drill("orphan")?;

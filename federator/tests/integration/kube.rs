@@ -121,13 +121,6 @@ impl TwoClusters {
     }
 }
 
-/// `kubectl apply --validate=false -f -` of `yaml`.
-async fn apply(api: &KubeApiServer, yaml: &str) -> anyhow::Result<()> {
-    api.run_kubectl(&["apply", "--validate=false", "-f", "-"], yaml)
-        .await
-        .map(|_| ())
-}
-
 fn namespace(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n")
 }
@@ -188,15 +181,13 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
         east,
         west,
     } = TwoClusters::start().await?;
-    apply(
-        &east_api,
-        &format!(
+    east_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
 
     // Imports appear only in namespaces that exist: none in west until it has `demo`.
     wait_for("west's federator to know demo/echo", T, || async {
@@ -218,7 +209,7 @@ async fn a_service_export_in_east_becomes_a_service_import_and_a_dns_name_in_wes
         .get(MCS, "serviceimports", "demo", "echo")
         .is_none());
     let gateways = gateway_pods(&west_api, &["10.244.1.7", "10.244.2.9"])?;
-    apply(&west_api, &namespace("demo")).await?;
+    west_api.apply(&namespace("demo")).await?;
 
     // West: a ServiceImport whose ClusterSetIP is the ClusterIP of a derived Service it owns.
     let (import, ip) = wait_for(
@@ -354,9 +345,7 @@ async fn an_external_name_service_or_none_at_all_makes_the_export_invalid() -> a
     let etcd = EtcdServer::start().await?;
     let api = KubeApiServer::start().await?;
     let _east = KubeFed::start("east", &etcd.endpoint(), &api).await?;
-    apply(
-        &api,
-        &format!(
+    api.apply(&format!(
             "{}apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\n  namespace: demo\nspec:\n  type: ExternalName\n  externalName: example.org\n---\n\
              apiVersion: {MCS}\nkind: ServiceExport\nmetadata:\n  name: ext\n  namespace: demo\n---\n\
              apiVersion: {MCS}\nkind: ServiceExport\nmetadata:\n  name: ghost\n  namespace: demo\n",
@@ -378,7 +367,7 @@ async fn an_external_name_service_or_none_at_all_makes_the_export_invalid() -> a
     until_condition(&api, "east", "ghost", "Valid", ("False", "NoService")).await?;
 
     // The Service appears: the export becomes valid and ready.
-    apply(&api, &exported_service("ghost", "http", 80)).await?;
+    api.apply(&exported_service("ghost", "http", 80)).await?;
     until_condition(&api, "east", "ghost", "Valid", ("True", "Valid")).await?;
     until_condition(&api, "east", "ghost", "Ready", ("True", "Exported")).await?;
     // The invalid one is not in the mesh.
@@ -396,24 +385,20 @@ async fn a_port_conflict_marks_both_exports() -> anyhow::Result<()> {
         west: _west,
     } = TwoClusters::start().await?;
     // Same port name, different port numbers.
-    apply(
-        &east_api,
-        &format!(
+    east_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
-    apply(
-        &west_api,
-        &format!(
+        ))
+        .await?;
+    west_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 8080)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     until_condition(
         &east_api,
         "east",
@@ -471,10 +456,12 @@ async fn a_headless_export_becomes_endpoint_slices_per_cluster() -> anyhow::Resu
         west.is_leader().await.then_some(())
     })
     .await?;
-    apply(&west_api, &namespace("demo")).await?;
+    west_api.apply(&namespace("demo")).await?;
     let headless = exported_service("db", "pg", 5432)
         .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:");
-    apply(&east_api, &format!("{}{headless}", namespace("demo"))).await?;
+    east_api
+        .apply(&format!("{}{headless}", namespace("demo")))
+        .await?;
 
     let slice = wait_for("west's EndpointSlice of demo/db from east", T, || async {
         headless_slice(&west_api, "east")
@@ -527,7 +514,7 @@ async fn remote_headless_endpoints_get_derived_services_leading_to_the_gateway(
         east: _east,
         west,
     } = TwoClusters::start().await?;
-    apply(&west_api, &namespace("demo")).await?;
+    west_api.apply(&namespace("demo")).await?;
     let _gateway = gateway_pods(&west_api, &["10.244.0.7"])?;
     let headless = exported_service("db", "pg", 5432)
         .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:")
@@ -536,7 +523,9 @@ async fn remote_headless_endpoints_get_derived_services_leading_to_the_gateway(
             "  - addresses: [\"10.1.0.5\"]\n    hostname: db-0\n    conditions:\n      ready: true\n\
              \x20 - addresses: [\"10.1.0.6\"]\n    hostname: db-1\n    conditions:\n      ready: true\n",
         );
-    apply(&east_api, &format!("{}{headless}", namespace("demo"))).await?;
+    east_api
+        .apply(&format!("{}{headless}", namespace("demo")))
+        .await?;
 
     let endpoint_services = || {
         let mut v: Vec<Value> = west_api
@@ -667,16 +656,16 @@ async fn remote_headless_endpoints_get_derived_services_leading_to_the_gateway(
     );
 
     // db-1 goes away in east: its Service goes, and its name.
-    apply(
-        &east_api,
-        &exported_service("db", "pg", 5432)
-            .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:")
-            .replace(
-                "  - addresses: [\"10.1.0.5\"]\n    conditions:",
-                "  - addresses: [\"10.1.0.5\"]\n    hostname: db-0\n    conditions:",
-            ),
-    )
-    .await?;
+    east_api
+        .apply(
+            &exported_service("db", "pg", 5432)
+                .replace("spec:\n  ports:", "spec:\n  clusterIP: None\n  ports:")
+                .replace(
+                    "  - addresses: [\"10.1.0.5\"]\n    conditions:",
+                    "  - addresses: [\"10.1.0.5\"]\n    hostname: db-0\n    conditions:",
+                ),
+        )
+        .await?;
     wait_for("db-1's derived Service to go", T, || async {
         (endpoint_services().len() == 1).then_some(())
     })
@@ -710,14 +699,11 @@ async fn a_standby_replica_takes_over_writing_conditions() -> anyhow::Result<()>
     let first = KubeFed::start("east", &etcd.endpoint(), &api).await?;
     let second = KubeFed::spawn("east", &etcd.endpoint(), &api).await?;
     assert!(!second.is_leader().await, "one leader per cluster");
-    apply(
-        &api,
-        &format!(
-            "{}{}",
-            namespace("demo"),
-            exported_service("echo", "http", 80)
-        ),
-    )
+    api.apply(&format!(
+        "{}{}",
+        namespace("demo"),
+        exported_service("echo", "http", 80)
+    ))
     .await?;
     until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
 
@@ -726,7 +712,7 @@ async fn a_standby_replica_takes_over_writing_conditions() -> anyhow::Result<()>
         second.is_leader().await.then_some(())
     })
     .await?;
-    apply(&api, &exported_service("web", "http", 8080)).await?;
+    api.apply(&exported_service("web", "http", 8080)).await?;
     until_condition(&api, "east", "web", "Ready", ("True", "Exported")).await?;
     until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
     Ok(())
@@ -754,7 +740,7 @@ async fn causeway_crds_prints_the_charts_crds() -> anyhow::Result<()> {
     // The API server takes them (about.k8s.io is a protected group: its CRD needs the approval
     // annotation, which a real kube-apiserver checks and so does the test server) ...
     let api = KubeApiServer::start().await?;
-    apply(&api, &committed).await?;
+    api.apply(&committed).await?;
     assert!(api
         .get(
             "apiextensions.k8s.io/v1",
@@ -772,7 +758,8 @@ async fn causeway_crds_prints_the_charts_crds() -> anyhow::Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let refused = apply(&other, &unapproved)
+    let refused = other
+        .apply(&unapproved)
         .await
         .expect_err("unapproved CRD accepted");
     assert!(
@@ -1178,16 +1165,14 @@ async fn slices_kube_controller_manager_makes_from_our_labels_are_left_alone() -
         west,
     } = TwoClusters::start().await?;
     gateway_pods(&west_api, &["10.244.1.7"])?;
-    apply(&west_api, &namespace("demo")).await?;
-    apply(
-        &east_api,
-        &format!(
+    west_api.apply(&namespace("demo")).await?;
+    east_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     wait_for("west's slice of the gateway pods", T, || async {
         (endpoint_ips(slices_of(&west_api, "demo", "echo-clusterset").first()?) == ["10.244.1.7"])
             .then_some(())
@@ -1229,15 +1214,13 @@ async fn a_clusterset_ip_held_by_another_service_is_a_condition_and_an_event_and
         east: _east,
         west,
     } = TwoClusters::start().await?;
-    apply(
-        &east_api,
-        &format!(
+    east_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     let vip = wait_for("west's federator to know demo/echo's VIP", T, || async {
         let body = http_get(&west.admin, "/debug/snapshot").await.ok()?;
         let v: Value = serde_json::from_str(&body).ok()?;
@@ -1338,16 +1321,14 @@ async fn after_api_server_restarts_new_exports_flow_within_seconds() -> anyhow::
         west: _west,
     } = TwoClusters::start().await?;
     gateway_pods(&west_api, &["10.244.1.7"])?;
-    apply(&west_api, &namespace("demo")).await?;
-    apply(
-        &east_api,
-        &format!(
+    west_api.apply(&namespace("demo")).await?;
+    east_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     wait_for("west's ServiceImport demo/echo", T, || async {
         west_api
             .get(MCS, "serviceimports", "demo", "echo")
@@ -1361,7 +1342,9 @@ async fn after_api_server_restarts_new_exports_flow_within_seconds() -> anyhow::
     a?;
     b?;
     let back = std::time::Instant::now();
-    apply(&east_api, &exported_service("fresh", "http", 81)).await?;
+    east_api
+        .apply(&exported_service("fresh", "http", 81))
+        .await?;
     let bound = Duration::from_secs(8);
     wait_for(
         "the new export in west within 8 s of the restart",
@@ -1420,14 +1403,11 @@ async fn forbidden_before_rbac_is_ready_and_initialising_storage_are_retried() -
     )
     .await?;
     api.set_initializing("serviceexports", false);
-    apply(
-        &api,
-        &format!(
-            "{}{}",
-            namespace("demo"),
-            exported_service("echo", "http", 80)
-        ),
-    )
+    api.apply(&format!(
+        "{}{}",
+        namespace("demo"),
+        exported_service("echo", "http", 80)
+    ))
     .await?;
     until_condition(&api, "east", "echo", "Ready", ("True", "Exported")).await?;
     Ok(())
@@ -1510,7 +1490,9 @@ async fn an_internal_traffic_policy_is_carried_and_a_differing_one_conflicts() -
         "spec:\n  internalTrafficPolicy: Local\n  trafficDistribution: PreferClose\n  ports:",
         1,
     );
-    apply(&east_api, &format!("{}{local}", namespace("demo"))).await?;
+    east_api
+        .apply(&format!("{}{local}", namespace("demo")))
+        .await?;
     until_condition(&east_api, "east", "echo", "Ready", ("True", "Exported")).await?;
     wait_for("east's ServiceImport to carry the policy", T, || async {
         let si = east_api.get(MCS, "serviceimports", "demo", "echo")?;
@@ -1521,15 +1503,13 @@ async fn an_internal_traffic_policy_is_carried_and_a_differing_one_conflicts() -
     .await?;
     // West exports it with the default policy (Cluster) and no traffic distribution: both
     // conflict, and the oldest (east's) still applies.
-    apply(
-        &west_api,
-        &format!(
+    west_api
+        .apply(&format!(
             "{}{}",
             namespace("demo"),
             exported_service("echo", "http", 80)
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     let want = (
         "True",
         "InternalTrafficPolicyConflict,TrafficDistributionConflict",
@@ -1553,7 +1533,7 @@ async fn exported_labels_and_annotations_reach_the_import_and_bad_ones_are_named
         east: _east,
         west: _west,
     } = TwoClusters::start().await?;
-    apply(&west_api, &namespace("demo")).await?;
+    west_api.apply(&namespace("demo")).await?;
     let with_spec = |labels: &str| {
         exported_service("echo", "http", 80).replace(
             "kind: ServiceExport\nmetadata:\n  name: echo\n  namespace: demo\n",
@@ -1562,11 +1542,13 @@ async fn exported_labels_and_annotations_reach_the_import_and_bad_ones_are_named
             ),
         )
     };
-    apply(
-        &east_api,
-        &format!("{}{}", namespace("demo"), with_spec("{team: payments}")),
-    )
-    .await?;
+    east_api
+        .apply(&format!(
+            "{}{}",
+            namespace("demo"),
+            with_spec("{team: payments}")
+        ))
+        .await?;
     let (si, svc) = wait_for(
         "west's ServiceImport and Service with the exported labels",
         T,
@@ -1586,7 +1568,7 @@ async fn exported_labels_and_annotations_reach_the_import_and_bad_ones_are_named
         "causeway-federator"
     );
     // A label Kubernetes would refuse is refused at the source, named; nothing else changes.
-    apply(&east_api, &with_spec("{\"bad key!\": x}")).await?;
+    east_api.apply(&with_spec("{\"bad key!\": x}")).await?;
     until_condition(
         &east_api,
         "east",
