@@ -71,8 +71,8 @@ impl DnsHandler {
     /// response rather than a query), else the encoded response.
     pub fn handle_bytes(&self, raw: &[u8], src: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
         let start = Instant::now();
-        // Taken before the answer is computed: a response is only ever kept under the snapshot
-        // it was computed from or an older one (which the next lookup clears).
+        // One snapshot for the lookup, the answer and the cache entry. Cloned so that the watch
+        // lock goes at once.
         let snapshot = Arc::clone(&*self.snapshots.borrow());
         let cacheable = raw.len() >= 12 && raw.len() <= crate::cache::MAX_REQUEST;
         if cacheable {
@@ -96,7 +96,7 @@ impl DnsHandler {
         if request.metadata.message_type == MessageType::Response {
             return None;
         }
-        let prepared = self.prepare(&request);
+        let prepared = self.prepare(&request, &snapshot);
         let max_size = if tcp {
             u16::MAX
         } else {
@@ -148,7 +148,7 @@ impl DnsHandler {
     }
 
     /// Decides the response: the header, EDNS, and the records.
-    fn prepare(&self, request: &Request) -> Prepared {
+    fn prepare(&self, request: &Request, snapshot: &MeshSnapshot) -> Prepared {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         // No recursion here, ever: RA stays 0 (response_from_request leaves it unset).
         let edns = request.edns.as_ref().map(|req| {
@@ -199,8 +199,6 @@ impl DnsHandler {
                 // The zone is computed per query; there is nothing to transfer.
                 break 'rcode ResponseCode::Refused;
             }
-            // Clone the Arc and let the watch lock go at once: never held across an await.
-            let snapshot = Arc::clone(&*self.snapshots.borrow());
             if !snapshot.synced {
                 // Before the initial sync an NXDOMAIN would be a lie that resolvers cache.
                 break 'rcode ResponseCode::ServFail;
@@ -210,7 +208,7 @@ impl DnsHandler {
                 // other address is not ours to answer.
                 let answers = self
                     .zone
-                    .reverse(&snapshot, query.name(), ip, query.query_type());
+                    .reverse(snapshot, query.name(), ip, query.query_type());
                 match answers {
                     Some(records) => {
                         metadata.authoritative = true;
@@ -221,9 +219,7 @@ impl DnsHandler {
                 }
             }
             metadata.authoritative = true;
-            let answer = self
-                .zone
-                .lookup(&snapshot, query.name(), query.query_type());
+            let answer = self.zone.lookup(snapshot, query.name(), query.query_type());
             prepared.answers = answer.answers;
             prepared.authority = answer.authority;
             answer.rcode
@@ -243,7 +239,9 @@ impl RequestHandler for DnsHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let start = Instant::now();
-        let prepared = self.prepare(request);
+        // Cloned so that the watch lock goes at once: never held across an await.
+        let snapshot = Arc::clone(&*self.snapshots.borrow());
+        let prepared = self.prepare(request, &snapshot);
         let response = MessageResponseBuilder::new(&request.queries, prepared.edns.as_ref()).build(
             prepared.metadata,
             prepared.answers.iter(),
