@@ -279,6 +279,17 @@ fn condition(
     }
 }
 
+/// The status of each of the plan's observers from the reports so far.
+fn observer_statuses(
+    plan: &Plan,
+    reports: &BTreeMap<ClusterId, DrillReport>,
+) -> Vec<DrillObserverStatus> {
+    plan.observers
+        .iter()
+        .map(|o| observer_status(o, reports.get(o)))
+        .collect()
+}
+
 /// The status of one observer from its report (`None`: nothing yet).
 pub(crate) fn observer_status(cluster: &ClusterId, r: Option<&DrillReport>) -> DrillObserverStatus {
     let Some(r) = r else {
@@ -490,7 +501,7 @@ pub(crate) async fn run(
                     // Accepted in this pass but not in the snapshot yet.
                     let overlapping = runs
                         .values()
-                        .any(|r| r.drains == (plan.service.clone(), plan.cluster.clone()));
+                        .any(|r| r.drains.0 == plan.service && r.drains.1 == plan.cluster);
                     if overlapping {
                         Err(reject(
                             reason::OVERLAPPING_DRILL,
@@ -676,13 +687,7 @@ async fn run_one(
         return;
     }
     // The observers that reported their baseline are probing now.
-    let probing: Vec<DrillObserverStatus> = {
-        let r = reports(&snapshots.borrow_and_update());
-        plan.observers
-            .iter()
-            .map(|o| observer_status(o, r.get(o)))
-            .collect()
-    };
+    let probing = observer_statuses(&plan, &reports(&snapshots.borrow_and_update()));
     patch_status(
         &api,
         &name,
@@ -720,11 +725,7 @@ async fn run_one(
     let mut shown = Vec::new();
     let last = loop {
         let r = reports(&snapshots.borrow_and_update());
-        let observers: Vec<DrillObserverStatus> = plan
-            .observers
-            .iter()
-            .map(|o| observer_status(o, r.get(o)))
-            .collect();
+        let observers = observer_statuses(&plan, &r);
         if observers != shown {
             patch_status(
                 &api,
