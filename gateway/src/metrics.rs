@@ -30,7 +30,18 @@ pub(crate) struct Metrics {
     /// Open tunnels closed because an applied config no longer allows them, by reason.
     pub tunnels_closed: IntCounterVec,
     pub cert_expiry: IntGaugeVec,
+    /// [`Metrics::traffic_with`]'s last pass, shared by the peers' probers.
+    traffic: std::sync::Arc<std::sync::Mutex<Option<TrafficPass>>>,
 }
+
+/// When a pass over the request series was made, and what it found per peer.
+type TrafficPass = (
+    std::time::Instant,
+    std::sync::Arc<std::collections::HashMap<String, PeerTraffic>>,
+);
+
+/// How long one pass over the request series serves the peers' probers.
+const TRAFFIC_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Requests to and from one peer cluster, cumulative ([`Metrics::traffic_with`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +206,7 @@ impl Metrics {
             cert_renewals,
             refused,
             cert_expiry,
+            traffic: Default::default(),
         }
     }
 
@@ -202,10 +214,26 @@ impl Metrics {
     /// What this gateway carried to `peer` (egress, by destination cluster) and from it
     /// (ingress, by source cluster) since it started, summed from
     /// `causeway_gateway_requests_total`: a failure is a 5xx or `tcp_error`. Read every few
-    /// seconds by the peer's prober for its health report, never on a request's path.
+    /// seconds by each peer's prober for its health report, never on a request's path: one
+    /// pass over the series serves every peer for [`TRAFFIC_FRESH`].
     pub(crate) fn traffic_with(&self, peer: &str) -> PeerTraffic {
+        let mut cache = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < TRAFFIC_FRESH)
+            .map(|(_, by_peer)| by_peer.clone());
+        let by_peer = fresh.unwrap_or_else(|| {
+            let by_peer = std::sync::Arc::new(self.traffic_by_peer());
+            *cache = Some((std::time::Instant::now(), by_peer.clone()));
+            by_peer
+        });
+        by_peer.get(peer).copied().unwrap_or_default()
+    }
+
+    /// [`Metrics::traffic_with`] of every cluster named in the series, in one pass.
+    fn traffic_by_peer(&self) -> std::collections::HashMap<String, PeerTraffic> {
         use prometheus::core::Collector;
-        let mut t = PeerTraffic::default();
+        let mut by_peer: std::collections::HashMap<String, PeerTraffic> = Default::default();
         for family in self.requests.collect() {
             for m in family.get_metric() {
                 let (mut direction, mut source, mut destination, mut code) = ("", "", "", "");
@@ -225,11 +253,13 @@ impl Metrics {
                     0
                 };
                 match direction {
-                    "egress" if destination == peer => {
+                    "egress" => {
+                        let t = by_peer.entry(destination.to_string()).or_default();
                         t.egress_requests += n;
                         t.egress_errors += failed;
                     }
-                    "ingress" if source == peer => {
+                    "ingress" => {
+                        let t = by_peer.entry(source.to_string()).or_default();
                         t.ingress_requests += n;
                         t.ingress_errors += failed;
                     }
@@ -237,7 +267,7 @@ impl Metrics {
                 }
             }
         }
-        t
+        by_peer
     }
 
     pub(crate) fn refuse(&self, listener: &str, reason: &str) {
