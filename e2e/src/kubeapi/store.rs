@@ -808,23 +808,16 @@ impl Store {
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                let (what, groups, inner, field) = if rt.kind == "EndpointSlice" {
-                    (
-                        "EndpointSlice.discovery.k8s.io",
-                        "endpoints",
-                        "addresses",
-                        "",
-                    )
+                // A slice lists addresses as strings, Endpoints as objects with `ip`.
+                let slice = rt.kind == "EndpointSlice";
+                let (what, groups, field) = if slice {
+                    ("EndpointSlice.discovery.k8s.io", "endpoints", "")
                 } else {
-                    ("Endpoints", "subsets", "addresses", ".ip")
+                    ("Endpoints", "subsets", ".ip")
                 };
                 for (i, g) in obj[groups].as_array().into_iter().flatten().enumerate() {
-                    for (j, a) in g[inner].as_array().into_iter().flatten().enumerate() {
-                        let text = if field.is_empty() {
-                            a.as_str()
-                        } else {
-                            a["ip"].as_str()
-                        };
+                    for (j, a) in g["addresses"].as_array().into_iter().flatten().enumerate() {
+                        let text = if slice { a.as_str() } else { a["ip"].as_str() };
                         let loopback = text
                             .and_then(|t| t.parse::<std::net::IpAddr>().ok())
                             .is_some_and(|ip| ip.is_loopback());
@@ -833,7 +826,7 @@ impl Store {
                                 422,
                                 "Invalid",
                                 format!(
-                                    "{what} \"{name}\" is invalid: {groups}[{i}].{inner}[{j}]{field}: Invalid value: \"{}\": may not be in the loopback range (127.0.0.0/8, ::1/128)",
+                                    "{what} \"{name}\" is invalid: {groups}[{i}].addresses[{j}]{field}: Invalid value: \"{}\": may not be in the loopback range (127.0.0.0/8, ::1/128)",
                                     text.unwrap_or_default()
                                 ),
                             ));
