@@ -166,6 +166,7 @@ mod tests {
             ready_endpoints: 1,
             local: cluster == "east",
             stats: Default::default(),
+            header: None,
         }
     }
 

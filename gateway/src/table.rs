@@ -211,6 +211,9 @@ pub(crate) struct Candidate {
     /// This gateway's own cluster: routed to its inbound endpoints without a peer hop.
     pub local: bool,
     pub stats: Arc<ClusterStats>,
+    /// `cluster` as the value of the egress's `x-causeway-cluster` answer header, made once
+    /// per config rather than per response.
+    pub header: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +541,7 @@ impl Tables {
                     ready_endpoints: c.ready_endpoints,
                     local,
                     stats: registry.cluster(&name, &c.cluster),
+                    header: http::HeaderValue::from_str(&c.cluster).ok(),
                 });
             }
             candidates.sort_by_key(|c| c.priority);

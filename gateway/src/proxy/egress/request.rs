@@ -167,6 +167,8 @@ pub(super) async fn forward(
                     outlier_failure(proxy, svc, cand);
                     if retries.may_resend(n, &body) {
                         // Keep the failed response: it is the answer if no retry does better.
+                        let mut resp = resp;
+                        name_the_cluster(resp.headers_mut(), cand);
                         last = Some((resp, cand.cluster.clone()));
                         continue;
                     }
@@ -176,7 +178,7 @@ pub(super) async fn forward(
                 }
                 let (mut head, incoming) = resp.into_parts();
                 xfcc::strip_hop_by_hop(&mut head.headers);
-                name_the_cluster(&mut head.headers, &cand.cluster);
+                name_the_cluster(&mut head.headers, cand);
                 let mut guards: Vec<Guard> = vec![Box::new(permit), Box::new(active)];
                 if let Some(g) = retries.into_guard() {
                     guards.push(Box::new(g));
@@ -208,8 +210,7 @@ pub(super) async fn forward(
             }
         }
     }
-    if let Some((mut resp, cluster)) = last {
-        name_the_cluster(resp.headers_mut(), &cluster);
+    if let Some((resp, cluster)) = last {
         let status = resp.status();
         record.destination_cluster = cluster.clone();
         record.finish(status.as_str(), status.as_u16(), None);
@@ -238,9 +239,9 @@ pub(super) async fn forward(
 
 /// Tells the caller which cluster answered ([`causeway_api::CLUSTER_HEADER`]): drills count
 /// by it. The gateway's word replaces a backend's.
-fn name_the_cluster(headers: &mut http::HeaderMap, cluster: &str) {
-    if let Ok(v) = HeaderValue::from_str(cluster) {
-        headers.insert(causeway_api::CLUSTER_HEADER, v);
+fn name_the_cluster(headers: &mut http::HeaderMap, cand: &Candidate) {
+    if let Some(v) = &cand.header {
+        headers.insert(causeway_api::CLUSTER_HEADER, v.clone());
     }
 }
 
