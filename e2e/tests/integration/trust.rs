@@ -331,6 +331,8 @@ async fn an_expired_cluster_is_refused_and_recovers_when_renewed() {
         not_after <= now(),
         "east's certificate is reported expired at {not_after}"
     );
+    // What west showed last, for the message if it never refuses.
+    let seen = std::sync::Mutex::new(String::new());
     causeway_e2e::wait_for(
         "west to refuse east's expired certificate",
         Duration::from_secs(20),
@@ -340,13 +342,23 @@ async fn an_expired_cluster_is_refused_and_recovers_when_renewed() {
                 &m,
                 "causeway_gateway_peer_handshake_failures_total",
                 &[("reason", "expired")],
-            )?;
+            );
+            let peers = lab
+                .admin_get(
+                    lab.cluster("west").netns.as_deref(),
+                    lab.cluster("west").gateway.admin,
+                    "/peers",
+                )
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            *seen.lock().unwrap() = format!("expired handshakes {refused:?}; /peers {peers}");
             let answering = lab.peers_answering("west").await.ok()?;
-            (refused >= 1.0 && !answering.contains("east")).then_some(())
+            (refused? >= 1.0 && !answering.contains("east")).then_some(())
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    .unwrap_or_else(|e| panic!("{e:#}; west showed: {}", seen.lock().unwrap()));
     let refused_after = stopped.elapsed();
 
     for f in &federators {
