@@ -58,15 +58,19 @@ pub fn validate_dns_label(what: &'static str, value: &str) -> Result<(), Invalid
 // === impl ClusterId ===
 
 /// A cluster ID: an RFC 1123 label, e.g. `east`.
+///
+/// Shared, not copied, when cloned: a federator holds one per export in several maps (its
+/// folded etcd state, each service's view, each import's cluster list), 510,000 of them at
+/// Cilium's scale.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ClusterId(String);
+pub struct ClusterId(std::sync::Arc<str>);
 
 impl ClusterId {
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidName> {
         let id = id.into();
         validate_dns_label("cluster ID", &id)?;
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -90,7 +94,7 @@ impl TryFrom<String> for ClusterId {
 
 impl From<ClusterId> for String {
     fn from(c: ClusterId) -> String {
-        c.0
+        c.0.to_string()
     }
 }
 
