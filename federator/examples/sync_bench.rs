@@ -53,7 +53,21 @@ fn federator_bin() -> anyhow::Result<PathBuf> {
 }
 
 async fn spawn(bin: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut cmd = Command::new(bin);
+    // SYNC_BENCH_WRAP="heaptrack -o /tmp/ht" runs the federators under a profiler (with
+    // --changes 0, only the scale run's one).
+    let wrap: Vec<String> = std::env::var("SYNC_BENCH_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     cmd.args(args).env("RUST_LOG", "error");
     let (child, mut addrs) =
         causeway_e2e::spawn_printing(&mut cmd, &["admin listening on "]).await?;
@@ -99,6 +113,9 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 async fn propagation(bin: &Path, changes: usize) -> anyhow::Result<()> {
+    if changes == 0 {
+        return Ok(());
+    }
     let etcd = EtcdServer::start().await?;
     let (de, dw) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let ep = etcd.endpoint();
