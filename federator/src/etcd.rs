@@ -301,11 +301,32 @@ pub async fn list_prefix(
     prefix: &str,
     keys_only: bool,
 ) -> Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64), etcd_client::Error> {
-    let end = prefix_end(prefix.as_bytes());
     let mut out = Vec::new();
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    loop {
+    let revision = list_prefix_pages(client, prefix, keys_only, |kvs| {
+        out.extend(
+            kvs.iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.lease())),
+        );
+    })
+    .await?;
+    Ok((out, revision))
+}
+
+/// Lists every key under `prefix` at one revision and hands each page of `LIST_PAGE` keys to
+/// `on_page` as it arrives; returns the list's revision. The next page is asked for before
+/// `on_page` runs, so etcd serves it while the caller decodes this one, and no more than two
+/// pages are held at a time (a federator at 510,000 exports does not hold the whole raw list
+/// beside what it decodes from it). On an error, pages already handed over are not taken back:
+/// the caller discards what it built.
+pub async fn list_prefix_pages(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    keys_only: bool,
+    mut on_page: impl FnMut(&[etcd_client::KeyValue]),
+) -> Result<i64, etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let page = |client: &etcd_client::Client, from: Vec<u8>, revision: i64| {
+        let mut client = client.clone();
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
             .with_limit(LIST_PAGE);
@@ -315,19 +336,33 @@ pub async fn list_prefix(
         if keys_only {
             opts = opts.with_keys_only();
         }
-        let resp = client.get(from.clone(), Some(opts)).await?;
-        if revision == 0 {
-            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        }
-        for kv in resp.kvs() {
-            out.push((kv.key().to_vec(), kv.value().to_vec(), kv.lease()));
-        }
-        match resp.kvs().last() {
+        async move { client.get(from, Some(opts)).await }
+    };
+    let mut resp = page(client, prefix.as_bytes().to_vec(), 0).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    loop {
+        let next = match resp.kvs().last() {
             Some(last) if resp.more() => {
-                from = last.key().to_vec();
+                let mut from = last.key().to_vec();
                 from.push(0);
+                // Spawned, so that it runs while this page is handed over.
+                Some(tokio::spawn(page(client, from, revision)))
             }
-            _ => return Ok((out, revision)),
+            _ => None,
+        };
+        on_page(resp.kvs());
+        match next {
+            None => return Ok(revision),
+            Some(task) => {
+                resp = match task.await {
+                    Ok(r) => r?,
+                    Err(e) => {
+                        return Err(etcd_client::Error::IoError(std::io::Error::other(format!(
+                            "listing {prefix}: the page task ended: {e}"
+                        ))))
+                    }
+                };
+            }
         }
     }
 }

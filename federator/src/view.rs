@@ -120,19 +120,37 @@ impl MeshState {
     /// Replaces the state with a full list taken at `revision`. What vanished since we last
     /// looked is treated as by the watch: a cluster whose key is gone goes stale with its exports;
     /// exports of a live cluster that are gone were unexported.
+    #[cfg(test)]
     pub(crate) fn apply_list(&mut self, kvs: Vec<(String, Vec<u8>)>, revision: i64, now_ms: i64) {
-        let old_clusters = std::mem::take(&mut self.clusters);
-        let old_exports = std::mem::take(&mut self.exports);
-        self.drills.clear();
-        self.drill_reports.clear();
-        self.health.clear();
-        self.vips.clear();
-        self.endpoint_vips.clear();
-        let changes: Vec<Change> = kvs
-            .into_iter()
-            .map(|(key, value)| Change::Put { key, value })
-            .collect();
-        self.apply_puts_only(&changes, now_ms);
+        let mut fresh = self.fresh_for_list();
+        for (key, value) in &kvs {
+            fresh.apply_kv(key, Some(value), now_ms);
+        }
+        self.take_list(fresh, revision, now_ms);
+    }
+
+    /// An empty state to apply a full list to, page by page ([`Self::apply_kv`]), before
+    /// [`Self::take_list`] makes it this one. It knows the values already found undecodable,
+    /// so that a relist does not log them again.
+    pub(crate) fn fresh_for_list(&self) -> Self {
+        let mut fresh = Self::new(self.local.clone(), Duration::ZERO)
+            .with_headless_via_gateway(self.headless_via_gateway);
+        fresh.stale_grace_ms = self.stale_grace_ms;
+        fresh.bad_values = self.bad_values.clone();
+        fresh
+    }
+
+    /// Replaces the state with `fresh`, a full list taken at `revision`. What vanished since we
+    /// last saw it is kept as stale (within the grace), as after a cluster's keys vanish.
+    pub(crate) fn take_list(&mut self, fresh: Self, revision: i64, now_ms: i64) {
+        let old_clusters = std::mem::replace(&mut self.clusters, fresh.clusters);
+        let old_exports = std::mem::replace(&mut self.exports, fresh.exports);
+        self.drills = fresh.drills;
+        self.drill_reports = fresh.drill_reports;
+        self.health = fresh.health;
+        self.vips = fresh.vips;
+        self.endpoint_vips = fresh.endpoint_vips;
+        self.bad_values = fresh.bad_values;
         // Carry over what we held of clusters that are not live now.
         for (c, mut entry) in old_clusters {
             match self.clusters.get_mut(&c) {
@@ -173,12 +191,6 @@ impl MeshState {
             if by_cluster.contains_key(cluster) {
                 self.dirty.insert(svc.clone());
             }
-        }
-    }
-
-    fn apply_puts_only(&mut self, changes: &[Change], now_ms: i64) {
-        for c in changes {
-            self.apply_one(c, now_ms);
         }
     }
 
@@ -236,10 +248,14 @@ impl MeshState {
     }
 
     fn apply_one(&mut self, change: &Change, now_ms: i64) {
-        let (key_str, value) = match change {
-            Change::Put { key, value } => (key.as_str(), Some(value.as_slice())),
-            Change::Delete { key } => (key.as_str(), None),
-        };
+        match change {
+            Change::Put { key, value } => self.apply_kv(key, Some(value), now_ms),
+            Change::Delete { key } => self.apply_kv(key, None, now_ms),
+        }
+    }
+
+    /// Applies one key's value (`None`: deleted).
+    pub(crate) fn apply_kv(&mut self, key_str: &str, value: Option<&[u8]>, now_ms: i64) {
         let key = match Key::parse(key_str) {
             Ok(k) => k,
             Err(e) => {
@@ -278,6 +294,11 @@ impl MeshState {
             (Key::Export { service, cluster }, Some(v)) => {
                 let Some(record) = self.decode::<ExportRecord>(key_str, v) else {
                     return;
+                };
+                // One shared ID for all of a cluster's exports, not one per key read.
+                let cluster = match self.clusters.get_key_value(&cluster) {
+                    Some((id, _)) => id.clone(),
+                    None => cluster,
                 };
                 self.clusters
                     .entry(cluster.clone())
@@ -631,14 +652,19 @@ pub(crate) async fn run(
             }
         };
         if need_list {
-            let listed = etcd::list_prefix(&mut client, keys::PREFIX, false).await;
+            // Decoded page by page as they arrive, into a state that replaces this one only
+            // when the whole list is in (a failed list leaves the last snapshot's state).
+            let mut fresh = state.fresh_for_list();
+            let listed = etcd::list_prefix_pages(&mut client, keys::PREFIX, false, |kvs| {
+                let now = now_ms();
+                for kv in kvs {
+                    fresh.apply_kv(&String::from_utf8_lossy(kv.key()), Some(kv.value()), now);
+                }
+            })
+            .await;
             match listed {
-                Ok((kvs, rev)) => {
-                    let kvs = kvs
-                        .into_iter()
-                        .map(|(k, v, _)| (String::from_utf8_lossy(&k).into_owned(), v))
-                        .collect();
-                    state.apply_list(kvs, rev, now_ms());
+                Ok(rev) => {
+                    state.take_list(fresh, rev, now_ms());
                     tracing::info!(revision = rev, "mesh view listed");
                     need_list = false;
                     publish(&mut state, &local);

@@ -2,6 +2,7 @@
 
 mod certs;
 mod dashboard;
+mod etcd;
 mod federation;
 mod harness;
 mod issuer;
