@@ -19,6 +19,7 @@ pub mod net;
 pub mod pem;
 pub mod policy;
 pub mod prom;
+pub mod rare;
 pub mod snapshot;
 pub mod spiffe;
 pub mod task;

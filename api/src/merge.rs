@@ -147,7 +147,7 @@ fn merge_service(
         session_affinity: winner.session_affinity,
         clusters,
         conflict,
-        exported: winner.exported.clone(),
+        exported: (*winner.exported).clone(),
     };
     let conditions = exports
         .iter()

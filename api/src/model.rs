@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rare::Empty;
+
 /// Version of the JSON values under `/causeway/v2/`.
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -349,11 +351,11 @@ pub struct ExportRecord {
     /// How callers' gateways treat calls to the service; the oldest export's applies to the
     /// import ([`Import`] carries it).
     #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
-    pub traffic_policy: TrafficPolicy,
+    pub traffic_policy: crate::rare::Rare<TrafficPolicy>,
     /// What the export asks importing clusters to carry (MCS API v0.5.0); the oldest export's
     /// applies, a differing one is a conflict.
     #[serde(default, skip_serializing_if = "Exported::is_empty")]
-    pub exported: Exported,
+    pub exported: crate::rare::Rare<Exported>,
 }
 
 /// An export with every field at its default and the current schema: build one with
@@ -373,8 +375,8 @@ impl Default for ExportRecord {
             allowed_identities: Vec::new(),
             weight: None,
             service_ip: None,
-            traffic_policy: TrafficPolicy::default(),
-            exported: Exported::default(),
+            traffic_policy: Default::default(),
+            exported: Default::default(),
         }
     }
 }
@@ -396,7 +398,19 @@ pub struct Exported {
 
 impl Exported {
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self == Self::empty()
+    }
+}
+
+impl crate::rare::Empty for Exported {
+    fn empty() -> &'static Self {
+        static EMPTY: Exported = Exported {
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            internal_traffic_policy: None,
+            traffic_distribution: None,
+        };
+        &EMPTY
     }
 }
 
@@ -432,7 +446,23 @@ pub struct TrafficPolicy {
 
 impl TrafficPolicy {
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self == Self::empty()
+    }
+}
+
+impl crate::rare::Empty for TrafficPolicy {
+    fn empty() -> &'static Self {
+        static EMPTY: TrafficPolicy = TrafficPolicy {
+            timeout_ms: None,
+            retry_attempts: None,
+            max_concurrent: None,
+            max_pending: None,
+            outlier_consecutive_errors: None,
+            outlier_base_ejection_ms: None,
+            rate_limit: None,
+            failover: Vec::new(),
+        };
+        &EMPTY
     }
 }
 

@@ -117,7 +117,7 @@ impl ServiceView {
             .iter()
             .filter_map(|c| Some((c, self.exports.get(c)?)))
             .min_by_key(|(c, e)| (e.record.created_unix_ms, *c))
-            .map(|(_, e)| &e.record.traffic_policy)
+            .map(|(_, e)| &*e.record.traffic_policy)
     }
 }
 

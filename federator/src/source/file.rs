@@ -294,7 +294,7 @@ pub(crate) fn parse_export(
         allowed_identities: spec.allowed_identities,
         weight: spec.weight,
         service_ip: spec.service_ip,
-        traffic_policy,
+        traffic_policy: traffic_policy.into(),
         ..ExportRecord::default()
     };
     Ok((

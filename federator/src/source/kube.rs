@@ -342,7 +342,7 @@ pub(crate) fn export_of(
         allowed_identities,
         weight,
         service_ip,
-        traffic_policy,
+        traffic_policy: traffic_policy.into(),
         // Carried to the importing clusters' ServiceImports (MCS API v0.5.0).
         exported: causeway_api::Exported {
             // `Cluster` is Kubernetes' default (every Service has it set): the same as none, so
@@ -354,7 +354,8 @@ pub(crate) fn export_of(
             traffic_distribution: spec.traffic_distribution.clone(),
             labels: carried.exported_labels,
             annotations: carried.exported_annotations,
-        },
+        }
+        .into(),
         ..ExportRecord::default()
     };
     Ok((
