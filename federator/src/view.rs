@@ -81,6 +81,9 @@ pub(crate) struct MeshState {
     views: BTreeMap<ServiceKey, Arc<ServiceView>>,
     dirty: std::collections::BTreeSet<ServiceKey>,
     all_dirty: bool,
+    /// Clusters that may hold stale exports: [`Self::expire`], twice a second, looks at theirs
+    /// only, not at every export of the mesh (510,000 at Cilium's scale).
+    maybe_stale: std::collections::BTreeSet<ClusterId>,
     /// Stamped on every snapshot ([`MeshSnapshot::headless_via_gateway`]).
     headless_via_gateway: bool,
 }
@@ -103,6 +106,7 @@ impl MeshState {
             views: BTreeMap::new(),
             dirty: Default::default(),
             all_dirty: true,
+            maybe_stale: Default::default(),
             headless_via_gateway: false,
         }
     }
@@ -151,6 +155,7 @@ impl MeshState {
         self.vips = fresh.vips;
         self.endpoint_vips = fresh.endpoint_vips;
         self.bad_values = fresh.bad_values;
+        self.maybe_stale.extend(fresh.maybe_stale);
         // Carry over what we held of clusters that are not live now.
         for (c, mut entry) in old_clusters {
             match self.clusters.get_mut(&c) {
@@ -176,6 +181,7 @@ impl MeshState {
                 let have = self.exports.get(&svc).is_some_and(|m| m.contains_key(&c));
                 if !live && !have {
                     e.stale_since_ms.get_or_insert(now_ms);
+                    self.maybe_stale.insert(c.clone());
                     self.exports.entry(svc.clone()).or_default().insert(c, e);
                 }
             }
@@ -218,6 +224,7 @@ impl MeshState {
                 entry.up = false;
                 entry.last_change_ms = now_ms;
                 entry.stale_since_ms = Some(now_ms);
+                self.maybe_stale.insert(id.clone());
                 for by_cluster in self.exports.values_mut() {
                     if let Some(e) = by_cluster.get_mut(id) {
                         e.stale_since_ms.get_or_insert(now_ms);
@@ -331,6 +338,7 @@ impl MeshState {
                     }
                 } else if let Some(e) = by_cluster.get_mut(&cluster) {
                     e.stale_since_ms.get_or_insert(now_ms);
+                    self.maybe_stale.insert(cluster);
                 }
             }
             (Key::Synced(id), Some(v)) => {
@@ -477,19 +485,27 @@ impl MeshState {
                     .is_some_and(|h| !h.up && h.observed_unix_ms >= since)
         };
         let mut changed = false;
-        let dirty = &mut self.dirty;
-        self.exports.retain(|svc, by_cluster| {
-            by_cluster.retain(|c, e| match e.stale_since_ms {
-                Some(since) if expired(c, since) => {
-                    tracing::info!(service = %svc, cluster = %c, "stale export dropped");
-                    dirty.insert(svc.clone());
-                    changed = true;
-                    false
+        if !self.maybe_stale.is_empty() {
+            let dirty = &mut self.dirty;
+            let maybe = std::mem::take(&mut self.maybe_stale);
+            let still = &mut self.maybe_stale;
+            self.exports.retain(|svc, by_cluster| {
+                for c in &maybe {
+                    let Some(since) = by_cluster.get(c).and_then(|e| e.stale_since_ms) else {
+                        continue;
+                    };
+                    if expired(c, since) {
+                        tracing::info!(service = %svc, cluster = %c, "stale export dropped");
+                        by_cluster.remove(c);
+                        dirty.insert(svc.clone());
+                        changed = true;
+                    } else {
+                        still.insert(c.clone());
+                    }
                 }
-                _ => true,
+                !by_cluster.is_empty()
             });
-            !by_cluster.is_empty()
-        });
+        }
         let exports = &self.exports;
         self.clusters.retain(|c, entry| match entry.stale_since_ms {
             Some(since) if !entry.up && expired(c, since) => {
@@ -940,6 +956,11 @@ mod tests {
             ]
         );
         assert_eq!(s.revision(), 40);
+        // What a relist kept as stale ends with the grace, as after a lapse.
+        assert!(!s.expire(5_000), "within the grace");
+        assert!(s.expire(10_003), "grace over");
+        assert_eq!(exports(&mut s), vec![("a".into(), "east".into(), false)]);
+        assert!(!s.expire(20_000), "nothing left to drop");
     }
 
     #[test]
