@@ -356,6 +356,20 @@ async fn mesh() -> anyhow::Result<Mesh> {
         },
     )
     .await?;
+    // East's DNS answers the ClusterSetIP only once its derived Service holds it (before, a
+    // drained east has no address to give): the Drill must not start before that.
+    wait_for(
+        "east's derived Service to hold the ClusterSetIP",
+        T,
+        || async {
+            east.api
+                .list("v1", "services", "demo")
+                .iter()
+                .any(|s| s["spec"]["clusterIP"] == vip.to_string())
+                .then_some(())
+        },
+    )
+    .await?;
     Ok(Mesh {
         etcd,
         east,
