@@ -285,14 +285,16 @@ async fn reachable(endpoints: &[String], wait: Duration) -> Vec<String> {
 /// again at half the size, down to one key, so no value size makes a list fail for ever.
 pub const LIST_PAGE: i64 = 8_000;
 
-/// Whether `e` says a response was larger than the client takes (gRPC's message limit).
+/// Whether `e` says a response was larger than the client takes (gRPC's message limit). Both
+/// code and message: etcd also answers OutOfRange for a compacted revision, which smaller pages
+/// do not mend.
 fn too_large(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             matches!(
                 s.code(),
                 tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-            ) || s.message().contains("too large")
+            ) && s.message().contains("too large")
         }
         _ => false,
     }
