@@ -317,7 +317,7 @@ impl Federator {
         let mut config_addr = None;
         if let Some(listen) = c.config_listen {
             let (cfg_tx, cfg_rx) =
-                watch::channel(Arc::new(causeway_api::proto::ConfigSnapshot::default()));
+                watch::channel(Arc::new(crate::gwconfig::GatewayConfig::default()));
             tasks.push((
                 "gateway-config-builder",
                 tokio::spawn(config_server::run_builder(

@@ -28,7 +28,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::gwconfig;
+use crate::gwconfig::{self, GatewayConfig};
 use crate::issuer::FederatorTls;
 use crate::metrics::Metrics;
 use crate::source::LocalExports;
@@ -60,7 +60,7 @@ struct Svc {
     expected_client: Option<SpiffeId>,
     /// The bundle gateways' chains verify against, and the issuer.
     tls: watch::Receiver<Arc<FederatorTls>>,
-    configs: watch::Receiver<Arc<ConfigSnapshot>>,
+    configs: watch::Receiver<Arc<GatewayConfig>>,
     health: watch::Sender<PeerHealthMap>,
     traffic: Arc<TrafficBook>,
     metrics: Arc<ServerMetrics>,
@@ -112,7 +112,7 @@ impl ConfigRpc for Svc {
         let guard = GaugeGuard(gauge);
         let stream = WatchStream::new(self.configs.clone()).map(move |c| {
             let _keep = &guard;
-            Ok((*c).clone())
+            Ok(c.to_proto())
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -248,7 +248,7 @@ pub(crate) async fn run_builder(
     mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
     mut local: watch::Receiver<LocalExports>,
     mut tls: watch::Receiver<Arc<FederatorTls>>,
-    tx: watch::Sender<Arc<ConfigSnapshot>>,
+    tx: watch::Sender<Arc<GatewayConfig>>,
     debounce: Duration,
     options: BuilderOptions,
     shutdown: CancellationToken,
@@ -257,6 +257,7 @@ pub(crate) async fn run_builder(
         gateway_port_range,
         overrides,
     } = options;
+    let mut builder = gwconfig::Builder::new(overrides);
     let mut version = 0u64;
     loop {
         let next = {
@@ -264,14 +265,7 @@ pub(crate) async fn run_builder(
             let exports = local.borrow_and_update().clone();
             let ports = gateway_port_range
                 .map(|(first, count)| crate::ports::gateway_port_plan(&snap, first, count));
-            let mut next = gwconfig::build(
-                &snap,
-                &exports,
-                &cluster,
-                version + 1,
-                ports.as_ref(),
-                &overrides,
-            );
+            let mut next = builder.build(&snap, &exports, &cluster, version + 1, ports);
             next.certificate_issuer = tls
                 .borrow_and_update()
                 .issuer
@@ -280,15 +274,7 @@ pub(crate) async fn run_builder(
                 .unwrap_or_default();
             next
         };
-        let unchanged = {
-            let cur = tx.borrow();
-            version > 0
-                && cur.cluster == next.cluster
-                && cur.peers == next.peers
-                && cur.inbound == next.inbound
-                && cur.outbound == next.outbound
-                && cur.certificate_issuer == next.certificate_issuer
-        };
+        let unchanged = version > 0 && tx.borrow().same_content(&next);
         if !unchanged {
             version += 1;
             tx.send_replace(Arc::new(next));
@@ -322,7 +308,7 @@ const MAX_HANDSHAKES: usize = 256;
 pub(crate) async fn serve(
     cfg: ServeConfig,
     tls: watch::Receiver<Arc<FederatorTls>>,
-    configs: watch::Receiver<Arc<ConfigSnapshot>>,
+    configs: watch::Receiver<Arc<GatewayConfig>>,
     health: watch::Sender<PeerHealthMap>,
     traffic: Arc<TrafficBook>,
     metrics: &Metrics,

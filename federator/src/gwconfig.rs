@@ -2,6 +2,9 @@
 //! inbound = this cluster's exports and endpoints; outbound = imports with their candidate
 //! clusters, gateway addresses, priorities, weights, health and drills.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
 use causeway_api::proto;
 use causeway_api::snapshot::{ClusterState, ServiceView};
 use causeway_api::{BackendTlsMode, ClusterId, MeshSnapshot, Protocol, ServiceKey, ServicePort};
@@ -164,9 +167,146 @@ fn priority(
     }
 }
 
-/// Builds the config for `local`'s gateways. `version` is stamped as given. With
-/// `gateway_ports` (Kubernetes mode), outbound ports and pinned headless endpoints carry their
-/// gateway listener ports.
+/// What a gateway is sent, with each import's outbound entry shared (`Arc`) between the configs
+/// of consecutive snapshots while it is unchanged: at 510,000 exports, rebuilding and holding
+/// two whole configs per change was most of a change's cost (docs/benchmarks.md).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GatewayConfig {
+    pub version: u64,
+    pub cluster: String,
+    pub peers: Vec<proto::Peer>,
+    pub inbound: Vec<proto::InboundService>,
+    pub outbound: Vec<Arc<proto::OutboundService>>,
+    pub certificate_issuer: String,
+}
+
+impl GatewayConfig {
+    /// The message on the wire.
+    pub(crate) fn to_proto(&self) -> proto::ConfigSnapshot {
+        proto::ConfigSnapshot {
+            version: self.version,
+            cluster: self.cluster.clone(),
+            peers: self.peers.clone(),
+            inbound: self.inbound.clone(),
+            outbound: self.outbound.iter().map(|o| (**o).clone()).collect(),
+            certificate_issuer: self.certificate_issuer.clone(),
+        }
+    }
+
+    /// Whether `other` says the same to a gateway (the version aside).
+    pub(crate) fn same_content(&self, other: &GatewayConfig) -> bool {
+        self.cluster == other.cluster
+            && self.peers == other.peers
+            && self.inbound == other.inbound
+            && self.certificate_issuer == other.certificate_issuer
+            && self.outbound.len() == other.outbound.len()
+            && self
+                .outbound
+                .iter()
+                .zip(&other.outbound)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
+}
+
+/// Everything an import's outbound entry depends on besides its own view, its override and the
+/// gateway ports: per cluster whether it is known, its region and whether our gateway sees it
+/// up; the drills. When it is unchanged, an import whose view is the same `Arc` keeps its entry.
+#[derive(Debug, PartialEq)]
+struct Shared {
+    clusters: Vec<(ClusterId, bool, Option<String>, bool)>,
+    drills: BTreeMap<String, causeway_api::DrillRecord>,
+    gateway_ports: Option<(GatewayPorts, EndpointPorts)>,
+}
+
+impl Shared {
+    fn of(
+        snap: &MeshSnapshot,
+        local: &ClusterId,
+        gateway_ports: Option<(GatewayPorts, EndpointPorts)>,
+    ) -> Self {
+        Shared {
+            clusters: snap
+                .clusters
+                .iter()
+                .map(|(c, v)| {
+                    (
+                        c.clone(),
+                        matches!(v.state, ClusterState::Up | ClusterState::Stale),
+                        v.record.locality.get("region").cloned(),
+                        snap.health_of(local, c).is_none_or(|h| h.up),
+                    )
+                })
+                .collect(),
+            drills: snap.drills.clone(),
+            gateway_ports,
+        }
+    }
+}
+
+/// Builds each snapshot's [`GatewayConfig`] for `local`'s gateways, rebuilding only the outbound
+/// entries of imports whose view changed (all of them when [`Shared`] did).
+#[derive(Debug, Default)]
+pub(crate) struct Builder {
+    overrides: ImportOverrides,
+    shared: Option<Shared>,
+    outbound: HashMap<ServiceKey, (Arc<ServiceView>, Arc<proto::OutboundService>)>,
+}
+
+impl Builder {
+    pub(crate) fn new(overrides: ImportOverrides) -> Self {
+        Builder {
+            overrides,
+            ..Default::default()
+        }
+    }
+
+    /// The config of `snap`, stamped `version`. With `gateway_ports` (Kubernetes mode), outbound
+    /// ports and pinned headless endpoints carry their gateway listener ports.
+    pub(crate) fn build(
+        &mut self,
+        snap: &MeshSnapshot,
+        local_exports: &LocalExports,
+        local: &ClusterId,
+        version: u64,
+        gateway_ports: Option<(GatewayPorts, EndpointPorts)>,
+    ) -> GatewayConfig {
+        let shared = Shared::of(snap, local, gateway_ports);
+        let keep = self.shared.as_ref() == Some(&shared);
+        let mut old = std::mem::take(&mut self.outbound);
+        if !keep {
+            old.clear();
+        }
+        let ports = shared.gateway_ports.as_ref();
+        let mut outbound = Vec::with_capacity(snap.services.len());
+        for (key, svc) in &snap.services {
+            let entry = match old.remove(key) {
+                Some((view, entry)) if Arc::ptr_eq(&view, svc) => entry,
+                _ => Arc::new(outbound_service(
+                    snap,
+                    local,
+                    key,
+                    svc,
+                    ports,
+                    self.overrides.get(key),
+                )),
+            };
+            outbound.push(entry.clone());
+            self.outbound.insert(key.clone(), (svc.clone(), entry));
+        }
+        self.shared = Some(shared);
+        GatewayConfig {
+            version,
+            cluster: local.to_string(),
+            peers: peers(snap, local),
+            inbound: inbound(snap, local_exports, local),
+            outbound,
+            certificate_issuer: String::new(),
+        }
+    }
+}
+
+/// Builds the config for `local`'s gateways from scratch (what [`Builder`] builds in steps).
+#[cfg(test)]
 pub(crate) fn build(
     snap: &MeshSnapshot,
     local_exports: &LocalExports,
@@ -175,8 +315,13 @@ pub(crate) fn build(
     gateway_ports: Option<&(GatewayPorts, EndpointPorts)>,
     overrides: &ImportOverrides,
 ) -> proto::ConfigSnapshot {
-    let peers = snap
-        .clusters
+    Builder::new(overrides.clone())
+        .build(snap, local_exports, local, version, gateway_ports.cloned())
+        .to_proto()
+}
+
+fn peers(snap: &MeshSnapshot, local: &ClusterId) -> Vec<proto::Peer> {
+    snap.clusters
         .iter()
         .filter(|(c, _)| *c != local)
         .map(|(c, v)| proto::Peer {
@@ -186,9 +331,15 @@ pub(crate) fn build(
             trust_bundle_pem: v.record.trust_bundle_pem.clone(),
             locality: v.record.locality.clone().into_iter().collect(),
         })
-        .collect();
+        .collect()
+}
 
-    let inbound = local_exports
+fn inbound(
+    snap: &MeshSnapshot,
+    local_exports: &LocalExports,
+    local: &ClusterId,
+) -> Vec<proto::InboundService> {
+    local_exports
         .exports
         .iter()
         .map(|(key, e)| proto::InboundService {
@@ -228,70 +379,66 @@ pub(crate) fn build(
                     burst: r.burst,
                 }),
         })
-        .collect();
+        .collect()
+}
 
-    let outbound = snap
-        .services
+/// One import's outbound entry. What it reads of `snap` beyond `svc` is in [`Shared`]: keep the
+/// two in step.
+fn outbound_service(
+    snap: &MeshSnapshot,
+    local: &ClusterId,
+    key: &ServiceKey,
+    svc: &ServiceView,
+    gateway_ports: Option<&(GatewayPorts, EndpointPorts)>,
+    over: Option<&ImportOverride>,
+) -> proto::OutboundService {
+    let asked = svc.traffic_policy();
+    let failover = match over {
+        Some(o) if !o.policy.failover.is_empty() => &o.policy.failover[..],
+        _ => asked.map_or(&[][..], |p| &p.failover[..]),
+    };
+    let candidates = svc
+        .import
+        .clusters
         .iter()
-        .map(|(key, svc)| {
-            let asked = svc.traffic_policy();
-            let over = overrides.get(key);
-            let failover = match over {
-                Some(o) if !o.policy.failover.is_empty() => &o.policy.failover[..],
-                _ => asked.map_or(&[][..], |p| &p.failover[..]),
-            };
-            let candidates = svc
-                .import
-                .clusters
-                .iter()
-                .filter_map(|c| {
-                    let export = svc.exports.get(c)?;
-                    // What our own gateway last reported of that cluster's gateway; unknown = up.
-                    let peer_up = c == local || snap.health_of(local, c).is_none_or(|h| h.up);
-                    let cluster_known = c == local
-                        || snap.clusters.get(c).is_some_and(|v| {
-                            matches!(v.state, ClusterState::Up | ClusterState::Stale)
-                        });
-                    Some(proto::Candidate {
-                        cluster: c.to_string(),
-                        priority: priority(snap, local, c, failover),
-                        weight: export.record.weight.unwrap_or(100),
-                        healthy: peer_up && cluster_known && export.record.ready_endpoints > 0,
-                        drained: snap.export_drained(key, c, export),
-                        ready_endpoints: export.record.ready_endpoints,
-                    })
-                })
-                .collect();
-            proto::OutboundService {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                vip: svc.vip.map(|ip| ip.to_string()).unwrap_or_default(),
-                ports: svc
-                    .import
-                    .ports
-                    .iter()
-                    .map(|p| proto::Port {
-                        gateway_port: gateway_ports
-                            .and_then(|(g, _)| g.get(&(key.clone(), p.port)))
-                            .map_or(0, |&gp| u32::from(gp)),
-                        ..port(p)
-                    })
-                    .collect(),
-                candidates,
-                policy: Some(policy(asked, over)),
-                header_routes: over.map(|o| o.header_routes.clone()).unwrap_or_default(),
-                endpoints: pinned_endpoints(key, svc, local, gateway_ports.map(|(_, e)| e)),
-            }
+        .filter_map(|c| {
+            let export = svc.exports.get(c)?;
+            // What our own gateway last reported of that cluster's gateway; unknown = up.
+            let peer_up = c == local || snap.health_of(local, c).is_none_or(|h| h.up);
+            let cluster_known = c == local
+                || snap
+                    .clusters
+                    .get(c)
+                    .is_some_and(|v| matches!(v.state, ClusterState::Up | ClusterState::Stale));
+            Some(proto::Candidate {
+                cluster: c.to_string(),
+                priority: priority(snap, local, c, failover),
+                weight: export.record.weight.unwrap_or(100),
+                healthy: peer_up && cluster_known && export.record.ready_endpoints > 0,
+                drained: snap.export_drained(key, c, export),
+                ready_endpoints: export.record.ready_endpoints,
+            })
         })
         .collect();
-
-    proto::ConfigSnapshot {
-        version,
-        cluster: local.to_string(),
-        peers,
-        inbound,
-        outbound,
-        certificate_issuer: String::new(),
+    proto::OutboundService {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        vip: svc.vip.map(|ip| ip.to_string()).unwrap_or_default(),
+        ports: svc
+            .import
+            .ports
+            .iter()
+            .map(|p| proto::Port {
+                gateway_port: gateway_ports
+                    .and_then(|(g, _)| g.get(&(key.clone(), p.port)))
+                    .map_or(0, |&gp| u32::from(gp)),
+                ..port(p)
+            })
+            .collect(),
+        candidates,
+        policy: Some(policy(asked, over)),
+        header_routes: over.map(|o| o.header_routes.clone()).unwrap_or_default(),
+        endpoints: pinned_endpoints(key, svc, local, gateway_ports.map(|(_, e)| e)),
     }
 }
 
@@ -591,6 +738,90 @@ mod tests {
             snap.services.insert(key, std::sync::Arc::new(view));
         }
         snap
+    }
+
+    /// A step build equals a build from scratch, keeps the entries of imports whose view is
+    /// unchanged, and rebuilds every entry when something they all read changes.
+    #[test]
+    fn a_step_build_rebuilds_only_what_changed_and_equals_a_fresh_build() {
+        let local = c("east");
+        let exports = LocalExports::default();
+        let fresh =
+            |snap: &MeshSnapshot| build(snap, &exports, &local, 1, None, &ImportOverrides::new());
+        let mut builder = Builder::new(ImportOverrides::new());
+        let mut snap = many(4);
+        let first = builder.build(&snap, &exports, &local, 1, None);
+        assert_eq!(first.to_proto(), fresh(&snap));
+
+        // One import's view changes: only its entry is new, and it says what changed.
+        let key = ServiceKey::new("demo", "s2").unwrap();
+        let view = snap.services.get_mut(&key).unwrap();
+        Arc::make_mut(view)
+            .exports
+            .get_mut(&c("west"))
+            .unwrap()
+            .record_mut()
+            .ready_endpoints = 0;
+        let second = builder.build(&snap, &exports, &local, 1, None);
+        assert_eq!(second.to_proto(), fresh(&snap));
+        assert!(!second.same_content(&first), "a changed import is a change");
+        let kept: Vec<bool> = first
+            .outbound
+            .iter()
+            .zip(&second.outbound)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(kept, [true, true, false, true, true]);
+        let west = |cfg: &GatewayConfig| {
+            cfg.outbound[2]
+                .candidates
+                .iter()
+                .find(|k| k.cluster == "west")
+                .unwrap()
+                .ready_endpoints
+        };
+        assert_eq!((west(&first), west(&second)), (1, 0));
+
+        // Nothing changes: every entry is kept and the content is the same.
+        let third = builder.build(&snap, &exports, &local, 1, None);
+        assert!(third
+            .outbound
+            .iter()
+            .zip(&second.outbound)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(third.same_content(&second));
+
+        // What every import reads: our gateway's view of a peer, a drill, a region.
+        let changes: [fn(&mut MeshSnapshot); 3] = [
+            |s| s.health.clear(),
+            |s| {
+                let d = s.drills.get_mut("d1").unwrap();
+                d.service = ServiceKey::new("demo", "s0").unwrap();
+                d.cluster = c("west");
+            },
+            |s| {
+                let north = s.clusters.get_mut(&c("north")).unwrap();
+                north.record.locality.insert("region".into(), "eu".into());
+            },
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let before = builder.build(&snap, &exports, &local, 1, None);
+            change(&mut snap);
+            let after = builder.build(&snap, &exports, &local, 1, None);
+            assert_eq!(after.to_proto(), fresh(&snap));
+            assert!(!after.same_content(&before), "change {i}");
+            assert!(before
+                .outbound
+                .iter()
+                .zip(&after.outbound)
+                .all(|(a, b)| !Arc::ptr_eq(a, b)));
+        }
+
+        // An import that goes away is gone from the next config.
+        snap.services.remove(&key);
+        let last = builder.build(&snap, &exports, &local, 1, None);
+        assert_eq!(last.to_proto(), fresh(&snap));
+        assert_eq!(last.outbound.len(), 4);
     }
 
     #[test]
