@@ -843,7 +843,8 @@ mod tests {
                     port: 53,
                     app_protocol: None,
                 },
-            ],
+            ]
+            .into(),
             service_type: ServiceType::Headless,
             session_affinity: SessionAffinity::ClientIP,
             created_unix_ms: 1_700_000_000_123,

@@ -18,6 +18,7 @@ pub mod model;
 pub mod net;
 pub mod pem;
 pub mod policy;
+pub mod ports;
 pub mod prom;
 pub mod rare;
 pub mod snapshot;

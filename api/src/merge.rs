@@ -219,7 +219,7 @@ mod tests {
     fn export(created_unix_ms: i64, ports: Vec<ServicePort>) -> ExportRecord {
         ExportRecord {
             schema: crate::SCHEMA_VERSION,
-            ports,
+            ports: ports.into(),
             created_unix_ms,
             ready_endpoints: 1,
             ..ExportRecord::default()

@@ -320,8 +320,9 @@ pub struct ClusterRecord {
 pub struct ExportRecord {
     #[serde(default = "schema_v2")]
     pub schema: u32,
+    /// Shared with every record of an equal list the holder interned ([`crate::ports::PortPool`]).
     #[serde(default)]
-    pub ports: Vec<ServicePort>,
+    pub ports: crate::ports::Ports,
     #[serde(default, rename = "type")]
     pub service_type: ServiceType,
     #[serde(default)]
@@ -364,7 +365,7 @@ impl Default for ExportRecord {
     fn default() -> Self {
         Self {
             schema: SCHEMA_VERSION,
-            ports: Vec::new(),
+            ports: Default::default(),
             service_type: ServiceType::default(),
             session_affinity: SessionAffinity::default(),
             created_unix_ms: 0,

@@ -185,7 +185,8 @@ fn export_record(created: i64) -> ExportRecord {
                 port: 9090,
                 app_protocol: Some("grpc".into()),
             },
-        ],
+        ]
+        .into(),
         created_unix_ms: created,
         ready_endpoints: 3,
         service_ip: Some("10.96.0.10".parse().expect("ip")),

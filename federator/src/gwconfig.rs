@@ -468,7 +468,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 80,
                 app_protocol: Some("http".into()),
-            }],
+            }]
+            .into(),
             created_unix_ms: 1,
             ready_endpoints: ready,
             ..ExportRecord::default()
@@ -523,7 +524,7 @@ mod tests {
                     import: Import {
                         key: key.clone(),
                         service_type: ServiceType::ClusterSetIP,
-                        ports: record(1).ports,
+                        ports: record(1).ports.to_vec(),
                         session_affinity: SessionAffinity::None,
                         clusters: vec![c("east"), c("north"), c("west")],
                         conflict: false,

@@ -86,6 +86,9 @@ pub(crate) struct MeshState {
     maybe_stale: std::collections::BTreeSet<ClusterId>,
     /// Stamped on every snapshot ([`MeshSnapshot::headless_via_gateway`]).
     headless_via_gateway: bool,
+    /// One copy of each distinct port list among the exports (most clusters export a service
+    /// with the same ports).
+    port_pool: causeway_api::ports::PortPool,
 }
 
 impl MeshState {
@@ -108,6 +111,7 @@ impl MeshState {
             all_dirty: true,
             maybe_stale: Default::default(),
             headless_via_gateway: false,
+            port_pool: Default::default(),
         }
     }
 
@@ -135,12 +139,14 @@ impl MeshState {
 
     /// An empty state to apply a full list to, page by page ([`Self::apply_kv`]), before
     /// [`Self::take_list`] makes it this one. It knows the values already found undecodable,
-    /// so that a relist does not log them again.
+    /// so that a relist does not log them again, and the port lists already held, so that the
+    /// exports it reads share them.
     pub(crate) fn fresh_for_list(&self) -> Self {
         let mut fresh = Self::new(self.local.clone(), Duration::ZERO)
             .with_headless_via_gateway(self.headless_via_gateway);
         fresh.stale_grace_ms = self.stale_grace_ms;
         fresh.bad_values = self.bad_values.clone();
+        fresh.port_pool = self.port_pool.clone();
         fresh
     }
 
@@ -155,6 +161,7 @@ impl MeshState {
         self.vips = fresh.vips;
         self.endpoint_vips = fresh.endpoint_vips;
         self.bad_values = fresh.bad_values;
+        self.port_pool = fresh.port_pool;
         self.maybe_stale.extend(fresh.maybe_stale);
         // Carry over what we held of clusters that are not live now.
         for (c, mut entry) in old_clusters {
@@ -299,9 +306,10 @@ impl MeshState {
             }
             (Key::Cluster(id), None) => self.cluster_gone(&id, now_ms),
             (Key::Export { service, cluster }, Some(v)) => {
-                let Some(record) = self.decode::<ExportRecord>(key_str, v) else {
+                let Some(mut record) = self.decode::<ExportRecord>(key_str, v) else {
                     return;
                 };
+                record.ports = self.port_pool.intern(record.ports.clone());
                 // One shared ID for all of a cluster's exports, not one per key read.
                 let cluster = match self.clusters.get_key_value(&cluster) {
                     Some((id, _)) => id.clone(),
@@ -818,7 +826,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 80,
                 app_protocol: None,
-            }],
+            }]
+            .into(),
             created_unix_ms: 1,
             ready_endpoints: 1,
             ..ExportRecord::default()
@@ -862,6 +871,40 @@ mod tests {
             0,
         );
         s
+    }
+
+    #[test]
+    fn equal_port_lists_read_from_etcd_are_one_copy_and_a_changed_one_is_its_own() {
+        let mut s = state();
+        s.apply_events(
+            &[put(cluster_kv("north")), put(export_kv("a", "north"))],
+            6,
+            1,
+        );
+        let snap = s.snapshot(1, vec![]);
+        let ports = |name: &str, cluster: &str| {
+            snap.services[&svc(name)].exports[&c(cluster)]
+                .record
+                .ports
+                .clone()
+        };
+        assert!(ports("a", "east").ptr_eq(&ports("a", "north")));
+        assert!(ports("a", "east").ptr_eq(&ports("b", "east")));
+        let mut other = ExportRecord::clone(&snap.services[&svc("a")].exports[&c("north")].record);
+        other.ports = vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+            app_protocol: None,
+        }]
+        .into();
+        let key = keys::export_key(&svc("a"), &c("north"));
+        s.apply_events(&[put((key, keys::encode(&other)))], 7, 2);
+        let snap = s.snapshot(2, vec![]);
+        let north = &snap.services[&svc("a")].exports[&c("north")].record.ports;
+        assert_eq!(north[0].port, 8080);
+        assert!(!north.ptr_eq(&snap.services[&svc("a")].exports[&c("east")].record.ports));
+        assert_eq!(s.port_pool.len(), 2);
     }
 
     #[test]

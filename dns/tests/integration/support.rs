@@ -81,7 +81,7 @@ pub(crate) fn export(
 ) -> ExportView {
     ExportView {
         record: std::sync::Arc::new(ExportRecord {
-            ports: ports.to_vec(),
+            ports: ports.to_vec().into(),
             service_type: ty,
             created_unix_ms: 1_700_000_000_000,
             ready_endpoints: ready,

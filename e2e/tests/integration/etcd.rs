@@ -22,7 +22,8 @@ fn export_record() -> ExportRecord {
                 port: 9090,
                 app_protocol: Some("grpc".to_string()),
             },
-        ],
+        ]
+        .into(),
         created_unix_ms: 1_700_000_000_000,
         ready_endpoints: 3,
         backend_tls_mode: BackendTlsMode::Mtls,

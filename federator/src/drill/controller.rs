@@ -824,7 +824,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 80,
                 app_protocol: None,
-            }],
+            }]
+            .into(),
             created_unix_ms: 1,
             ready_endpoints: ready,
             ..ExportRecord::default()

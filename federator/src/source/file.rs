@@ -283,7 +283,7 @@ pub(crate) fn parse_export(
         .unwrap_or_default();
     let ready_endpoints = endpoints.iter().filter(|e| e.ready).count() as u32;
     let record = ExportRecord {
-        ports,
+        ports: ports.into(),
         service_type,
         session_affinity,
         created_unix_ms,

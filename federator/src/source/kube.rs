@@ -331,7 +331,7 @@ pub(crate) fn export_of(
         spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok())
     };
     let record = ExportRecord {
-        ports,
+        ports: ports.into(),
         service_type,
         session_affinity,
         created_unix_ms,

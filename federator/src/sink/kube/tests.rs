@@ -14,7 +14,7 @@ fn view(service_type: ServiceType) -> ServiceView {
     }];
     let records = [("east", "10.1.0.5"), ("west", "fd00::5")].map(|(c, ip)| {
         let record = ExportRecord {
-            ports: ports.clone(),
+            ports: ports.clone().into(),
             service_type,
             created_unix_ms: 1,
             ready_endpoints: 1,
