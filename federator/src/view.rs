@@ -470,6 +470,12 @@ impl MeshState {
     }
 
     fn drop_stale_exports_of(&mut self, id: &ClusterId) {
+        // Only a cluster in `maybe_stale` can hold stale exports. Every cluster's `synced/` key
+        // comes after all exports in a full list: without this, a list of 255 clusters walked
+        // all 510,000 exports 255 times (a third of the first snapshot's CPU).
+        if !self.maybe_stale.remove(id) {
+            return;
+        }
         let dirty = &mut self.dirty;
         self.exports.retain(|svc, by_cluster| {
             let before = by_cluster.len();
