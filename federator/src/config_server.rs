@@ -88,6 +88,16 @@ impl Svc {
     }
 }
 
+/// The configs a gateway is sent: each one the builder makes, never the empty placeholder the
+/// channel holds before the first build (version 0). A gateway that connects while the first
+/// build runs (a few hundred milliseconds at 510,000 exports) waits for it rather than being told
+/// that the mesh is empty.
+fn built_configs(
+    configs: watch::Receiver<Arc<GatewayConfig>>,
+) -> impl Stream<Item = Arc<GatewayConfig>> {
+    WatchStream::new(configs).filter(|c| c.version > 0)
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<ConfigSnapshot, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -110,7 +120,7 @@ impl ConfigRpc for Svc {
         let gauge = self.metrics.gateways.clone();
         gauge.inc();
         let guard = GaugeGuard(gauge);
-        let stream = WatchStream::new(self.configs.clone()).map(move |c| {
+        let stream = built_configs(self.configs.clone()).map(move |c| {
             let _keep = &guard;
             Ok(c.to_proto())
         });
@@ -263,9 +273,25 @@ pub(crate) async fn run_builder(
         let next = {
             let snap = mesh.borrow_and_update().clone();
             let exports = local.borrow_and_update().clone();
-            let ports = gateway_port_range
-                .map(|(first, count)| crate::ports::gateway_port_plan(&snap, first, count));
-            let mut next = builder.build(&snap, &exports, &cluster, version + 1, ports);
+            // Off the runtime's workers: a build from scratch at 510,000 exports (the first, or
+            // after a peer's health changed) takes a few hundred milliseconds, which the view
+            // and the metrics should not wait behind.
+            let cluster = cluster.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                let ports = gateway_port_range
+                    .map(|(first, count)| crate::ports::gateway_port_plan(&snap, first, count));
+                let next = builder.build(&snap, &exports, &cluster, version + 1, ports);
+                (builder, next)
+            })
+            .await;
+            let mut next;
+            (builder, next) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "the gateway config build failed; no more configs");
+                    return;
+                }
+            };
             next.certificate_issuer = tls
                 .borrow_and_update()
                 .issuer
@@ -484,5 +510,29 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
         Some(Error::NoApplicationProtocol) => "no_alpn",
         Some(_) => "tls_error",
         None => "io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gateway_is_never_sent_the_placeholder_before_the_first_build() {
+        let (tx, rx) = watch::channel(Arc::new(GatewayConfig::default()));
+        let mut stream = Box::pin(built_configs(rx));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), stream.next())
+                .await
+                .is_err(),
+            "nothing is sent before the first build"
+        );
+        tx.send_replace(Arc::new(GatewayConfig {
+            version: 1,
+            cluster: "west".into(),
+            ..GatewayConfig::default()
+        }));
+        let first = stream.next().await.expect("the first build");
+        assert_eq!((first.version, first.cluster.as_str()), (1, "west"));
     }
 }

@@ -144,7 +144,7 @@ fn port(p: &ServicePort) -> proto::Port {
 /// clusters of the import's `failover` order, 1, 2, ... in that order; then the others by
 /// locality, same region before other regions.
 fn priority(
-    snap: &MeshSnapshot,
+    shared: &Shared,
     local: &ClusterId,
     candidate: &ClusterId,
     failover: &[ClusterId],
@@ -155,11 +155,7 @@ fn priority(
     if let Some(i) = failover.iter().position(|c| c == candidate) {
         return 1 + i as u32;
     }
-    let region = |c: &ClusterId| {
-        snap.clusters
-            .get(c)
-            .and_then(|v| v.record.locality.get("region").cloned())
-    };
+    let region = |c: &ClusterId| shared.cluster(c).and_then(|e| e.region.as_deref());
     let after = 1 + failover.len() as u32;
     match (region(local), region(candidate)) {
         (Some(a), Some(b)) if a == b => after,
@@ -257,12 +253,29 @@ impl GatewayConfig {
 /// up; the drills. When it is unchanged, an import whose view is the same `Arc` keeps its entry.
 #[derive(Debug, PartialEq)]
 struct Shared {
-    clusters: Vec<(ClusterId, bool, Option<String>, bool)>,
+    /// By cluster ID, as the snapshot's clusters are.
+    clusters: Vec<SharedCluster>,
     drills: BTreeMap<String, causeway_api::DrillRecord>,
     gateway_ports: Option<(GatewayPorts, EndpointPorts)>,
 }
 
+/// What every import's entry reads of one cluster.
+#[derive(Debug, PartialEq)]
+struct SharedCluster {
+    id: ClusterId,
+    /// Up or stale.
+    known: bool,
+    region: Option<String>,
+    /// What our own gateway last reported of that cluster's gateway; unknown = up.
+    peer_up: bool,
+}
+
 impl Shared {
+    fn cluster(&self, c: &ClusterId) -> Option<&SharedCluster> {
+        let i = self.clusters.binary_search_by(|e| e.id.cmp(c)).ok()?;
+        Some(&self.clusters[i])
+    }
+
     fn of(
         snap: &MeshSnapshot,
         local: &ClusterId,
@@ -272,13 +285,11 @@ impl Shared {
             clusters: snap
                 .clusters
                 .iter()
-                .map(|(c, v)| {
-                    (
-                        c.clone(),
-                        matches!(v.state, ClusterState::Up | ClusterState::Stale),
-                        v.record.locality.get("region").cloned(),
-                        snap.health_of(local, c).is_none_or(|h| h.up),
-                    )
+                .map(|(c, v)| SharedCluster {
+                    id: c.clone(),
+                    known: matches!(v.state, ClusterState::Up | ClusterState::Stale),
+                    region: v.record.locality.get("region").cloned(),
+                    peer_up: snap.health_of(local, c).is_none_or(|h| h.up),
                 })
                 .collect(),
             drills: snap.drills.clone(),
@@ -327,6 +338,7 @@ impl Builder {
                 Some((view, entry)) if Arc::ptr_eq(&view, svc) => entry,
                 _ => Arc::new(outbound_service(
                     snap,
+                    &shared,
                     local,
                     key,
                     svc,
@@ -426,10 +438,11 @@ fn inbound(
         .collect()
 }
 
-/// One import's outbound entry. What it reads of `snap` beyond `svc` is in [`Shared`]: keep the
-/// two in step.
+/// One import's outbound entry. What it reads of `snap` beyond `svc` (the drills) is in
+/// [`Shared`] too: keep the two in step.
 fn outbound_service(
     snap: &MeshSnapshot,
+    shared: &Shared,
     local: &ClusterId,
     key: &ServiceKey,
     svc: &ServiceView,
@@ -447,18 +460,12 @@ fn outbound_service(
         .iter()
         .filter_map(|c| {
             let export = svc.exports.get(c)?;
-            // What our own gateway last reported of that cluster's gateway; unknown = up.
-            let peer_up = c == local || snap.health_of(local, c).is_none_or(|h| h.up);
-            let cluster_known = c == local
-                || snap
-                    .clusters
-                    .get(c)
-                    .is_some_and(|v| matches!(v.state, ClusterState::Up | ClusterState::Stale));
+            let reachable = c == local || shared.cluster(c).is_some_and(|e| e.known && e.peer_up);
             Some(Candidate {
                 cluster: c.clone(),
-                priority: priority(snap, local, c, failover),
+                priority: priority(shared, local, c, failover),
                 weight: export.record.weight.unwrap_or(100),
-                healthy: peer_up && cluster_known && export.record.ready_endpoints > 0,
+                healthy: reachable && export.record.ready_endpoints > 0,
                 drained: snap.export_drained(key, c, export),
                 ready_endpoints: export.record.ready_endpoints,
             })
