@@ -32,7 +32,10 @@ build_and_pki() {
   GW=$ROOT/target/release/causeway-gateway
   BENCH_CONFIG=$ROOT/target/release/examples/bench_config
   PKI=$WORK/pki
-  "$ROOT/target/debug/causeway" certs --out "$PKI" --clusters east,west >/dev/null
+  # `causeway certs` from whichever build is there (the debug one is what the script builds).
+  local causeway=$ROOT/target/debug/causeway
+  [[ -x $causeway ]] || causeway=$ROOT/target/release/causeway
+  "$causeway" certs --out "$PKI" --clusters east,west >/dev/null
   local c
   for c in east west; do
     cat "$PKI/$c/gateway.pem" "$PKI/$c/gateway.key" >"$PKI/$c/combined.pem"
