@@ -41,7 +41,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.proxy.metrics.render(),
+        shared.proxy.render_metrics(),
     )
 }
 

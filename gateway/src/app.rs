@@ -232,10 +232,13 @@ impl Gateway {
             hard_stop.clone(),
         );
         let version_tx = watch::channel(0).0;
+        let workers = crate::workers::Workers::start(config.data_threads as usize, &hard_stop)
+            .map_err(Error::Runtime)?;
         let proxy = Arc::new(Proxy {
             backends: Backends::new(
                 tls.clone(),
                 Duration::from_millis(config.connect_timeout_ms),
+                workers.threads(),
             ),
             tables: ArcSwapOption::empty(),
             tls,
@@ -247,6 +250,7 @@ impl Gateway {
             hard_stop,
             conns: ConnCounter::default(),
             tracer,
+            workers,
             config,
         });
         let shared = Arc::new(Shared {
@@ -334,7 +338,7 @@ impl RunningGateway {
 
     /// The Prometheus text of this gateway's metrics.
     pub fn metrics_text(&self) -> String {
-        self.shared.proxy.metrics.render()
+        self.shared.proxy.render_metrics()
     }
 
     /// Waits until a task fails (panics), which is fatal. Tasks with nothing to do (the VIP

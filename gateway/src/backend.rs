@@ -175,16 +175,21 @@ impl tower_service::Service<Uri> for Connector {
 
 // === impl Backends ===
 
-/// Pooled clients to local endpoints.
+/// Pooled clients to local endpoints: one pair per data thread (and one for any other), so
+/// that a pooled connection is always run by the event loop of the request that uses it.
 pub(crate) struct Backends {
-    h1: Client<Connector, Body>,
-    h2: Client<Connector, Body>,
+    clients: Vec<Clients>,
     tls: Arc<ArcSwap<TlsState>>,
     timeout: Duration,
 }
 
-impl Backends {
-    pub(crate) fn new(tls: Arc<ArcSwap<TlsState>>, connect_timeout: Duration) -> Self {
+struct Clients {
+    h1: Client<Connector, Body>,
+    h2: Client<Connector, Body>,
+}
+
+impl Clients {
+    fn new(tls: &Arc<ArcSwap<TlsState>>, connect_timeout: Duration) -> Self {
         let connector = |h2| Connector {
             tls: tls.clone(),
             h2,
@@ -205,12 +210,30 @@ impl Backends {
             .http2_initial_connection_window_size(4 << 20)
             .set_host(false)
             .build(connector(true));
+        Self { h1, h2 }
+    }
+}
+
+impl Backends {
+    /// Clients for `threads` data threads.
+    pub(crate) fn new(
+        tls: Arc<ArcSwap<TlsState>>,
+        connect_timeout: Duration,
+        threads: usize,
+    ) -> Self {
         Self {
-            h1,
-            h2,
+            clients: (0..=threads)
+                .map(|_| Clients::new(&tls, connect_timeout))
+                .collect(),
             tls,
             timeout: connect_timeout,
         }
+    }
+
+    /// The clients of the caller's data thread (the last pair off them).
+    fn clients(&self) -> &Clients {
+        let i = crate::workers::current().min(self.clients.len() - 1);
+        &self.clients[i]
     }
 
     /// Sends `req` (origin-form URI, headers prepared) to one ready endpoint of `svc`.
@@ -243,10 +266,10 @@ impl Backends {
             *req.version_mut() = Version::HTTP_2;
             // :authority comes from the URI; a Host header beside it would contradict it.
             req.headers_mut().remove(http::header::HOST);
-            &self.h2
+            &self.clients().h2
         } else {
             *req.version_mut() = Version::HTTP_11;
-            &self.h1
+            &self.clients().h1
         };
         client.request(req).await.map_err(|e| {
             let target = format!("{} endpoint {addr}", svc.name);

@@ -68,6 +68,9 @@ pub struct Config {
     /// (ztunnel's pool: 100), well under the peer's HTTP/2 limit (4,096), so that streams do not
     /// queue on one connection and one TCP connection's window and loss do not bound them all.
     pub peer_streams_per_connection: u32,
+    /// Threads of the data plane, each with its own event loop; every accepted connection
+    /// lives on one of them (round-robin). `0`: one per CPU the gateway may use.
+    pub data_threads: u32,
     /// How long a TLS handshake accepted by the gateway may take (a peer at the peer listener,
     /// an mTLS caller at the egress); then the connection is closed and counted as `timeout`.
     pub tls_handshake_timeout_ms: u64,
@@ -93,6 +96,9 @@ pub struct Config {
 /// ingress): far above [`Config::max_request_headers_bytes`] plus what the egress adds, so that a
 /// stream over the limit gets the egress's 431 and no stream ever trips a connection error.
 pub const H2_MAX_HEADER_LIST_SIZE: u32 = 1 << 20;
+
+/// The most data threads a gateway may be given (`data_threads`).
+pub const MAX_DATA_THREADS: u32 = 256;
 
 impl Default for Config {
     fn default() -> Self {
@@ -120,6 +126,7 @@ impl Default for Config {
             path_check_timeout_ms: 250,
             connect_timeout_ms: 2_000,
             peer_streams_per_connection: 100,
+            data_threads: 0,
             tls_handshake_timeout_ms: 10_000,
             federator_backoff_base_ms: 500,
             federator_backoff_max_ms: 30_000,
@@ -211,6 +218,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0"));
             }
+        }
+        if self.data_threads > MAX_DATA_THREADS {
+            return Err(invalid(
+                "data_threads",
+                format!("{} is more than {MAX_DATA_THREADS}", self.data_threads),
+            ));
         }
         if let Some(url) = &self.trace_collector {
             let ok = url

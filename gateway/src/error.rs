@@ -23,6 +23,8 @@ pub enum Error {
     },
     #[error("config file {}: {reason}", path.display())]
     ConfigFile { path: PathBuf, reason: String },
+    #[error("cannot start the data threads: {0}")]
+    Runtime(#[source] io::Error),
 }
 
 /// Why one attempt to forward a request or a connection failed.

@@ -29,6 +29,7 @@ pub mod state;
 mod table;
 mod tls;
 mod trace;
+mod workers;
 mod xfcc;
 
 pub use app::{Gateway, RunningGateway};

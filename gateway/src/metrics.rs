@@ -30,6 +30,9 @@ pub(crate) struct Metrics {
     /// Open tunnels closed because an applied config no longer allows them, by reason.
     pub tunnels_closed: IntCounterVec,
     pub cert_expiry: IntGaugeVec,
+    /// Set from the breakers' state when scraped ([`crate::table::StatsRegistry::observe`]).
+    pub active_requests: IntGaugeVec,
+    pub pending_requests: IntGaugeVec,
     /// [`Metrics::traffic_with`]'s last pass, shared by the peers' probers.
     traffic: std::sync::Arc<std::sync::Mutex<Option<TrafficPass>>>,
 }
@@ -185,6 +188,20 @@ impl Metrics {
             ),
             &["component", "cluster"]
         ));
+        let active_requests = reg!(IntGaugeVec::new(
+            Opts::new(
+                "causeway_gateway_active_requests",
+                "Requests (and TCP connections) in flight to a service in a cluster, as its circuit breaker counts them against max_concurrent"
+            ),
+            &["service", "destination_cluster"]
+        ));
+        let pending_requests = reg!(IntGaugeVec::new(
+            Opts::new(
+                "causeway_gateway_pending_requests",
+                "Requests waiting for a circuit-breaker slot of a service in a cluster (max_concurrent reached; at most max_pending wait)"
+            ),
+            &["service", "destination_cluster"]
+        ));
         Self {
             tunnels_closed,
             registry,
@@ -206,6 +223,8 @@ impl Metrics {
             cert_renewals,
             refused,
             cert_expiry,
+            active_requests,
+            pending_requests,
             traffic: Default::default(),
         }
     }

@@ -1,9 +1,10 @@
 //! The peer transport: a pool of mTLS HTTP/2 connections per peer cluster's gateway, dialled on
 //! demand and re-dialled when they drop, and the active probes that tell whether a peer is up.
 //!
-//! A stream goes on the pooled connection with the fewest open streams; when every one carries
-//! `peer_streams_per_connection` (100, ztunnel's figure), another is dialled, long before the
-//! peer's own stream limit (4,096) would make streams queue on one connection.
+//! A stream goes on the pooled connection of its data thread ([`crate::workers`]) with the
+//! fewest open streams; when every one carries `peer_streams_per_connection` (100, ztunnel's
+//! figure), another is dialled, long before the peer's own stream limit (4,096) would make
+//! streams queue on one connection.
 //!
 //! Probes are `GET /` streams with `:authority` [`PROBE_AUTHORITY`] over the pooled connection
 //! (so they test exactly what requests use); a peer is down after `probe_misses` misses in a
@@ -81,6 +82,8 @@ struct Pooled {
     streams: Arc<AtomicUsize>,
     /// Fails the connection's socket (and so its streams) at once.
     kill: CancellationToken,
+    /// The data thread whose event loop runs the connection ([`crate::workers::current`]).
+    thread: usize,
 }
 
 /// A stream's place on a pooled connection, counted until dropped: a request until its
@@ -343,18 +346,28 @@ impl PeerConn {
         }
     }
 
-    /// A slot on the open connection with the fewest streams, if it has fewer than `limit` (or
-    /// the pool is full).
+    /// A slot on the open connection of the caller's data thread with the fewest streams, if
+    /// it has fewer than `limit`; when it has none such, `None` (dial one here) unless the pool
+    /// is full or `limit` is `usize::MAX`: then the least busy connection of any thread. Each
+    /// data thread keeps its own connections (as Envoy's workers keep their own pools), so a
+    /// stream and the connection it rides are served by one event loop.
     fn take_slot(&self, limit: usize) -> Option<(Sender, StreamSlot)> {
+        let here = crate::workers::current();
         let pool = self.pool.load();
         let open = pool.iter().filter(|c| !c.sender.is_closed());
-        let best = open
+        let streams = |c: &&Arc<Pooled>| c.streams.load(Ordering::Relaxed);
+        // Off the data threads (probes, path checks) any connection will do.
+        let best_here = open
             .clone()
-            .min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
-        let full = open.count() >= MAX_CONNECTIONS_PER_PEER;
-        if best.streams.load(Ordering::Relaxed) >= limit && !full {
-            return None;
-        }
+            .filter(|c| here == usize::MAX || c.thread == here)
+            .min_by_key(streams);
+        let best = match best_here {
+            Some(c) if streams(&c) < limit => c,
+            _ if limit != usize::MAX && open.clone().count() < MAX_CONNECTIONS_PER_PEER => {
+                return None
+            }
+            _ => open.min_by_key(streams)?,
+        };
         best.streams.fetch_add(1, Ordering::AcqRel);
         Some((best.sender.clone(), StreamSlot(best.streams.clone())))
     }
@@ -444,6 +457,7 @@ impl PeerConn {
                 sender,
                 streams: Arc::new(AtomicUsize::new(0)),
                 kill,
+                thread: crate::workers::current(),
             });
         }
         Err(last.expect("at least one address was tried"))

@@ -58,9 +58,17 @@ pub(crate) struct Proxy {
     pub conns: ConnCounter,
     /// Spans of requests, when a trace collector is set.
     pub tracer: crate::trace::Tracer,
+    /// The data threads every accepted connection is handed to.
+    pub workers: crate::workers::Workers,
 }
 
 impl Proxy {
+    /// The Prometheus text of the metrics, with the breaker gauges read just now.
+    pub(crate) fn render_metrics(&self) -> String {
+        self.registry.observe(&self.metrics);
+        self.metrics.render()
+    }
+
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.config.connect_timeout_ms)
     }
@@ -146,15 +154,17 @@ pub(crate) async fn serve<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, handle) = (proxy.clone(), handle.clone());
-        tokio::spawn(async move {
-            let _open = proxy.conns.enter();
-            let stop = proxy.hard_stop.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = handle(proxy.clone(), stream, remote) => {}
-            }
-        });
+        let (p, handle) = (proxy.clone(), handle.clone());
+        proxy
+            .workers
+            .spawn(stream, remote, move |stream, remote| async move {
+                let _open = p.conns.enter();
+                let stop = p.hard_stop.clone();
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = handle(p.clone(), stream, remote) => {}
+                }
+            });
     }
 }
 

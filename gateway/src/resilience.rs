@@ -41,9 +41,14 @@ pub(crate) enum Outlier {
 }
 
 impl ClusterStats {
-    #[cfg(test)]
+    /// Requests holding a breaker slot.
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a breaker slot.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_ejected(&self) -> bool {

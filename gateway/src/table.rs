@@ -315,6 +315,27 @@ impl StatsRegistry {
             .clone()
     }
 
+    /// Sets the breaker gauges (`causeway_gateway_active_requests`, `..._pending_requests`)
+    /// from every configured (service, cluster), as a scrape reads them; a pair no longer
+    /// configured loses its series.
+    pub(crate) fn observe(&self, metrics: &crate::metrics::Metrics) {
+        let m = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        metrics.active_requests.reset();
+        metrics.pending_requests.reset();
+        for ((svc, cluster), stats) in m.iter() {
+            let service = svc.to_string();
+            let labels = [service.as_str(), cluster.as_str()];
+            metrics
+                .active_requests
+                .with_label_values(&labels)
+                .set(stats.active() as i64);
+            metrics
+                .pending_requests
+                .with_label_values(&labels)
+                .set(stats.pending() as i64);
+        }
+    }
+
     fn budget(&self, svc: &ServiceKey) -> Arc<RetryBudget> {
         let mut m = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(svc.clone()).or_default().clone()

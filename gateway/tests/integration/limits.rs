@@ -70,6 +70,18 @@ async fn pending_requests_wait_for_a_slot() {
     })
     .await;
     let second = tokio::spawn(async move { get(egress, HOST, "/queued").await });
+    // The second waits (sent before it waits, a third would take the one pending slot and
+    // wait for ever behind the held first).
+    let labels = [("service", "shop/cart"), ("destination_cluster", "west")];
+    wait_for("the second request pending", 10, || async {
+        let pending = metric_or_zero(&mesh.east, "causeway_gateway_pending_requests", &labels);
+        (pending == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric_or_zero(&mesh.east, "causeway_gateway_active_requests", &labels),
+        1.0
+    );
     // The third finds the one pending slot taken.
     let third = wait_for("a request refused while one waits", 10, || async {
         let a = get(egress, HOST, "/third").await;
@@ -80,6 +92,10 @@ async fn pending_requests_wait_for_a_slot() {
     backend.release();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(second.await.unwrap().status, 200);
+    assert_eq!(
+        metric_or_zero(&mesh.east, "causeway_gateway_pending_requests", &labels),
+        0.0
+    );
 }
 
 #[tokio::test]

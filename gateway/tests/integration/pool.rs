@@ -1,6 +1,8 @@
-//! The peer connection pool: a stream goes on the connection with the fewest streams, and a
-//! new connection is dialled when every one carries `peer_streams_per_connection`, so that
-//! streams never wait on one connection for the peer's stream limit.
+//! The peer connection pool: a stream goes on the connection of its data thread with the
+//! fewest streams, and a new connection is dialled when every one carries
+//! `peer_streams_per_connection`, so that streams never wait on one connection for the peer's
+//! stream limit. Each data thread keeps its own connections; probes, from the control side,
+//! ride any of them (or one of their own when they come first).
 
 use std::sync::atomic::Ordering;
 
@@ -12,9 +14,23 @@ const HOST: &str = "cart.shop.svc.clusterset.local";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connection_opens_before_the_first_is_full_and_no_stream_waits() {
+    // 45 streams at 10 a connection: 5 connections, and the probes' own.
+    held_streams_open(1, 5 + 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_data_thread_dials_its_own_connections() {
+    // Connections go round-robin: 23 and 22 streams, 3 connections on each thread.
+    held_streams_open(2, 3 + 3 + 1).await;
+}
+
+/// Holds 45 streams through a gateway with `data_threads` and peer connections of 10 streams,
+/// and checks that all reach the backend at once on `connections` connections.
+async fn held_streams_open(data_threads: u32, connections: u64) {
     let pki = Pki::new();
     let mut cfg = gateway_config(&pki, "east");
     cfg.peer_streams_per_connection = 10;
+    cfg.data_threads = data_threads;
     let east = causeway_gateway::Gateway::start(cfg).await.unwrap();
     let west = start_gateway(&pki, "west").await;
     let mesh = Pair { pki, east, west };
@@ -24,6 +40,18 @@ async fn a_second_connection_opens_before_the_first_is_full_and_no_stream_waits(
         &[("cart", 80, AppProtocol::Http, vec![backend.addr])],
         |_, _| {},
     );
+
+    // The probes' connection first (a peer is `up` before its first probe, so wait for
+    // `probed`), so that the count below does not depend on whether a probe comes first.
+    wait_for("west to be probed", 20, || async {
+        let peers = admin_get(&mesh.east, "/peers").await.json();
+        let probed = peers
+            .as_array()?
+            .iter()
+            .any(|p| p["cluster"] == "west" && p["probed"] == true && p["connections"] == 1);
+        probed.then_some(())
+    })
+    .await;
 
     const STREAMS: usize = 45;
     let egress = mesh.east.egress_addr;
@@ -41,10 +69,8 @@ async fn a_second_connection_opens_before_the_first_is_full_and_no_stream_waits(
         .and_then(|a| a.iter().find(|p| p["cluster"] == "west"))
         .cloned()
         .expect("west in /peers");
-    let connections = west["connections"].as_u64().unwrap();
     let streams = west["streams"].as_u64().unwrap();
-    // 45 streams at 10 a connection: 5 connections (the probes' streams ride along).
-    assert_eq!(connections, 5, "{west}");
+    assert_eq!(west["connections"].as_u64().unwrap(), connections, "{west}");
     assert!(streams >= STREAMS as u64, "{west}");
 
     backend.release();
