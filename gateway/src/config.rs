@@ -448,6 +448,13 @@ mod tests {
                 },
                 "peer_listen",
             ),
+            (
+                Config {
+                    data_threads: MAX_DATA_THREADS + 1,
+                    ..valid()
+                },
+                "data_threads",
+            ),
         ];
         for (config, field) in cases {
             let err = config.validate().unwrap_err().to_string();

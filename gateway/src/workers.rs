@@ -4,9 +4,9 @@
 //! through the gateway. The control side (federator stream, admin, probes, renewals) stays on
 //! the main runtime.
 //!
-//! Measured (docs/benchmarks.md, 2026-12-04): the same gateway with every connection on the
-//! two-worker multi-thread runtime spent 13,660 requests per CPU-second; with one worker,
-//! 16,863, from fewer cross-thread wake-ups and less idle searching for work.
+//! Measured (docs/benchmarks.md, 2026-12-04): 22–40 % more requests per CPU-second than
+//! with every connection on one multi-thread runtime, from fewer cross-thread wake-ups and
+//! less idle searching for work.
 
 use std::cell::Cell;
 use std::future::Future;
